@@ -1,0 +1,369 @@
+//! `config.json`: the original server's keys plus optional limits, checked
+//! key by key so that every mistake is reported with the key's name. Paths
+//! are resolved against the config file's folder.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::LevelFilter;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Certificate and key files when `SSL` is on.
+    pub tls: Option<TlsFiles>,
+    pub server_ip: String,
+    pub server_port: u16,
+    pub server_name: String,
+    pub server_password: String,
+    pub limits: Limits,
+    pub log_level: LevelFilter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Resource limits; the defaults leave room for 10,000 users on one core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub max_outbound_bytes: usize,
+    pub handshake_timeout: Duration,
+    /// Silence before a ping; `None` turns pings off.
+    pub idle_timeout: Option<Duration>,
+    /// Messages per second per user; 0 turns rate limiting off.
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 16384,
+            max_message_bytes: 65536,
+            max_outbound_bytes: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(60)),
+            rate_limit_per_sec: 20,
+            rate_limit_burst: 40,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tls: None,
+            server_ip: "127.0.0.1".into(),
+            server_port: 12345,
+            server_name: "Ragnarok".into(),
+            server_password: String::new(),
+            limits: Limits::default(),
+            log_level: LevelFilter::Info,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Syntax {
+        path: PathBuf,
+        message: String,
+    },
+    UnknownKey {
+        key: String,
+        suggestion: Option<&'static str>,
+    },
+    BadValue {
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config file {}: {source}", path.display())
+            }
+            ConfigError::Syntax { path, message } => {
+                write!(
+                    f,
+                    "config file {} is not valid JSON: {message}",
+                    path.display()
+                )
+            }
+            ConfigError::UnknownKey {
+                key,
+                suggestion: Some(s),
+            } => {
+                write!(f, "config: unknown key {key:?} (did you mean {s:?}?)")
+            }
+            ConfigError::UnknownKey {
+                key,
+                suggestion: None,
+            } => {
+                write!(f, "config: unknown key {key:?}")
+            }
+            ConfigError::BadValue { key, message } => write!(f, "config: {key:?} {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const KEYS: &[&str] = &[
+    "SSL",
+    "SSL_Cert",
+    "SSL_Key",
+    "server_ip",
+    "server_port",
+    "server_name",
+    "server_password",
+    "max_connections",
+    "max_message_bytes",
+    "max_outbound_bytes",
+    "handshake_timeout_secs",
+    "idle_timeout_secs",
+    "rate_limit_per_sec",
+    "rate_limit_burst",
+    "log_level",
+];
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text; relative certificate paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        let Value::Object(map) = value else {
+            return Err(ConfigError::Syntax {
+                path: PathBuf::new(),
+                message: "the top level must be an object".into(),
+            });
+        };
+        for key in map.keys() {
+            if !KEYS.contains(&key.as_str()) {
+                let suggestion = KEYS.iter().copied().find(|k| {
+                    k.eq_ignore_ascii_case(key) || k.replace('_', "") == key.replace('_', "")
+                });
+                return Err(ConfigError::UnknownKey {
+                    key: key.clone(),
+                    suggestion,
+                });
+            }
+        }
+        let keys = Keys(&map);
+        let mut c = Config::default();
+        let ssl = keys.bool("SSL")?.unwrap_or(false);
+        let cert = keys.string("SSL_Cert")?;
+        let key = keys.string("SSL_Key")?;
+        if ssl {
+            let cert = cert
+                .filter(|s| !s.is_empty())
+                .ok_or(ConfigError::BadValue {
+                    key: "SSL_Cert",
+                    message: "must name the certificate file when \"SSL\" is true".into(),
+                })?;
+            let key = key.filter(|s| !s.is_empty()).ok_or(ConfigError::BadValue {
+                key: "SSL_Key",
+                message: "must name the private key file when \"SSL\" is true".into(),
+            })?;
+            c.tls = Some(TlsFiles {
+                cert: base.join(cert),
+                key: base.join(key),
+            });
+        }
+        if let Some(ip) = keys.string("server_ip")? {
+            if ip.trim().is_empty() {
+                return Err(bad("server_ip", "must not be empty"));
+            }
+            c.server_ip = ip;
+        }
+        if let Some(port) = keys.int("server_port", 0, u16::MAX as u64)? {
+            c.server_port = port as u16;
+        }
+        if let Some(name) = keys.string("server_name")? {
+            c.server_name = name;
+        }
+        if let Some(password) = keys.string("server_password")? {
+            c.server_password = password;
+        }
+        let l = &mut c.limits;
+        if let Some(n) = keys.int("max_connections", 1, 1 << 24)? {
+            l.max_connections = n as usize;
+        }
+        if let Some(n) = keys.int("max_message_bytes", 64, 64 << 20)? {
+            l.max_message_bytes = n as usize;
+        }
+        if let Some(n) = keys.int("max_outbound_bytes", 4096, 1 << 32)? {
+            l.max_outbound_bytes = n as usize;
+        }
+        if let Some(n) = keys.int("handshake_timeout_secs", 1, 3600)? {
+            l.handshake_timeout = Duration::from_secs(n);
+        }
+        if let Some(n) = keys.int("idle_timeout_secs", 0, 86400)? {
+            l.idle_timeout = (n > 0).then(|| Duration::from_secs(n));
+        }
+        if let Some(n) = keys.int("rate_limit_per_sec", 0, 1_000_000)? {
+            l.rate_limit_per_sec = n as u32;
+        }
+        if let Some(n) = keys.int("rate_limit_burst", 0, 1_000_000)? {
+            l.rate_limit_burst = n as u32;
+        }
+        if l.rate_limit_per_sec > 0 && l.rate_limit_burst == 0 {
+            return Err(bad(
+                "rate_limit_burst",
+                "must be at least 1 when rate limiting is on",
+            ));
+        }
+        if let Some(level) = keys.string("log_level")? {
+            c.log_level = match level.to_ascii_lowercase().as_str() {
+                "off" => LevelFilter::Off,
+                "error" => LevelFilter::Error,
+                "warn" => LevelFilter::Warn,
+                "info" => LevelFilter::Info,
+                "debug" => LevelFilter::Debug,
+                "trace" => LevelFilter::Trace,
+                _ => {
+                    return Err(bad(
+                        "log_level",
+                        "must be one of \"error\", \"warn\", \"info\", \"debug\", \"trace\", \"off\"",
+                    ));
+                }
+            };
+        }
+        Ok(c)
+    }
+}
+
+fn bad(key: &'static str, message: &str) -> ConfigError {
+    ConfigError::BadValue {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Typed access to the config object, with errors that name the key.
+struct Keys<'a>(&'a Map<String, Value>);
+
+impl Keys<'_> {
+    fn bool(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(bad(key, &format!("must be true or false, not {other}"))),
+        }
+    }
+
+    fn string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(bad(key, &format!("must be a string, not {other}"))),
+        }
+    }
+
+    fn int(&self, key: &'static str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
+                _ => Err(bad(
+                    key,
+                    &format!("must be a whole number from {min} to {max}, not {n}"),
+                )),
+            },
+            Some(other) => Err(bad(key, &format!("must be a number, not {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/ragnarok"))
+    }
+
+    #[test]
+    fn seed_config_parses_with_paths_next_to_the_file() {
+        let c = parse(
+            r#"{"SSL": true, "SSL_Cert": "self-signed.crt", "SSL_Key": "self-signed.pem",
+                "server_ip": "127.0.0.1", "server_port": 12345, "server_name": "Ks",
+                "server_password": "963"}"#,
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/ragnarok/self-signed.crt"));
+        assert_eq!(tls.key, Path::new("/etc/ragnarok/self-signed.pem"));
+        assert_eq!((c.server_port, c.server_name.as_str()), (12345, "Ks"));
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn optional_keys_override_defaults() {
+        let c = parse(r#"{"idle_timeout_secs": 0, "rate_limit_per_sec": 0, "log_level": "DEBUG"}"#)
+            .unwrap();
+        assert_eq!(c.limits.idle_timeout, None);
+        assert_eq!(c.limits.rate_limit_per_sec, 0);
+        assert_eq!(c.log_level, LevelFilter::Debug);
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn every_error_names_the_key() {
+        let cases = [
+            (r#"{"SSl": true}"#, "\"SSl\" (did you mean \"SSL\"?)"),
+            (r#"{"colour": 1}"#, "unknown key \"colour\""),
+            (
+                r#"{"server_port": "80"}"#,
+                "\"server_port\" must be a number",
+            ),
+            (
+                r#"{"server_port": 70000}"#,
+                "\"server_port\" must be a whole number",
+            ),
+            (r#"{"SSL": "yes"}"#, "\"SSL\" must be true or false"),
+            (r#"{"SSL": true}"#, "\"SSL_Cert\" must name"),
+            (r#"{"max_connections": 0}"#, "\"max_connections\""),
+            (r#"{"log_level": "loud"}"#, "\"log_level\" must be one of"),
+            (
+                r#"{"rate_limit_burst": 0}"#,
+                "\"rate_limit_burst\" must be at least 1",
+            ),
+            (r#"{"server_port": 1"#, "not valid JSON"),
+            (r#"[1]"#, "top level must be an object"),
+        ];
+        for (text, expected) in cases {
+            let message = parse(text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The HTTP/1.1 request that opens every connection: a WebSocket upgrade
+//! (answered with 101) or a plain request (answered, then closed).
+
+use tungstenite::handshake::derive_accept_key;
+
+/// Largest request head we accept.
+pub const MAX_REQUEST_BYTES: usize = 8192;
+const MAX_HEADERS: usize = 32;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Need more bytes.
+    Incomplete,
+    /// Send `response`, then speak WebSocket; bytes after `head_len` are
+    /// already WebSocket frames.
+    Upgrade { response: Vec<u8>, head_len: usize },
+    /// Send `response`, then close.
+    Reject { response: Vec<u8>, status: u16 },
+}
+
+pub fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_BYTES => {
+            return Parsed::Incomplete;
+        }
+        Ok(httparse::Status::Partial) => return reject(431, "request head too large\n"),
+        Err(_) => return reject(400, "malformed HTTP request\n"),
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if req.method != Some("GET") {
+        return reject(405, "only GET is supported\n");
+    }
+    if !has_token("Upgrade", "websocket") {
+        return reject(
+            426,
+            "this is a Ragnarok chat server: connect with a WebSocket client\n",
+        );
+    }
+    if !has_token("Connection", "upgrade") {
+        return reject(400, "WebSocket upgrade without \"Connection: Upgrade\"\n");
+    }
+    if header("Sec-WebSocket-Version") != Some("13") {
+        return reject(426, "unsupported WebSocket version: use 13\n");
+    }
+    let Some(key) = header("Sec-WebSocket-Key")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    else {
+        return reject(400, "WebSocket upgrade without Sec-WebSocket-Key\n");
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    Parsed::Upgrade {
+        response: response.into_bytes(),
+        head_len,
+    }
+}
+
+fn reject(status: u16, body: &str) -> Parsed {
+    let reason = match status {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    };
+    let extra = if status == 426 {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    Parsed::Reject {
+        response: response.into_bytes(),
+        status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn upgrade_answers_with_the_rfc_accept_key() {
+        let mut bytes = UPGRADE.as_bytes().to_vec();
+        bytes.extend_from_slice(&[0x81, 0x80]);
+        match parse(&bytes) {
+            Parsed::Upgrade { response, head_len } => {
+                let text = String::from_utf8(response).unwrap();
+                assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+                assert_eq!(head_len, UPGRADE.len());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_and_bad_requests() {
+        assert_eq!(parse(&UPGRADE.as_bytes()[..30]), Parsed::Incomplete);
+        let status = |req: &str| match parse(req.as_bytes()) {
+            Parsed::Reject { status, .. } => status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
+        assert_eq!(status("POST / HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status("\x16\x03\x01garbage\r\n\r\n"), 400);
+        assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
+        assert_eq!(status(&UPGRADE.replace("Sec-WebSocket-Key", "X-Key")), 400);
+        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST_BYTES));
+        assert_eq!(status(&huge), 431);
+    }
+}

@@ -1,0 +1,180 @@
+//! The `ragnarok` binary: command line, config, logging, then the event
+//! loop. Every startup failure is one line on stderr and a sysexits code.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use log::{info, warn};
+use ragnarok::config::{Config, ConfigError};
+use ragnarok::server::Server;
+use ragnarok::tls;
+
+const USAGE: &str = "\
+Usage: ragnarok [--config PATH] [--check-config]
+
+A self-hosted WebSocket chatroom server.
+
+Options:
+  -c, --config PATH   config file (default: config.json)
+      --check-config  validate the config, certificate and key, then exit
+  -h, --help          show this help
+  -V, --version       show the version
+
+The log level comes from the config's \"log_level\"; RUST_LOG overrides it.";
+
+/// A reason to stop before serving, with its sysexits code.
+enum Fatal {
+    Usage(String),
+    Config(String),
+    Unavailable(String),
+    NoPermission(String),
+    Software(String),
+}
+
+impl Fatal {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Fatal::Usage(_) => 64,
+            Fatal::Unavailable(_) => 69,
+            Fatal::Software(_) => 70,
+            Fatal::NoPermission(_) => 77,
+            Fatal::Config(_) => 78,
+        }
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fatal::Usage(m) => write!(f, "{m}\nTry 'ragnarok --help'."),
+            Fatal::Config(m)
+            | Fatal::Unavailable(m)
+            | Fatal::NoPermission(m)
+            | Fatal::Software(m) => f.write_str(m),
+        }
+    }
+}
+
+enum Command {
+    Help,
+    Version,
+    Serve { config: PathBuf, check_only: bool },
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Fatal> {
+    let mut config = PathBuf::from("config.json");
+    let mut check_only = false;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--check-config" => check_only = true,
+            "-c" | "--config" => match args.next() {
+                Some(path) => config = PathBuf::from(path),
+                None => return Err(Fatal::Usage(format!("{arg} needs a file path"))),
+            },
+            _ => match arg.strip_prefix("--config=") {
+                Some(path) => config = PathBuf::from(path),
+                None => return Err(Fatal::Usage(format!("unknown argument {arg:?}"))),
+            },
+        }
+    }
+    Ok(Command::Serve { config, check_only })
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => {
+            eprintln!("ragnarok: {fatal}");
+            ExitCode::from(fatal.exit_code())
+        }
+    }
+}
+
+fn run() -> Result<(), Fatal> {
+    let (path, check_only) = match parse_args(std::env::args().skip(1))? {
+        Command::Help => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Command::Version => {
+            println!("ragnarok {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Command::Serve { config, check_only } => (config, check_only),
+    };
+    let config = Config::load(&path).map_err(|e| match &e {
+        ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+            Fatal::NoPermission(e.to_string())
+        }
+        _ => Fatal::Config(e.to_string()),
+    })?;
+    let tls = match &config.tls {
+        Some(files) => Some(tls::load(files).map_err(|e| {
+            if e.is_permission_denied() {
+                Fatal::NoPermission(e.to_string())
+            } else {
+                Fatal::Config(e.to_string())
+            }
+        })?),
+        None => None,
+    };
+    if check_only {
+        println!("{}: OK", path.display());
+        return Ok(());
+    }
+    simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .env()
+        .with_utc_timestamps()
+        .init()
+        .map_err(|e| Fatal::Software(format!("cannot start logging: {e}")))?;
+    raise_fd_limit(config.limits.max_connections);
+
+    let address = format!("{}:{}", config.server_ip, config.server_port);
+    let mut server = Server::bind(&config, tls).map_err(|e| match e.kind() {
+        io::ErrorKind::PermissionDenied => {
+            Fatal::NoPermission(format!("cannot listen on {address}: {e}"))
+        }
+        _ => Fatal::Unavailable(format!("cannot listen on {address}: {e}")),
+    })?;
+    server
+        .handle_signals()
+        .map_err(|e| Fatal::Software(format!("cannot handle signals: {e}")))?;
+    let access = if config.server_password.is_empty() {
+        "public"
+    } else {
+        "password protected"
+    };
+    info!(
+        "Ragnarok listening on {} (room {:?}, {access})",
+        server.url(),
+        config.server_name
+    );
+    server
+        .run()
+        .map_err(|e| Fatal::Software(format!("event loop failed: {e}")))
+}
+
+/// Lets the process hold `max_connections` sockets (plus a few files): the
+/// usual soft limit of 1024 descriptors would cap a VPS at about 1000 users.
+fn raise_fd_limit(max_connections: usize) {
+    let wanted = max_connections as libc::rlim_t + 64;
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= wanted {
+            return;
+        }
+        let target = wanted.min(limit.rlim_max);
+        limit.rlim_cur = target;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 || target < wanted {
+            warn!(
+                "open file limit is {target}: fewer than max_connections ({max_connections}) can connect"
+            );
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Outgoing WebSocket frames: encoded once (server frames are unmasked, so
+//! the bytes are the same for every recipient) and queued per connection as
+//! shared `Rc` chunks, with a byte limit that catches readers who stop reading.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::rc::Rc;
+
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{Frame, FrameHeader};
+
+/// An encoded frame, shareable between every connection that sends it.
+pub type SharedFrame = Rc<[u8]>;
+
+/// Most slices handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+pub fn text_frame(payload: &str) -> SharedFrame {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let len = payload.len() as u64;
+    let mut buf = Vec::with_capacity(header.len(len) + payload.len());
+    // Writing into a Vec cannot fail.
+    header.format(len, &mut buf).expect("write to Vec");
+    buf.extend_from_slice(payload.as_bytes());
+    buf.into()
+}
+
+pub fn close_frame(code: u16, reason: &str) -> SharedFrame {
+    // A close reason must fit a control frame (125 bytes with the code).
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let frame = Frame::close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason[..end].to_owned().into(),
+    }));
+    let mut buf = Vec::with_capacity(frame.len());
+    frame.format(&mut buf).expect("write to Vec");
+    buf.into()
+}
+
+pub fn ping_frame() -> SharedFrame {
+    let mut buf = Vec::with_capacity(2);
+    Frame::ping(Vec::new())
+        .format(&mut buf)
+        .expect("write to Vec");
+    buf.into()
+}
+
+/// The queue was over its byte limit: the reader is too slow.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Overflow;
+
+pub struct Outbox {
+    chunks: VecDeque<SharedFrame>,
+    /// Bytes of the front chunk already written.
+    head: usize,
+    /// Bytes queued and not yet written.
+    queued: usize,
+    limit: usize,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Outbox {
+            chunks: VecDeque::new(),
+            head: 0,
+            queued: 0,
+            limit,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Queues a frame unless that would pass the limit.
+    pub fn push(&mut self, frame: &SharedFrame) -> Result<(), Overflow> {
+        if self.queued + frame.len() > self.limit {
+            return Err(Overflow);
+        }
+        self.push_always(frame.clone());
+        Ok(())
+    }
+
+    /// Queues a frame whatever the limit: control frames and last words.
+    pub fn push_always(&mut self, frame: SharedFrame) {
+        self.queued += frame.len();
+        self.chunks.push_back(frame);
+    }
+
+    /// Drops everything not yet started, keeping a partly written frame so
+    /// that the stream stays well-formed.
+    pub fn discard_unsent(&mut self) {
+        let keep = usize::from(self.head > 0);
+        while self.chunks.len() > keep {
+            if let Some(chunk) = self.chunks.pop_back() {
+                self.queued -= chunk.len();
+            }
+        }
+    }
+
+    /// The queued bytes as slices for one vectored write.
+    pub fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut iov = Vec::with_capacity(self.chunks.len().min(MAX_IOV));
+        for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
+            let start = if i == 0 { self.head } else { 0 };
+            iov.push(IoSlice::new(&chunk[start..]));
+        }
+        iov
+    }
+
+    /// Marks `n` bytes as written.
+    pub fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let rest = front.len() - self.head;
+            if n < rest {
+                self.head += n;
+                return;
+            }
+            n -= rest;
+            self.head = 0;
+            self.chunks.pop_front();
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
+            self.chunks = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(outbox: &mut Outbox, step: usize) -> Vec<u8> {
+        let mut all = Vec::new();
+        while !outbox.is_empty() {
+            let bytes: Vec<u8> = outbox.slices().iter().flat_map(|s| s.to_vec()).collect();
+            let n = step.min(bytes.len());
+            all.extend_from_slice(&bytes[..n]);
+            outbox.consume(n);
+        }
+        all
+    }
+
+    #[test]
+    fn frames_are_unmasked_text_frames() {
+        assert_eq!(&*text_frame("hi"), &[0x81, 2, b'h', b'i']);
+        let long = "x".repeat(300);
+        let frame = text_frame(&long);
+        assert_eq!(&frame[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(frame.len(), 304);
+        assert_eq!(
+            &*close_frame(1001, "bye"),
+            &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']
+        );
+        assert_eq!(close_frame(1008, &"é".repeat(100)).len(), 2 + 2 + 122);
+        assert_eq!(&*ping_frame(), &[0x89, 0]);
+    }
+
+    #[test]
+    fn partial_writes_keep_order() {
+        let mut outbox = Outbox::new(1000);
+        let a = text_frame("first");
+        let b = text_frame("second");
+        outbox.push(&a).unwrap();
+        outbox.push(&b).unwrap();
+        let expected: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+        assert_eq!(drain(&mut outbox, 3), expected);
+        assert_eq!(outbox.queued(), 0);
+    }
+
+    #[test]
+    fn limit_and_discard() {
+        let mut outbox = Outbox::new(10);
+        let frame = text_frame("1234"); // 6 bytes
+        outbox.push(&frame).unwrap();
+        assert_eq!(outbox.push(&frame), Err(Overflow));
+        outbox.consume(2);
+        outbox.push_always(frame.clone());
+        outbox.discard_unsent();
+        assert_eq!(outbox.queued(), 4, "the partly written frame stays");
+        outbox.consume(4);
+        outbox.push(&frame).unwrap();
+        outbox.discard_unsent();
+        assert!(outbox.is_empty());
+    }
+}

@@ -1,0 +1,250 @@
+//! The JSON protocol on the wire: what clients send (`Request`), what the
+//! server sends (`Reply`), and the stable error codes. Field names and
+//! `msgType` values keep the original Python server's spelling.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// A parsed message from a logged-in client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Broadcast { text: String },
+    PrivateMessage { target: String, text: String },
+    OnlineUsers,
+}
+
+/// Why a client's message was refused. Each maps to a stable `code` string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadJson,
+    UnknownType,
+    MissingField,
+    InvalidField,
+    BinaryUnsupported,
+    UserOffline,
+    WrongPassword,
+    InvalidName,
+    NameTaken,
+    RateLimited,
+    LoginTimeout,
+    MessageTooBig,
+    SlowReader,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::BinaryUnsupported => "binary_unsupported",
+            ErrorCode::UserOffline => "user_offline",
+            ErrorCode::WrongPassword => "wrong_password",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LoginTimeout => "login_timeout",
+            ErrorCode::MessageTooBig => "message_too_big",
+            ErrorCode::SlowReader => "slow_reader",
+        }
+    }
+}
+
+/// A refused input: a stable code plus a human-readable explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub text: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            text: text.into(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        Reply::Error {
+            code: self.code.as_str(),
+            text: &self.text,
+            target: None,
+        }
+        .to_json()
+    }
+}
+
+/// Parses one text frame from a logged-in client.
+pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
+    let value: Value = serde_json::from_str(frame).map_err(|e| {
+        Rejection::new(
+            ErrorCode::BadJson,
+            format!("message is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(mut fields) = value else {
+        return Err(Rejection::new(
+            ErrorCode::BadJson,
+            "message must be a JSON object",
+        ));
+    };
+    let mut take = |name: &str| -> Result<String, Rejection> {
+        match fields.remove(name) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(Rejection::new(
+                ErrorCode::InvalidField,
+                format!("field \"{name}\" must be a string"),
+            )),
+            None => Err(Rejection::new(
+                ErrorCode::MissingField,
+                format!("field \"{name}\" is missing"),
+            )),
+        }
+    };
+    let kind = take("msgType")?;
+    match kind.as_str() {
+        "Broadcast" => Ok(Request::Broadcast {
+            text: take("text")?,
+        }),
+        "PrivateMessage" => {
+            let target = take("TgtUser")?;
+            Ok(Request::PrivateMessage {
+                target,
+                text: take("text")?,
+            })
+        }
+        "OnlineUsers" => Ok(Request::OnlineUsers),
+        _ => Err(Rejection::new(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown msgType {kind:?}: expected \"Broadcast\", \"PrivateMessage\" or \"OnlineUsers\""
+            ),
+        )),
+    }
+}
+
+/// Everything the server sends, serialized with the original's field names.
+#[derive(Serialize)]
+#[serde(tag = "msgType")]
+pub enum Reply<'a> {
+    Broadcast {
+        #[serde(rename = "SrcUser")]
+        source: &'a str,
+        text: &'a str,
+    },
+    PrivateMessage {
+        #[serde(rename = "SrcUser")]
+        source: &'a str,
+        text: &'a str,
+    },
+    OnlineUsers {
+        #[serde(rename = "Users")]
+        users: Vec<&'a str>,
+    },
+    UsersJoined {
+        #[serde(rename = "Users")]
+        users: Vec<&'a str>,
+    },
+    UsersLeft {
+        #[serde(rename = "Users")]
+        users: Vec<&'a str>,
+    },
+    Error {
+        code: &'a str,
+        text: &'a str,
+        #[serde(rename = "TgtUser", skip_serializing_if = "Option::is_none")]
+        target: Option<&'a str>,
+    },
+}
+
+impl Reply<'_> {
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings and lists into a String cannot fail.
+        serde_json::to_string(self).expect("reply serializes")
+    }
+}
+
+/// `{"ServerName": ...}`, the first thing a user receives after logging in.
+pub fn server_name_json(name: &str) -> String {
+    serde_json::json!({ "ServerName": name }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(frame: &str) -> ErrorCode {
+        parse_request(frame).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_known_messages_and_ignores_extra_fields() {
+        assert_eq!(
+            parse_request(r#"{"msgType":"Broadcast","text":"hi","SrcUser":"forged","x":1}"#),
+            Ok(Request::Broadcast { text: "hi".into() })
+        );
+        assert_eq!(
+            parse_request(r#"{"msgType":"PrivateMessage","TgtUser":"bob","text":"c1ph3r"}"#),
+            Ok(Request::PrivateMessage {
+                target: "bob".into(),
+                text: "c1ph3r".into()
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"msgType":"OnlineUsers"}"#),
+            Ok(Request::OnlineUsers)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input_with_stable_codes() {
+        assert_eq!(code_of("not json"), ErrorCode::BadJson);
+        assert_eq!(code_of("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code_of(r#"{"text":"hi"}"#), ErrorCode::MissingField);
+        assert_eq!(
+            code_of(r#"{"msgType":"Broadcast"}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            code_of(r#"{"msgType":"Broadcast","text":5}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(code_of(r#"{"msgType":7}"#), ErrorCode::InvalidField);
+        assert_eq!(code_of(r#"{"msgType":"Dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code_of(r#"{"msgType":"PrivateMessage","text":"x"}"#),
+            ErrorCode::MissingField
+        );
+    }
+
+    #[test]
+    fn replies_use_the_original_field_names() {
+        let json = Reply::Broadcast {
+            source: "al\"ice",
+            text: "hi",
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"msgType":"Broadcast","SrcUser":"al\"ice","text":"hi"}"#
+        );
+        let json = Reply::OnlineUsers {
+            users: vec!["a", "b"],
+        }
+        .to_json();
+        assert_eq!(json, r#"{"msgType":"OnlineUsers","Users":["a","b"]}"#);
+        let err = Reply::Error {
+            code: "user_offline",
+            text: "t",
+            target: Some("bob"),
+        }
+        .to_json();
+        assert_eq!(
+            err,
+            r#"{"msgType":"Error","code":"user_offline","text":"t","TgtUser":"bob"}"#
+        );
+        assert_eq!(server_name_json("Ks"), r#"{"ServerName":"Ks"}"#);
+    }
+}

@@ -1,0 +1,457 @@
+//! The chatroom: who is online, login rules, presence, and routing of
+//! messages. It knows nothing about sockets: every call returns the messages
+//! to send as `Outbound` values, which the server delivers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use crate::protocol::{ErrorCode, Rejection, Reply, Request, server_name_json};
+
+/// Identifies a connection; the server uses its slab key.
+pub type ConnId = usize;
+
+/// Rooms with at most this many users get the full `OnlineUsers` list on
+/// every change; larger rooms get `UsersJoined` / `UsersLeft` deltas.
+pub const FULL_LIST_MAX: usize = 32;
+
+/// Longest allowed username, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// Who receives an outbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum To {
+    One(ConnId),
+    Many(Vec<ConnId>),
+    /// Every user online at the moment of delivery.
+    Everyone,
+}
+
+/// One message to deliver: serialized once, whatever the number of recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub to: To,
+    pub json: String,
+}
+
+struct Member {
+    name: Rc<str>,
+    /// Index of this member in `Room::order`.
+    slot: usize,
+}
+
+pub struct Room {
+    title: String,
+    password: String,
+    members: HashMap<ConnId, Member>,
+    /// Online connections, for delivery to everyone without hashing.
+    order: Vec<ConnId>,
+    /// Online names, sorted, for lookups and `OnlineUsers` lists.
+    names: BTreeMap<Rc<str>, ConnId>,
+    /// Presence changes not yet announced (see `flush_presence`).
+    joined: Vec<ConnId>,
+    left: Vec<Rc<str>>,
+}
+
+impl Room {
+    pub fn new(title: &str, password: &str) -> Self {
+        Room {
+            title: title.to_owned(),
+            password: password.to_owned(),
+            members: HashMap::new(),
+            order: Vec::new(),
+            names: BTreeMap::new(),
+            joined: Vec::new(),
+            left: Vec::new(),
+        }
+    }
+
+    /// A public room (empty password) accepts anything.
+    pub fn check_password(&self, given: &str) -> bool {
+        self.password.is_empty() || constant_time_eq(given.as_bytes(), self.password.as_bytes())
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    pub fn members(&self) -> &[ConnId] {
+        &self.order
+    }
+
+    pub fn name_of(&self, id: ConnId) -> Option<&str> {
+        self.members.get(&id).map(|m| &*m.name)
+    }
+
+    /// Adds a user. The welcome (`ServerName`, `OnlineUsers`) and the news
+    /// for everyone else go out with the next `flush_presence`.
+    pub fn join(&mut self, id: ConnId, name: &str) -> Result<(), Rejection> {
+        validate_name(name)?;
+        if self.names.contains_key(name) {
+            return Err(Rejection::new(
+                ErrorCode::NameTaken,
+                format!("the name {name:?} is already online"),
+            ));
+        }
+        let name: Rc<str> = Rc::from(name);
+        self.names.insert(name.clone(), id);
+        self.members.insert(
+            id,
+            Member {
+                name: name.clone(),
+                slot: self.order.len(),
+            },
+        );
+        self.order.push(id);
+        // Left and came back before anyone heard: nobody needs to hear either.
+        if let Some(i) = self.left.iter().position(|n| *n == name) {
+            self.left.swap_remove(i);
+        }
+        self.joined.push(id);
+        Ok(())
+    }
+
+    /// Removes a user and returns their name (`None` for a connection that
+    /// never joined).
+    pub fn leave(&mut self, id: ConnId) -> Option<Rc<str>> {
+        let member = self.members.remove(&id)?;
+        self.names.remove(&member.name);
+        self.order.swap_remove(member.slot);
+        if let Some(&moved) = self.order.get(member.slot) {
+            if let Some(m) = self.members.get_mut(&moved) {
+                m.slot = member.slot;
+            }
+        }
+        match self.joined.iter().position(|&j| j == id) {
+            Some(i) => {
+                self.joined.remove(i);
+            }
+            None => self.left.push(member.name.clone()),
+        }
+        Some(member.name)
+    }
+
+    /// Routes one request from a logged-in user.
+    pub fn handle(&mut self, from: ConnId, request: Request, out: &mut Vec<Outbound>) {
+        // Everyone must know about a user before hearing from them.
+        self.flush_presence(out);
+        let Some(sender) = self.members.get(&from) else {
+            return;
+        };
+        match request {
+            Request::Broadcast { text } => {
+                let json = Reply::Broadcast {
+                    source: &sender.name,
+                    text: &text,
+                }
+                .to_json();
+                out.push(Outbound {
+                    to: To::Everyone,
+                    json,
+                });
+            }
+            Request::PrivateMessage { target, text } => match self.names.get(target.as_str()) {
+                Some(&to) => {
+                    let json = Reply::PrivateMessage {
+                        source: &sender.name,
+                        text: &text,
+                    }
+                    .to_json();
+                    out.push(Outbound {
+                        to: To::One(to),
+                        json,
+                    });
+                }
+                None => {
+                    let text = format!("{target:?} is not online; the message was not delivered");
+                    let json = Reply::Error {
+                        code: ErrorCode::UserOffline.as_str(),
+                        text: &text,
+                        target: Some(&target),
+                    }
+                    .to_json();
+                    out.push(Outbound {
+                        to: To::One(from),
+                        json,
+                    });
+                }
+            },
+            Request::OnlineUsers => {
+                out.push(Outbound {
+                    to: To::One(from),
+                    json: self.online_users_json(),
+                });
+            }
+        }
+    }
+
+    /// Announces joins and leaves since the last call, batched: joiners get
+    /// `ServerName` and the full list; the others get the full list in a small
+    /// room, or one `UsersJoined` / `UsersLeft` delta in a large one.
+    pub fn flush_presence(&mut self, out: &mut Vec<Outbound>) {
+        if self.joined.is_empty() && self.left.is_empty() {
+            return;
+        }
+        let joined = std::mem::take(&mut self.joined);
+        let left = std::mem::take(&mut self.left);
+        if !joined.is_empty() {
+            out.push(Outbound {
+                to: To::Many(joined.clone()),
+                json: server_name_json(&self.title),
+            });
+        }
+        if self.len() <= FULL_LIST_MAX {
+            out.push(Outbound {
+                to: To::Everyone,
+                json: self.online_users_json(),
+            });
+            return;
+        }
+        if !joined.is_empty() {
+            out.push(Outbound {
+                to: To::Many(joined.clone()),
+                json: self.online_users_json(),
+            });
+        }
+        if !left.is_empty() {
+            let users = left.iter().map(|n| &**n).collect();
+            out.push(Outbound {
+                to: To::Everyone,
+                json: Reply::UsersLeft { users }.to_json(),
+            });
+        }
+        if !joined.is_empty() {
+            let users = joined.iter().filter_map(|&id| self.name_of(id)).collect();
+            out.push(Outbound {
+                to: To::Everyone,
+                json: Reply::UsersJoined { users }.to_json(),
+            });
+        }
+    }
+
+    fn online_users_json(&self) -> String {
+        Reply::OnlineUsers {
+            users: self.names.keys().map(|n| &**n).collect(),
+        }
+        .to_json()
+    }
+}
+
+/// 1–32 characters, no control characters, no leading or trailing spaces.
+pub fn validate_name(name: &str) -> Result<(), Rejection> {
+    let reason = if name.is_empty() {
+        "a username must not be empty"
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        "a username must be at most 32 characters"
+    } else if name.chars().any(char::is_control) {
+        "a username must not contain control characters"
+    } else if name.trim() != name {
+        "a username must not start or end with a space"
+    } else {
+        return Ok(());
+    };
+    Err(Rejection::new(ErrorCode::InvalidName, reason))
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell an attacker how much of a guessed password was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parse(o: &Outbound) -> Value {
+        serde_json::from_str(&o.json).unwrap()
+    }
+
+    fn joined(room: &mut Room, id: ConnId, name: &str) -> Vec<Outbound> {
+        room.join(id, name).unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        out
+    }
+
+    #[test]
+    fn password_rules() {
+        let private = Room::new("t", "963");
+        assert!(private.check_password("963"));
+        assert!(!private.check_password("96"));
+        assert!(!private.check_password("9634"));
+        assert!(Room::new("t", "").check_password("anything"));
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(validate_name("alice").is_ok());
+        assert!(validate_name("John Smith").is_ok());
+        assert!(validate_name(&"é".repeat(32)).is_ok());
+        for bad in ["", " bob", "bob ", "a\u{7}b", "tab\there", &"x".repeat(33)] {
+            assert_eq!(
+                validate_name(bad).unwrap_err().code,
+                ErrorCode::InvalidName,
+                "{bad:?}"
+            );
+        }
+        let mut room = Room::new("t", "");
+        room.join(1, "bob").unwrap();
+        assert_eq!(room.join(2, "bob").unwrap_err().code, ErrorCode::NameTaken);
+        assert_eq!(room.join(2, "").unwrap_err().code, ErrorCode::InvalidName);
+        assert_eq!(room.len(), 1);
+    }
+
+    #[test]
+    fn joiner_gets_title_then_list_in_small_room() {
+        let mut room = Room::new("Ks", "");
+        joined(&mut room, 1, "bob");
+        let out = joined(&mut room, 2, "alice");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].to, To::Many(vec![2]));
+        assert_eq!(parse(&out[0]), json!({"ServerName": "Ks"}));
+        assert_eq!(out[1].to, To::Everyone);
+        assert_eq!(
+            parse(&out[1]),
+            json!({"msgType": "OnlineUsers", "Users": ["alice", "bob"]})
+        );
+    }
+
+    #[test]
+    fn large_room_gets_batched_deltas() {
+        let mut room = Room::new("Ks", "");
+        for id in 0..FULL_LIST_MAX {
+            joined(&mut room, id, &format!("u{id:03}"));
+        }
+        let mut out = Vec::new();
+        room.join(100, "new1").unwrap();
+        room.join(101, "new2").unwrap();
+        room.leave(3);
+        room.flush_presence(&mut out);
+        let kinds: Vec<_> = out.iter().map(|o| (o.to.clone(), parse(o))).collect();
+        assert_eq!(
+            kinds[0],
+            (To::Many(vec![100, 101]), json!({"ServerName": "Ks"}))
+        );
+        assert_eq!(kinds[1].0, To::Many(vec![100, 101]));
+        assert_eq!(
+            kinds[1].1["Users"].as_array().unwrap().len(),
+            FULL_LIST_MAX + 1
+        );
+        assert_eq!(
+            kinds[2],
+            (
+                To::Everyone,
+                json!({"msgType": "UsersLeft", "Users": ["u003"]})
+            )
+        );
+        assert_eq!(
+            kinds[3],
+            (
+                To::Everyone,
+                json!({"msgType": "UsersJoined", "Users": ["new1", "new2"]})
+            )
+        );
+        assert_eq!(out.len(), 4);
+        room.flush_presence(&mut out);
+        assert_eq!(out.len(), 4, "nothing new to announce");
+    }
+
+    #[test]
+    fn join_then_leave_before_flush_is_silent_for_others() {
+        let mut room = Room::new("Ks", "");
+        for id in 0..40 {
+            joined(&mut room, id, &format!("u{id}"));
+        }
+        room.join(50, "ghost").unwrap();
+        room.leave(50);
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+        room.leave(7);
+        room.join(7, "u7").unwrap();
+        room.flush_presence(&mut out);
+        assert!(out.iter().all(|o| !o.json.contains("UsersLeft")), "{out:?}");
+    }
+
+    #[test]
+    fn leave_keeps_delivery_list_consistent() {
+        let mut room = Room::new("Ks", "");
+        for (id, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            joined(&mut room, id, name);
+        }
+        room.leave(0);
+        room.leave(2);
+        let mut members = room.members().to_vec();
+        members.sort();
+        assert_eq!(members, vec![1, 3]);
+        assert_eq!(room.name_of(3), Some("d"));
+        room.leave(3);
+        assert_eq!(room.members(), &[1]);
+        room.join(9, "a").unwrap();
+        assert_eq!(room.len(), 2);
+    }
+
+    #[test]
+    fn routes_broadcasts_and_private_messages() {
+        let mut room = Room::new("Ks", "");
+        joined(&mut room, 1, "alice");
+        joined(&mut room, 2, "bob");
+        let mut out = Vec::new();
+        room.handle(1, Request::Broadcast { text: "hi".into() }, &mut out);
+        assert_eq!(out[0].to, To::Everyone);
+        assert_eq!(
+            parse(&out[0]),
+            json!({"msgType": "Broadcast", "SrcUser": "alice", "text": "hi"})
+        );
+        out.clear();
+        let pm = Request::PrivateMessage {
+            target: "bob".into(),
+            text: "secret".into(),
+        };
+        room.handle(1, pm, &mut out);
+        assert_eq!(out[0].to, To::One(2));
+        assert_eq!(
+            parse(&out[0]),
+            json!({"msgType": "PrivateMessage", "SrcUser": "alice", "text": "secret"})
+        );
+        out.clear();
+        let pm = Request::PrivateMessage {
+            target: "carol".into(),
+            text: "x".into(),
+        };
+        room.handle(1, pm, &mut out);
+        assert_eq!(out[0].to, To::One(1));
+        assert_eq!(parse(&out[0])["code"], "user_offline");
+        assert_eq!(parse(&out[0])["TgtUser"], "carol");
+        out.clear();
+        room.handle(2, Request::OnlineUsers, &mut out);
+        assert_eq!(out[0].to, To::One(2));
+        assert_eq!(parse(&out[0])["Users"], json!(["alice", "bob"]));
+    }
+
+    #[test]
+    fn pending_presence_goes_out_before_the_next_message() {
+        let mut room = Room::new("Ks", "");
+        joined(&mut room, 1, "alice");
+        room.join(2, "bob").unwrap();
+        let mut out = Vec::new();
+        room.handle(
+            2,
+            Request::Broadcast {
+                text: "hello".into(),
+            },
+            &mut out,
+        );
+        assert_eq!(parse(&out[0]), json!({"ServerName": "Ks"}));
+        assert_eq!(parse(&out[1])["msgType"], "OnlineUsers");
+        assert_eq!(parse(&out[2])["msgType"], "Broadcast");
+    }
+}

@@ -1,0 +1,171 @@
+//! The byte stream under a connection: a plain TCP socket or rustls over
+//! one. rustls is driven by hand (`read_tls` / `process_new_packets` /
+//! `write_tls`), never through `StreamOwned`, so nothing here ever blocks.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::outbox::Outbox;
+
+/// Plaintext rustls may hold for sending, on top of our own queue.
+const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+pub struct TlsStream {
+    socket: TcpStream,
+    tls: ServerConnection,
+}
+
+/// What a flush achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued reached the kernel.
+    All,
+    /// The socket is full; wait for it to become writable.
+    Blocked,
+}
+
+impl Transport {
+    pub fn new(socket: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<Self> {
+        Ok(match tls {
+            None => Transport::Plain(socket),
+            Some(config) => {
+                let mut tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+                tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+                Transport::Tls(Box::new(TlsStream { socket, tls }))
+            }
+        })
+    }
+
+    pub fn socket(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(socket) => socket,
+            Transport::Tls(t) => &mut t.socket,
+        }
+    }
+
+    /// Reads plaintext. `WouldBlock` when nothing more is available now,
+    /// `Ok(0)` at the end of the stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.read(buf),
+            Transport::Tls(t) => t.read(buf),
+        }
+    }
+
+    /// Writes as much of `outbox` as the socket takes, coalesced into as few
+    /// system calls (and TLS records) as possible.
+    pub fn flush(&mut self, outbox: &mut Outbox) -> io::Result<Flushed> {
+        match self {
+            Transport::Plain(socket) => {
+                while !outbox.is_empty() {
+                    match socket.write_vectored(&outbox.slices()) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => outbox.consume(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(Flushed::Blocked);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Flushed::All)
+            }
+            Transport::Tls(t) => t.flush(outbox),
+        }
+    }
+
+    /// Ends our side of the stream (TLS close_notify, then TCP FIN) once
+    /// everything queued has been flushed.
+    pub fn close_write(&mut self) {
+        if let Transport::Tls(t) = self {
+            t.tls.send_close_notify();
+            let _ = t.write_tls();
+        }
+        let _ = self.socket().shutdown(Shutdown::Write);
+    }
+
+    /// Reads and throws away whatever the peer still sends while we close.
+    /// `Ok(true)` once the peer has closed its side.
+    pub fn discard_input(&mut self) -> io::Result<bool> {
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.socket().read(&mut sink) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                // The peer closed TCP without close_notify: an ordinary end here.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            // No plaintext buffered: pull more records off the socket.
+            match self.tls.read_tls(&mut self.socket) {
+                Ok(0) => return Ok(0),
+                Ok(_) => {
+                    if let Err(e) = self.tls.process_new_packets() {
+                        // Send the alert rustls queued, then give up.
+                        let _ = self.write_tls();
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn flush(&mut self, outbox: &mut Outbox) -> io::Result<Flushed> {
+        loop {
+            // Move plaintext into rustls (bounded by its buffer limit); it
+            // packs consecutive frames into shared records.
+            if !outbox.is_empty() {
+                let n = self.tls.writer().write_vectored(&outbox.slices())?;
+                outbox.consume(n);
+            }
+            if !self.tls.wants_write() {
+                return Ok(if outbox.is_empty() {
+                    Flushed::All
+                } else {
+                    Flushed::Blocked
+                });
+            }
+            if self.write_tls()? == Flushed::Blocked {
+                return Ok(Flushed::Blocked);
+            }
+        }
+    }
+
+    fn write_tls(&mut self) -> io::Result<Flushed> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.socket) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Flushed::All)
+    }
+}

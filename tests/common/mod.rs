@@ -1,0 +1,412 @@
+//! Test harness: starts the real `ragnarok` binary on port 0 (ws, or wss
+//! with a certificate made at test time) and drives it with real WebSocket
+//! clients over real sockets. Every read has a timeout.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const PASSWORD: &str = "963";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh folder for one test's files.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("ragnarok-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A self-signed certificate for `localhost`, PEM encoded.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl TestCert {
+    pub fn new() -> Self {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        TestCert {
+            cert_pem: made.cert.pem(),
+            key_pem: made.signing_key.serialize_pem(),
+            der: made.cert.der().clone(),
+        }
+    }
+
+    pub fn client_config(der: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// The path of the built server binary.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_ragnarok")
+}
+
+/// The base config for tests: the seed's keys, port 0, a password, rate
+/// limiting at its defaults.
+pub fn base_config() -> Value {
+    json!({
+        "SSL": false,
+        "SSL_Cert": "cert.pem",
+        "SSL_Key": "key.pem",
+        "server_ip": "127.0.0.1",
+        "server_port": 0,
+        "server_name": "Test Room",
+        "server_password": PASSWORD,
+    })
+}
+
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub password: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Plain ws, with `overrides` merged into the base config.
+    pub fn start(overrides: Value) -> Self {
+        Self::launch(overrides, false)
+    }
+
+    /// wss with a certificate made for this test.
+    pub fn start_tls(overrides: Value) -> Self {
+        Self::launch(overrides, true)
+    }
+
+    /// Both flavours, for tests that must hold over ws and wss.
+    pub fn both(overrides: Value) -> [Self; 2] {
+        [Self::start(overrides.clone()), Self::start_tls(overrides)]
+    }
+
+    fn launch(overrides: Value, tls: bool) -> Self {
+        let dir = temp_dir("server");
+        let mut config = base_config();
+        for (k, v) in overrides.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        let mut client_tls = None;
+        if tls {
+            config["SSL"] = json!(true);
+            let cert = TestCert::new();
+            std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
+            std::fs::write(dir.join("key.pem"), &cert.key_pem).unwrap();
+            client_tls = Some(TestCert::client_config(&cert.der));
+        }
+        let password = config["server_password"].as_str().unwrap_or("").to_owned();
+        let path = dir.join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let mut child = Command::new(binary())
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ragnarok");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or("");
+                    let addr = url.split("://").nth(1).unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(TIMEOUT) {
+            Ok(addr) => addr.parse().expect("address in the log"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        TestServer {
+            child,
+            addr,
+            dir,
+            password,
+            tls: client_tls,
+            log,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.is_tls() { "wss" } else { "ws" };
+        format!("{scheme}://localhost:{}/", self.addr.port())
+    }
+
+    /// A raw socket to the server (TLS already negotiated on a wss server).
+    pub fn stream(&self) -> Stream {
+        let tcp = TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        match &self.tls {
+            None => Stream::Plain(tcp),
+            Some(config) => {
+                let name = ServerName::try_from("localhost").unwrap();
+                let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+                Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+            }
+        }
+    }
+
+    /// An open WebSocket, not logged in.
+    pub fn connect(&self) -> Client {
+        let (ws, _) = tungstenite::client::client(self.url(), self.stream()).expect("handshake");
+        Client { ws }
+    }
+
+    /// A logged-in client; the welcome (`ServerName`, `OnlineUsers`) is read.
+    pub fn login(&self, name: &str) -> Client {
+        let mut client = self.connect();
+        client.send_text(&self.password);
+        client.send_text(name);
+        let welcome = client.recv_json();
+        assert_eq!(welcome["ServerName"], "Test Room", "{welcome}");
+        let users = client.recv_json();
+        assert_eq!(users["msgType"], "OnlineUsers", "{users}");
+        client
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if let Some(line) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no log line with {needle:?} in {:#?}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(status.unwrap().success());
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < TIMEOUT, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// What a client saw at the end of a connection.
+#[derive(Debug)]
+pub enum Ending {
+    Close(Option<CloseFrame>),
+    /// The socket closed without a Close frame.
+    Eof,
+}
+
+impl Ending {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Ending::Close(Some(frame)) => Some(frame.code.into()),
+            _ => None,
+        }
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocket<Stream>,
+}
+
+impl Client {
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    pub fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string());
+    }
+
+    pub fn send(&mut self, message: Message) {
+        self.ws.send(message).expect("send");
+    }
+
+    /// The next data message (pings are answered by tungstenite).
+    pub fn recv(&mut self) -> Message {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(message) => return message,
+                Err(e) => panic!("no message: {e}"),
+            }
+        }
+    }
+
+    pub fn recv_json(&mut self) -> Value {
+        match self.recv() {
+            Message::Text(text) => serde_json::from_str(&text).expect("JSON"),
+            other => panic!("expected a JSON text frame, got {other:?}"),
+        }
+    }
+
+    /// Skips messages until one with this `msgType`.
+    pub fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let value = self.recv_json();
+            if value["msgType"] == kind {
+                return value;
+            }
+        }
+    }
+
+    /// Reads until the connection ends, returning the JSON messages seen
+    /// before that and how it ended.
+    pub fn recv_until_end(&mut self) -> (Vec<Value>, Ending) {
+        let mut seen = Vec::new();
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => seen.push(serde_json::from_str(&text).expect("JSON")),
+                Ok(Message::Close(frame)) => {
+                    // Let tungstenite answer and see the end of the stream.
+                    let _ = self.ws.flush();
+                    return (seen, Ending::Close(frame));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("connection still open after {TIMEOUT:?}; saw {seen:?}")
+                }
+                Err(_) => return (seen, Ending::Eof),
+            }
+        }
+    }
+
+    /// Asserts that nothing arrives within `wait`.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        self.ws
+            .get_mut()
+            .tcp()
+            .set_read_timeout(Some(wait))
+            .unwrap();
+        match self.ws.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        self.ws
+            .get_mut()
+            .tcp()
+            .set_read_timeout(Some(TIMEOUT))
+            .unwrap();
+    }
+}
+
+pub fn broadcast(text: &str) -> Value {
+    json!({"msgType": "Broadcast", "text": text})
+}
