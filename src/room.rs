@@ -120,7 +120,11 @@ impl Room {
         let member = self.members.remove(&id)?;
         self.names.remove(&member.name);
         self.order.swap_remove(member.slot);
-        if let Some(m) = self.order.get(member.slot).and_then(|id| self.members.get_mut(id)) {
+        if let Some(m) = self
+            .order
+            .get(member.slot)
+            .and_then(|id| self.members.get_mut(id))
+        {
             m.slot = member.slot;
         }
         match self.joined.iter().position(|&j| j == id) {

@@ -11,7 +11,9 @@ fn broadcast_reaches_everyone_with_server_set_source() {
         let mut alice = server.login("alice");
         let mut bob = server.login("bob");
         alice.recv_type("OnlineUsers");
-        alice.send_json(json!({"msgType": "Broadcast", "text": "hi all", "SrcUser": "mallory", "extra": [1]}));
+        alice.send_json(
+            json!({"msgType": "Broadcast", "text": "hi all", "SrcUser": "mallory", "extra": [1]}),
+        );
         let expected = json!({"msgType": "Broadcast", "SrcUser": "alice", "text": "hi all"});
         assert_eq!(alice.recv_json(), expected);
         assert_eq!(bob.recv_json(), expected);
@@ -25,7 +27,12 @@ fn broadcasts_from_many_senders_arrive_in_one_order_for_all() {
         // Drain the presence updates so only broadcasts remain.
         // (The last one read the full list at login.)
         for client in clients.iter_mut().take(3) {
-            while client.recv_type("OnlineUsers")["Users"].as_array().unwrap().len() < 4 {}
+            while client.recv_type("OnlineUsers")["Users"]
+                .as_array()
+                .unwrap()
+                .len()
+                < 4
+            {}
         }
         const EACH: usize = 200;
         for n in 0..EACH {
@@ -39,17 +46,27 @@ fn broadcasts_from_many_senders_arrive_in_one_order_for_all() {
                 .map(|_| {
                     let m = client.recv_json();
                     assert_eq!(m["msgType"], "Broadcast", "{m}");
-                    format!("{}>{}", m["SrcUser"].as_str().unwrap(), m["text"].as_str().unwrap())
+                    format!(
+                        "{}>{}",
+                        m["SrcUser"].as_str().unwrap(),
+                        m["text"].as_str().unwrap()
+                    )
                 })
                 .collect();
             // Each sender's messages keep their order.
             for i in 0..4 {
-                let mine: Vec<_> = order.iter().filter(|t| t.starts_with(&format!("user{i}>"))).collect();
+                let mine: Vec<_> = order
+                    .iter()
+                    .filter(|t| t.starts_with(&format!("user{i}>")))
+                    .collect();
                 let expected: Vec<String> = (0..EACH).map(|n| format!("user{i}>{i}:{n}")).collect();
                 assert_eq!(mine, expected.iter().collect::<Vec<_>>());
             }
             orders.push(order);
         }
-        assert!(orders.windows(2).all(|w| w[0] == w[1]), "every user saw the same order");
+        assert!(
+            orders.windows(2).all(|w| w[0] == w[1]),
+            "every user saw the same order"
+        );
     }
 }

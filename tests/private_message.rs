@@ -17,7 +17,10 @@ fn private_message_reaches_only_the_target() {
         bob.recv_type("OnlineUsers");
         let opaque = "6a1f09:ciphertext-the-server-cannot-read";
         alice.send_json(json!({"msgType": "PrivateMessage", "TgtUser": "bob", "text": opaque, "SrcUser": "carol"}));
-        assert_eq!(bob.recv_json(), json!({"msgType": "PrivateMessage", "SrcUser": "alice", "text": opaque}));
+        assert_eq!(
+            bob.recv_json(),
+            json!({"msgType": "PrivateMessage", "SrcUser": "alice", "text": opaque})
+        );
         carol.expect_silence(Duration::from_millis(300));
         alice.expect_silence(Duration::from_millis(100));
     }

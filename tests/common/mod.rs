@@ -48,6 +48,17 @@ impl TestCert {
         }
     }
 
+    /// From PEM files made elsewhere (e.g. by openssl).
+    pub fn from_pem(cert_pem: String, key_pem: String) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        TestCert {
+            cert_pem,
+            key_pem,
+            der,
+        }
+    }
+
     pub fn client_config(der: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der.clone()).unwrap();
@@ -93,12 +104,17 @@ pub struct TestServer {
 impl TestServer {
     /// Plain ws, with `overrides` merged into the base config.
     pub fn start(overrides: Value) -> Self {
-        Self::launch(overrides, false)
+        Self::launch(overrides, None)
     }
 
     /// wss with a certificate made for this test.
     pub fn start_tls(overrides: Value) -> Self {
-        Self::launch(overrides, true)
+        Self::launch(overrides, Some(TestCert::new()))
+    }
+
+    /// wss with the given certificate and key.
+    pub fn start_with_cert(overrides: Value, cert: TestCert) -> Self {
+        Self::launch(overrides, Some(cert))
     }
 
     /// Both flavours, for tests that must hold over ws and wss.
@@ -106,16 +122,15 @@ impl TestServer {
         [Self::start(overrides.clone()), Self::start_tls(overrides)]
     }
 
-    fn launch(overrides: Value, tls: bool) -> Self {
+    fn launch(overrides: Value, tls: Option<TestCert>) -> Self {
         let dir = temp_dir("server");
         let mut config = base_config();
         for (k, v) in overrides.as_object().unwrap() {
             config[k] = v.clone();
         }
         let mut client_tls = None;
-        if tls {
+        if let Some(cert) = tls {
             config["SSL"] = json!(true);
-            let cert = TestCert::new();
             std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
             std::fs::write(dir.join("key.pem"), &cert.key_pem).unwrap();
             client_tls = Some(TestCert::client_config(&cert.der));
