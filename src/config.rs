@@ -18,6 +18,8 @@ pub struct Config {
     pub server_name: String,
     pub server_password: String,
     pub limits: Limits,
+    /// Broadcasts kept in memory and replayed to joiners; 0 = off.
+    pub history_size: usize,
     pub log_level: LevelFilter,
 }
 
@@ -64,6 +66,7 @@ impl Default for Config {
             server_name: "Ragnarok".into(),
             server_password: String::new(),
             limits: Limits::default(),
+            history_size: 50,
             log_level: LevelFilter::Info,
         }
     }
@@ -71,22 +74,10 @@ impl Default for Config {
 
 #[derive(Debug)]
 pub enum ConfigError {
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    Syntax {
-        path: PathBuf,
-        message: String,
-    },
-    UnknownKey {
-        key: String,
-        suggestion: Option<&'static str>,
-    },
-    BadValue {
-        key: &'static str,
-        message: String,
-    },
+    Read { path: PathBuf, source: std::io::Error },
+    Syntax { path: PathBuf, message: String },
+    UnknownKey { key: String, suggestion: Option<&'static str> },
+    BadValue { key: &'static str, message: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -96,22 +87,12 @@ impl fmt::Display for ConfigError {
                 write!(f, "cannot read config file {}: {source}", path.display())
             }
             ConfigError::Syntax { path, message } => {
-                write!(
-                    f,
-                    "config file {} is not valid JSON: {message}",
-                    path.display()
-                )
+                write!(f, "config file {} is not valid JSON: {message}", path.display())
             }
-            ConfigError::UnknownKey {
-                key,
-                suggestion: Some(s),
-            } => {
+            ConfigError::UnknownKey { key, suggestion: Some(s) } => {
                 write!(f, "config: unknown key {key:?} (did you mean {s:?}?)")
             }
-            ConfigError::UnknownKey {
-                key,
-                suggestion: None,
-            } => {
+            ConfigError::UnknownKey { key, suggestion: None } => {
                 write!(f, "config: unknown key {key:?}")
             }
             ConfigError::BadValue { key, message } => write!(f, "config: {key:?} {message}"),
@@ -136,31 +117,27 @@ const KEYS: &[&str] = &[
     "idle_timeout_secs",
     "rate_limit_per_sec",
     "rate_limit_burst",
+    "history_size",
     "log_level",
 ];
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
-                path: path.to_owned(),
-                message,
-            },
+            ConfigError::Syntax { message, .. } => {
+                ConfigError::Syntax { path: path.to_owned(), message }
+            }
             other => other,
         })
     }
 
     /// Parses config text; relative certificate paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        })?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: PathBuf::new(), message: e.to_string() })?;
         let Value::Object(map) = value else {
             return Err(ConfigError::Syntax {
                 path: PathBuf::new(),
@@ -172,10 +149,7 @@ impl Config {
                 let suggestion = KEYS.iter().copied().find(|k| {
                     k.eq_ignore_ascii_case(key) || k.replace('_', "") == key.replace('_', "")
                 });
-                return Err(ConfigError::UnknownKey {
-                    key: key.clone(),
-                    suggestion,
-                });
+                return Err(ConfigError::UnknownKey { key: key.clone(), suggestion });
             }
         }
         let keys = Keys(&map);
@@ -184,20 +158,15 @@ impl Config {
         let cert = keys.string("SSL_Cert")?;
         let key = keys.string("SSL_Key")?;
         if ssl {
-            let cert = cert
-                .filter(|s| !s.is_empty())
-                .ok_or(ConfigError::BadValue {
-                    key: "SSL_Cert",
-                    message: "must name the certificate file when \"SSL\" is true".into(),
-                })?;
+            let cert = cert.filter(|s| !s.is_empty()).ok_or(ConfigError::BadValue {
+                key: "SSL_Cert",
+                message: "must name the certificate file when \"SSL\" is true".into(),
+            })?;
             let key = key.filter(|s| !s.is_empty()).ok_or(ConfigError::BadValue {
                 key: "SSL_Key",
                 message: "must name the private key file when \"SSL\" is true".into(),
             })?;
-            c.tls = Some(TlsFiles {
-                cert: base.join(cert),
-                key: base.join(key),
-            });
+            c.tls = Some(TlsFiles { cert: base.join(cert), key: base.join(key) });
         }
         if let Some(ip) = keys.string("server_ip")? {
             if ip.trim().is_empty() {
@@ -237,10 +206,10 @@ impl Config {
             l.rate_limit_burst = n as u32;
         }
         if l.rate_limit_per_sec > 0 && l.rate_limit_burst == 0 {
-            return Err(bad(
-                "rate_limit_burst",
-                "must be at least 1 when rate limiting is on",
-            ));
+            return Err(bad("rate_limit_burst", "must be at least 1 when rate limiting is on"));
+        }
+        if let Some(n) = keys.int("history_size", 0, 10_000)? {
+            c.history_size = n as usize;
         }
         if let Some(level) = keys.string("log_level")? {
             c.log_level = match level.to_ascii_lowercase().as_str() {
@@ -263,10 +232,7 @@ impl Config {
 }
 
 fn bad(key: &'static str, message: &str) -> ConfigError {
-    ConfigError::BadValue {
-        key,
-        message: message.into(),
-    }
+    ConfigError::BadValue { key, message: message.into() }
 }
 
 /// Typed access to the config object, with errors that name the key.
@@ -294,10 +260,7 @@ impl Keys<'_> {
             None => Ok(None),
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-                _ => Err(bad(
-                    key,
-                    &format!("must be a whole number from {min} to {max}, not {n}"),
-                )),
+                _ => Err(bad(key, &format!("must be a whole number from {min} to {max}, not {n}"))),
             },
             Some(other) => Err(bad(key, &format!("must be a number, not {other}"))),
         }
@@ -342,22 +305,13 @@ mod tests {
         let cases = [
             (r#"{"SSl": true}"#, "\"SSl\" (did you mean \"SSL\"?)"),
             (r#"{"colour": 1}"#, "unknown key \"colour\""),
-            (
-                r#"{"server_port": "80"}"#,
-                "\"server_port\" must be a number",
-            ),
-            (
-                r#"{"server_port": 70000}"#,
-                "\"server_port\" must be a whole number",
-            ),
+            (r#"{"server_port": "80"}"#, "\"server_port\" must be a number"),
+            (r#"{"server_port": 70000}"#, "\"server_port\" must be a whole number"),
             (r#"{"SSL": "yes"}"#, "\"SSL\" must be true or false"),
             (r#"{"SSL": true}"#, "\"SSL_Cert\" must name"),
             (r#"{"max_connections": 0}"#, "\"max_connections\""),
             (r#"{"log_level": "loud"}"#, "\"log_level\" must be one of"),
-            (
-                r#"{"rate_limit_burst": 0}"#,
-                "\"rate_limit_burst\" must be at least 1",
-            ),
+            (r#"{"rate_limit_burst": 0}"#, "\"rate_limit_burst\" must be at least 1"),
             (r#"{"server_port": 1"#, "not valid JSON"),
             (r#"[1]"#, "top level must be an object"),
         ];

@@ -58,26 +58,16 @@ enum State {
     /// TLS handshake (inside the transport) and the HTTP upgrade request.
     Handshaking { request: Vec<u8> },
     /// WebSocket open.
-    Open {
-        ws: Box<WebSocketContext>,
-        session: Session,
-    },
+    Open { ws: Box<WebSocketContext>, session: Session },
     /// Our last frames are flushing; then we half-close and wait for the
     /// peer to close, so that nothing we sent is lost to a TCP reset.
-    Closing {
-        deadline: Instant,
-        write_closed: bool,
-        peer_closed: bool,
-    },
+    Closing { deadline: Instant, write_closed: bool, peer_closed: bool },
 }
 
 enum Session {
     AwaitingPassword,
     AwaitingName,
-    Chatting {
-        bucket: Option<TokenBucket>,
-        ping_sent: Option<Instant>,
-    },
+    Chatting { bucket: Option<TokenBucket>, ping_sent: Option<Instant> },
 }
 
 pub struct Connection {
@@ -103,9 +93,7 @@ impl Connection {
         Connection {
             transport,
             outbox: Outbox::new(outbound_limit),
-            state: State::Handshaking {
-                request: Vec::new(),
-            },
+            state: State::Handshaking { request: Vec::new() },
             peer,
             opened: now,
             last_heard: now,
@@ -123,13 +111,7 @@ impl Connection {
     }
 
     pub fn is_chatting(&self) -> bool {
-        matches!(
-            self.state,
-            State::Open {
-                session: Session::Chatting { .. },
-                ..
-            }
-        )
+        matches!(self.state, State::Open { session: Session::Chatting { .. }, .. })
     }
 
     /// Queues a room message; `Overflow` means this reader fell too far behind.
@@ -161,10 +143,7 @@ impl Connection {
                 }
             }
             State::Open { ws, .. } => {
-                let mut io = Io {
-                    transport: &mut self.transport,
-                    outbox: &mut self.outbox,
-                };
+                let mut io = Io { transport: &mut self.transport, outbox: &mut self.outbox };
                 match ws.read(&mut io) {
                     Ok(message) => {
                         self.last_heard = cx.now;
@@ -174,21 +153,17 @@ impl Connection {
                     Err(e) => self.on_ws_error(id, e, cx),
                 }
             }
-            State::Closing {
-                peer_closed: true, ..
-            } => Step::Idle,
-            State::Closing {
-                write_closed,
-                peer_closed,
-                ..
-            } => match self.transport.discard_input() {
-                Ok(false) => Step::Idle,
-                Ok(true) if !*write_closed => {
-                    *peer_closed = true;
-                    Step::Idle
+            State::Closing { peer_closed: true, .. } => Step::Idle,
+            State::Closing { write_closed, peer_closed, .. } => {
+                match self.transport.discard_input() {
+                    Ok(false) => Step::Idle,
+                    Ok(true) if !*write_closed => {
+                        *peer_closed = true;
+                        Step::Idle
+                    }
+                    Ok(true) | Err(_) => Step::Finished,
                 }
-                Ok(true) | Err(_) => Step::Finished,
-            },
+            }
         }
     }
 
@@ -204,10 +179,7 @@ impl Connection {
                 let ws =
                     WebSocketContext::from_partially_read(rest, Role::Server, Some(cx.ws_config));
                 debug!("{}: WebSocket open", self.peer);
-                self.state = State::Open {
-                    ws: Box::new(ws),
-                    session: Session::AwaitingPassword,
-                };
+                self.state = State::Open { ws: Box::new(ws), session: Session::AwaitingPassword };
                 Step::Progress
             }
             Parsed::Reject { response, status } => {
@@ -242,11 +214,7 @@ impl Connection {
                 let name = strip_line_end(&text);
                 match cx.room.join(id, name) {
                     Ok(()) => {
-                        info!(
-                            "{}: {name:?} logged in ({} online)",
-                            self.peer,
-                            cx.room.len()
-                        );
+                        info!("{}: {name:?} logged in ({} online)", self.peer, cx.room.len());
                         let limits = cx.limits;
                         let bucket = (limits.rate_limit_per_sec > 0).then(|| {
                             TokenBucket::new(
@@ -255,10 +223,7 @@ impl Connection {
                                 cx.now,
                             )
                         });
-                        self.set_session(Session::Chatting {
-                            bucket,
-                            ping_sent: None,
-                        });
+                        self.set_session(Session::Chatting { bucket, ping_sent: None });
                         Step::Progress
                     }
                     Err(why) => {
@@ -315,13 +280,7 @@ impl Connection {
                     ErrorCode::BinaryUnsupported,
                     "log in with two text frames: the password, then the username",
                 );
-                self.close(
-                    id,
-                    close_code::UNSUPPORTED_DATA,
-                    "text frames only",
-                    Some(why),
-                    cx,
-                )
+                self.close(id, close_code::UNSUPPORTED_DATA, "text frames only", Some(why), cx)
             }
             (Message::Pong(_) | Message::Ping(_), Session::Chatting { ping_sent, .. }) => {
                 *ping_sent = None;
@@ -330,10 +289,7 @@ impl Connection {
             (Message::Close(frame), _) => {
                 debug!("{}: peer closed: {frame:?}", self.peer);
                 // tungstenite queued the reply; move it into our outbox.
-                let mut io = Io {
-                    transport: &mut self.transport,
-                    outbox: &mut self.outbox,
-                };
+                let mut io = Io { transport: &mut self.transport, outbox: &mut self.outbox };
                 let _ = ws.flush(&mut io);
                 if let Some(name) = cx.room.leave(id) {
                     info!("{}: {name:?} left ({} online)", self.peer, cx.room.len());
@@ -360,10 +316,7 @@ impl Connection {
                 Step::Finished
             }
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                warn!(
-                    "{}: message of {size} bytes over the {max_size} limit",
-                    self.peer
-                );
+                warn!("{}: message of {size} bytes over the {max_size} limit", self.peer);
                 let why = Rejection::new(
                     ErrorCode::MessageTooBig,
                     format!("message of {size} bytes is over the limit of {max_size} bytes"),
@@ -372,13 +325,7 @@ impl Connection {
             }
             WsError::Utf8(_) => {
                 warn!("{}: text frame with invalid UTF-8", self.peer);
-                self.close(
-                    id,
-                    close_code::INVALID_DATA,
-                    "invalid UTF-8 in a text frame",
-                    None,
-                    cx,
-                )
+                self.close(id, close_code::INVALID_DATA, "invalid UTF-8 in a text frame", None, cx)
             }
             WsError::Protocol(e) => {
                 warn!("{}: WebSocket protocol error: {e}", self.peer);
@@ -412,11 +359,7 @@ impl Connection {
         cx: &mut Cx,
     ) -> Step {
         if let Some(name) = cx.room.leave(id) {
-            info!(
-                "{}: {name:?} disconnected: {reason} ({} online)",
-                self.peer,
-                cx.room.len()
-            );
+            info!("{}: {name:?} disconnected: {reason} ({} online)", self.peer, cx.room.len());
         }
         if let State::Open { .. } = self.state {
             if let Some(why) = why {
@@ -472,18 +415,14 @@ impl Connection {
                 info!("{}: handshake timeout", self.peer);
                 Step::Finished
             }
-            State::Open {
-                session: Session::AwaitingPassword | Session::AwaitingName,
-                ..
-            } if login_late => {
+            State::Open { session: Session::AwaitingPassword | Session::AwaitingName, .. }
+                if login_late =>
+            {
                 info!("{}: login timeout", self.peer);
                 let why = Rejection::new(ErrorCode::LoginTimeout, "login took too long");
                 self.close(id, close_code::POLICY, "login timeout", Some(why), cx)
             }
-            State::Open {
-                session: Session::Chatting { ping_sent, .. },
-                ..
-            } => {
+            State::Open { session: Session::Chatting { ping_sent, .. }, .. } => {
                 let Some(idle) = cx.limits.idle_timeout else {
                     return Step::Idle;
                 };
@@ -516,14 +455,8 @@ impl Connection {
                 return false;
             }
         };
-        if let (
-            Flushed::All,
-            State::Closing {
-                write_closed,
-                peer_closed,
-                ..
-            },
-        ) = (&flushed, &mut self.state)
+        if let (Flushed::All, State::Closing { write_closed, peer_closed, .. }) =
+            (&flushed, &mut self.state)
         {
             if !*write_closed {
                 self.transport.close_write();
@@ -540,10 +473,7 @@ impl Connection {
             } else {
                 Interest::READABLE
             };
-            if registry
-                .reregister(self.transport.socket(), token, interest)
-                .is_err()
-            {
+            if registry.reregister(self.transport.socket(), token, interest).is_err() {
                 return false;
             }
             self.write_interest = want_write;

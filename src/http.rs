@@ -42,10 +42,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
         return reject(405, "only GET is supported\n");
     }
     if !has_token("Upgrade", "websocket") {
-        return reject(
-            426,
-            "this is a Ragnarok chat server: connect with a WebSocket client\n",
-        );
+        return reject(426, "this is a Ragnarok chat server: connect with a WebSocket client\n");
     }
     if !has_token("Connection", "upgrade") {
         return reject(400, "WebSocket upgrade without \"Connection: Upgrade\"\n");
@@ -53,20 +50,14 @@ pub fn parse(buf: &[u8]) -> Parsed {
     if header("Sec-WebSocket-Version") != Some("13") {
         return reject(426, "unsupported WebSocket version: use 13\n");
     }
-    let Some(key) = header("Sec-WebSocket-Key")
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-    else {
+    let Some(key) = header("Sec-WebSocket-Key").map(str::trim).filter(|k| !k.is_empty()) else {
         return reject(400, "WebSocket upgrade without Sec-WebSocket-Key\n");
     };
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
     );
-    Parsed::Upgrade {
-        response: response.into_bytes(),
-        head_len,
-    }
+    Parsed::Upgrade { response: response.into_bytes(), head_len }
 }
 
 fn reject(status: u16, body: &str) -> Parsed {
@@ -77,19 +68,12 @@ fn reject(status: u16, body: &str) -> Parsed {
         431 => "Request Header Fields Too Large",
         _ => "Error",
     };
-    let extra = if status == 426 {
-        "Sec-WebSocket-Version: 13\r\n"
-    } else {
-        ""
-    };
+    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     let response = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
-    Parsed::Reject {
-        response: response.into_bytes(),
-        status,
-    }
+    Parsed::Reject { response: response.into_bytes(), status }
 }
 
 #[cfg(test)]

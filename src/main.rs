@@ -141,22 +141,10 @@ fn run() -> Result<(), Fatal> {
         }
         _ => Fatal::Unavailable(format!("cannot listen on {address}: {e}")),
     })?;
-    server
-        .handle_signals()
-        .map_err(|e| Fatal::Software(format!("cannot handle signals: {e}")))?;
-    let access = if config.server_password.is_empty() {
-        "public"
-    } else {
-        "password protected"
-    };
-    info!(
-        "Ragnarok listening on {} (room {:?}, {access})",
-        server.url(),
-        config.server_name
-    );
-    server
-        .run()
-        .map_err(|e| Fatal::Software(format!("event loop failed: {e}")))
+    server.handle_signals().map_err(|e| Fatal::Software(format!("cannot handle signals: {e}")))?;
+    let access = if config.server_password.is_empty() { "public" } else { "password protected" };
+    info!("Ragnarok listening on {} (room {:?}, {access})", server.url(), config.server_name);
+    server.run().map_err(|e| Fatal::Software(format!("event loop failed: {e}")))
 }
 
 /// Lets the process hold `max_connections` sockets (plus a few files): the

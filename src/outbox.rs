@@ -17,10 +17,7 @@ pub type SharedFrame = Rc<[u8]>;
 const MAX_IOV: usize = 64;
 
 pub fn text_frame(payload: &str) -> SharedFrame {
-    let header = FrameHeader {
-        opcode: OpCode::Data(Data::Text),
-        ..FrameHeader::default()
-    };
+    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
     let len = payload.len() as u64;
     let mut buf = Vec::with_capacity(header.len(len) + payload.len());
     // Writing into a Vec cannot fail.
@@ -46,9 +43,7 @@ pub fn close_frame(code: u16, reason: &str) -> SharedFrame {
 
 pub fn ping_frame() -> SharedFrame {
     let mut buf = Vec::with_capacity(2);
-    Frame::ping(Vec::new())
-        .format(&mut buf)
-        .expect("write to Vec");
+    Frame::ping(Vec::new()).format(&mut buf).expect("write to Vec");
     buf.into()
 }
 
@@ -67,12 +62,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(limit: usize) -> Self {
-        Outbox {
-            chunks: VecDeque::new(),
-            head: 0,
-            queued: 0,
-            limit,
-        }
+        Outbox { chunks: VecDeque::new(), head: 0, queued: 0, limit }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,10 +153,7 @@ mod tests {
         let frame = text_frame(&long);
         assert_eq!(&frame[..4], &[0x81, 126, 1, 44]);
         assert_eq!(frame.len(), 304);
-        assert_eq!(
-            &*close_frame(1001, "bye"),
-            &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']
-        );
+        assert_eq!(&*close_frame(1001, "bye"), &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
         assert_eq!(close_frame(1008, &"é".repeat(100)).len(), 2 + 2 + 122);
         assert_eq!(&*ping_frame(), &[0x89, 0]);
     }

@@ -8,9 +8,18 @@ use serde_json::Value;
 /// A parsed message from a logged-in client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    Broadcast { text: String },
-    PrivateMessage { target: String, text: String },
+    Broadcast {
+        text: String,
+    },
+    PrivateMessage {
+        target: String,
+        text: String,
+    },
     OnlineUsers,
+    /// Publishes the sender's public key (opaque to the server).
+    PublicKey {
+        key: String,
+    },
 }
 
 /// Why a client's message was refused. Each maps to a stable `code` string.
@@ -29,6 +38,7 @@ pub enum ErrorCode {
     LoginTimeout,
     MessageTooBig,
     SlowReader,
+    KeyTooLarge,
 }
 
 impl ErrorCode {
@@ -47,6 +57,7 @@ impl ErrorCode {
             ErrorCode::LoginTimeout => "login_timeout",
             ErrorCode::MessageTooBig => "message_too_big",
             ErrorCode::SlowReader => "slow_reader",
+            ErrorCode::KeyTooLarge => "key_too_large",
         }
     }
 }
@@ -60,35 +71,21 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
-        Rejection {
-            code,
-            text: text.into(),
-        }
+        Rejection { code, text: text.into() }
     }
 
     pub fn to_json(&self) -> String {
-        Reply::Error {
-            code: self.code.as_str(),
-            text: &self.text,
-            target: None,
-        }
-        .to_json()
+        Reply::Error { code: self.code.as_str(), text: &self.text, target: None }.to_json()
     }
 }
 
 /// Parses one text frame from a logged-in client.
 pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
     let value: Value = serde_json::from_str(frame).map_err(|e| {
-        Rejection::new(
-            ErrorCode::BadJson,
-            format!("message is not valid JSON: {e}"),
-        )
+        Rejection::new(ErrorCode::BadJson, format!("message is not valid JSON: {e}"))
     })?;
     let Value::Object(mut fields) = value else {
-        return Err(Rejection::new(
-            ErrorCode::BadJson,
-            "message must be a JSON object",
-        ));
+        return Err(Rejection::new(ErrorCode::BadJson, "message must be a JSON object"));
     };
     let mut take = |name: &str| -> Result<String, Rejection> {
         match fields.remove(name) {
@@ -97,29 +94,24 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
                 ErrorCode::InvalidField,
                 format!("field \"{name}\" must be a string"),
             )),
-            None => Err(Rejection::new(
-                ErrorCode::MissingField,
-                format!("field \"{name}\" is missing"),
-            )),
+            None => {
+                Err(Rejection::new(ErrorCode::MissingField, format!("field \"{name}\" is missing")))
+            }
         }
     };
     let kind = take("msgType")?;
     match kind.as_str() {
-        "Broadcast" => Ok(Request::Broadcast {
-            text: take("text")?,
-        }),
+        "Broadcast" => Ok(Request::Broadcast { text: take("text")? }),
         "PrivateMessage" => {
             let target = take("TgtUser")?;
-            Ok(Request::PrivateMessage {
-                target,
-                text: take("text")?,
-            })
+            Ok(Request::PrivateMessage { target, text: take("text")? })
         }
         "OnlineUsers" => Ok(Request::OnlineUsers),
+        "PublicKey" => Ok(Request::PublicKey { key: take("key")? }),
         _ => Err(Rejection::new(
             ErrorCode::UnknownType,
             format!(
-                "unknown msgType {kind:?}: expected \"Broadcast\", \"PrivateMessage\" or \"OnlineUsers\""
+                "unknown msgType {kind:?}: expected \"Broadcast\", \"PrivateMessage\", \"PublicKey\" or \"OnlineUsers\""
             ),
         )),
     }
@@ -133,6 +125,9 @@ pub enum Reply<'a> {
         #[serde(rename = "SrcUser")]
         source: &'a str,
         text: &'a str,
+        /// Set on replays of recent history sent to a joiner.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        history: bool,
     },
     PrivateMessage {
         #[serde(rename = "SrcUser")]
@@ -142,6 +137,15 @@ pub enum Reply<'a> {
     OnlineUsers {
         #[serde(rename = "Users")]
         users: Vec<&'a str>,
+    },
+    PublicKey {
+        #[serde(rename = "SrcUser")]
+        source: &'a str,
+        key: &'a str,
+    },
+    PublicKeys {
+        #[serde(rename = "Keys")]
+        keys: std::collections::BTreeMap<&'a str, &'a str>,
     },
     UsersJoined {
         #[serde(rename = "Users")]
@@ -187,14 +191,12 @@ mod tests {
         );
         assert_eq!(
             parse_request(r#"{"msgType":"PrivateMessage","TgtUser":"bob","text":"c1ph3r"}"#),
-            Ok(Request::PrivateMessage {
-                target: "bob".into(),
-                text: "c1ph3r".into()
-            })
+            Ok(Request::PrivateMessage { target: "bob".into(), text: "c1ph3r".into() })
         );
+        assert_eq!(parse_request(r#"{"msgType":"OnlineUsers"}"#), Ok(Request::OnlineUsers));
         assert_eq!(
-            parse_request(r#"{"msgType":"OnlineUsers"}"#),
-            Ok(Request::OnlineUsers)
+            parse_request(r#"{"msgType":"PublicKey","key":"BASE64"}"#),
+            Ok(Request::PublicKey { key: "BASE64".into() })
         );
     }
 
@@ -203,48 +205,23 @@ mod tests {
         assert_eq!(code_of("not json"), ErrorCode::BadJson);
         assert_eq!(code_of("[1,2]"), ErrorCode::BadJson);
         assert_eq!(code_of(r#"{"text":"hi"}"#), ErrorCode::MissingField);
-        assert_eq!(
-            code_of(r#"{"msgType":"Broadcast"}"#),
-            ErrorCode::MissingField
-        );
-        assert_eq!(
-            code_of(r#"{"msgType":"Broadcast","text":5}"#),
-            ErrorCode::InvalidField
-        );
+        assert_eq!(code_of(r#"{"msgType":"Broadcast"}"#), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"msgType":"Broadcast","text":5}"#), ErrorCode::InvalidField);
         assert_eq!(code_of(r#"{"msgType":7}"#), ErrorCode::InvalidField);
         assert_eq!(code_of(r#"{"msgType":"Dance"}"#), ErrorCode::UnknownType);
-        assert_eq!(
-            code_of(r#"{"msgType":"PrivateMessage","text":"x"}"#),
-            ErrorCode::MissingField
-        );
+        assert_eq!(code_of(r#"{"msgType":"PrivateMessage","text":"x"}"#), ErrorCode::MissingField);
     }
 
     #[test]
     fn replies_use_the_original_field_names() {
-        let json = Reply::Broadcast {
-            source: "al\"ice",
-            text: "hi",
-        }
-        .to_json();
-        assert_eq!(
-            json,
-            r#"{"msgType":"Broadcast","SrcUser":"al\"ice","text":"hi"}"#
-        );
-        let json = Reply::OnlineUsers {
-            users: vec!["a", "b"],
-        }
-        .to_json();
+        let json = Reply::Broadcast { source: "al\"ice", text: "hi", history: false }.to_json();
+        assert_eq!(json, r#"{"msgType":"Broadcast","SrcUser":"al\"ice","text":"hi"}"#);
+        let json = Reply::Broadcast { source: "a", text: "old", history: true }.to_json();
+        assert_eq!(json, r#"{"msgType":"Broadcast","SrcUser":"a","text":"old","history":true}"#);
+        let json = Reply::OnlineUsers { users: vec!["a", "b"] }.to_json();
         assert_eq!(json, r#"{"msgType":"OnlineUsers","Users":["a","b"]}"#);
-        let err = Reply::Error {
-            code: "user_offline",
-            text: "t",
-            target: Some("bob"),
-        }
-        .to_json();
-        assert_eq!(
-            err,
-            r#"{"msgType":"Error","code":"user_offline","text":"t","TgtUser":"bob"}"#
-        );
+        let err = Reply::Error { code: "user_offline", text: "t", target: Some("bob") }.to_json();
+        assert_eq!(err, r#"{"msgType":"Error","code":"user_offline","text":"t","TgtUser":"bob"}"#);
         assert_eq!(server_name_json("Ks"), r#"{"ServerName":"Ks"}"#);
     }
 }

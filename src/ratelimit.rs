@@ -25,12 +25,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     pub fn new(per_sec: u32, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst);
-        TokenBucket {
-            per_sec: f64::from(per_sec),
-            burst,
-            tokens: burst,
-            last: now,
-        }
+        TokenBucket { per_sec: f64::from(per_sec), burst, tokens: burst, last: now }
     }
 
     pub fn take(&mut self, now: Instant) -> Verdict {
@@ -58,10 +53,7 @@ mod tests {
         let mut bucket = TokenBucket::new(10, 3, t0);
         let verdicts: Vec<_> = (0..7).map(|_| bucket.take(t0)).collect();
         use Verdict::*;
-        assert_eq!(
-            verdicts,
-            [Allow, Allow, Allow, Refuse, Refuse, Flood, Flood]
-        );
+        assert_eq!(verdicts, [Allow, Allow, Allow, Refuse, Refuse, Flood, Flood]);
 
         let mut bucket = TokenBucket::new(10, 3, t0);
         for _ in 0..4 {
@@ -78,10 +70,7 @@ mod tests {
         let t0 = Instant::now();
         let mut bucket = TokenBucket::new(20, 1, t0);
         for i in 1..100 {
-            assert_eq!(
-                bucket.take(t0 + Duration::from_millis(50 * i)),
-                Verdict::Allow
-            );
+            assert_eq!(bucket.take(t0 + Duration::from_millis(50 * i)), Verdict::Allow);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! messages. It knows nothing about sockets: every call returns the messages
 //! to send as `Outbound` values, which the server delivers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use crate::protocol::{ErrorCode, Rejection, Reply, Request, server_name_json};
@@ -16,6 +16,9 @@ pub const FULL_LIST_MAX: usize = 32;
 
 /// Longest allowed username, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
+
+/// Longest public key a user may publish, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// Who receives an outbound message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,8 @@ struct Member {
     name: Rc<str>,
     /// Index of this member in `Room::order`.
     slot: usize,
+    /// The public key the user published, relayed as an opaque string.
+    key: Option<Box<str>>,
 }
 
 pub struct Room {
@@ -50,10 +55,13 @@ pub struct Room {
     /// Presence changes not yet announced (see `flush_presence`).
     joined: Vec<ConnId>,
     left: Vec<Rc<str>>,
+    /// The last `history_size` broadcasts (sender, text), replayed to joiners.
+    history: VecDeque<(Rc<str>, Box<str>)>,
+    history_size: usize,
 }
 
 impl Room {
-    pub fn new(title: &str, password: &str) -> Self {
+    pub fn new(title: &str, password: &str, history_size: usize) -> Self {
         Room {
             title: title.to_owned(),
             password: password.to_owned(),
@@ -62,6 +70,8 @@ impl Room {
             names: BTreeMap::new(),
             joined: Vec::new(),
             left: Vec::new(),
+            history: VecDeque::with_capacity(history_size.min(1024)),
+            history_size,
         }
     }
 
@@ -98,13 +108,7 @@ impl Room {
         }
         let name: Rc<str> = Rc::from(name);
         self.names.insert(name.clone(), id);
-        self.members.insert(
-            id,
-            Member {
-                name: name.clone(),
-                slot: self.order.len(),
-            },
-        );
+        self.members.insert(id, Member { name: name.clone(), slot: self.order.len(), key: None });
         self.order.push(id);
         // Left and came back before anyone heard: nobody needs to hear either.
         if let Some(i) = self.left.iter().position(|n| *n == name) {
@@ -120,11 +124,7 @@ impl Room {
         let member = self.members.remove(&id)?;
         self.names.remove(&member.name);
         self.order.swap_remove(member.slot);
-        if let Some(m) = self
-            .order
-            .get(member.slot)
-            .and_then(|id| self.members.get_mut(id))
-        {
+        if let Some(m) = self.order.get(member.slot).and_then(|id| self.members.get_mut(id)) {
             m.slot = member.slot;
         }
         match self.joined.iter().position(|&j| j == id) {
@@ -145,27 +145,21 @@ impl Room {
         };
         match request {
             Request::Broadcast { text } => {
-                let json = Reply::Broadcast {
-                    source: &sender.name,
-                    text: &text,
+                let json = Reply::Broadcast { source: &sender.name, text: &text, history: false }
+                    .to_json();
+                out.push(Outbound { to: To::Everyone, json });
+                if self.history_size > 0 {
+                    if self.history.len() == self.history_size {
+                        self.history.pop_front();
+                    }
+                    self.history.push_back((sender.name.clone(), text.into_boxed_str()));
                 }
-                .to_json();
-                out.push(Outbound {
-                    to: To::Everyone,
-                    json,
-                });
             }
             Request::PrivateMessage { target, text } => match self.names.get(target.as_str()) {
                 Some(&to) => {
-                    let json = Reply::PrivateMessage {
-                        source: &sender.name,
-                        text: &text,
-                    }
-                    .to_json();
-                    out.push(Outbound {
-                        to: To::One(to),
-                        json,
-                    });
+                    let json =
+                        Reply::PrivateMessage { source: &sender.name, text: &text }.to_json();
+                    out.push(Outbound { to: To::One(to), json });
                 }
                 None => {
                     let text = format!("{target:?} is not online; the message was not delivered");
@@ -175,24 +169,40 @@ impl Room {
                         target: Some(&target),
                     }
                     .to_json();
-                    out.push(Outbound {
-                        to: To::One(from),
-                        json,
-                    });
+                    out.push(Outbound { to: To::One(from), json });
                 }
             },
             Request::OnlineUsers => {
-                out.push(Outbound {
-                    to: To::One(from),
-                    json: self.online_users_json(),
-                });
+                out.push(Outbound { to: To::One(from), json: self.online_users_json() });
+            }
+            Request::PublicKey { key } => {
+                let refused = if key.is_empty() {
+                    Some(Rejection::new(ErrorCode::InvalidField, "field \"key\" must not be empty"))
+                } else if key.len() > MAX_KEY_BYTES {
+                    Some(Rejection::new(
+                        ErrorCode::KeyTooLarge,
+                        format!("a public key may have at most {MAX_KEY_BYTES} bytes"),
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = refused {
+                    out.push(Outbound { to: To::One(from), json: why.to_json() });
+                    return;
+                }
+                let json = Reply::PublicKey { source: &sender.name, key: &key }.to_json();
+                out.push(Outbound { to: To::Everyone, json });
+                if let Some(member) = self.members.get_mut(&from) {
+                    member.key = Some(key.into_boxed_str());
+                }
             }
         }
     }
 
-    /// Announces joins and leaves since the last call, batched: joiners get
-    /// `ServerName` and the full list; the others get the full list in a small
-    /// room, or one `UsersJoined` / `UsersLeft` delta in a large one.
+    /// Announces joins and leaves since the last call, batched. Joiners get
+    /// `ServerName`, the full list, the published keys and the recent
+    /// history; the others get the full list in a small room, or one
+    /// `UsersJoined` / `UsersLeft` delta in a large one.
     pub fn flush_presence(&mut self, out: &mut Vec<Outbound>) {
         if self.joined.is_empty() && self.left.is_empty() {
             return;
@@ -205,40 +215,44 @@ impl Room {
                 json: server_name_json(&self.title),
             });
         }
-        if self.len() <= FULL_LIST_MAX {
-            out.push(Outbound {
-                to: To::Everyone,
-                json: self.online_users_json(),
-            });
-            return;
+        let small = self.len() <= FULL_LIST_MAX;
+        if small {
+            out.push(Outbound { to: To::Everyone, json: self.online_users_json() });
+        } else if !joined.is_empty() {
+            out.push(Outbound { to: To::Many(joined.clone()), json: self.online_users_json() });
         }
         if !joined.is_empty() {
-            out.push(Outbound {
-                to: To::Many(joined.clone()),
-                json: self.online_users_json(),
-            });
+            self.welcome(&joined, out);
+        }
+        if small {
+            return;
         }
         if !left.is_empty() {
             let users = left.iter().map(|n| &**n).collect();
-            out.push(Outbound {
-                to: To::Everyone,
-                json: Reply::UsersLeft { users }.to_json(),
-            });
+            out.push(Outbound { to: To::Everyone, json: Reply::UsersLeft { users }.to_json() });
         }
         if !joined.is_empty() {
             let users = joined.iter().filter_map(|&id| self.name_of(id)).collect();
-            out.push(Outbound {
-                to: To::Everyone,
-                json: Reply::UsersJoined { users }.to_json(),
-            });
+            out.push(Outbound { to: To::Everyone, json: Reply::UsersJoined { users }.to_json() });
+        }
+    }
+
+    /// The keys published so far and the recent history, for joiners.
+    fn welcome(&self, joined: &[ConnId], out: &mut Vec<Outbound>) {
+        let keys: BTreeMap<&str, &str> =
+            self.members.values().filter_map(|m| Some((&*m.name, &**m.key.as_ref()?))).collect();
+        if !keys.is_empty() {
+            let json = Reply::PublicKeys { keys }.to_json();
+            out.push(Outbound { to: To::Many(joined.to_vec()), json });
+        }
+        for (source, text) in &self.history {
+            let json = Reply::Broadcast { source, text, history: true }.to_json();
+            out.push(Outbound { to: To::Many(joined.to_vec()), json });
         }
     }
 
     fn online_users_json(&self) -> String {
-        Reply::OnlineUsers {
-            users: self.names.keys().map(|n| &**n).collect(),
-        }
-        .to_json()
+        Reply::OnlineUsers { users: self.names.keys().map(|n| &**n).collect() }.to_json()
     }
 }
 
@@ -285,11 +299,11 @@ mod tests {
 
     #[test]
     fn password_rules() {
-        let private = Room::new("t", "963");
+        let private = Room::new("t", "963", 0);
         assert!(private.check_password("963"));
         assert!(!private.check_password("96"));
         assert!(!private.check_password("9634"));
-        assert!(Room::new("t", "").check_password("anything"));
+        assert!(Room::new("t", "", 0).check_password("anything"));
     }
 
     #[test]
@@ -298,13 +312,9 @@ mod tests {
         assert!(validate_name("John Smith").is_ok());
         assert!(validate_name(&"é".repeat(32)).is_ok());
         for bad in ["", " bob", "bob ", "a\u{7}b", "tab\there", &"x".repeat(33)] {
-            assert_eq!(
-                validate_name(bad).unwrap_err().code,
-                ErrorCode::InvalidName,
-                "{bad:?}"
-            );
+            assert_eq!(validate_name(bad).unwrap_err().code, ErrorCode::InvalidName, "{bad:?}");
         }
-        let mut room = Room::new("t", "");
+        let mut room = Room::new("t", "", 0);
         room.join(1, "bob").unwrap();
         assert_eq!(room.join(2, "bob").unwrap_err().code, ErrorCode::NameTaken);
         assert_eq!(room.join(2, "").unwrap_err().code, ErrorCode::InvalidName);
@@ -313,22 +323,19 @@ mod tests {
 
     #[test]
     fn joiner_gets_title_then_list_in_small_room() {
-        let mut room = Room::new("Ks", "");
+        let mut room = Room::new("Ks", "", 0);
         joined(&mut room, 1, "bob");
         let out = joined(&mut room, 2, "alice");
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].to, To::Many(vec![2]));
         assert_eq!(parse(&out[0]), json!({"ServerName": "Ks"}));
         assert_eq!(out[1].to, To::Everyone);
-        assert_eq!(
-            parse(&out[1]),
-            json!({"msgType": "OnlineUsers", "Users": ["alice", "bob"]})
-        );
+        assert_eq!(parse(&out[1]), json!({"msgType": "OnlineUsers", "Users": ["alice", "bob"]}));
     }
 
     #[test]
     fn large_room_gets_batched_deltas() {
-        let mut room = Room::new("Ks", "");
+        let mut room = Room::new("Ks", "", 0);
         for id in 0..FULL_LIST_MAX {
             joined(&mut room, id, &format!("u{id:03}"));
         }
@@ -338,28 +345,13 @@ mod tests {
         room.leave(3);
         room.flush_presence(&mut out);
         let kinds: Vec<_> = out.iter().map(|o| (o.to.clone(), parse(o))).collect();
-        assert_eq!(
-            kinds[0],
-            (To::Many(vec![100, 101]), json!({"ServerName": "Ks"}))
-        );
+        assert_eq!(kinds[0], (To::Many(vec![100, 101]), json!({"ServerName": "Ks"})));
         assert_eq!(kinds[1].0, To::Many(vec![100, 101]));
-        assert_eq!(
-            kinds[1].1["Users"].as_array().unwrap().len(),
-            FULL_LIST_MAX + 1
-        );
-        assert_eq!(
-            kinds[2],
-            (
-                To::Everyone,
-                json!({"msgType": "UsersLeft", "Users": ["u003"]})
-            )
-        );
+        assert_eq!(kinds[1].1["Users"].as_array().unwrap().len(), FULL_LIST_MAX + 1);
+        assert_eq!(kinds[2], (To::Everyone, json!({"msgType": "UsersLeft", "Users": ["u003"]})));
         assert_eq!(
             kinds[3],
-            (
-                To::Everyone,
-                json!({"msgType": "UsersJoined", "Users": ["new1", "new2"]})
-            )
+            (To::Everyone, json!({"msgType": "UsersJoined", "Users": ["new1", "new2"]}))
         );
         assert_eq!(out.len(), 4);
         room.flush_presence(&mut out);
@@ -368,7 +360,7 @@ mod tests {
 
     #[test]
     fn join_then_leave_before_flush_is_silent_for_others() {
-        let mut room = Room::new("Ks", "");
+        let mut room = Room::new("Ks", "", 0);
         for id in 0..40 {
             joined(&mut room, id, &format!("u{id}"));
         }
@@ -385,7 +377,7 @@ mod tests {
 
     #[test]
     fn leave_keeps_delivery_list_consistent() {
-        let mut room = Room::new("Ks", "");
+        let mut room = Room::new("Ks", "", 0);
         for (id, name) in ["a", "b", "c", "d"].iter().enumerate() {
             joined(&mut room, id, name);
         }
@@ -403,7 +395,7 @@ mod tests {
 
     #[test]
     fn routes_broadcasts_and_private_messages() {
-        let mut room = Room::new("Ks", "");
+        let mut room = Room::new("Ks", "", 0);
         joined(&mut room, 1, "alice");
         joined(&mut room, 2, "bob");
         let mut out = Vec::new();
@@ -414,10 +406,7 @@ mod tests {
             json!({"msgType": "Broadcast", "SrcUser": "alice", "text": "hi"})
         );
         out.clear();
-        let pm = Request::PrivateMessage {
-            target: "bob".into(),
-            text: "secret".into(),
-        };
+        let pm = Request::PrivateMessage { target: "bob".into(), text: "secret".into() };
         room.handle(1, pm, &mut out);
         assert_eq!(out[0].to, To::One(2));
         assert_eq!(
@@ -425,10 +414,7 @@ mod tests {
             json!({"msgType": "PrivateMessage", "SrcUser": "alice", "text": "secret"})
         );
         out.clear();
-        let pm = Request::PrivateMessage {
-            target: "carol".into(),
-            text: "x".into(),
-        };
+        let pm = Request::PrivateMessage { target: "carol".into(), text: "x".into() };
         room.handle(1, pm, &mut out);
         assert_eq!(out[0].to, To::One(1));
         assert_eq!(parse(&out[0])["code"], "user_offline");
@@ -440,18 +426,78 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_relayed_handed_to_joiners_and_forgotten_on_leave() {
+        let mut room = Room::new("Ks", "", 0);
+        joined(&mut room, 1, "alice");
+        joined(&mut room, 2, "bob");
+        let mut out = Vec::new();
+        room.handle(1, Request::PublicKey { key: "KA".into() }, &mut out);
+        assert_eq!(out[0].to, To::Everyone);
+        assert_eq!(
+            parse(&out[0]),
+            json!({"msgType": "PublicKey", "SrcUser": "alice", "key": "KA"})
+        );
+        out.clear();
+        room.handle(2, Request::PublicKey { key: "x".repeat(MAX_KEY_BYTES + 1) }, &mut out);
+        assert_eq!(
+            (out[0].to.clone(), parse(&out[0])["code"].clone()),
+            (To::One(2), json!("key_too_large"))
+        );
+        out.clear();
+        room.handle(2, Request::PublicKey { key: String::new() }, &mut out);
+        assert_eq!(parse(&out[0])["code"], "invalid_field");
+
+        let out = joined(&mut room, 3, "carol");
+        let keys = out.iter().find(|o| o.json.contains("PublicKeys")).unwrap();
+        assert_eq!(keys.to, To::Many(vec![3]));
+        assert_eq!(parse(keys), json!({"msgType": "PublicKeys", "Keys": {"alice": "KA"}}));
+
+        room.leave(1);
+        let out = joined(&mut room, 4, "dave");
+        assert!(out.iter().all(|o| !o.json.contains("KA")), "{out:?}");
+        room.join(5, "alice").unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert!(out.iter().all(|o| !o.json.contains("KA")), "a returning user has no key yet");
+    }
+
+    #[test]
+    fn history_replays_recent_broadcasts_to_joiners_only() {
+        let mut room = Room::new("Ks", "", 3);
+        joined(&mut room, 1, "alice");
+        let mut out = Vec::new();
+        for i in 0..5 {
+            room.handle(1, Request::Broadcast { text: format!("m{i}") }, &mut out);
+        }
+        let pm = Request::PrivateMessage { target: "alice".into(), text: "secret".into() };
+        room.handle(1, pm, &mut out);
+        let out = joined(&mut room, 2, "bob");
+        let replays: Vec<_> = out.iter().filter(|o| o.json.contains("\"history\"")).collect();
+        assert_eq!(replays.len(), 3);
+        for (i, o) in replays.iter().enumerate() {
+            assert_eq!(o.to, To::Many(vec![2]));
+            assert_eq!(
+                parse(o),
+                json!({"msgType": "Broadcast", "SrcUser": "alice", "text": format!("m{}", i + 2), "history": true})
+            );
+        }
+        assert!(out.iter().all(|o| !o.json.contains("secret")));
+        // The welcome comes first, the replays after the list.
+        assert!(out[0].json.contains("ServerName") && out[1].json.contains("OnlineUsers"));
+
+        let mut off = Room::new("Ks", "", 0);
+        joined(&mut off, 1, "alice");
+        off.handle(1, Request::Broadcast { text: "gone".into() }, &mut Vec::new());
+        assert!(joined(&mut off, 2, "bob").iter().all(|o| !o.json.contains("gone")));
+    }
+
+    #[test]
     fn pending_presence_goes_out_before_the_next_message() {
-        let mut room = Room::new("Ks", "");
+        let mut room = Room::new("Ks", "", 0);
         joined(&mut room, 1, "alice");
         room.join(2, "bob").unwrap();
         let mut out = Vec::new();
-        room.handle(
-            2,
-            Request::Broadcast {
-                text: "hello".into(),
-            },
-            &mut out,
-        );
+        room.handle(2, Request::Broadcast { text: "hello".into() }, &mut out);
         assert_eq!(parse(&out[0]), json!({"ServerName": "Ks"}));
         assert_eq!(parse(&out[1])["msgType"], "OnlineUsers");
         assert_eq!(parse(&out[2])["msgType"], "Broadcast");

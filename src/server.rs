@@ -66,8 +66,7 @@ impl Server {
             .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
         let mut listener = TcpListener::bind(addr)?;
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let limits = config.limits.clone();
         let max = limits.max_message_bytes;
         let ws_config = WebSocketConfig::default()
@@ -83,7 +82,7 @@ impl Server {
             tls,
             signals: None,
             conns: Slab::new(),
-            room: Room::new(&config.server_name, &config.server_password),
+            room: Room::new(&config.server_name, &config.server_password, config.history_size),
             limits,
             ws_config,
             out: Vec::new(),
@@ -106,9 +105,7 @@ impl Server {
     pub fn handle_signals(&mut self) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
-        self.poll
-            .registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
     }
@@ -158,10 +155,7 @@ impl Server {
                     return Ok(());
                 }
                 if now >= deadline {
-                    warn!(
-                        "shutdown: {} connections did not close in time",
-                        self.conns.len()
-                    );
+                    warn!("shutdown: {} connections did not close in time", self.conns.len());
                     return Ok(());
                 }
             }
@@ -186,10 +180,7 @@ impl Server {
                 }
             };
             if self.conns.len() >= self.limits.max_connections {
-                warn!(
-                    "{peer}: refused, max_connections ({}) reached",
-                    self.limits.max_connections
-                );
+                warn!("{peer}: refused, max_connections ({}) reached", self.limits.max_connections);
                 if self.tls.is_none() {
                     let _ = socket.write(
                         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 12\r\nConnection: close\r\n\r\nserver full\n",
@@ -209,20 +200,13 @@ impl Server {
             let entry = self.conns.vacant_entry();
             let token = Token(entry.key());
             if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(transport.socket(), token, Interest::READABLE)
+                self.poll.registry().register(transport.socket(), token, Interest::READABLE)
             {
                 warn!("{peer}: cannot register: {e}");
                 continue;
             }
             info!("{peer}: connected ({count} connections)");
-            entry.insert(Connection::new(
-                transport,
-                peer,
-                self.limits.max_outbound_bytes,
-                now,
-            ));
+            entry.insert(Connection::new(transport, peer, self.limits.max_outbound_bytes, now));
         }
     }
 
@@ -236,9 +220,7 @@ impl Server {
         if let Phase::Running { listener } = &mut self.phase {
             let _ = self.poll.registry().deregister(listener);
             info!("shutting down: closing {} connections", self.conns.len());
-            self.phase = Phase::Stopping {
-                deadline: now + SHUTDOWN_GRACE,
-            };
+            self.phase = Phase::Stopping { deadline: now + SHUTDOWN_GRACE };
             self.for_each_conn(now, Connection::shut_down);
         }
     }
@@ -359,11 +341,7 @@ impl Server {
             return;
         };
         if let Some(name) = self.room.leave(key) {
-            info!(
-                "{}: {name:?} disconnected ({} online)",
-                conn.peer(),
-                self.room.len()
-            );
+            info!("{}: {name:?} disconnected ({} online)", conn.peer(), self.room.len());
         }
         let _ = self.poll.registry().deregister(conn.socket());
     }

@@ -81,13 +81,7 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 fn pem_error(path: &Path, e: pem::Error) -> TlsError {
     match e {
-        pem::Error::Io(source) => TlsError::Read {
-            path: path.to_owned(),
-            source,
-        },
-        other => TlsError::Invalid {
-            path: path.to_owned(),
-            message: format!("bad PEM: {other}"),
-        },
+        pem::Error::Io(source) => TlsError::Read { path: path.to_owned(), source },
+        other => TlsError::Invalid { path: path.to_owned(), message: format!("bad PEM: {other}") },
     }
 }

@@ -144,11 +144,7 @@ impl TlsStream {
                 outbox.consume(n);
             }
             if !self.tls.wants_write() {
-                return Ok(if outbox.is_empty() {
-                    Flushed::All
-                } else {
-                    Flushed::Blocked
-                });
+                return Ok(if outbox.is_empty() { Flushed::All } else { Flushed::Blocked });
             }
             if self.write_tls()? == Flushed::Blocked {
                 return Ok(Flushed::Blocked);

@@ -27,12 +27,7 @@ fn broadcasts_from_many_senders_arrive_in_one_order_for_all() {
         // Drain the presence updates so only broadcasts remain.
         // (The last one read the full list at login.)
         for client in clients.iter_mut().take(3) {
-            while client.recv_type("OnlineUsers")["Users"]
-                .as_array()
-                .unwrap()
-                .len()
-                < 4
-            {}
+            while client.recv_type("OnlineUsers")["Users"].as_array().unwrap().len() < 4 {}
         }
         const EACH: usize = 200;
         for n in 0..EACH {
@@ -46,27 +41,18 @@ fn broadcasts_from_many_senders_arrive_in_one_order_for_all() {
                 .map(|_| {
                     let m = client.recv_json();
                     assert_eq!(m["msgType"], "Broadcast", "{m}");
-                    format!(
-                        "{}>{}",
-                        m["SrcUser"].as_str().unwrap(),
-                        m["text"].as_str().unwrap()
-                    )
+                    format!("{}>{}", m["SrcUser"].as_str().unwrap(), m["text"].as_str().unwrap())
                 })
                 .collect();
             // Each sender's messages keep their order.
             for i in 0..4 {
-                let mine: Vec<_> = order
-                    .iter()
-                    .filter(|t| t.starts_with(&format!("user{i}>")))
-                    .collect();
+                let mine: Vec<_> =
+                    order.iter().filter(|t| t.starts_with(&format!("user{i}>"))).collect();
                 let expected: Vec<String> = (0..EACH).map(|n| format!("user{i}>{i}:{n}")).collect();
                 assert_eq!(mine, expected.iter().collect::<Vec<_>>());
             }
             orders.push(order);
         }
-        assert!(
-            orders.windows(2).all(|w| w[0] == w[1]),
-            "every user saw the same order"
-        );
+        assert!(orders.windows(2).all(|w| w[0] == w[1]), "every user saw the same order");
     }
 }

@@ -16,10 +16,7 @@ fn flood_is_refused_then_disconnected() {
         }
         let (seen, ending) = flooder.recv_until_end();
         assert_eq!(ending.code(), Some(1008), "{seen:?}");
-        let delivered: Vec<_> = seen
-            .iter()
-            .filter(|m| m["msgType"] == "Broadcast")
-            .collect();
+        let delivered: Vec<_> = seen.iter().filter(|m| m["msgType"] == "Broadcast").collect();
         let refused = seen.iter().filter(|m| m["code"] == "rate_limited").count();
         // The burst got through (a refill of a message or two at most).
         assert!((10..=12).contains(&delivered.len()), "{}", delivered.len());

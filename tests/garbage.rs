@@ -20,9 +20,8 @@ fn exchange(server: &TestServer, bytes: &[u8]) -> Vec<u8> {
 fn junk_never_hurts_the_server() {
     for server in TestServer::both(json!({})) {
         let mut alice = server.login("alice");
-        let mut noise: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let mut noise: Vec<u8> =
+            (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         noise.extend_from_slice(b"\r\n\r\n");
         exchange(&server, &noise);
         exchange(&server, &[0u8; 10]);
@@ -30,11 +29,7 @@ fn junk_never_hurts_the_server() {
         let tls_hello = exchange(&server, &[0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0]);
         if server.is_tls() {
             // Plain HTTP on the TLS port: a TLS alert at most, never HTTP.
-            assert!(
-                !http.starts_with(b"HTTP/"),
-                "{}",
-                String::from_utf8_lossy(&http)
-            );
+            assert!(!http.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&http));
         } else {
             let text = String::from_utf8_lossy(&http);
             assert!(text.starts_with("HTTP/1.1 426"), "{text}");

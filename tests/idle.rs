@@ -17,12 +17,7 @@ fn silent_clients_are_pinged_and_dead_ones_dropped() {
         // `alive` reads (tungstenite answers pings); `dead` reads nothing.
         let mut pinged = false;
         for _ in 0..40 {
-            alive
-                .ws
-                .get_mut()
-                .tcp()
-                .set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
+            alive.ws.get_mut().tcp().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
             match alive.ws.read() {
                 Ok(Message::Ping(_)) => pinged = true,
                 Ok(Message::Text(t)) if t.contains("OnlineUsers") => {
@@ -36,12 +31,7 @@ fn silent_clients_are_pinged_and_dead_ones_dropped() {
             }
         }
         assert!(pinged, "the server pinged");
-        alive
-            .ws
-            .get_mut()
-            .tcp()
-            .set_read_timeout(Some(TIMEOUT))
-            .unwrap();
+        alive.ws.get_mut().tcp().set_read_timeout(Some(TIMEOUT)).unwrap();
         server.wait_log("no answer to ping");
 
         sleep(Duration::from_millis(200));

@@ -12,10 +12,7 @@ fn login_welcome_over_ws_and_wss() {
         bob.send_text(PASSWORD);
         bob.send_text("bob");
         assert_eq!(bob.recv_json(), json!({"ServerName": "Test Room"}));
-        assert_eq!(
-            bob.recv_json(),
-            json!({"msgType": "OnlineUsers", "Users": ["bob"]})
-        );
+        assert_eq!(bob.recv_json(), json!({"msgType": "OnlineUsers", "Users": ["bob"]}));
 
         // Line clients such as websocat end each frame with a newline.
         let mut alice = server.connect();

@@ -20,14 +20,8 @@ fn each_bad_message_gets_an_error_and_the_session_goes_on() {
             ("\"just a string\"", "bad_json"),
             ("{\"text\": \"no type\"}", "missing_field"),
             ("{\"msgType\": \"Broadcast\"}", "missing_field"),
-            (
-                "{\"msgType\": \"PrivateMessage\", \"text\": \"x\"}",
-                "missing_field",
-            ),
-            (
-                "{\"msgType\": \"Broadcast\", \"text\": 42}",
-                "invalid_field",
-            ),
+            ("{\"msgType\": \"PrivateMessage\", \"text\": \"x\"}", "missing_field"),
+            ("{\"msgType\": \"Broadcast\", \"text\": 42}", "invalid_field"),
             ("{\"msgType\": null}", "invalid_field"),
             ("{\"msgType\": \"SelfDestruct\"}", "unknown_type"),
         ];

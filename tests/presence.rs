@@ -6,12 +6,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn names(v: &Value) -> Vec<String> {
-    v["Users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_owned())
-        .collect()
+    v["Users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()).collect()
 }
 
 #[test]
@@ -45,22 +40,13 @@ fn large_room_gets_deltas() {
     let list = late.recv_type("OnlineUsers");
     assert_eq!(names(&list).len(), 33);
     assert!(names(&list).contains(&"late".to_owned()));
-    assert_eq!(
-        watcher.recv_json(),
-        json!({"msgType": "UsersJoined", "Users": ["late"]})
-    );
+    assert_eq!(watcher.recv_json(), json!({"msgType": "UsersJoined", "Users": ["late"]}));
 
     let _late2 = server.login("late2");
-    assert_eq!(
-        watcher.recv_json(),
-        json!({"msgType": "UsersJoined", "Users": ["late2"]})
-    );
+    assert_eq!(watcher.recv_json(), json!({"msgType": "UsersJoined", "Users": ["late2"]}));
     // 34 users; one leaves and 33 remain: still a large room.
     drop(others.pop());
-    assert_eq!(
-        watcher.recv_json(),
-        json!({"msgType": "UsersLeft", "Users": ["u31"]})
-    );
+    assert_eq!(watcher.recv_json(), json!({"msgType": "UsersLeft", "Users": ["u31"]}));
     // Down to 32: back to full lists.
     drop(late);
     assert_eq!(names(&watcher.recv_type("OnlineUsers")).len(), 32);

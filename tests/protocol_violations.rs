@@ -21,10 +21,7 @@ fn oversize_message_is_closed_with_1009() {
         alice.send_json(broadcast(&"x".repeat(2000)));
         let (seen, ending) = alice.recv_until_end();
         assert_eq!(ending.code(), Some(1009), "{seen:?}");
-        assert!(
-            seen.iter().any(|m| m["code"] == "message_too_big"),
-            "{seen:?}"
-        );
+        assert!(seen.iter().any(|m| m["code"] == "message_too_big"), "{seen:?}");
         assert_eq!(bob.recv_type("OnlineUsers")["Users"], json!(["bob"]));
         server.wait_log("over the 1024 limit");
     }

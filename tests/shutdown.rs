@@ -22,10 +22,7 @@ fn signals_close_everyone_with_1001_and_exit_cleanly() {
             let status = server.wait_exit();
             assert_eq!(status.code(), Some(0), "SIG{signal}");
             server.wait_log("shutdown complete");
-            assert!(
-                TcpStream::connect(server.addr).is_err(),
-                "no longer accepting"
-            );
+            assert!(TcpStream::connect(server.addr).is_err(), "no longer accepting");
         }
     }
 }

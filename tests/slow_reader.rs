@@ -37,20 +37,14 @@ fn slow_reader_is_cut_off_and_nobody_else_notices() {
         }
         server.wait_log("slow reader");
         // The talker heard that the sleeper is gone.
-        assert_eq!(
-            presence,
-            [json!({"msgType": "OnlineUsers", "Users": ["talker"]})]
-        );
+        assert_eq!(presence, [json!({"msgType": "OnlineUsers", "Users": ["talker"]})]);
 
         // The sleeper wakes: an in-order prefix, then why, then the close.
         let (seen, ending) = sleeper.recv_until_end();
         assert_eq!(ending.code(), Some(1008));
         let last = seen.last().unwrap();
         assert_eq!(last["code"], "slow_reader", "{last}");
-        let texts: Vec<_> = seen
-            .iter()
-            .filter(|m| m["msgType"] == "Broadcast")
-            .collect();
+        let texts: Vec<_> = seen.iter().filter(|m| m["msgType"] == "Broadcast").collect();
         assert!(texts.len() < COUNT, "the sleeper was cut off early");
         for (i, m) in texts.iter().enumerate() {
             assert!(m["text"].as_str().unwrap().starts_with(&format!("{i}:")));

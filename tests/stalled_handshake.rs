@@ -29,13 +29,9 @@ fn stalled_handshakes_are_dropped_while_others_chat() {
         let silent = TcpStream::connect(server.addr).unwrap();
         let mut partial = TcpStream::connect(server.addr).unwrap();
         if server.is_tls() {
-            partial
-                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
-                .unwrap();
+            partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
         } else {
-            partial
-                .write_all(b"GET / HTTP/1.1\r\nUpgrade: webso")
-                .unwrap();
+            partial.write_all(b"GET / HTTP/1.1\r\nUpgrade: webso").unwrap();
         }
         // Meanwhile a normal user logs in and chats at once.
         let mut alice = server.login("alice");

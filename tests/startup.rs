@@ -9,11 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+    Command::new(binary()).args(args).env_remove("RUST_LOG").output().unwrap()
 }
 
 /// Writes `config` (merged into the base config) into a fresh folder and
@@ -26,11 +22,7 @@ fn with_config(dir: &Path, overrides: Value, check_only: bool) -> Output {
     let path = dir.join("config.json");
     std::fs::write(&path, config.to_string()).unwrap();
     let path = path.to_str().unwrap();
-    if check_only {
-        run(&["--config", path, "--check-config"])
-    } else {
-        run(&["--config", path])
-    }
+    if check_only { run(&["--config", path, "--check-config"]) } else { run(&["--config", path]) }
 }
 
 fn fails_with(output: &Output, code: i32, needle: &str) {
@@ -42,16 +34,8 @@ fn fails_with(output: &Output, code: i32, needle: &str) {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let status = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
 }
 
 #[test]
@@ -88,11 +72,7 @@ fn config_mistakes_name_the_culprit() {
         78,
         "\"max_message_bytes\"",
     );
-    fails_with(
-        &run(&["--config", dir.join("nope.json").to_str().unwrap()]),
-        78,
-        "nope.json",
-    );
+    fails_with(&run(&["--config", dir.join("nope.json").to_str().unwrap()]), 78, "nope.json");
     std::fs::write(dir.join("broken.json"), "{\"SSL\": false,,}").unwrap();
     fails_with(
         &run(&["--config", dir.join("broken.json").to_str().unwrap()]),
@@ -100,39 +80,23 @@ fn config_mistakes_name_the_culprit() {
         "broken.json is not valid JSON",
     );
 
-    fails_with(
-        &with_config(&dir, json!({"SSL": true}), false),
-        78,
-        "cert.pem",
-    );
+    fails_with(&with_config(&dir, json!({"SSL": true}), false), 78, "cert.pem");
     std::fs::write(dir.join("cert.pem"), "not a pem at all").unwrap();
     std::fs::write(
         dir.join("key.pem"),
         "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
-    fails_with(
-        &with_config(&dir, json!({"SSL": true}), true),
-        78,
-        "cert.pem",
-    );
+    fails_with(&with_config(&dir, json!({"SSL": true}), true), 78, "cert.pem");
     let cert = TestCert::new();
     std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
-    fails_with(
-        &with_config(&dir, json!({"SSL": true}), true),
-        78,
-        "key.pem",
-    );
+    fails_with(&with_config(&dir, json!({"SSL": true}), true), 78, "key.pem");
     // A key that does not belong to the certificate.
     std::fs::write(dir.join("key.pem"), TestCert::new().key_pem).unwrap();
     fails_with(&with_config(&dir, json!({"SSL": true}), true), 78, "");
     std::fs::write(dir.join("key.pem"), &cert.key_pem).unwrap();
     let ok = with_config(&dir, json!({"SSL": true}), true);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
 #[test]
@@ -145,11 +109,7 @@ fn address_in_use_and_bad_address() {
         69,
         &format!("127.0.0.1:{port}"),
     );
-    fails_with(
-        &with_config(&dir, json!({"server_ip": "203.0.113.1"}), false),
-        69,
-        "203.0.113.1",
-    );
+    fails_with(&with_config(&dir, json!({"server_ip": "203.0.113.1"}), false), 69, "203.0.113.1");
 }
 
 #[test]
@@ -174,44 +134,16 @@ fn keys_in_every_pem_format_load() {
             "/CN=localhost",
         ],
     );
-    assert!(
-        with_config(&dir, json!({"SSL": true}), true)
-            .status
-            .success()
-    );
+    assert!(with_config(&dir, json!({"SSL": true}), true).status.success());
     // PKCS#1 ("BEGIN RSA PRIVATE KEY").
-    openssl(
-        &dir,
-        &["rsa", "-in", "key.pem", "-traditional", "-out", "key.pem"],
-    );
+    openssl(&dir, &["rsa", "-in", "key.pem", "-traditional", "-out", "key.pem"]);
     assert!(
-        std::fs::read_to_string(dir.join("key.pem"))
-            .unwrap()
-            .contains("BEGIN RSA PRIVATE KEY")
+        std::fs::read_to_string(dir.join("key.pem")).unwrap().contains("BEGIN RSA PRIVATE KEY")
     );
-    assert!(
-        with_config(&dir, json!({"SSL": true}), true)
-            .status
-            .success()
-    );
+    assert!(with_config(&dir, json!({"SSL": true}), true).status.success());
     // SEC1 ("BEGIN EC PRIVATE KEY").
-    openssl(
-        &dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "key.pem",
-        ],
-    );
-    assert!(
-        std::fs::read_to_string(dir.join("key.pem"))
-            .unwrap()
-            .contains("BEGIN EC PRIVATE KEY")
-    );
+    openssl(&dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"]);
+    assert!(std::fs::read_to_string(dir.join("key.pem")).unwrap().contains("BEGIN EC PRIVATE KEY"));
     openssl(
         &dir,
         &[
@@ -232,11 +164,7 @@ fn keys_in_every_pem_format_load() {
             "basicConstraints=critical,CA:FALSE",
         ],
     );
-    assert!(
-        with_config(&dir, json!({"SSL": true}), true)
-            .status
-            .success()
-    );
+    assert!(with_config(&dir, json!({"SSL": true}), true).status.success());
 
     // And a real wss session on the SEC1 key.
     let cert = TestCert::from_pem(

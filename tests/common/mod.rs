@@ -52,11 +52,7 @@ impl TestCert {
     pub fn from_pem(cert_pem: String, key_pem: String) -> Self {
         use rustls::pki_types::pem::PemObject;
         let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-        TestCert {
-            cert_pem,
-            key_pem,
-            der,
-        }
+        TestCert { cert_pem, key_pem, der }
     }
 
     pub fn client_config(der: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
@@ -169,14 +165,7 @@ impl TestServer {
                 panic!("server did not start: {:?}", log.lock().unwrap());
             }
         };
-        TestServer {
-            child,
-            addr,
-            dir,
-            password,
-            tls: client_tls,
-            log,
-        }
+        TestServer { child, addr, dir, password, tls: client_tls, log }
     }
 
     pub fn is_tls(&self) -> bool {
@@ -242,10 +231,8 @@ impl TestServer {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status();
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status();
         assert!(status.unwrap().success());
     }
 
@@ -387,10 +374,7 @@ impl Client {
                 }
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
                 {
                     panic!("connection still open after {TIMEOUT:?}; saw {seen:?}")
                 }
@@ -401,24 +385,13 @@ impl Client {
 
     /// Asserts that nothing arrives within `wait`.
     pub fn expect_silence(&mut self, wait: Duration) {
-        self.ws
-            .get_mut()
-            .tcp()
-            .set_read_timeout(Some(wait))
-            .unwrap();
+        self.ws.get_mut().tcp().set_read_timeout(Some(wait)).unwrap();
         match self.ws.read() {
             Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
             other => panic!("expected silence, got {other:?}"),
         }
-        self.ws
-            .get_mut()
-            .tcp()
-            .set_read_timeout(Some(TIMEOUT))
-            .unwrap();
+        self.ws.get_mut().tcp().set_read_timeout(Some(TIMEOUT)).unwrap();
     }
 }
 
