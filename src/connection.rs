@@ -182,8 +182,8 @@ impl Connection {
                 self.state = State::Open { ws: Box::new(ws), session: Session::AwaitingPassword };
                 Step::Progress
             }
-            Parsed::Reject { response, status } => {
-                info!("{}: HTTP request refused with {status}", self.peer);
+            Parsed::Respond { response, status } => {
+                info!("{}: HTTP request answered with {status}", self.peer);
                 self.outbox.push_always(response.into());
                 self.state = State::Closing {
                     deadline: cx.now + LINGER,

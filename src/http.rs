@@ -1,7 +1,11 @@
-//! The HTTP/1.1 request that opens every connection: a WebSocket upgrade
-//! (answered with 101) or a plain request (answered, then closed).
+//! The HTTP/1.1 request that opens every connection: a WebSocket upgrade on
+//! any path (answered with 101), or a plain request: `GET /` serves the chat
+//! page embedded in the binary, anything else an HTTP error; then close.
 
 use tungstenite::handshake::derive_accept_key;
+
+/// The browser client, compiled into the binary.
+const PAGE: &str = include_str!("web/index.html");
 
 /// Largest request head we accept.
 pub const MAX_REQUEST_BYTES: usize = 8192;
@@ -15,7 +19,7 @@ pub enum Parsed {
     /// already WebSocket frames.
     Upgrade { response: Vec<u8>, head_len: usize },
     /// Send `response`, then close.
-    Reject { response: Vec<u8>, status: u16 },
+    Respond { response: Vec<u8>, status: u16 },
 }
 
 pub fn parse(buf: &[u8]) -> Parsed {
@@ -38,11 +42,17 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
-    if req.method != Some("GET") {
-        return reject(405, "only GET is supported\n");
-    }
+    let method = req.method.unwrap_or("");
     if !has_token("Upgrade", "websocket") {
-        return reject(426, "this is a Ragnarok chat server: connect with a WebSocket client\n");
+        let path = req.path.unwrap_or("/").split('?').next().unwrap_or("/");
+        return match (method, path) {
+            ("GET" | "HEAD", "/" | "/index.html") => page(method == "HEAD"),
+            ("GET" | "HEAD", _) => reject(404, "not found\n"),
+            _ => reject(405, "only GET is supported\n"),
+        };
+    }
+    if method != "GET" {
+        return reject(405, "a WebSocket upgrade must be a GET\n");
     }
     if !has_token("Connection", "upgrade") {
         return reject(400, "WebSocket upgrade without \"Connection: Upgrade\"\n");
@@ -60,9 +70,25 @@ pub fn parse(buf: &[u8]) -> Parsed {
     Parsed::Upgrade { response: response.into_bytes(), head_len }
 }
 
+fn page(head_only: bool) -> Parsed {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n\
+         Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self' ws: wss:; frame-ancestors 'none'\r\nConnection: close\r\n\r\n",
+        PAGE.len()
+    )
+    .into_bytes();
+    if !head_only {
+        response.extend_from_slice(PAGE.as_bytes());
+    }
+    Parsed::Respond { response, status: 200 }
+}
+
 fn reject(status: u16, body: &str) -> Parsed {
     let reason = match status {
         400 => "Bad Request",
+        404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
@@ -73,7 +99,7 @@ fn reject(status: u16, body: &str) -> Parsed {
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
-    Parsed::Reject { response: response.into_bytes(), status }
+    Parsed::Respond { response: response.into_bytes(), status }
 }
 
 #[cfg(test)]
@@ -100,10 +126,13 @@ mod tests {
     fn partial_and_bad_requests() {
         assert_eq!(parse(&UPGRADE.as_bytes()[..30]), Parsed::Incomplete);
         let status = |req: &str| match parse(req.as_bytes()) {
-            Parsed::Reject { status, .. } => status,
+            Parsed::Respond { status, .. } => status,
             other => panic!("{other:?}"),
         };
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(status("GET /?room=1 HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(status("HEAD /index.html HTTP/1.1\r\n\r\n"), 200);
+        assert_eq!(status("GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
         assert_eq!(status("POST / HTTP/1.1\r\n\r\n"), 405);
         assert_eq!(status("\x16\x03\x01garbage\r\n\r\n"), 400);
         assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
