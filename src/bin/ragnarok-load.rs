@@ -1,0 +1,648 @@
+//! Load generator for Ragnarok (and anything speaking its protocol). One mio
+//! loop drives every client; received frames are scanned for the few bytes
+//! a scenario needs instead of being parsed into JSON trees, so it costs far
+//! less per message than the server it measures.
+//!
+//! Scenarios: fanout, joinstorm, idle, private. See `--help`.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+const HELP: &str = "\
+Usage: ragnarok-load SCENARIO [options]
+
+Scenarios:
+  fanout     N users; C of them send closed-loop Broadcasts for T seconds
+  joinstorm  N users connect and log in as fast as possible
+  idle       N users logged in and held for T seconds (sample memory)
+  private    K pairs exchange PrivateMessages closed-loop for T seconds
+
+Options:
+  --addr HOST:PORT   server address (default 127.0.0.1:12345)
+  --password P       room password (default empty)
+  -n N               users (default 1000)
+  -c C               senders in fanout (default 10)
+  -k K               pairs in private (default 50)
+  -t SECS            duration (default 10)
+  -s BYTES           message text size (default 60)
+  --pid PID          sample this server process's CPU time and memory
+  --concurrency M    handshakes in flight at once (default 256)";
+
+struct Options {
+    scenario: String,
+    addr: SocketAddr,
+    password: String,
+    users: usize,
+    senders: usize,
+    pairs: usize,
+    duration: Duration,
+    size: usize,
+    pid: Option<u32>,
+    concurrency: usize,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut args = std::env::args().skip(1);
+    let mut o = Options {
+        scenario: String::new(),
+        addr: "127.0.0.1:12345".parse().unwrap(),
+        password: String::new(),
+        users: 1000,
+        senders: 10,
+        pairs: 50,
+        duration: Duration::from_secs(10),
+        size: 60,
+        pid: None,
+        concurrency: 256,
+    };
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{v}: {e}"));
+        match arg.as_str() {
+            "-h" | "--help" => return Err(HELP.into()),
+            "--addr" => o.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
+            "--password" => o.password = value()?,
+            "-n" => o.users = number(value()?)?,
+            "-c" => o.senders = number(value()?)?,
+            "-k" => o.pairs = number(value()?)?,
+            "-t" => o.duration = Duration::from_secs_f64(number(value()?)? as f64),
+            "-s" => o.size = number(value()?)?,
+            "--pid" => o.pid = Some(number(value()?)? as u32),
+            "--concurrency" => o.concurrency = number(value()?)?.max(1),
+            s if o.scenario.is_empty() && !s.starts_with('-') => o.scenario = s.to_owned(),
+            _ => return Err(format!("unknown argument {arg:?}\n\n{HELP}")),
+        }
+    }
+    match o.scenario.as_str() {
+        "fanout" | "joinstorm" | "idle" => {}
+        "private" => o.users = o.pairs * 2,
+        "" => return Err(HELP.into()),
+        s => return Err(format!("unknown scenario {s:?}\n\n{HELP}")),
+    }
+    o.senders = o.senders.min(o.users);
+    Ok(o)
+}
+
+/// CPU time and memory of the server process, from /proc.
+#[derive(Clone, Copy, Default)]
+struct ProcSample {
+    cpu: Duration,
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+fn sample(pid: Option<u32>) -> Option<ProcSample> {
+    let pid = pid?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    Some(ProcSample {
+        cpu: Duration::from_micros(ticks * 1_000_000 / hz.max(1)),
+        rss_kib: kib("VmRSS:")?,
+        peak_kib: kib("VmHWM:")?,
+    })
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    Connecting,
+    Upgrading,
+    LoggingIn,
+    Ready,
+    Dead,
+}
+
+struct Client {
+    socket: TcpStream,
+    phase: Phase,
+    inbox: Vec<u8>,
+    outbox: VecDeque<u8>,
+    name: String,
+    /// fanout: next sequence number to send (senders only).
+    seq: u64,
+    /// fanout: last sequence seen from each sender.
+    last_seen: Vec<u64>,
+}
+
+/// A masked client text frame (mask key 0: valid, and free to apply).
+fn frame(opcode: u8, payload: &[u8], out: &mut VecDeque<u8>) {
+    out.push_back(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push_back(0x80 | len as u8);
+    } else if len < 65536 {
+        out.push_back(0x80 | 126);
+        out.extend((len as u16).to_be_bytes());
+    } else {
+        out.push_back(0x80 | 127);
+        out.extend((len as u64).to_be_bytes());
+    }
+    out.extend([0, 0, 0, 0]);
+    out.extend(payload);
+}
+
+/// Finds the digits after `key` in `hay`, e.g. `"text":"` → number up to ':'.
+fn find(hay: &[u8], key: &[u8]) -> Option<usize> {
+    hay.windows(key.len()).position(|w| w == key).map(|p| p + key.len())
+}
+
+fn numbers(s: &[u8]) -> [u64; 3] {
+    let mut out = [0u64; 3];
+    let mut i = 0;
+    for &b in s {
+        match b {
+            b'0'..=b'9' => out[i] = out[i] * 10 + u64::from(b - b'0'),
+            b':' if i < 2 => i += 1,
+            _ => break,
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct Stats {
+    deliveries: u64,
+    sent: u64,
+    lost: u64,
+    reordered: u64,
+    latencies_us: Vec<u32>,
+    logged_in: usize,
+    dead: usize,
+    bytes_in: u64,
+}
+
+struct Load {
+    o: Options,
+    poll: Poll,
+    clients: Vec<Client>,
+    start: Instant,
+    stats: Stats,
+    /// Senders stop sending after this.
+    sending_until: Option<Instant>,
+    measuring: bool,
+    next_to_connect: usize,
+    handshaking: usize,
+    last_activity: Instant,
+}
+
+impl Load {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn connect_more(&mut self) -> io::Result<()> {
+        while self.next_to_connect < self.clients.len() && self.handshaking < self.o.concurrency {
+            let i = self.next_to_connect;
+            let c = &mut self.clients[i];
+            self.poll.registry().register(
+                &mut c.socket,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            let request = format!(
+                "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                self.o.addr
+            );
+            c.outbox.extend(request.as_bytes());
+            c.phase = Phase::Upgrading;
+            self.next_to_connect += 1;
+            self.handshaking += 1;
+        }
+        Ok(())
+    }
+
+    fn send_broadcast(&mut self, i: usize) {
+        let now = self.now_us();
+        let c = &mut self.clients[i];
+        let mut text = format!("{i}:{}:{now}:", c.seq);
+        while text.len() < self.o.size {
+            text.push('x');
+        }
+        c.seq += 1;
+        self.stats.sent += 1;
+        let json = format!("{{\"msgType\":\"Broadcast\",\"text\":\"{text}\"}}");
+        frame(1, json.as_bytes(), &mut c.outbox);
+    }
+
+    fn send_private(&mut self, i: usize, stamp: u64) {
+        let peer = i ^ 1;
+        let c = &mut self.clients[i];
+        let mut text = format!("{i}:{stamp}:");
+        while text.len() < self.o.size {
+            text.push('x');
+        }
+        let json = format!(
+            "{{\"msgType\":\"PrivateMessage\",\"TgtUser\":\"u{peer}\",\"text\":\"{text}\"}}"
+        );
+        frame(1, json.as_bytes(), &mut c.outbox);
+    }
+
+    fn on_logged_in(&mut self, i: usize) {
+        self.stats.logged_in += 1;
+        self.handshaking -= 1;
+        let _ = self.connect_more();
+        if self.stats.logged_in == self.clients.len() {
+            self.begin_measuring();
+        }
+        let _ = i;
+    }
+
+    fn begin_measuring(&mut self) {
+        self.measuring = true;
+        let now = Instant::now();
+        if matches!(self.o.scenario.as_str(), "fanout" | "private") {
+            self.sending_until = Some(now + self.o.duration);
+        }
+    }
+
+    fn kick_off(&mut self) {
+        match self.o.scenario.as_str() {
+            "fanout" => {
+                for i in 0..self.o.senders {
+                    self.send_broadcast(i);
+                }
+            }
+            "private" => {
+                for i in (0..self.clients.len()).step_by(2) {
+                    let now = self.now_us();
+                    self.send_private(i, now);
+                    self.stats.sent += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Scans one text frame for what the scenario needs.
+    fn on_text(&mut self, i: usize, payload: &[u8]) {
+        let c = &mut self.clients[i];
+        match c.phase {
+            Phase::LoggingIn if payload.starts_with(b"{\"msgType\":\"OnlineUsers\"") => {
+                c.phase = Phase::Ready;
+                self.on_logged_in(i);
+                return;
+            }
+            Phase::Ready => {}
+            _ => return,
+        }
+        if payload.starts_with(b"{\"msgType\":\"Broadcast\"") && self.o.scenario == "fanout" {
+            let Some(at) = find(payload, b"\"text\":\"") else { return };
+            let [sender, seq, stamp] = numbers(&payload[at..]);
+            let sender = sender as usize;
+            if sender >= c.last_seen.len() {
+                return;
+            }
+            let last = &mut c.last_seen[sender];
+            if seq != *last + 1 && !(seq == 0 && *last == u64::MAX) {
+                if seq > *last + 1 || *last == u64::MAX {
+                    self.stats.lost += seq.wrapping_sub(last.wrapping_add(1));
+                } else {
+                    self.stats.reordered += 1;
+                }
+            }
+            *last = seq;
+            if self.measuring {
+                self.stats.deliveries += 1;
+                let latency = self.start.elapsed().as_micros() as u64 - stamp;
+                if self.stats.latencies_us.len() < 50_000_000 {
+                    self.stats.latencies_us.push(latency.min(u32::MAX as u64) as u32);
+                }
+            }
+            if sender == i && self.sending_until.is_some_and(|t| Instant::now() < t) {
+                self.send_broadcast(i);
+            }
+        } else if payload.starts_with(b"{\"msgType\":\"PrivateMessage\"")
+            && self.o.scenario == "private"
+        {
+            let Some(at) = find(payload, b"\"text\":\"") else { return };
+            let [origin, stamp, _] = numbers(&payload[at..]);
+            let sending = self.sending_until.is_some_and(|t| Instant::now() < t);
+            if origin as usize == i {
+                // A round trip completed.
+                self.stats.deliveries += 1;
+                let latency = self.start.elapsed().as_micros() as u64 - stamp;
+                self.stats.latencies_us.push(latency.min(u32::MAX as u64) as u32);
+                if sending {
+                    let now = self.now_us();
+                    self.send_private(i, now);
+                    self.stats.sent += 1;
+                }
+            } else {
+                // Echo it back to its origin, keeping the stamp.
+                let c = &mut self.clients[i];
+                let json = format!(
+                    "{{\"msgType\":\"PrivateMessage\",\"TgtUser\":\"u{origin}\",\"text\":\"{origin}:{stamp}:\"}}"
+                );
+                frame(1, json.as_bytes(), &mut c.outbox);
+            }
+        }
+    }
+
+    fn on_readable(&mut self, i: usize) {
+        let mut buf = [0u8; 65536];
+        loop {
+            let c = &mut self.clients[i];
+            match c.socket.read(&mut buf) {
+                Ok(0) => {
+                    self.kill(i);
+                    return;
+                }
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    c.inbox.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.kill(i);
+                    return;
+                }
+            }
+        }
+        self.last_activity = Instant::now();
+        let c = &mut self.clients[i];
+        if c.phase == Phase::Upgrading {
+            let Some(end) = find(&c.inbox, b"\r\n\r\n") else { return };
+            if !c.inbox.starts_with(b"HTTP/1.1 101") {
+                self.kill(i);
+                return;
+            }
+            c.inbox.drain(..end);
+            c.phase = Phase::LoggingIn;
+            let password = self.o.password.clone();
+            let name = c.name.clone();
+            frame(1, password.as_bytes(), &mut c.outbox);
+            frame(1, name.as_bytes(), &mut c.outbox);
+        }
+        let inbox = std::mem::take(&mut self.clients[i].inbox);
+        let mut at = 0;
+        while inbox.len() - at >= 2 {
+            let (b0, b1) = (inbox[at], inbox[at + 1]);
+            let (len, head) = match b1 & 0x7f {
+                126 if inbox.len() - at >= 4 => {
+                    (u16::from_be_bytes([inbox[at + 2], inbox[at + 3]]) as usize, 4)
+                }
+                127 if inbox.len() - at >= 10 => {
+                    (u64::from_be_bytes(inbox[at + 2..at + 10].try_into().unwrap()) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if inbox.len() - at < head + len {
+                break;
+            }
+            let payload = &inbox[at + head..at + head + len];
+            match b0 & 0x0f {
+                1 => self.on_text(i, payload),
+                8 => {
+                    self.kill(i);
+                    return;
+                }
+                9 => frame(0xA, payload, &mut self.clients[i].outbox),
+                _ => {}
+            }
+            at += head + len;
+        }
+        let c = &mut self.clients[i];
+        c.inbox = inbox;
+        c.inbox.drain(..at);
+    }
+
+    fn flush(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        while !c.outbox.is_empty() {
+            let (a, b) = c.outbox.as_slices();
+            match c.socket.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
+                Ok(n) => {
+                    c.outbox.drain(..n);
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::NotConnected =>
+                {
+                    return;
+                }
+                Err(_) => {
+                    self.kill(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if c.phase != Phase::Dead {
+            if c.phase != Phase::Ready {
+                self.handshaking = self.handshaking.saturating_sub(1);
+            }
+            c.phase = Phase::Dead;
+            self.stats.dead += 1;
+            let _ = self.poll.registry().deregister(&mut c.socket);
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[idx]) / 1000.0
+}
+
+fn main() {
+    let o = match parse_options() {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(if message == HELP { 0 } else { 64 });
+        }
+    };
+    if let Err(e) = run(o) {
+        eprintln!("ragnarok-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(o: Options) -> io::Result<()> {
+    let n = o.users;
+    let senders = o.senders;
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        clients.push(Client {
+            socket: TcpStream::connect(o.addr)?,
+            phase: Phase::Connecting,
+            inbox: Vec::new(),
+            outbox: VecDeque::new(),
+            name: format!("u{i}"),
+            seq: 0,
+            last_seen: if o.scenario == "fanout" { vec![u64::MAX; senders] } else { Vec::new() },
+        });
+        if i % 256 == 255 && o.scenario != "joinstorm" {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let before = sample(o.pid);
+    let mut load = Load {
+        poll: Poll::new()?,
+        clients,
+        start: Instant::now(),
+        stats: Stats::default(),
+        sending_until: None,
+        measuring: false,
+        next_to_connect: 0,
+        handshaking: 0,
+        last_activity: Instant::now(),
+        o,
+    };
+    load.connect_more()?;
+    let mut events = Events::with_capacity(4096);
+    let mut login_done: Option<Instant> = None;
+    let mut measure_start: Option<(Instant, Option<ProcSample>)> = None;
+    let deadline = Instant::now() + Duration::from_secs(120) + load.o.duration * 2;
+    loop {
+        load.poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        for event in events.iter() {
+            let i = event.token().0;
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                load.on_readable(i);
+            }
+        }
+        for event in events.iter() {
+            load.flush(event.token().0);
+        }
+        // Clients that queued output without an event of their own.
+        for i in 0..load.clients.len() {
+            if !load.clients[i].outbox.is_empty() {
+                load.flush(i);
+            }
+        }
+        let now = Instant::now();
+        if load.measuring && measure_start.is_none() {
+            login_done = Some(now);
+            // Let the join traffic settle before measuring the steady state.
+            if load.o.scenario != "joinstorm" {
+                std::thread::sleep(Duration::from_millis(300));
+                load.stats = Stats { logged_in: load.stats.logged_in, ..Stats::default() };
+                load.sending_until = Some(Instant::now() + load.o.duration);
+            }
+            measure_start = Some((Instant::now(), sample(load.o.pid)));
+            load.kick_off();
+            for i in 0..load.clients.len() {
+                load.flush(i);
+            }
+        }
+        let quiet = now.duration_since(load.last_activity) > Duration::from_millis(300);
+        let done = match load.o.scenario.as_str() {
+            "joinstorm" => login_done.is_some() && quiet,
+            "idle" => measure_start.is_some_and(|(t, _)| now.duration_since(t) >= load.o.duration),
+            _ => load.sending_until.is_some_and(|t| now >= t + Duration::from_millis(500)) && quiet,
+        };
+        if done || now > deadline || load.stats.dead == load.clients.len() {
+            break;
+        }
+    }
+    // Whatever a live receiver never got from a sender is lost.
+    if load.o.scenario == "fanout" {
+        let sent: Vec<u64> = load.clients[..senders].iter().map(|c| c.seq).collect();
+        for c in load.clients.iter().filter(|c| c.phase == Phase::Ready) {
+            for (s, &count) in sent.iter().enumerate() {
+                let got = if c.last_seen[s] == u64::MAX { 0 } else { c.last_seen[s] + 1 };
+                load.stats.lost += count.saturating_sub(got);
+            }
+        }
+    }
+    report(&load, before, measure_start, login_done);
+    Ok(())
+}
+
+fn report(
+    load: &Load,
+    before: Option<ProcSample>,
+    measure_start: Option<(Instant, Option<ProcSample>)>,
+    login_done: Option<Instant>,
+) {
+    let o = &load.o;
+    let after = sample(o.pid);
+    let s = &load.stats;
+    let (t0, at_start) = measure_start.unwrap_or((Instant::now(), None));
+    let elapsed = match o.scenario.as_str() {
+        "joinstorm" => login_done.map_or(0.0, |t| t.duration_since(load.start).as_secs_f64()),
+        "idle" => t0.elapsed().as_secs_f64(),
+        _ => o.duration.as_secs_f64(),
+    };
+    let mut lat = s.latencies_us.clone();
+    lat.sort_unstable();
+    let rate = s.deliveries as f64 / elapsed.max(1e-9);
+    let cpu_window = match (o.scenario.as_str(), before, at_start, after) {
+        ("joinstorm", Some(b), _, Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
+        (_, _, Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
+        _ => None,
+    };
+    let cpu_per = cpu_window
+        .filter(|_| s.deliveries > 0)
+        .map(|c| c.as_secs_f64() * 1e6 / s.deliveries as f64);
+    let kib_per_user = match (before, after) {
+        (Some(b), Some(a)) if load.o.users > 0 => {
+            Some((a.rss_kib as f64 - b.rss_kib as f64) / load.stats.logged_in.max(1) as f64)
+        }
+        _ => None,
+    };
+    println!("scenario        {}", o.scenario);
+    println!("users           {} logged in of {} ({} dropped)", s.logged_in, o.users, s.dead);
+    match o.scenario.as_str() {
+        "joinstorm" => println!("all in + quiet  {elapsed:.3} s"),
+        "idle" => {}
+        _ => {
+            println!("deliveries      {} in {elapsed:.1} s = {rate:.0}/s", s.deliveries);
+            println!(
+                "latency ms      p50 {:.2}  p99 {:.2}  max {:.2}",
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99),
+                percentile(&lat, 1.0)
+            );
+            println!("lost/reordered  {} / {}", s.lost, s.reordered);
+        }
+    }
+    if let Some(c) = cpu_per {
+        println!("server CPU      {c:.3} us per delivery");
+    }
+    if let Some(a) = after {
+        println!("server RSS      {} KiB (peak {} KiB)", a.rss_kib, a.peak_kib);
+    }
+    if let Some(k) = kib_per_user {
+        println!("RSS per user    {k:.2} KiB");
+    }
+    let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
+    println!(
+        "{{\"scenario\":\"{}\",\"users\":{},\"logged_in\":{},\"dropped\":{},\"seconds\":{elapsed:.4},\"deliveries\":{},\"per_sec\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{},\"reordered\":{},\"cpu_us_per_delivery\":{},\"rss_kib\":{},\"peak_rss_kib\":{},\"kib_per_user\":{}}}",
+        o.scenario,
+        o.users,
+        s.logged_in,
+        s.dead,
+        s.deliveries,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0),
+        s.lost,
+        s.reordered,
+        opt(cpu_per),
+        after.map_or("null".into(), |a| a.rss_kib.to_string()),
+        after.map_or("null".into(), |a| a.peak_kib.to_string()),
+        opt(kib_per_user),
+    );
+}
