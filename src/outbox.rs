@@ -125,7 +125,8 @@ impl Outbox {
             self.head = 0;
             self.chunks.pop_front();
         }
-        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
+        // An idle connection holds no queue memory at all.
+        if self.chunks.is_empty() {
             self.chunks = VecDeque::new();
         }
     }
