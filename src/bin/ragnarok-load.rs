@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -30,6 +31,7 @@ Options:
   -k K               pairs in private (default 50)
   -t SECS            duration (default 10)
   -s BYTES           message text size (default 60)
+  --tls CA_PEM       use wss, trusting this certificate (name: localhost)
   --pid PID          sample this server process's CPU time and memory
   --concurrency M    handshakes in flight at once (default 256)";
 
@@ -44,6 +46,7 @@ struct Options {
     size: usize,
     pid: Option<u32>,
     concurrency: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -59,6 +62,7 @@ fn parse_options() -> Result<Options, String> {
         size: 60,
         pid: None,
         concurrency: 256,
+        tls: None,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -72,6 +76,7 @@ fn parse_options() -> Result<Options, String> {
             "-k" => o.pairs = number(value()?)?,
             "-t" => o.duration = Duration::from_secs_f64(number(value()?)? as f64),
             "-s" => o.size = number(value()?)?,
+            "--tls" => o.tls = Some(tls_config(&value()?)?),
             "--pid" => o.pid = Some(number(value()?)? as u32),
             "--concurrency" => o.concurrency = number(value()?)?.max(1),
             s if o.scenario.is_empty() && !s.starts_with('-') => o.scenario = s.to_owned(),
@@ -86,6 +91,20 @@ fn parse_options() -> Result<Options, String> {
     }
     o.senders = o.senders.min(o.users);
     Ok(o)
+}
+
+fn tls_config(ca: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let cert = CertificateDer::from_pem_file(ca).map_err(|e| format!("{ca}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).map_err(|e| format!("{ca}: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// CPU time and memory of the server process, from /proc.
@@ -127,6 +146,7 @@ enum Phase {
 
 struct Client {
     socket: TcpStream,
+    tls: Option<rustls::ClientConnection>,
     phase: Phase,
     inbox: Vec<u8>,
     outbox: VecDeque<u8>,
@@ -354,9 +374,50 @@ impl Load {
 
     fn on_readable(&mut self, i: usize) {
         let mut buf = [0u8; 65536];
+        if self.clients[i].tls.is_some() {
+            if !self.read_tls(i, &mut buf) {
+                self.kill(i);
+                return;
+            }
+        } else {
+            self.read_plain(i, &mut buf);
+        }
+        if self.clients[i].phase == Phase::Dead {
+            return;
+        }
+        self.scan(i);
+    }
+
+    /// Reads TLS records and moves their plaintext into the inbox.
+    fn read_tls(&mut self, i: usize, buf: &mut [u8]) -> bool {
+        let c = &mut self.clients[i];
+        let Some(tls) = c.tls.as_mut() else { return false };
+        loop {
+            match tls.read_tls(&mut c.socket) {
+                Ok(0) => return false,
+                Ok(n) => self.stats.bytes_in += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return false,
+            }
+            if tls.process_new_packets().is_err() {
+                return false;
+            }
+            loop {
+                match tls.reader().read(buf) {
+                    Ok(0) => return false,
+                    Ok(n) => c.inbox.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return false,
+                }
+            }
+        }
+        true
+    }
+
+    fn read_plain(&mut self, i: usize, buf: &mut [u8]) {
         loop {
             let c = &mut self.clients[i];
-            match c.socket.read(&mut buf) {
+            match c.socket.read(buf) {
                 Ok(0) => {
                     self.kill(i);
                     return;
@@ -372,6 +433,10 @@ impl Load {
                 }
             }
         }
+    }
+
+    /// Handles what arrived: the upgrade response, then frames.
+    fn scan(&mut self, i: usize) {
         self.last_activity = Instant::now();
         let c = &mut self.clients[i];
         if c.phase == Phase::Upgrading {
@@ -423,6 +488,32 @@ impl Load {
 
     fn flush(&mut self, i: usize) {
         let c = &mut self.clients[i];
+        if let Some(tls) = c.tls.as_mut() {
+            if !c.outbox.is_empty() {
+                let (a, b) = c.outbox.as_slices();
+                if let Ok(n) =
+                    tls.writer().write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+                {
+                    c.outbox.drain(..n);
+                }
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut c.socket) {
+                    Ok(_) => {}
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.kind() == io::ErrorKind::NotConnected =>
+                    {
+                        return;
+                    }
+                    Err(_) => {
+                        self.kill(i);
+                        return;
+                    }
+                }
+            }
+            return;
+        }
         while !c.outbox.is_empty() {
             let (a, b) = c.outbox.as_slices();
             match c.socket.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
@@ -483,8 +574,16 @@ fn run(o: Options) -> io::Result<()> {
     let senders = o.senders;
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
+        let tls = match &o.tls {
+            Some(config) => Some(
+                rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap())
+                    .map_err(io::Error::other)?,
+            ),
+            None => None,
+        };
         clients.push(Client {
             socket: TcpStream::connect(o.addr)?,
+            tls,
             phase: Phase::Connecting,
             inbox: Vec::new(),
             outbox: VecDeque::new(),
@@ -527,7 +626,8 @@ fn run(o: Options) -> io::Result<()> {
         }
         // Clients that queued output without an event of their own.
         for i in 0..load.clients.len() {
-            if !load.clients[i].outbox.is_empty() {
+            let c = &load.clients[i];
+            if !c.outbox.is_empty() || c.tls.as_ref().is_some_and(|t| t.wants_write()) {
                 load.flush(i);
             }
         }
