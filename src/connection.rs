@@ -123,6 +123,11 @@ impl Connection {
         self.outbox.push(frame)
     }
 
+    /// The socket reported readable.
+    pub fn on_readable(&mut self) {
+        self.transport.on_readable();
+    }
+
     /// Reads and handles at most one message.
     pub fn read_step(&mut self, id: ConnId, cx: &mut Cx) -> Step {
         match &mut self.state {

@@ -135,6 +135,9 @@ impl Server {
                     SIGNALS => self.on_signal(now),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.on_readable();
+                            }
                             self.read(key, now);
                         }
                         if event.is_writable() {

@@ -15,7 +15,13 @@ use crate::outbox::Outbox;
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
 pub enum Transport {
-    Plain(TcpStream),
+    /// `drained`: the last read came back short, so the kernel buffer is
+    /// empty and another read would only say WouldBlock. New data brings a
+    /// new (edge-triggered) readiness event, which clears it.
+    Plain {
+        socket: TcpStream,
+        drained: bool,
+    },
     Tls(Box<TlsStream>),
 }
 
@@ -36,7 +42,7 @@ pub enum Flushed {
 impl Transport {
     pub fn new(socket: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<Self> {
         Ok(match tls {
-            None => Transport::Plain(socket),
+            None => Transport::Plain { socket, drained: false },
             Some(config) => {
                 let mut tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
                 tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
@@ -47,8 +53,15 @@ impl Transport {
 
     pub fn socket(&mut self) -> &mut TcpStream {
         match self {
-            Transport::Plain(socket) => socket,
+            Transport::Plain { socket, .. } => socket,
             Transport::Tls(t) => &mut t.socket,
+        }
+    }
+
+    /// The socket reported readable: there may be new data.
+    pub fn on_readable(&mut self) {
+        if let Transport::Plain { drained, .. } = self {
+            *drained = false;
         }
     }
 
@@ -56,7 +69,12 @@ impl Transport {
     /// `Ok(0)` at the end of the stream.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Transport::Plain(socket) => socket.read(buf),
+            Transport::Plain { drained: true, .. } => Err(io::ErrorKind::WouldBlock.into()),
+            Transport::Plain { socket, drained } => {
+                let n = socket.read(buf)?;
+                *drained = n > 0 && n < buf.len();
+                Ok(n)
+            }
             Transport::Tls(t) => t.read(buf),
         }
     }
@@ -65,7 +83,7 @@ impl Transport {
     /// system calls (and TLS records) as possible.
     pub fn flush(&mut self, outbox: &mut Outbox) -> io::Result<Flushed> {
         match self {
-            Transport::Plain(socket) => {
+            Transport::Plain { socket, .. } => {
                 while !outbox.is_empty() {
                     match socket.write_vectored(&outbox.slices()) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

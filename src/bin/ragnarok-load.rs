@@ -309,9 +309,16 @@ impl Load {
 
     /// Scans one text frame for what the scenario needs.
     fn on_text(&mut self, i: usize, payload: &[u8]) {
+        // Servers may order fields differently: look for the type anywhere.
+        let kind = match find(payload, b"\"msgType\":\"") {
+            Some(at) => {
+                &payload[at..at + payload[at..].iter().position(|&b| b == b'"').unwrap_or(0)]
+            }
+            None => &[][..],
+        };
         let c = &mut self.clients[i];
         match c.phase {
-            Phase::LoggingIn if payload.starts_with(b"{\"msgType\":\"OnlineUsers\"") => {
+            Phase::LoggingIn if kind == b"OnlineUsers" => {
                 c.phase = Phase::Ready;
                 self.on_logged_in(i);
                 return;
@@ -319,20 +326,20 @@ impl Load {
             Phase::Ready => {}
             _ => return,
         }
-        if payload.starts_with(b"{\"msgType\":\"Broadcast\"") && self.o.scenario == "fanout" {
+        if kind == b"Broadcast" && self.o.scenario == "fanout" {
             let Some(at) = find(payload, b"\"text\":\"") else { return };
             let [sender, seq, stamp] = numbers(&payload[at..]);
             let sender = sender as usize;
             if sender >= c.last_seen.len() {
                 return;
             }
+            // `last` is u64::MAX before the first message, so +1 wraps to 0.
             let last = &mut c.last_seen[sender];
-            if seq != *last + 1 && !(seq == 0 && *last == u64::MAX) {
-                if seq > *last + 1 || *last == u64::MAX {
-                    self.stats.lost += seq.wrapping_sub(last.wrapping_add(1));
-                } else {
-                    self.stats.reordered += 1;
-                }
+            let expected = last.wrapping_add(1);
+            if seq > expected {
+                self.stats.lost += seq - expected;
+            } else if seq < expected {
+                self.stats.reordered += 1;
             }
             *last = seq;
             if self.measuring {
@@ -345,9 +352,7 @@ impl Load {
             if sender == i && self.sending_until.is_some_and(|t| Instant::now() < t) {
                 self.send_broadcast(i);
             }
-        } else if payload.starts_with(b"{\"msgType\":\"PrivateMessage\"")
-            && self.o.scenario == "private"
-        {
+        } else if kind == b"PrivateMessage" && self.o.scenario == "private" {
             let Some(at) = find(payload, b"\"text\":\"") else { return };
             let [origin, stamp, _] = numbers(&payload[at..]);
             let sending = self.sending_until.is_some_and(|t| Instant::now() < t);
