@@ -41,7 +41,7 @@ taskset -c 1 "$bin/ragnarok-load" fanout --addr 127.0.0.1:23458 -n 1000 -c 10 -t
 wait %2 2>/dev/null || sleep 1
 echo
 echo "== where the server's time goes (by binary)"
-perf report -i "$work/perf.data" --stdio --no-children --sort dso 2>/dev/null | grep '%' | head -5
+perf report -i "$work/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep '%' | head -5
 echo
 echo "== top functions (self time)"
 perf report -i "$work/perf.data" --stdio --no-children --sort symbol -g none 2>/dev/null | grep '%' | head -25
