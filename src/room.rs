@@ -55,13 +55,17 @@ pub struct Room {
     /// Presence changes not yet announced (see `flush_presence`).
     joined: Vec<ConnId>,
     left: Vec<Rc<str>>,
-    /// The last `history_size` broadcasts (sender, text), replayed to joiners.
-    history: VecDeque<(Rc<str>, Box<str>)>,
+    /// The last broadcasts, serialized as replays, for joiners: at most
+    /// `history_size` of them and `history_budget` bytes (so that a replay
+    /// always fits a joiner's output limit).
+    history: VecDeque<Box<str>>,
+    history_bytes: usize,
     history_size: usize,
+    history_budget: usize,
 }
 
 impl Room {
-    pub fn new(title: &str, password: &str, history_size: usize) -> Self {
+    pub fn new(title: &str, password: &str, history_size: usize, history_budget: usize) -> Self {
         Room {
             title: title.to_owned(),
             password: password.to_owned(),
@@ -70,8 +74,10 @@ impl Room {
             names: BTreeMap::new(),
             joined: Vec::new(),
             left: Vec::new(),
-            history: VecDeque::with_capacity(history_size.min(1024)),
+            history: VecDeque::new(),
+            history_bytes: 0,
             history_size,
+            history_budget,
         }
     }
 
@@ -149,10 +155,17 @@ impl Room {
                     .to_json();
                 out.push(Outbound { to: To::Everyone, json });
                 if self.history_size > 0 {
-                    if self.history.len() == self.history_size {
-                        self.history.pop_front();
+                    let replay =
+                        Reply::Broadcast { source: &sender.name, text: &text, history: true };
+                    let replay = replay.to_json().into_boxed_str();
+                    self.history_bytes += replay.len();
+                    self.history.push_back(replay);
+                    while self.history.len() > self.history_size
+                        || self.history_bytes > self.history_budget
+                    {
+                        let Some(old) = self.history.pop_front() else { break };
+                        self.history_bytes -= old.len();
                     }
-                    self.history.push_back((sender.name.clone(), text.into_boxed_str()));
                 }
             }
             Request::PrivateMessage { target, text } => match self.names.get(target.as_str()) {
@@ -245,9 +258,8 @@ impl Room {
             let json = Reply::PublicKeys { keys }.to_json();
             out.push(Outbound { to: To::Many(joined.to_vec()), json });
         }
-        for (source, text) in &self.history {
-            let json = Reply::Broadcast { source, text, history: true }.to_json();
-            out.push(Outbound { to: To::Many(joined.to_vec()), json });
+        for replay in &self.history {
+            out.push(Outbound { to: To::Many(joined.to_vec()), json: replay.to_string() });
         }
     }
 
@@ -299,11 +311,11 @@ mod tests {
 
     #[test]
     fn password_rules() {
-        let private = Room::new("t", "963", 0);
+        let private = Room::new("t", "963", 0, 0);
         assert!(private.check_password("963"));
         assert!(!private.check_password("96"));
         assert!(!private.check_password("9634"));
-        assert!(Room::new("t", "", 0).check_password("anything"));
+        assert!(Room::new("t", "", 0, 0).check_password("anything"));
     }
 
     #[test]
@@ -314,7 +326,7 @@ mod tests {
         for bad in ["", " bob", "bob ", "a\u{7}b", "tab\there", &"x".repeat(33)] {
             assert_eq!(validate_name(bad).unwrap_err().code, ErrorCode::InvalidName, "{bad:?}");
         }
-        let mut room = Room::new("t", "", 0);
+        let mut room = Room::new("t", "", 0, 0);
         room.join(1, "bob").unwrap();
         assert_eq!(room.join(2, "bob").unwrap_err().code, ErrorCode::NameTaken);
         assert_eq!(room.join(2, "").unwrap_err().code, ErrorCode::InvalidName);
@@ -323,7 +335,7 @@ mod tests {
 
     #[test]
     fn joiner_gets_title_then_list_in_small_room() {
-        let mut room = Room::new("Ks", "", 0);
+        let mut room = Room::new("Ks", "", 0, 0);
         joined(&mut room, 1, "bob");
         let out = joined(&mut room, 2, "alice");
         assert_eq!(out.len(), 2);
@@ -335,7 +347,7 @@ mod tests {
 
     #[test]
     fn large_room_gets_batched_deltas() {
-        let mut room = Room::new("Ks", "", 0);
+        let mut room = Room::new("Ks", "", 0, 0);
         for id in 0..FULL_LIST_MAX {
             joined(&mut room, id, &format!("u{id:03}"));
         }
@@ -360,7 +372,7 @@ mod tests {
 
     #[test]
     fn join_then_leave_before_flush_is_silent_for_others() {
-        let mut room = Room::new("Ks", "", 0);
+        let mut room = Room::new("Ks", "", 0, 0);
         for id in 0..40 {
             joined(&mut room, id, &format!("u{id}"));
         }
@@ -377,7 +389,7 @@ mod tests {
 
     #[test]
     fn leave_keeps_delivery_list_consistent() {
-        let mut room = Room::new("Ks", "", 0);
+        let mut room = Room::new("Ks", "", 0, 0);
         for (id, name) in ["a", "b", "c", "d"].iter().enumerate() {
             joined(&mut room, id, name);
         }
@@ -395,7 +407,7 @@ mod tests {
 
     #[test]
     fn routes_broadcasts_and_private_messages() {
-        let mut room = Room::new("Ks", "", 0);
+        let mut room = Room::new("Ks", "", 0, 0);
         joined(&mut room, 1, "alice");
         joined(&mut room, 2, "bob");
         let mut out = Vec::new();
@@ -427,7 +439,7 @@ mod tests {
 
     #[test]
     fn keys_are_relayed_handed_to_joiners_and_forgotten_on_leave() {
-        let mut room = Room::new("Ks", "", 0);
+        let mut room = Room::new("Ks", "", 0, 0);
         joined(&mut room, 1, "alice");
         joined(&mut room, 2, "bob");
         let mut out = Vec::new();
@@ -463,7 +475,7 @@ mod tests {
 
     #[test]
     fn history_replays_recent_broadcasts_to_joiners_only() {
-        let mut room = Room::new("Ks", "", 3);
+        let mut room = Room::new("Ks", "", 3, 1 << 20);
         joined(&mut room, 1, "alice");
         let mut out = Vec::new();
         for i in 0..5 {
@@ -485,7 +497,22 @@ mod tests {
         // The welcome comes first, the replays after the list.
         assert!(out[0].json.contains("ServerName") && out[1].json.contains("OnlineUsers"));
 
-        let mut off = Room::new("Ks", "", 0);
+        // The byte budget drops the oldest first.
+        let mut tight = Room::new("Ks", "", 50, 250);
+        joined(&mut tight, 1, "alice");
+        for i in 0..5 {
+            tight.handle(
+                1,
+                Request::Broadcast { text: format!("{i}{}", "z".repeat(40)) },
+                &mut Vec::new(),
+            );
+        }
+        let out = joined(&mut tight, 2, "bob");
+        let replays: Vec<_> = out.iter().filter(|o| o.json.contains("\"history\"")).collect();
+        assert_eq!(replays.len(), 2, "two 107-byte replays fit 250 bytes");
+        assert!(replays[0].json.contains("\"3z") && replays[1].json.contains("\"4z"));
+
+        let mut off = Room::new("Ks", "", 0, 0);
         joined(&mut off, 1, "alice");
         off.handle(1, Request::Broadcast { text: "gone".into() }, &mut Vec::new());
         assert!(joined(&mut off, 2, "bob").iter().all(|o| !o.json.contains("gone")));
@@ -493,7 +520,7 @@ mod tests {
 
     #[test]
     fn pending_presence_goes_out_before_the_next_message() {
-        let mut room = Room::new("Ks", "", 0);
+        let mut room = Room::new("Ks", "", 0, 0);
         joined(&mut room, 1, "alice");
         room.join(2, "bob").unwrap();
         let mut out = Vec::new();

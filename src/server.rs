@@ -84,7 +84,13 @@ impl Server {
             tls,
             signals: None,
             conns: Slab::new(),
-            room: Room::new(&config.server_name, &config.server_password, config.history_size),
+            // Half the output limit: a joiner's replay never counts as a slow reader.
+            room: Room::new(
+                &config.server_name,
+                &config.server_password,
+                config.history_size,
+                config.limits.max_outbound_bytes / 2,
+            ),
             limits,
             ws_config,
             out: Vec::new(),

@@ -26,7 +26,10 @@ fn fanout_and_private_under_load_lose_nothing() {
         assert_eq!((r["logged_in"].as_u64(), r["dropped"].as_u64()), (Some(40), Some(0)), "{r}");
         assert_eq!((r["lost"].as_u64(), r["reordered"].as_u64()), (Some(0), Some(0)), "{r}");
         let deliveries = r["deliveries"].as_u64().unwrap();
-        assert!(deliveries > 0 && deliveries % 40 == 0, "every message reached all 40: {r}");
+        assert!(
+            deliveries > 0 && deliveries.is_multiple_of(40),
+            "every message reached all 40: {r}"
+        );
 
         let r = load(&server, &["private", "-k", "5", "-t", "1"]);
         assert_eq!(r["logged_in"], 10, "{r}");
