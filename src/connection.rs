@@ -242,6 +242,7 @@ impl Connection {
                 match bucket.as_mut().map_or(Verdict::Allow, |b| b.take(cx.now)) {
                     Verdict::Allow => {}
                     Verdict::Refuse => {
+                        info!("{}: over the rate limit, message refused", self.peer);
                         let why = Rejection::new(
                             ErrorCode::RateLimited,
                             "too many messages: this one was not delivered; slow down",
@@ -267,13 +268,14 @@ impl Connection {
                 match parse_request(&text) {
                     Ok(request) => cx.room.handle(id, request, cx.out),
                     Err(why) => {
-                        debug!("{}: refused message: {}", self.peer, why.text);
+                        info!("{}: refused a message: {}", self.peer, why.code.as_str());
                         self.send_error(&why);
                     }
                 }
                 Step::Progress
             }
             (Message::Binary(_), Session::Chatting { .. }) => {
+                info!("{}: refused a binary frame", self.peer);
                 self.send_error(&Rejection::new(
                     ErrorCode::BinaryUnsupported,
                     "binary frames are not supported: send JSON in text frames",

@@ -14,7 +14,7 @@ use tungstenite::protocol::frame::{Frame, FrameHeader};
 pub type SharedFrame = Rc<[u8]>;
 
 /// Most slices handed to one vectored write.
-const MAX_IOV: usize = 64;
+pub const MAX_IOV: usize = 64;
 
 pub fn text_frame(payload: &str) -> SharedFrame {
     let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
@@ -99,14 +99,16 @@ impl Outbox {
         }
     }
 
-    /// The queued bytes as slices for one vectored write.
-    pub fn slices(&self) -> Vec<IoSlice<'_>> {
-        let mut iov = Vec::with_capacity(self.chunks.len().min(MAX_IOV));
-        for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
-            let start = if i == 0 { self.head } else { 0 };
-            iov.push(IoSlice::new(&chunk[start..]));
+    /// Fills `iov` with the queued bytes for one vectored write (no
+    /// allocation: this runs for every write); returns how many it filled.
+    pub fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+        let mut n = 0;
+        for (slot, chunk) in iov.iter_mut().zip(&self.chunks) {
+            let start = if n == 0 { self.head } else { 0 };
+            *slot = IoSlice::new(&chunk[start..]);
+            n += 1;
         }
-        iov
+        n
     }
 
     /// Marks `n` bytes as written.
@@ -139,7 +141,9 @@ mod tests {
     fn drain(outbox: &mut Outbox, step: usize) -> Vec<u8> {
         let mut all = Vec::new();
         while !outbox.is_empty() {
-            let bytes: Vec<u8> = outbox.slices().iter().flat_map(|s| s.to_vec()).collect();
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let filled = outbox.slices(&mut iov);
+            let bytes: Vec<u8> = iov[..filled].iter().flat_map(|s| s.to_vec()).collect();
             let n = step.min(bytes.len());
             all.extend_from_slice(&bytes[..n]);
             outbox.consume(n);

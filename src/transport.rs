@@ -2,14 +2,14 @@
 //! one. rustls is driven by hand (`read_tls` / `process_new_packets` /
 //! `write_tls`), never through `StreamOwned`, so nothing here ever blocks.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::outbox::Outbox;
+use crate::outbox::{MAX_IOV, Outbox};
 
 /// Plaintext rustls may hold for sending, on top of our own queue.
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
@@ -85,7 +85,9 @@ impl Transport {
         match self {
             Transport::Plain { socket, .. } => {
                 while !outbox.is_empty() {
-                    match socket.write_vectored(&outbox.slices()) {
+                    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                    let filled = outbox.slices(&mut iov);
+                    match socket.write_vectored(&iov[..filled]) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                         Ok(n) => outbox.consume(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -158,7 +160,9 @@ impl TlsStream {
             // Move plaintext into rustls (bounded by its buffer limit); it
             // packs consecutive frames into shared records.
             if !outbox.is_empty() {
-                let n = self.tls.writer().write_vectored(&outbox.slices())?;
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let filled = outbox.slices(&mut iov);
+                let n = self.tls.writer().write_vectored(&iov[..filled])?;
                 outbox.consume(n);
             }
             if !self.tls.wants_write() {
