@@ -27,6 +27,8 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 const TICK: Duration = Duration::from_secs(1);
 /// Messages read from one connection before giving the others a turn.
 const MAX_STEPS_PER_EVENT: usize = 64;
+/// Writes between two looks at new input during a round's flush pass.
+const FLUSHES_PER_POLL: usize = 32;
 /// How long shutdown waits for Close frames to be flushed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// tungstenite's read buffer per connection (its default is 128 KiB). It is
@@ -128,30 +130,8 @@ impl Server {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            self.poll_and_dispatch(&mut events, timeout)?;
             let now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(now),
-                    SIGNALS => self.on_signal(now),
-                    Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            if let Some(conn) = self.conns.get_mut(key) {
-                                conn.on_readable();
-                            }
-                            self.read(key, now);
-                        }
-                        if event.is_writable() {
-                            self.schedule_flush(key);
-                        }
-                    }
-                }
-            }
             for key in std::mem::take(&mut self.again) {
                 self.read(key, now);
             }
@@ -159,7 +139,7 @@ impl Server {
                 self.tick(now);
                 next_tick = now + TICK;
             }
-            self.finish_round();
+            self.finish_round(&mut events)?;
             if let Phase::Stopping { deadline } = self.phase {
                 if self.conns.is_empty() {
                     info!("shutdown complete");
@@ -171,6 +151,34 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Waits up to `timeout` for readiness and handles it.
+    fn poll_and_dispatch(&mut self, events: &mut Events, timeout: Duration) -> io::Result<()> {
+        match self.poll.poll(events, Some(timeout)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        let now = Instant::now();
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(now),
+                SIGNALS => self.on_signal(now),
+                Token(key) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.on_readable();
+                        }
+                        self.read(key, now);
+                    }
+                    if event.is_writable() {
+                        self.schedule_flush(key);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn accept(&mut self, now: Instant) {
@@ -321,21 +329,30 @@ impl Server {
     }
 
     /// End of a round: announce presence changes and write every connection
-    /// that has output, all of a round's frames in one write.
-    fn finish_round(&mut self) {
-        let now = Instant::now();
+    /// that has output, all of a round's frames in one write. Every
+    /// `FLUSHES_PER_POLL` writes it takes in what arrived meanwhile, so that
+    /// the connections not yet written carry the new messages in the same
+    /// write: fuller writes, and new messages start out sooner.
+    fn finish_round(&mut self, events: &mut Events) -> io::Result<()> {
         loop {
             self.room.flush_presence(&mut self.out);
-            self.deliver(now);
+            self.deliver(Instant::now());
             if self.to_flush.is_empty() {
-                return;
+                return Ok(());
             }
-            for key in std::mem::take(&mut self.to_flush) {
-                let Some(conn) = self.conns.get_mut(key) else {
-                    continue;
-                };
-                if !conn.flush(self.poll.registry(), Token(key)) {
+            let batch = std::mem::take(&mut self.to_flush);
+            for (i, &key) in batch.iter().enumerate() {
+                let alive = self
+                    .conns
+                    .get_mut(key)
+                    .is_none_or(|c| c.flush(self.poll.registry(), Token(key)));
+                if !alive {
                     self.remove(key);
+                }
+                if i % FLUSHES_PER_POLL == FLUSHES_PER_POLL - 1 && i + 1 < batch.len() {
+                    self.poll_and_dispatch(events, Duration::ZERO)?;
+                    self.room.flush_presence(&mut self.out);
+                    self.deliver(Instant::now());
                 }
             }
         }
