@@ -350,8 +350,8 @@ impl Server {
                     self.remove(key);
                 }
                 if i % FLUSHES_PER_POLL == FLUSHES_PER_POLL - 1 && i + 1 < batch.len() {
+                    // (Presence waits for the end of the pass, to stay batched.)
                     self.poll_and_dispatch(events, Duration::ZERO)?;
-                    self.room.flush_presence(&mut self.out);
                     self.deliver(Instant::now());
                 }
             }

@@ -33,7 +33,7 @@ Options:
   -s BYTES           message text size (default 60)
   --tls CA_PEM       use wss, trusting this certificate (name: localhost)
   --pid PID          sample this server process's CPU time and memory
-  --concurrency M    handshakes in flight at once (default 256)";
+  --concurrency M    handshakes in flight at once (default 1024, the server's listen backlog)";
 
 struct Options {
     scenario: String,
@@ -61,7 +61,7 @@ fn parse_options() -> Result<Options, String> {
         duration: Duration::from_secs(10),
         size: 60,
         pid: None,
-        concurrency: 256,
+        concurrency: 1024,
         tls: None,
     };
     while let Some(arg) = args.next() {
