@@ -415,6 +415,7 @@ impl Connection {
 
     /// Timeouts and keep-alive pings, checked about once a second.
     pub fn tick(&mut self, id: ConnId, cx: &mut Cx) -> Step {
+        self.outbox.release_if_empty();
         let now = cx.now;
         let login_late = now.saturating_duration_since(self.opened) >= cx.limits.handshake_timeout;
         match &mut self.state {
