@@ -505,12 +505,7 @@ impl Load {
             while tls.wants_write() {
                 match tls.write_tls(&mut c.socket) {
                     Ok(_) => {}
-                    Err(e)
-                        if e.kind() == io::ErrorKind::WouldBlock
-                            || e.kind() == io::ErrorKind::NotConnected =>
-                    {
-                        return;
-                    }
+                    Err(e) if not_yet(&e) => return,
                     Err(_) => {
                         self.kill(i);
                         return;
@@ -525,12 +520,7 @@ impl Load {
                 Ok(n) => {
                     c.outbox.drain(..n);
                 }
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.kind() == io::ErrorKind::NotConnected =>
-                {
-                    return;
-                }
+                Err(e) if not_yet(&e) => return,
                 Err(_) => {
                     self.kill(i);
                     return;
@@ -550,6 +540,11 @@ impl Load {
             let _ = self.poll.registry().deregister(&mut c.socket);
         }
     }
+}
+
+/// The socket is full, or still connecting: try again on its next event.
+fn not_yet(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
