@@ -452,11 +452,11 @@ impl Connection {
         }
     }
 
-    /// Writes what is queued. `false` when the connection is finished (closed
-    /// both ways) or dead.
-    pub fn flush(&mut self, registry: &Registry, token: Token) -> bool {
+    /// Writes what is queued (`scratch`: see `Transport::flush`). `false`
+    /// when the connection is finished (closed both ways) or dead.
+    pub fn flush(&mut self, registry: &Registry, token: Token, scratch: &mut Vec<u8>) -> bool {
         self.flush_scheduled = false;
-        let flushed = match self.transport.flush(&mut self.outbox) {
+        let flushed = match self.transport.flush(&mut self.outbox, scratch) {
             Ok(flushed) => flushed,
             Err(e) => {
                 debug!("{}: write failed: {e}", self.peer);

@@ -35,6 +35,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// allocated for every connection: 1 KiB keeps an idle user near 1.5 KiB of
 /// RSS (4 KiB gave 4.5 KiB), at the price of more reads for large messages.
 const WS_READ_BUFFER: usize = 1024;
+/// Most bytes gathered from a connection's queue into one write.
+const WRITE_GATHER: usize = 64 * 1024;
 
 enum Phase {
     Running { listener: TcpListener },
@@ -57,6 +59,8 @@ pub struct Server {
     to_flush: Vec<ConnId>,
     /// Connections that still had input when their turn ended.
     again: Vec<ConnId>,
+    /// Where queued frames are gathered for one write (capacity `WRITE_GATHER`).
+    scratch: Vec<u8>,
     /// Accepting failed (out of file descriptors): retry on the next tick.
     accept_pending: bool,
 }
@@ -98,6 +102,7 @@ impl Server {
             out: Vec::new(),
             to_flush: Vec::new(),
             again: Vec::new(),
+            scratch: Vec::with_capacity(WRITE_GATHER),
             accept_pending: false,
         })
     }
@@ -345,7 +350,7 @@ impl Server {
                 let alive = self
                     .conns
                     .get_mut(key)
-                    .is_none_or(|c| c.flush(self.poll.registry(), Token(key)));
+                    .is_none_or(|c| c.flush(self.poll.registry(), Token(key), &mut self.scratch));
                 if !alive {
                     self.remove(key);
                 }

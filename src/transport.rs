@@ -2,14 +2,14 @@
 //! one. rustls is driven by hand (`read_tls` / `process_new_packets` /
 //! `write_tls`), never through `StreamOwned`, so nothing here ever blocks.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::outbox::{MAX_IOV, Outbox};
+use crate::outbox::Outbox;
 
 /// Plaintext rustls may hold for sending, on top of our own queue.
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
@@ -79,15 +79,20 @@ impl Transport {
         }
     }
 
-    /// Writes as much of `outbox` as the socket takes, coalesced into as few
-    /// system calls (and TLS records) as possible.
-    pub fn flush(&mut self, outbox: &mut Outbox) -> io::Result<Flushed> {
+    /// Writes as much of `outbox` as the socket takes. Several queued frames
+    /// are first gathered into `scratch` (a buffer shared by all
+    /// connections) so that they leave in one write (and one TLS record).
+    pub fn flush(&mut self, outbox: &mut Outbox, scratch: &mut Vec<u8>) -> io::Result<Flushed> {
         match self {
             Transport::Plain { socket, .. } => {
                 while !outbox.is_empty() {
-                    let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                    let filled = outbox.slices(&mut iov);
-                    match socket.write_vectored(&iov[..filled]) {
+                    let written = if outbox.has_several() {
+                        outbox.gather(scratch);
+                        socket.write(scratch)
+                    } else {
+                        socket.write(outbox.front())
+                    };
+                    match written {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                         Ok(n) => outbox.consume(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -99,7 +104,7 @@ impl Transport {
                 }
                 Ok(Flushed::All)
             }
-            Transport::Tls(t) => t.flush(outbox),
+            Transport::Tls(t) => t.flush(outbox, scratch),
         }
     }
 
@@ -155,14 +160,17 @@ impl TlsStream {
         }
     }
 
-    fn flush(&mut self, outbox: &mut Outbox) -> io::Result<Flushed> {
+    fn flush(&mut self, outbox: &mut Outbox, scratch: &mut Vec<u8>) -> io::Result<Flushed> {
         loop {
-            // Move plaintext into rustls (bounded by its buffer limit); it
-            // packs consecutive frames into shared records.
+            // Move plaintext into rustls (bounded by its buffer limit), which
+            // seals it into records.
             if !outbox.is_empty() {
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let filled = outbox.slices(&mut iov);
-                let n = self.tls.writer().write_vectored(&iov[..filled])?;
+                let n = if outbox.has_several() {
+                    outbox.gather(scratch);
+                    self.tls.writer().write(scratch)?
+                } else {
+                    self.tls.writer().write(outbox.front())?
+                };
                 outbox.consume(n);
             }
             if !self.tls.wants_write() {
