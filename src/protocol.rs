@@ -2,7 +2,7 @@
 //! server sends (`Reply`), and the stable error codes. Field names and
 //! `msgType` values keep the original Python server's spelling.
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 /// A parsed message from a logged-in client.
@@ -79,16 +79,39 @@ impl Rejection {
     }
 }
 
+/// The fields a request may carry, read straight off the JSON (no map of
+/// every key; unknown keys are skipped). `Some` when the key is present,
+/// even with a `null` or non-string value, so that the errors below can
+/// tell "missing" from "not a string".
+#[derive(Deserialize)]
+struct Fields {
+    #[serde(rename = "msgType", default, deserialize_with = "present")]
+    msg_type: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    text: Option<Value>,
+    #[serde(rename = "TgtUser", default, deserialize_with = "present")]
+    target: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    key: Option<Value>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 /// Parses one text frame from a logged-in client.
 pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
-    let value: Value = serde_json::from_str(frame).map_err(|e| {
+    let not_json = |e: serde_json::Error| {
         Rejection::new(ErrorCode::BadJson, format!("message is not valid JSON: {e}"))
-    })?;
-    let Value::Object(mut fields) = value else {
-        return Err(Rejection::new(ErrorCode::BadJson, "message must be a JSON object"));
     };
-    let mut take = |name: &str| -> Result<String, Rejection> {
-        match fields.remove(name) {
+    // (serde would also read a JSON array into `Fields`, field by field.)
+    if !frame.trim_start().starts_with('{') {
+        serde_json::from_str::<Value>(frame).map_err(not_json)?;
+        return Err(Rejection::new(ErrorCode::BadJson, "message must be a JSON object"));
+    }
+    let fields: Fields = serde_json::from_str(frame).map_err(not_json)?;
+    let take = |value: Option<Value>, name: &str| -> Result<String, Rejection> {
+        match value {
             Some(Value::String(s)) => Ok(s),
             Some(_) => Err(Rejection::new(
                 ErrorCode::InvalidField,
@@ -99,15 +122,15 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
             }
         }
     };
-    let kind = take("msgType")?;
+    let kind = take(fields.msg_type, "msgType")?;
     match kind.as_str() {
-        "Broadcast" => Ok(Request::Broadcast { text: take("text")? }),
+        "Broadcast" => Ok(Request::Broadcast { text: take(fields.text, "text")? }),
         "PrivateMessage" => {
-            let target = take("TgtUser")?;
-            Ok(Request::PrivateMessage { target, text: take("text")? })
+            let target = take(fields.target, "TgtUser")?;
+            Ok(Request::PrivateMessage { target, text: take(fields.text, "text")? })
         }
         "OnlineUsers" => Ok(Request::OnlineUsers),
-        "PublicKey" => Ok(Request::PublicKey { key: take("key")? }),
+        "PublicKey" => Ok(Request::PublicKey { key: take(fields.key, "key")? }),
         _ => Err(Rejection::new(
             ErrorCode::UnknownType,
             format!(
@@ -193,7 +216,7 @@ mod tests {
             parse_request(r#"{"msgType":"PrivateMessage","TgtUser":"bob","text":"c1ph3r"}"#),
             Ok(Request::PrivateMessage { target: "bob".into(), text: "c1ph3r".into() })
         );
-        assert_eq!(parse_request(r#"{"msgType":"OnlineUsers"}"#), Ok(Request::OnlineUsers));
+        assert_eq!(parse_request(r#" {"msgType":"OnlineUsers"}"#), Ok(Request::OnlineUsers));
         assert_eq!(
             parse_request(r#"{"msgType":"PublicKey","key":"BASE64"}"#),
             Ok(Request::PublicKey { key: "BASE64".into() })
@@ -204,6 +227,9 @@ mod tests {
     fn rejects_bad_input_with_stable_codes() {
         assert_eq!(code_of("not json"), ErrorCode::BadJson);
         assert_eq!(code_of("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code_of(r#"["Broadcast","hi"]"#), ErrorCode::BadJson);
+        assert_eq!(code_of(r#"{"msgType":"Broadcast","text":"hi"} x"#), ErrorCode::BadJson);
+        assert_eq!(code_of(r#"{"msgType":"Broadcast","text":null}"#), ErrorCode::InvalidField);
         assert_eq!(code_of(r#"{"text":"hi"}"#), ErrorCode::MissingField);
         assert_eq!(code_of(r#"{"msgType":"Broadcast"}"#), ErrorCode::MissingField);
         assert_eq!(code_of(r#"{"msgType":"Broadcast","text":5}"#), ErrorCode::InvalidField);
