@@ -49,6 +49,7 @@ start() {  # start SERVER TLS
         ragnarok) taskset -c 0 target/release/ragnarok --config "$work/ragnarok-$2.json" 2>>"$work/server.log" & ;;
         node) taskset -c 0 node bench/peers/node-ws/server.js $port "" "${args[@]}" 2>>"$work/server.log" & ;;
         tokio) taskset -c 0 bench/peers/tokio-tungstenite/target/release/peer-tokio-tungstenite $port "" "${args[@]}" 2>>"$work/server.log" & ;;
+        relay) taskset -c 0 target/release/ragnarok-load relay --addr 127.0.0.1:$port >/dev/null 2>>"$work/server.log" & ;;
     esac
     server_pid=$!
     for _ in $(seq 100); do
@@ -84,6 +85,10 @@ for server in ragnarok "${peers[@]}"; do
     run "$server" false joinstorm -n 1000
     if [ "$server" = ragnarok ]; then run "$server" false joinstorm -n 10000; fi
 done
+# The kernel's floor for private messages: a bare relay (one read and one
+# write per message, no WebSocket or JSON) driven like `private`, with
+# messages the size of its frames.
+run relay false floor -k 50 -s 100 -t "$secs"
 
 python3 - "$work/results.jsonl" "$command_line" <<'PY'
 import json, sys, subprocess, datetime, re, platform
@@ -93,18 +98,20 @@ nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 def f(v, fmt="{:.3f}"):
     return "—" if v is None else fmt.format(v)
 out = [f"Command: `{sys.argv[2].strip()}` · date: {datetime.date.today()} · machine: {nproc} cores, {cpu}, {platform.release()}",
-       "", "| server | transport | scenario | result | server CPU µs/delivery | server RSS | KiB/user |", "|---|---|---|---|---|---|---|"]
+       "", "| server | transport | scenario | result | server CPU µs/delivery (private, floor: per round trip) | server RSS | KiB/user |", "|---|---|---|---|---|---|---|"]
 for r in rows:
     x = r["result"]; s = x["scenario"]
     if s == "fanout":
         res = f'{x["per_sec"]:,.0f} deliveries/s; p50/p99/max {x["p50_ms"]:.1f}/{x["p99_ms"]:.1f}/{x["max_ms"]:.1f} ms; lost {x["lost"]}, reordered {x["reordered"]}'
     elif s == "private":
         res = f'{x["per_sec"]:,.0f} round trips/s; p50/p99 {x["p50_ms"]:.2f}/{x["p99_ms"]:.2f} ms'
+    elif s == "floor":
+        res = f'{x["per_sec"]:,.0f} round trips/s (bare relay: one read + one write per message)'
     elif s == "joinstorm":
         res = f'{x["logged_in"]} of {x["users"]} in {x["seconds"]:.2f} s'
     else:
         res = f'{x["logged_in"]} users held'
-    out.append(f'| {r["server"]} | {"wss" if r["tls"] else "ws"} | {s} {r["args"]} | {res} | {f(x["cpu_us_per_delivery"])} | {f(x["rss_kib"], "{} KiB")} | {f(x["kib_per_user"], "{:.2f}")} |')
+    out.append(f'| {r["server"]} | {"wss" if r["tls"] else "ws"} | {s} {r["args"]} | {res} | {f(x["cpu_us_per_delivery"])} | {f(x.get("rss_kib"), "{} KiB")} | {f(x.get("kib_per_user"), "{:.2f}")} |')
 table = "\n".join(out)
 print(table)
 doc = open("BENCHMARKS.md").read()

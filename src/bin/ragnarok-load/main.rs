@@ -3,7 +3,10 @@
 //! a scenario needs instead of being parsed into JSON trees, so it costs far
 //! less per message than the server it measures.
 //!
-//! Scenarios: fanout, joinstorm, idle, private. See `--help`.
+//! Scenarios: fanout, joinstorm, idle, private; and floor against relay,
+//! the kernel's cost without any server logic (`floor.rs`). See `--help`.
+
+mod floor;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -22,6 +25,8 @@ Scenarios:
   joinstorm  N users connect and log in as fast as possible
   idle       N users logged in and held for T seconds (sample memory)
   private    K pairs exchange PrivateMessages closed-loop for T seconds
+  relay      serve as a bare relay: bytes from connection 2i go to 2i+1 and back
+  floor      K pairs bounce S-byte messages through a relay (the kernel's floor)
 
 Options:
   --addr HOST:PORT   server address (default 127.0.0.1:12345)
@@ -85,7 +90,8 @@ fn parse_options() -> Result<Options, String> {
     }
     match o.scenario.as_str() {
         "fanout" | "joinstorm" | "idle" => {}
-        "private" => o.users = o.pairs * 2,
+        "private" | "floor" => o.users = o.pairs * 2,
+        "relay" => {}
         "" => return Err(HELP.into()),
         s => return Err(format!("unknown scenario {s:?}\n\n{HELP}")),
     }
@@ -563,7 +569,12 @@ fn main() {
             std::process::exit(if message == HELP { 0 } else { 64 });
         }
     };
-    if let Err(e) = run(o) {
+    let result = match o.scenario.as_str() {
+        "relay" => floor::relay(o.addr),
+        "floor" => floor::floor(&o),
+        _ => run(o),
+    };
+    if let Err(e) = result {
         eprintln!("ragnarok-load: {e}");
         std::process::exit(1);
     }
