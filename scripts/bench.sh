@@ -43,6 +43,9 @@ JSON
 done
 
 start() {  # start SERVER TLS
+    if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+        echo "port $port is already in use: stop whatever listens there first" >&2; exit 1
+    fi
     local args=()
     [ "$2" = true ] && args=("$work/cert.pem" "$work/key.pem")
     case $1 in

@@ -161,7 +161,9 @@ pub fn floor(o: &Options) -> io::Result<()> {
                     Ok(0) => return Err(io::Error::other("floor: the relay closed a connection")),
                     Ok(n) => {
                         if buf[..n].iter().any(|&b| b != tag(i)) {
-                            return Err(io::Error::other("floor: a message reached the wrong pair"));
+                            return Err(io::Error::other(
+                                "floor: a message reached the wrong pair",
+                            ));
                         }
                         received[i] += n;
                         while received[i] >= size {

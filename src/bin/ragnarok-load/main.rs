@@ -333,6 +333,11 @@ impl Load {
             _ => return,
         }
         if kind == b"Broadcast" && self.o.scenario == "fanout" {
+            // Replays of the room's history (an earlier run's messages, when
+            // the server was not restarted) are not part of this run.
+            if find(payload, b"\"history\":true").is_some() {
+                return;
+            }
             let Some(at) = find(payload, b"\"text\":\"") else { return };
             let [sender, seq, stamp] = numbers(&payload[at..]);
             let sender = sender as usize;
@@ -350,7 +355,7 @@ impl Load {
             *last = seq;
             if self.measuring {
                 self.stats.deliveries += 1;
-                let latency = self.start.elapsed().as_micros() as u64 - stamp;
+                let latency = (self.start.elapsed().as_micros() as u64).saturating_sub(stamp);
                 if self.stats.latencies_us.len() < 50_000_000 {
                     self.stats.latencies_us.push(latency.min(u32::MAX as u64) as u32);
                 }
@@ -365,7 +370,7 @@ impl Load {
             if origin as usize == i {
                 // A round trip completed.
                 self.stats.deliveries += 1;
-                let latency = self.start.elapsed().as_micros() as u64 - stamp;
+                let latency = (self.start.elapsed().as_micros() as u64).saturating_sub(stamp);
                 self.stats.latencies_us.push(latency.min(u32::MAX as u64) as u32);
                 if sending {
                     let now = self.now_us();
