@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peers=() secs=10
+command_line="scripts/bench.sh $*"
 while [ $# -gt 0 ]; do
     case $1 in
         --peer) shift; case ${1:-} in all) peers=(node tokio);; node|tokio) peers+=("$1");; *) echo "--peer node|tokio|all" >&2; exit 64;; esac;;
@@ -18,7 +19,6 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-command_line="scripts/bench.sh $*"
 cargo build --release --quiet
 for p in "${peers[@]}"; do
     case $p in
