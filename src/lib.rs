@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod fdlimit;
 pub mod http;
 pub mod outbox;
 pub mod protocol;

@@ -147,22 +147,12 @@ fn run() -> Result<(), Fatal> {
     server.run().map_err(|e| Fatal::Software(format!("event loop failed: {e}")))
 }
 
-/// Lets the process hold `max_connections` sockets (plus a few files): the
-/// usual soft limit of 1024 descriptors would cap a VPS at about 1000 users.
+/// Lets the process hold `max_connections` sockets (plus a few files).
 fn raise_fd_limit(max_connections: usize) {
-    let wanted = max_connections as libc::rlim_t + 64;
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut limit = std::mem::zeroed::<libc::rlimit>();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= wanted {
-            return;
-        }
-        let target = wanted.min(limit.rlim_max);
-        limit.rlim_cur = target;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 || target < wanted {
-            warn!(
-                "open file limit is {target}: fewer than max_connections ({max_connections}) can connect"
-            );
-        }
+    let limit = ragnarok::fdlimit::raise(max_connections as u64 + 64);
+    if limit < max_connections as u64 + 64 {
+        warn!(
+            "open file limit is {limit}: fewer than max_connections ({max_connections}) can connect"
+        );
     }
 }

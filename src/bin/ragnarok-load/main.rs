@@ -588,6 +588,10 @@ fn main() {
 fn run(o: Options) -> io::Result<()> {
     let n = o.users;
     let senders = o.senders;
+    let limit = ragnarok::fdlimit::raise(n as u64 + 64);
+    if limit < n as u64 + 64 {
+        eprintln!("ragnarok-load: the open file limit is {limit}: not all {n} users can connect");
+    }
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let tls = match &o.tls {
