@@ -95,31 +95,27 @@ impl Outbox {
         }
     }
 
-    /// The unwritten bytes of the front frame.
-    pub fn front(&self) -> &[u8] {
-        self.chunks.front().map_or(&[], |chunk| &chunk[self.head..])
-    }
-
-    /// Whether more than one frame is queued.
-    pub fn has_several(&self) -> bool {
-        self.chunks.len() > 1
-    }
-
-    /// Copies the queued bytes, as many as fit `buf`'s capacity, into `buf`
-    /// for one write: the kernel copies one contiguous buffer much faster
+    /// The bytes for the next write: the front frame's unwritten bytes when
+    /// it is alone, else as many queued bytes as fit `scratch`'s capacity,
+    /// gathered there. The kernel copies one contiguous buffer much faster
     /// than a long iovec of small frames (measured in BENCHMARKS.md).
-    pub fn gather(&self, buf: &mut Vec<u8>) {
-        buf.clear();
+    pub fn next_write<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        let front = self.chunks.front().map_or(&[][..], |chunk| &chunk[self.head..]);
+        if self.chunks.len() <= 1 {
+            return front;
+        }
+        scratch.clear();
         let mut start = self.head;
         for chunk in &self.chunks {
-            let room = buf.capacity() - buf.len();
+            let room = scratch.capacity() - scratch.len();
             if room == 0 {
                 break;
             }
             let bytes = &chunk[start..];
-            buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            scratch.extend_from_slice(&bytes[..bytes.len().min(room)]);
             start = 0;
         }
+        scratch
     }
 
     /// Marks `n` bytes as written.
@@ -155,11 +151,11 @@ mod tests {
 
     fn drain(outbox: &mut Outbox, step: usize) -> Vec<u8> {
         let mut all = Vec::new();
-        let mut buf = Vec::with_capacity(4);
+        let mut scratch = Vec::with_capacity(4);
         while !outbox.is_empty() {
-            outbox.gather(&mut buf);
-            let n = step.min(buf.len());
-            all.extend_from_slice(&buf[..n]);
+            let bytes = outbox.next_write(&mut scratch);
+            let n = step.min(bytes.len());
+            all.extend_from_slice(&bytes[..n]);
             outbox.consume(n);
         }
         all

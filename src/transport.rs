@@ -86,13 +86,7 @@ impl Transport {
         match self {
             Transport::Plain { socket, .. } => {
                 while !outbox.is_empty() {
-                    let written = if outbox.has_several() {
-                        outbox.gather(scratch);
-                        socket.write(scratch)
-                    } else {
-                        socket.write(outbox.front())
-                    };
-                    match written {
+                    match socket.write(outbox.next_write(scratch)) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                         Ok(n) => outbox.consume(n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -165,12 +159,7 @@ impl TlsStream {
             // Move plaintext into rustls (bounded by its buffer limit), which
             // seals it into records.
             if !outbox.is_empty() {
-                let n = if outbox.has_several() {
-                    outbox.gather(scratch);
-                    self.tls.writer().write(scratch)?
-                } else {
-                    self.tls.writer().write(outbox.front())?
-                };
+                let n = self.tls.writer().write(outbox.next_write(scratch))?;
                 outbox.consume(n);
             }
             if !self.tls.wants_write() {

@@ -8,9 +8,7 @@ use serde_json::json;
 #[test]
 fn broadcast_reaches_everyone_with_server_set_source() {
     for server in TestServer::both(json!({})) {
-        let mut alice = server.login("alice");
-        let mut bob = server.login("bob");
-        alice.recv_type("OnlineUsers");
+        let (mut alice, mut bob) = server.login_two("alice", "bob");
         alice.send_json(
             json!({"msgType": "Broadcast", "text": "hi all", "SrcUser": "mallory", "extra": [1]}),
         );

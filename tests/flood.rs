@@ -8,9 +8,7 @@ use serde_json::json;
 #[test]
 fn flood_is_refused_then_disconnected() {
     for server in TestServer::both(json!({"rate_limit_per_sec": 5, "rate_limit_burst": 10})) {
-        let mut bob = server.login("bob");
-        let mut flooder = server.login("flooder");
-        bob.recv_type("OnlineUsers");
+        let (mut bob, mut flooder) = server.login_two("bob", "flooder");
         for i in 0..100 {
             flooder.send_json(broadcast(&format!("spam {i}")));
         }

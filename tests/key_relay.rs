@@ -12,9 +12,7 @@ use serde_json::json;
 #[test]
 fn keys_are_relayed_and_handed_to_joiners() {
     for server in TestServer::both(json!({})) {
-        let mut alice = server.login("alice");
-        let mut bob = server.login("bob");
-        alice.recv_type("OnlineUsers");
+        let (mut alice, mut bob) = server.login_two("alice", "bob");
         alice.send_json(json!({"msgType": "PublicKey", "key": "ALICE-KEY"}));
         let relayed = json!({"msgType": "PublicKey", "SrcUser": "alice", "key": "ALICE-KEY"});
         assert_eq!(alice.recv_json(), relayed);
@@ -51,9 +49,7 @@ fn keys_are_relayed_and_handed_to_joiners() {
 #[test]
 fn documented_scheme_round_trip_through_the_server() {
     for server in TestServer::both(json!({})) {
-        let mut alice = server.login("alice");
-        let mut bob = server.login("bob");
-        alice.recv_type("OnlineUsers");
+        let (mut alice, mut bob) = server.login_two("alice", "bob");
         let (alice_keys, bob_keys) = (e2e::KeyPair::generate(), e2e::KeyPair::generate());
         let (alice_pub, bob_pub) = (alice_keys.public_b64(), bob_keys.public_b64());
         alice.send_json(json!({"msgType": "PublicKey", "key": alice_pub}));

@@ -10,9 +10,7 @@ use tungstenite::Message;
 #[test]
 fn each_bad_message_gets_an_error_and_the_session_goes_on() {
     for server in TestServer::both(json!({})) {
-        let mut alice = server.login("alice");
-        let mut bob = server.login("bob");
-        alice.recv_type("OnlineUsers");
+        let (mut alice, mut bob) = server.login_two("alice", "bob");
         let cases = [
             ("not json at all", "bad_json"),
             ("{\"msgType\": \"Broadcast\", ", "bad_json"),

@@ -13,9 +13,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 #[test]
 fn oversize_message_is_closed_with_1009() {
     for server in TestServer::both(json!({"max_message_bytes": 1024})) {
-        let mut bob = server.login("bob");
-        let mut alice = server.login("alice");
-        bob.recv_type("OnlineUsers");
+        let (mut bob, mut alice) = server.login_two("bob", "alice");
         alice.send_json(broadcast(&"x".repeat(900)));
         assert_eq!(bob.recv_json()["text"].as_str().unwrap().len(), 900);
         alice.send_json(broadcast(&"x".repeat(2000)));

@@ -210,6 +210,15 @@ impl TestServer {
         client
     }
 
+    /// Logs in two users; the first has read the news of the second's join,
+    /// so both start with nothing pending.
+    pub fn login_two(&self, first: &str, second: &str) -> (Client, Client) {
+        let mut a = self.login(first);
+        let b = self.login(second);
+        a.recv_type("OnlineUsers");
+        (a, b)
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
