@@ -36,9 +36,31 @@ tlsarg=()
 # Record the steady state: start after the logins, stop before the end.
 (sleep 2; timeout "$((secs - 1))" perf record -e cpu-clock -F 1999 -g -p "$server_pid" -o "$work/perf.data" \
     >/dev/null 2>&1 || true) &
-taskset -c 1 "$bin/ragnarok-load" fanout --addr 127.0.0.1:23458 -n 1000 -c 10 -t "$secs" \
-    --pid "$server_pid" "${tlsarg[@]}" | tail -n1
-wait %2 2>/dev/null || sleep 1
+record_pid=$!
+# Count the writes over the same window: frames per write = deliveries / writes.
+count_secs=$((secs > 4 ? secs - 3 : 1))
+(sleep 2; perf stat -x, -e syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto \
+    -p "$server_pid" -o "$work/writes.csv" -- sleep "$count_secs" >/dev/null 2>&1 || true) &
+count_pid=$!
+result=$(taskset -c 1 "$bin/ragnarok-load" fanout --addr 127.0.0.1:23458 -n 1000 -c 10 -t "$secs" \
+    --pid "$server_pid" "${tlsarg[@]}" | tail -n1)
+echo "$result"
+wait "$record_pid" "$count_pid" 2>/dev/null || sleep 1
+python3 - "$result" "$work/writes.csv" "$count_secs" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+try:
+    writes = sum(int(l.split(",")[0]) for l in open(sys.argv[2]) if l.split(",")[0].isdigit())
+except OSError:
+    writes = 0
+if not writes:
+    print("(no write count: perf's syscall tracepoints are not available here)")
+else:
+    per_write = r["per_sec"] / (writes / float(sys.argv[3]))
+    cpu, sys_ = r["cpu_us_per_delivery"], r["sys_us_per_delivery"]
+    print(f"{per_write:.1f} frames per write; per write: {cpu * per_write:.2f} us of server CPU, "
+          f"{sys_ * per_write:.2f} in the kernel, {(cpu - sys_) * per_write:.2f} in user space")
+PY
 echo
 echo "== where the server's time goes (by binary)"
 perf report -i "$work/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep '%' | head -5

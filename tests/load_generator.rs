@@ -22,7 +22,8 @@ fn load(server: &TestServer, args: &[&str]) -> Value {
 #[test]
 fn fanout_and_private_under_load_lose_nothing() {
     for server in TestServer::both(json!({"rate_limit_per_sec": 0})) {
-        let r = load(&server, &["fanout", "-n", "40", "-c", "4", "-t", "1"]);
+        let pid = server.pid().to_string();
+        let r = load(&server, &["fanout", "-n", "40", "-c", "4", "-t", "1", "--pid", &pid]);
         assert_eq!((r["logged_in"].as_u64(), r["dropped"].as_u64()), (Some(40), Some(0)), "{r}");
         assert_eq!((r["lost"].as_u64(), r["reordered"].as_u64()), (Some(0), Some(0)), "{r}");
         let deliveries = r["deliveries"].as_u64().unwrap();
@@ -30,6 +31,10 @@ fn fanout_and_private_under_load_lose_nothing() {
             deliveries > 0 && deliveries.is_multiple_of(40),
             "every message reached all 40: {r}"
         );
+        // The server's CPU was sampled, and its kernel part is part of it.
+        let cpu = r["cpu_us_per_delivery"].as_f64().expect("CPU sampled");
+        let sys = r["sys_us_per_delivery"].as_f64().expect("kernel CPU sampled");
+        assert!(cpu > 0.0 && (0.0..=cpu).contains(&sys), "{r}");
 
         // Again on the same server: the joiners' history replay of the first
         // run's messages is not mistaken for this run's.

@@ -117,6 +117,8 @@ fn tls_config(ca: &str) -> Result<Arc<rustls::ClientConfig>, String> {
 #[derive(Clone, Copy, Default)]
 struct ProcSample {
     cpu: Duration,
+    /// The part of `cpu` spent in the kernel (system calls, TCP).
+    sys: Duration,
     rss_kib: u64,
     peak_kib: u64,
 }
@@ -125,8 +127,10 @@ fn sample(pid: Option<u32>) -> Option<ProcSample> {
     let pid = pid?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let sys: u64 = fields.get(12)?.parse().ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / hz);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |key: &str| {
         status
@@ -135,7 +139,8 @@ fn sample(pid: Option<u32>) -> Option<ProcSample> {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     };
     Some(ProcSample {
-        cpu: Duration::from_micros(ticks * 1_000_000 / hz.max(1)),
+        cpu: time(user + sys),
+        sys: time(sys),
         rss_kib: kib("VmRSS:")?,
         peak_kib: kib("VmHWM:")?,
     })
@@ -708,14 +713,18 @@ fn report(
     let mut lat = s.latencies_us.clone();
     lat.sort_unstable();
     let rate = s.deliveries as f64 / elapsed.max(1e-9);
-    let cpu_window = match (o.scenario.as_str(), before, at_start, after) {
-        ("joinstorm", Some(b), _, Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
-        (_, _, Some(b), Some(a)) => Some(a.cpu.saturating_sub(b.cpu)),
+    let window = match (o.scenario.as_str(), before, at_start, after) {
+        ("joinstorm", Some(b), _, Some(a)) => Some((b, a)),
+        (_, _, Some(b), Some(a)) => Some((b, a)),
         _ => None,
     };
-    let cpu_per = cpu_window
-        .filter(|_| s.deliveries > 0)
-        .map(|c| c.as_secs_f64() * 1e6 / s.deliveries as f64);
+    let per_delivery = |part: fn(&ProcSample) -> Duration| {
+        window.filter(|_| s.deliveries > 0).map(|(b, a)| {
+            part(&a).saturating_sub(part(&b)).as_secs_f64() * 1e6 / s.deliveries as f64
+        })
+    };
+    let cpu_per = per_delivery(|p| p.cpu);
+    let sys_per = per_delivery(|p| p.sys);
     let kib_per_user = match (before, after) {
         (Some(b), Some(a)) if load.o.users > 0 => {
             Some((a.rss_kib as f64 - b.rss_kib as f64) / load.stats.logged_in.max(1) as f64)
@@ -738,8 +747,8 @@ fn report(
             println!("lost/reordered  {} / {}", s.lost, s.reordered);
         }
     }
-    if let Some(c) = cpu_per {
-        println!("server CPU      {c:.3} us per delivery");
+    if let (Some(c), Some(k)) = (cpu_per, sys_per) {
+        println!("server CPU      {c:.3} us per delivery ({k:.3} of it in the kernel)");
     }
     if let Some(a) = after {
         println!("server RSS      {} KiB (peak {} KiB)", a.rss_kib, a.peak_kib);
@@ -749,7 +758,7 @@ fn report(
     }
     let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
     println!(
-        "{{\"scenario\":\"{}\",\"users\":{},\"logged_in\":{},\"dropped\":{},\"seconds\":{elapsed:.4},\"deliveries\":{},\"per_sec\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{},\"reordered\":{},\"cpu_us_per_delivery\":{},\"rss_kib\":{},\"peak_rss_kib\":{},\"kib_per_user\":{}}}",
+        "{{\"scenario\":\"{}\",\"users\":{},\"logged_in\":{},\"dropped\":{},\"seconds\":{elapsed:.4},\"deliveries\":{},\"per_sec\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{},\"reordered\":{},\"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"rss_kib\":{},\"peak_rss_kib\":{},\"kib_per_user\":{}}}",
         o.scenario,
         o.users,
         s.logged_in,
@@ -761,6 +770,7 @@ fn report(
         s.lost,
         s.reordered,
         opt(cpu_per),
+        opt(sys_per),
         after.map_or("null".into(), |a| a.rss_kib.to_string()),
         after.map_or("null".into(), |a| a.peak_kib.to_string()),
         opt(kib_per_user),
