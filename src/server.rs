@@ -57,6 +57,9 @@ pub struct Server {
     out: Vec<Outbound>,
     /// Connections with output queued this round.
     to_flush: Vec<ConnId>,
+    /// The pass being flushed (`to_flush` as it was when the pass began);
+    /// kept between passes so that its memory is reused.
+    flushing: Vec<ConnId>,
     /// Connections that still had input when their turn ended.
     again: Vec<ConnId>,
     /// Where queued frames are gathered for one write (capacity `WRITE_GATHER`).
@@ -101,6 +104,7 @@ impl Server {
             ws_config,
             out: Vec::new(),
             to_flush: Vec::new(),
+            flushing: Vec::new(),
             again: Vec::new(),
             scratch: Vec::with_capacity(WRITE_GATHER),
             accept_pending: false,
@@ -345,7 +349,8 @@ impl Server {
             if self.to_flush.is_empty() {
                 return Ok(());
             }
-            let batch = std::mem::take(&mut self.to_flush);
+            let mut batch = std::mem::take(&mut self.flushing);
+            std::mem::swap(&mut batch, &mut self.to_flush);
             for (i, &key) in batch.iter().enumerate() {
                 let alive = self
                     .conns
@@ -360,6 +365,8 @@ impl Server {
                     self.deliver(Instant::now());
                 }
             }
+            batch.clear();
+            self.flushing = batch;
         }
     }
 

@@ -282,14 +282,21 @@ impl Load {
         frame(1, json.as_bytes(), &mut c.outbox);
     }
 
-    fn on_logged_in(&mut self, i: usize) {
+    fn on_logged_in(&mut self) {
         self.stats.logged_in += 1;
         self.handshaking -= 1;
         let _ = self.connect_more();
         if self.stats.logged_in == self.clients.len() {
             self.begin_measuring();
         }
-        let _ = i;
+    }
+
+    /// Records the latency of a message stamped `stamp` (µs since start).
+    fn record_latency(&mut self, stamp: u64) {
+        let latency = self.now_us().saturating_sub(stamp);
+        if self.stats.latencies_us.len() < 50_000_000 {
+            self.stats.latencies_us.push(latency.min(u64::from(u32::MAX)) as u32);
+        }
     }
 
     fn begin_measuring(&mut self) {
@@ -331,7 +338,7 @@ impl Load {
         match c.phase {
             Phase::LoggingIn if kind == b"OnlineUsers" => {
                 c.phase = Phase::Ready;
-                self.on_logged_in(i);
+                self.on_logged_in();
                 return;
             }
             Phase::Ready => {}
@@ -360,10 +367,7 @@ impl Load {
             *last = seq;
             if self.measuring {
                 self.stats.deliveries += 1;
-                let latency = (self.start.elapsed().as_micros() as u64).saturating_sub(stamp);
-                if self.stats.latencies_us.len() < 50_000_000 {
-                    self.stats.latencies_us.push(latency.min(u32::MAX as u64) as u32);
-                }
+                self.record_latency(stamp);
             }
             if sender == i && self.sending_until.is_some_and(|t| Instant::now() < t) {
                 self.send_broadcast(i);
@@ -375,8 +379,7 @@ impl Load {
             if origin as usize == i {
                 // A round trip completed.
                 self.stats.deliveries += 1;
-                let latency = (self.start.elapsed().as_micros() as u64).saturating_sub(stamp);
-                self.stats.latencies_us.push(latency.min(u32::MAX as u64) as u32);
+                self.record_latency(stamp);
                 if sending {
                     let now = self.now_us();
                     self.send_private(i, now);
