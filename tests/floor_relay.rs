@@ -41,4 +41,6 @@ fn pairs_bounce_messages_through_the_relay() {
     assert_eq!(r["pairs"], 4, "{r}");
     assert!(r["deliveries"].as_u64().unwrap() > 0, "{r}");
     assert!(r["cpu_us_per_delivery"].as_f64().is_some(), "the relay's CPU was sampled: {r}");
+    let own = r["loadgen_cpu_pct"].as_f64().expect("the driver's own CPU was sampled");
+    assert!((0.0..=105.0).contains(&own), "{r}");
 }

@@ -35,6 +35,9 @@ fn fanout_and_private_under_load_lose_nothing() {
         let cpu = r["cpu_us_per_delivery"].as_f64().expect("CPU sampled");
         let sys = r["sys_us_per_delivery"].as_f64().expect("kernel CPU sampled");
         assert!(cpu > 0.0 && (0.0..=cpu).contains(&sys), "{r}");
+        // So was its own (one thread: at most one core, plus tick rounding).
+        let own = r["loadgen_cpu_pct"].as_f64().expect("own CPU sampled");
+        assert!(own > 0.0 && own <= 105.0, "{r}");
 
         // Again on the same server: the joiners' history replay of the first
         // run's messages is not mistaken for this run's.

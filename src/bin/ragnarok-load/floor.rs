@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::{Options, sample};
+use crate::{Options, OwnCpu, sample};
 
 const LISTENER: Token = Token(usize::MAX);
 
@@ -119,7 +119,7 @@ pub fn floor(o: &Options) -> io::Result<()> {
     };
     let warmup = Duration::from_secs(1);
     let started = Instant::now();
-    let mut measured: Option<(Instant, u64, Option<crate::ProcSample>)> = None;
+    let mut measured: Option<(Instant, u64, Option<crate::ProcSample>, OwnCpu)> = None;
     let mut round_trips = 0u64;
     for a in (0..sockets.len()).step_by(2) {
         send(a)?;
@@ -129,13 +129,14 @@ pub fn floor(o: &Options) -> io::Result<()> {
     loop {
         let now = Instant::now();
         if measured.is_none() && now >= started + warmup {
-            measured = Some((now, round_trips, sample(o.pid)));
+            measured = Some((now, round_trips, sample(o.pid), OwnCpu::start()));
         }
-        if let Some((t0, n0, cpu0)) = measured
-            && now >= t0 + o.duration
+        if let Some((t0, n0, cpu0, own)) = &measured
+            && now >= *t0 + o.duration
         {
-            let seconds = now.duration_since(t0).as_secs_f64();
+            let seconds = now.duration_since(*t0).as_secs_f64();
             let n = round_trips - n0;
+            let own = own.percent().map_or("null".into(), |p| format!("{p:.1}"));
             let rate = n as f64 / seconds;
             let cpu_per = match (cpu0, sample(o.pid)) {
                 (Some(a), Some(b)) if n > 0 => {
@@ -147,8 +148,9 @@ pub fn floor(o: &Options) -> io::Result<()> {
             println!("pairs           {} × {size}-byte messages", o.pairs);
             println!("round trips     {n} in {seconds:.1} s = {rate:.0}/s");
             println!("relay CPU       {cpu_per} us per round trip");
+            println!("load generator  {own} % of its core");
             println!(
-                "{{\"scenario\":\"floor\",\"pairs\":{},\"seconds\":{seconds:.4},\"deliveries\":{n},\"per_sec\":{rate:.1},\"cpu_us_per_delivery\":{cpu_per}}}",
+                "{{\"scenario\":\"floor\",\"pairs\":{},\"seconds\":{seconds:.4},\"deliveries\":{n},\"per_sec\":{rate:.1},\"cpu_us_per_delivery\":{cpu_per},\"loadgen_cpu_pct\":{own}}}",
                 o.pairs
             );
             return Ok(());
@@ -173,6 +175,10 @@ pub fn floor(o: &Options) -> io::Result<()> {
                                 round_trips += 1;
                             }
                             send(i)?;
+                        }
+                        // A short read drained the socket (as in the relay).
+                        if n < buf.len() {
+                            break;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
