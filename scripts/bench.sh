@@ -4,18 +4,21 @@
 # Writes the results table into BENCHMARKS.md (between the bench markers)
 # with the command, date and machine, and prints it.
 #
-# Usage: scripts/bench.sh [--peer node|tokio|all] [--quick]
-#   --peer   also run the same scenarios against the peers in bench/peers/
-#   --quick  shorter runs (3 s instead of 10 s), for a smoke test
+# Usage: scripts/bench.sh [--peer node|tokio|all] [--repeat R] [--quick]
+#   --peer    also run the same scenarios against the peers in bench/peers/
+#   --repeat  run each fanout R times (default 3) and report the median run
+#             by server CPU, with all R figures (the machine is noisy)
+#   --quick   shorter runs (3 s instead of 10 s, fanout once), a smoke test
 set -euo pipefail
 cd "$(dirname "$0")/.."
-peers=() secs=10
+peers=() secs=10 repeat=3
 command_line="scripts/bench.sh $*"
 while [ $# -gt 0 ]; do
     case $1 in
         --peer) shift; case ${1:-} in all) peers=(node tokio);; node|tokio) peers+=("$1");; *) echo "--peer node|tokio|all" >&2; exit 64;; esac;;
-        --quick) secs=3;;
-        *) echo "usage: scripts/bench.sh [--peer node|tokio|all] [--quick]" >&2; exit 64;;
+        --repeat) shift; [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || { echo "--repeat needs a count" >&2; exit 64; }; repeat=$1;;
+        --quick) secs=3 repeat=1;;
+        *) echo "usage: scripts/bench.sh [--peer node|tokio|all] [--repeat R] [--quick]" >&2; exit 64;;
     esac
     shift
 done
@@ -80,7 +83,7 @@ run() {  # run SERVER TLS SCENARIO ARGS...
 # so they are compared at 1,000, and Ragnarok is also run at 10,000.
 for server in ragnarok "${peers[@]}"; do
     for tls in false true; do
-        run "$server" $tls fanout -n 1000 -c 10 -s 60 -t "$secs"
+        for _ in $(seq "$repeat"); do run "$server" $tls fanout -n 1000 -c 10 -s 60 -t "$secs"; done
         run "$server" $tls idle -n 1000 -t 3
         if [ "$server" = ragnarok ]; then run "$server" $tls idle -n 10000 -t 3; fi
     done
@@ -95,17 +98,34 @@ run relay false floor -k 50 -s 100 -t "$secs"
 
 python3 - "$work/results.jsonl" "$command_line" <<'PY'
 import json, sys, subprocess, datetime, re, platform
-rows = [json.loads(l) for l in open(sys.argv[1])]
+runs = [json.loads(l) for l in open(sys.argv[1])]
+# Repeated runs of one scenario (fanout) become one row: the median run by
+# server CPU (the higher middle one for an even count), with every run's
+# figure beside it.
+rows, spread = [], {}
+for r in runs:
+    key = (r["server"], r["tls"], r["result"]["scenario"], r["args"])
+    if key in spread:
+        spread[key].append(r)
+    else:
+        spread[key] = [r]
+        rows.append(key)
+def median(group):
+    ranked = sorted(group, key=lambda r: r["result"].get("cpu_us_per_delivery") or 0)
+    return ranked[len(ranked) // 2]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 def f(v, fmt="{:.3f}"):
     return "—" if v is None else fmt.format(v)
 out = [f"Command: `{sys.argv[2].strip()}` · date: {datetime.date.today()} · machine: {nproc} cores, {cpu}, {platform.release()}",
-       "", "| server | transport | scenario | result | server CPU µs/delivery (private, floor: per round trip) | server RSS | KiB/user |", "|---|---|---|---|---|---|---|"]
-for r in rows:
+       "", "| server | transport | scenario | result | server CPU µs/delivery (private, floor: per round trip) | server RSS | KiB/user | load generator CPU |", "|---|---|---|---|---|---|---|---|"]
+for key in rows:
+    group = spread[key]
+    r = median(group)
     x = r["result"]; s = x["scenario"]
     if s == "fanout":
-        res = f'{x["per_sec"]:,.0f} deliveries/s; p50/p99/max {x["p50_ms"]:.1f}/{x["p99_ms"]:.1f}/{x["max_ms"]:.1f} ms; lost {x["lost"]}, reordered {x["reordered"]}'
+        lost, reordered = (sum(g["result"][k] for g in group) for k in ("lost", "reordered"))
+        res = f'{x["per_sec"]:,.0f} deliveries/s; p50/p99/max {x["p50_ms"]:.1f}/{x["p99_ms"]:.1f}/{x["max_ms"]:.1f} ms; lost {lost}, reordered {reordered}' + (" (all runs)" if len(group) > 1 else "")
     elif s == "private":
         res = f'{x["per_sec"]:,.0f} round trips/s; p50/p99 {x["p50_ms"]:.2f}/{x["p99_ms"]:.2f} ms'
     elif s == "floor":
@@ -114,7 +134,10 @@ for r in rows:
         res = f'{x["logged_in"]} of {x["users"]} in {x["seconds"]:.2f} s'
     else:
         res = f'{x["logged_in"]} users held'
-    out.append(f'| {r["server"]} | {"wss" if r["tls"] else "ws"} | {s} {r["args"]} | {res} | {f(x["cpu_us_per_delivery"])} | {f(x.get("rss_kib"), "{} KiB")} | {f(x.get("kib_per_user"), "{:.2f}")} |')
+    cpu = f(x["cpu_us_per_delivery"])
+    if len(group) > 1:
+        cpu += f" (median of {len(group)}: " + " / ".join(f(g["result"]["cpu_us_per_delivery"]) for g in group) + ")"
+    out.append(f'| {r["server"]} | {"wss" if r["tls"] else "ws"} | {s} {r["args"]} | {res} | {cpu} | {f(x.get("rss_kib"), "{} KiB")} | {f(x.get("kib_per_user"), "{:.2f}")} | {f(x.get("loadgen_cpu_pct"), "{:.0f} %")} |')
 table = "\n".join(out)
 print(table)
 doc = open("BENCHMARKS.md").read()
