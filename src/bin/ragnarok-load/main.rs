@@ -719,14 +719,15 @@ fn run(o: Options) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120) + load.o.duration * 2;
     loop {
         load.poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        // Each client's answer leaves as soon as its event is handled, not
+        // after the whole batch of events (up to a few milliseconds later,
+        // which would count as the server's latency).
         for event in events.iter() {
             let i = event.token().0;
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 load.on_readable(i);
             }
-        }
-        for event in events.iter() {
-            load.flush(event.token().0);
+            load.flush(i);
         }
         // Output is queued only for the client whose event is being
         // handled (flushed just above), or by kick_off (flushes all) and
