@@ -72,8 +72,12 @@ run() {  # run SERVER TLS SCENARIO ARGS...
     [ "$tls" = true ] && tlsarg=(--tls "$work/cert.pem")
     start "$server" "$tls"
     echo "== $server $([ "$tls" = true ] && echo wss || echo ws) $scenario $*" >&2
-    local line
-    line=$(taskset -c 1 target/release/ragnarok-load "$scenario" --addr 127.0.0.1:$port --pid "$server_pid" "${tlsarg[@]}" "$@" | tee -a /dev/stderr | tail -n1)
+    local out line
+    # Captured, then printed: `tee /dev/stderr` reopens the log file and
+    # overwrites other lines when stderr is redirected to a file.
+    out=$(taskset -c 1 target/release/ragnarok-load "$scenario" --addr 127.0.0.1:$port --pid "$server_pid" "${tlsarg[@]}" "$@")
+    echo "$out" >&2
+    line=$(tail -n1 <<<"$out")
     stop
     echo "{\"server\":\"$server\",\"tls\":$tls,\"args\":\"$*\",\"result\":$line}" >> "$work/results.jsonl"
 }
