@@ -187,6 +187,21 @@ struct Client {
     last_seen: Vec<u64>,
 }
 
+/// The socket as rustls reads it, noting a short read: the kernel had no
+/// more, so the next read would only say WouldBlock (see `read_plain`).
+struct ShortRead<'a> {
+    socket: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.socket.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
+}
+
 /// A masked client text frame (mask key 0: valid, and free to apply).
 fn frame(opcode: u8, payload: &[u8], out: &mut VecDeque<u8>) {
     out.push_back(0x80 | opcode);
@@ -404,10 +419,14 @@ impl Load {
         if kind == b"Broadcast" && self.o.scenario == "fanout" {
             // Replays of the room's history (an earlier run's messages, when
             // the server was not restarted) are not part of this run.
-            if find(payload, b"\"history\":true").is_some() {
+            // The flag is looked for outside the text only: ours holds no
+            // quote (digits, colons and x), so it ends at the next one.
+            let Some(at) = find(payload, b"\"text\":\"") else { return };
+            let end = index_of(&payload[at..], b'"').map_or(payload.len(), |p| at + p);
+            let history = b"\"history\":true";
+            if find(&payload[..at], history).is_some() || find(&payload[end..], history).is_some() {
                 return;
             }
-            let Some(at) = find(payload, b"\"text\":\"") else { return };
             let [sender, seq, stamp] = numbers(&payload[at..]);
             let sender = sender as usize;
             if sender >= c.last_seen.len() {
@@ -472,12 +491,14 @@ impl Load {
         loop {
             let c = &mut self.clients[i];
             let Some(tls) = c.tls.as_mut() else { return false };
-            match tls.read_tls(&mut c.socket) {
+            let mut socket = ShortRead { socket: &mut c.socket, short: false };
+            match tls.read_tls(&mut socket) {
                 Ok(0) => return false,
                 Ok(n) => self.stats.bytes_in += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(_) => return false,
             }
+            let drained = socket.short;
             if tls.process_new_packets().is_err() {
                 return false;
             }
@@ -493,6 +514,9 @@ impl Load {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => return false,
                 }
+            }
+            if drained {
+                return true;
             }
         }
     }
