@@ -219,9 +219,9 @@ fn frame(opcode: u8, payload: &[u8], out: &mut VecDeque<u8>) {
     out.extend(payload);
 }
 
-/// Finds the digits after `key` in `hay`, e.g. `"text":"` → number up to ':'.
-/// Returns the index just past `key`. Compares only where the key's first
-/// byte occurs (a `"` a dozen times per message, instead of at every byte).
+/// The index just past the first `key` in `hay` (e.g. where the text after
+/// `"text":"` starts). Compares only where the key's first byte occurs (a
+/// `"` a dozen times per message, instead of at every byte).
 fn find(hay: &[u8], key: &[u8]) -> Option<usize> {
     let (&first, rest) = key.split_first()?;
     let mut from = 0;
@@ -291,6 +291,7 @@ struct Load {
     handshaking: usize,
     /// When the event being handled was read: one clock read per event,
     /// not per frame, and the receive time of every frame that came with it.
+    /// A run ends once this is 300 ms old (the room has gone quiet).
     last_activity: Instant,
     /// One read buffer for all clients (allocated once, never cleared).
     buf: Vec<u8>,
