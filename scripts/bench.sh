@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The standard benchmark set: server pinned to core 0, load generator
 # (target/release/ragnarok-load) on core 1, one fresh server per scenario.
-# Writes the results table into BENCHMARKS.md (between the bench markers)
-# with the command, date and machine, and prints it.
+# Prints the report (scripts/bench_report.py: the results table with the
+# command, date and machine, the goals judged from it, the ratios to the
+# peers) and puts it into BENCHMARKS.md between the bench markers.
 #
 # Usage: scripts/bench.sh [--peer node|tokio|all] [--repeat R] [--quick]
 #   --peer    also run the same scenarios against the peers in bench/peers/
@@ -100,52 +101,4 @@ done
 # messages the size of its frames.
 run relay false floor -k 50 -s 100 -t "$secs"
 
-python3 - "$work/results.jsonl" "$command_line" <<'PY'
-import json, sys, subprocess, datetime, re, platform
-runs = [json.loads(l) for l in open(sys.argv[1])]
-# Repeated runs of one scenario (fanout) become one row: the median run by
-# server CPU (the higher middle one for an even count), with every run's
-# figure beside it.
-rows, spread = [], {}
-for r in runs:
-    key = (r["server"], r["tls"], r["result"]["scenario"], r["args"])
-    if key in spread:
-        spread[key].append(r)
-    else:
-        spread[key] = [r]
-        rows.append(key)
-def median(group):
-    ranked = sorted(group, key=lambda r: r["result"].get("cpu_us_per_delivery") or 0)
-    return ranked[len(ranked) // 2]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-def f(v, fmt="{:.3f}"):
-    return "—" if v is None else fmt.format(v)
-out = [f"Command: `{sys.argv[2].strip()}` · date: {datetime.date.today()} · machine: {nproc} cores, {cpu}, {platform.release()}",
-       "", "| server | transport | scenario | result | server CPU µs/delivery (private, floor: per round trip) | server RSS | KiB/user | load generator CPU |", "|---|---|---|---|---|---|---|---|"]
-for key in rows:
-    group = spread[key]
-    r = median(group)
-    x = r["result"]; s = x["scenario"]
-    if s == "fanout":
-        lost, reordered = (sum(g["result"][k] for g in group) for k in ("lost", "reordered"))
-        res = f'{x["per_sec"]:,.0f} deliveries/s; p50/p99/max {x["p50_ms"]:.1f}/{x["p99_ms"]:.1f}/{x["max_ms"]:.1f} ms; lost {lost}, reordered {reordered}' + (" (all runs)" if len(group) > 1 else "")
-    elif s == "private":
-        res = f'{x["per_sec"]:,.0f} round trips/s; p50/p99 {x["p50_ms"]:.2f}/{x["p99_ms"]:.2f} ms'
-    elif s == "floor":
-        res = f'{x["per_sec"]:,.0f} round trips/s (bare relay: one read + one write per message)'
-    elif s == "joinstorm":
-        res = f'{x["logged_in"]} of {x["users"]} in {x["seconds"]:.2f} s'
-    else:
-        res = f'{x["logged_in"]} users held'
-    cpu = f(x["cpu_us_per_delivery"])
-    if len(group) > 1:
-        cpu += f" (median of {len(group)}: " + " / ".join(f(g["result"]["cpu_us_per_delivery"]) for g in group) + ")"
-    out.append(f'| {r["server"]} | {"wss" if r["tls"] else "ws"} | {s} {r["args"]} | {res} | {cpu} | {f(x.get("rss_kib"), "{} KiB")} | {f(x.get("kib_per_user"), "{:.2f}")} | {f(x.get("loadgen_cpu_pct"), "{:.0f} %")} |')
-table = "\n".join(out)
-print(table)
-doc = open("BENCHMARKS.md").read()
-start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-new = doc[:doc.index(start) + len(start)] + "\n" + table + "\n" + doc[doc.index(end):]
-open("BENCHMARKS.md", "w").write(new)
-PY
+scripts/bench_report.py "$work/results.jsonl" "$command_line" --into BENCHMARKS.md
