@@ -253,6 +253,25 @@ fn index_of(hay: &[u8], byte: u8) -> Option<usize> {
     chunks.remainder().iter().position(|&b| b == byte).map(|p| tail + p)
 }
 
+/// A message's text (up to its closing quote: ours hold none) and whether
+/// it is flagged `"history":true`, found in one pass over its quotes, the
+/// fields in any order.
+fn text_of(payload: &[u8]) -> Option<(&[u8], bool)> {
+    let (mut text, mut history) = (None, false);
+    let mut rest = payload;
+    while let Some(p) = index_of(rest, b'"') {
+        rest = &rest[p + 1..];
+        if let Some(value) = rest.strip_prefix(b"text\":\"") {
+            let end = index_of(value, b'"').unwrap_or(value.len());
+            text = Some(&value[..end]);
+            rest = value.get(end + 1..).unwrap_or_default();
+        } else if rest.starts_with(b"history\":true") {
+            history = true;
+        }
+    }
+    text.map(|t| (t, history))
+}
+
 fn numbers(s: &[u8]) -> [u64; 3] {
     let mut out = [0u64; 3];
     let mut i = 0;
@@ -420,15 +439,8 @@ impl Load {
         if kind == b"Broadcast" && self.o.scenario == "fanout" {
             // Replays of the room's history (an earlier run's messages, when
             // the server was not restarted) are not part of this run.
-            // The flag is looked for outside the text only: ours holds no
-            // quote (digits, colons and x), so it ends at the next one.
-            let Some(at) = find(payload, b"\"text\":\"") else { return };
-            let end = index_of(&payload[at..], b'"').map_or(payload.len(), |p| at + p);
-            let history = b"\"history\":true";
-            if find(&payload[..at], history).is_some() || find(&payload[end..], history).is_some() {
-                return;
-            }
-            let [sender, seq, stamp] = numbers(&payload[at..]);
+            let Some((text, false)) = text_of(payload) else { return };
+            let [sender, seq, stamp] = numbers(text);
             let sender = sender as usize;
             if sender >= c.last_seen.len() {
                 return;
@@ -450,8 +462,8 @@ impl Load {
                 self.send_broadcast(i);
             }
         } else if kind == b"PrivateMessage" && self.o.scenario == "private" {
-            let Some(at) = find(payload, b"\"text\":\"") else { return };
-            let [origin, stamp, _] = numbers(&payload[at..]);
+            let Some((text, _)) = text_of(payload) else { return };
+            let [origin, stamp, _] = numbers(text);
             let sending = self.sending_until.is_some_and(|t| self.last_activity < t);
             if origin as usize == i {
                 // A round trip completed.
@@ -906,7 +918,7 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::{find, index_of};
+    use super::{find, index_of, numbers, text_of};
 
     #[test]
     fn index_of_and_find_agree_with_a_plain_search() {
@@ -928,5 +940,22 @@ mod tests {
         assert_eq!(find(json, br#""history":true"#), Some(json.len() - 1));
         assert_eq!(find(json, br#""history":false"#), None);
         assert_eq!(find(b"ab", b"abc"), None);
+    }
+
+    #[test]
+    fn text_of_finds_the_text_and_the_history_flag_in_any_order() {
+        let live = br#"{"msgType":"Broadcast","SrcUser":"u1","text":"1:2:3:xxxx"}"#;
+        assert_eq!(text_of(live), Some((&b"1:2:3:xxxx"[..], false)));
+        let replay = br#"{"msgType":"Broadcast","SrcUser":"u1","text":"1:2:3:x","history":true}"#;
+        assert_eq!(text_of(replay), Some((&b"1:2:3:x"[..], true)));
+        let first = br#"{"history":true,"text":"7:8:9:","msgType":"Broadcast"}"#;
+        assert_eq!(text_of(first), Some((&b"7:8:9:"[..], true)));
+        // A text that mentions the flag is not the flag.
+        let quoted = br#"{"msgType":"Broadcast","text":"history:true","history":false}"#;
+        assert_eq!(text_of(quoted), Some((&b"history:true"[..], false)));
+        let cut = br#"{"msgType":"Broadcast","text":"1:2:3"#;
+        assert_eq!(text_of(cut), Some((&b"1:2:3"[..], false)));
+        assert_eq!(text_of(br#"{"msgType":"OnlineUsers","users":["text"]}"#), None);
+        assert_eq!(numbers(b"12:345:6789:xx"), [12, 345, 6789]);
     }
 }
