@@ -81,9 +81,10 @@ def goals_table(groups):
         if not group:
             return None
         x = median(group)
-        runs = " / ".join(f(g["cpu_us_per_delivery"]) for g in group)
-        shown = f'{f(x["cpu_us_per_delivery"])} µs' + (f" (runs: {runs})" if len(group) > 1 else "")
-        return shown, x["cpu_us_per_delivery"] <= limit
+        runs = " / ".join(f(g.get("cpu_us_per_delivery")) for g in group)
+        cpu = x.get("cpu_us_per_delivery")  # None when the server's CPU was not sampled
+        shown = f'{f(cpu)} µs' + (f" (runs: {runs})" if len(group) > 1 else "")
+        return shown, cpu is not None and cpu <= limit
 
     def rate_goal():
         group = fanout(False)
@@ -155,15 +156,15 @@ def goals_table(groups):
 # The figures compared with the peers: (scenario, transport, size flag, label,
 # how to read it from a result, True when lower is better).
 COMPARED = [
-    ("fanout", False, "-n 1000", "fanout ws: server CPU µs per delivery", lambda x: x["cpu_us_per_delivery"], True),
+    ("fanout", False, "-n 1000", "fanout ws: server CPU µs per delivery", lambda x: x.get("cpu_us_per_delivery"), True),
     ("fanout", False, "-n 1000", "fanout ws: deliveries/s", lambda x: x["per_sec"], False),
     ("fanout", False, "-n 1000", "fanout ws: p99 ms", lambda x: x["p99_ms"], True),
-    ("fanout", True, "-n 1000", "fanout wss: server CPU µs per delivery", lambda x: x["cpu_us_per_delivery"], True),
+    ("fanout", True, "-n 1000", "fanout wss: server CPU µs per delivery", lambda x: x.get("cpu_us_per_delivery"), True),
     ("fanout", True, "-n 1000", "fanout wss: deliveries/s", lambda x: x["per_sec"], False),
     ("idle", False, "-n 1000", "idle ws, 1,000 users: KiB per user", lambda x: x["kib_per_user"], True),
     ("idle", True, "-n 1000", "idle wss, 1,000 users: KiB per user", lambda x: x["kib_per_user"], True),
     ("private", False, "-k 50", "private ws: round trips/s", lambda x: x["per_sec"], False),
-    ("private", False, "-k 50", "private ws: server CPU µs per round trip", lambda x: x["cpu_us_per_delivery"], True),
+    ("private", False, "-k 50", "private ws: server CPU µs per round trip", lambda x: x.get("cpu_us_per_delivery"), True),
     ("joinstorm", False, "-n 1000", "joinstorm ws, 1,000 users: seconds", lambda x: x["seconds"], True),
 ]
 
@@ -180,6 +181,8 @@ def ratios_table(groups, peers):
         if not ours:
             continue
         mine = read(median(ours))
+        if mine is None:
+            continue
         cells = []
         for peer in peers:
             theirs = find(groups, peer, tls, scenario, flag)
@@ -187,6 +190,9 @@ def ratios_table(groups, peers):
                 cells.append("not run")
                 continue
             other = read(median(theirs))
+            if other is None:
+                cells.append("—")
+                continue
             better = (other / mine if lower_better else mine / other) if mine and other else None
             cells.append(number(other) + ("" if better is None else f" ({better:.1f}×)"))
         out.append(f"| {label} | {number(mine)} | " + " | ".join(cells) + " |")
