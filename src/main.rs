@@ -149,8 +149,9 @@ fn run() -> Result<(), Fatal> {
 
 /// Lets the process hold `max_connections` sockets (plus a few files).
 fn raise_fd_limit(max_connections: usize) {
-    let limit = ragnarok::fdlimit::raise(max_connections as u64 + 64);
-    if limit < max_connections as u64 + 64 {
+    let wanted = max_connections as u64 + 64;
+    let limit = ragnarok::fdlimit::raise(wanted);
+    if limit < wanted {
         warn!(
             "open file limit is {limit}: fewer than max_connections ({max_connections}) can connect"
         );

@@ -421,9 +421,7 @@ impl Load {
     fn on_text(&mut self, i: usize, payload: &[u8]) {
         // Servers may order fields differently: look for the type anywhere.
         let kind = match find(payload, b"\"msgType\":\"") {
-            Some(at) => {
-                &payload[at..at + payload[at..].iter().position(|&b| b == b'"').unwrap_or(0)]
-            }
+            Some(at) => &payload[at..at + index_of(&payload[at..], b'"').unwrap_or(0)],
             None => &[][..],
         };
         let c = &mut self.clients[i];
@@ -706,8 +704,9 @@ fn main() {
 fn run(o: Options) -> io::Result<()> {
     let n = o.users;
     let senders = o.senders;
-    let limit = ragnarok::fdlimit::raise(n as u64 + 64);
-    if limit < n as u64 + 64 {
+    let wanted = n as u64 + 64;
+    let limit = ragnarok::fdlimit::raise(wanted);
+    if limit < wanted {
         eprintln!("ragnarok-load: the open file limit is {limit}: not all {n} users can connect");
     }
     let mut clients = Vec::with_capacity(n);
