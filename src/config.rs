@@ -21,6 +21,8 @@ pub struct Config {
     /// Broadcasts kept in memory and replayed to joiners; 0 = off.
     pub history_size: usize,
     pub log_level: LevelFilter,
+    /// Web origins allowed to open a WebSocket; empty = any.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +37,21 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_message_bytes: usize,
     pub max_outbound_bytes: usize,
+    /// TLS and HTTP handshake, from accept to the WebSocket opening.
     pub handshake_timeout: Duration,
+    /// Password and name, from the WebSocket opening: long enough to type.
+    pub login_timeout: Duration,
     /// Silence before a ping; `None` turns pings off.
     pub idle_timeout: Option<Duration>,
     /// Messages per second per user; 0 turns rate limiting off.
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
+    /// Open connections from one address (IPv6: one /64); 0 = no limit.
+    pub max_connections_per_ip: u32,
+    /// Connections from one address not logged in yet; 0 = no limit.
+    pub max_handshakes_per_ip: u32,
+    /// Wrong passwords from one address per minute; 0 = no limit.
+    pub login_attempts_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -50,9 +61,13 @@ impl Default for Limits {
             max_message_bytes: 65536,
             max_outbound_bytes: 1 << 20,
             handshake_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(60),
             idle_timeout: Some(Duration::from_secs(60)),
             rate_limit_per_sec: 20,
             rate_limit_burst: 40,
+            max_connections_per_ip: 64,
+            max_handshakes_per_ip: 16,
+            login_attempts_per_minute: 10,
         }
     }
 }
@@ -68,6 +83,7 @@ impl Default for Config {
             limits: Limits::default(),
             history_size: 50,
             log_level: LevelFilter::Info,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -114,11 +130,16 @@ const KEYS: &[&str] = &[
     "max_message_bytes",
     "max_outbound_bytes",
     "handshake_timeout_secs",
+    "login_timeout_secs",
     "idle_timeout_secs",
     "rate_limit_per_sec",
     "rate_limit_burst",
     "history_size",
     "log_level",
+    "max_connections_per_ip",
+    "max_handshakes_per_ip",
+    "login_attempts_per_minute",
+    "allowed_origins",
 ];
 
 impl Config {
@@ -196,6 +217,9 @@ impl Config {
         if let Some(n) = keys.int("handshake_timeout_secs", 1, 3600)? {
             l.handshake_timeout = Duration::from_secs(n);
         }
+        if let Some(n) = keys.int("login_timeout_secs", 1, 3600)? {
+            l.login_timeout = Duration::from_secs(n);
+        }
         if let Some(n) = keys.int("idle_timeout_secs", 0, 86400)? {
             l.idle_timeout = (n > 0).then(|| Duration::from_secs(n));
         }
@@ -205,11 +229,33 @@ impl Config {
         if let Some(n) = keys.int("rate_limit_burst", 0, 1_000_000)? {
             l.rate_limit_burst = n as u32;
         }
+        if let Some(n) = keys.int("max_connections_per_ip", 0, 1 << 24)? {
+            l.max_connections_per_ip = n as u32;
+        }
+        if let Some(n) = keys.int("max_handshakes_per_ip", 0, 1 << 24)? {
+            l.max_handshakes_per_ip = n as u32;
+        }
+        if let Some(n) = keys.int("login_attempts_per_minute", 0, 1_000_000)? {
+            l.login_attempts_per_minute = n as u32;
+        }
         if l.rate_limit_per_sec > 0 && l.rate_limit_burst == 0 {
             return Err(bad("rate_limit_burst", "must be at least 1 when rate limiting is on"));
         }
         if let Some(n) = keys.int("history_size", 0, 10_000)? {
             c.history_size = n as usize;
+        }
+        if let Some(origins) = keys.strings("allowed_origins")? {
+            for origin in &origins {
+                if !valid_origin(origin) {
+                    return Err(bad(
+                        "allowed_origins",
+                        &format!(
+                            "has {origin:?}: an origin looks like \"https://chat.example.org\" (scheme, host, optional port; no path)"
+                        ),
+                    ));
+                }
+            }
+            c.allowed_origins = origins;
         }
         if let Some(level) = keys.string("log_level")? {
             c.log_level = match level.to_ascii_lowercase().as_str() {
@@ -229,6 +275,17 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// `scheme://host[:port]`, as browsers send in `Origin`.
+fn valid_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' '])
 }
 
 fn bad(key: &'static str, message: &str) -> ConfigError {
@@ -252,6 +309,21 @@ impl Keys<'_> {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(other) => Err(bad(key, &format!("must be a string, not {other}"))),
+        }
+    }
+
+    fn strings(&self, key: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(bad(key, &format!("must be a list of strings, not hold {other}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(bad(key, &format!("must be a list of strings, not {other}"))),
         }
     }
 
@@ -298,6 +370,14 @@ mod tests {
         assert_eq!(c.limits.rate_limit_per_sec, 0);
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert!(c.tls.is_none());
+        let c = parse(
+            r#"{"allowed_origins": ["https://chat.example.org", "http://localhost:8080"],
+                "max_connections_per_ip": 0, "login_timeout_secs": 300}"#,
+        )
+        .unwrap();
+        assert_eq!(c.allowed_origins, ["https://chat.example.org", "http://localhost:8080"]);
+        assert_eq!(c.limits.max_connections_per_ip, 0);
+        assert_eq!(c.limits.login_timeout, Duration::from_secs(300));
     }
 
     #[test]
@@ -312,6 +392,10 @@ mod tests {
             (r#"{"max_connections": 0}"#, "\"max_connections\""),
             (r#"{"log_level": "loud"}"#, "\"log_level\" must be one of"),
             (r#"{"rate_limit_burst": 0}"#, "\"rate_limit_burst\" must be at least 1"),
+            (r#"{"allowed_origins": "x"}"#, "\"allowed_origins\" must be a list of strings"),
+            (r#"{"allowed_origins": [1]}"#, "\"allowed_origins\" must be a list of strings"),
+            (r#"{"allowed_origins": ["https://a.org/chat"]}"#, "an origin looks like"),
+            (r#"{"max_handshakes_per_ip": -1}"#, "\"max_handshakes_per_ip\" must be a whole"),
             (r#"{"server_port": 1"#, "not valid JSON"),
             (r#"[1]"#, "top level must be an object"),
         ];

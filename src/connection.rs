@@ -1,27 +1,31 @@
-//! One client connection: its transport, its queue of outgoing frames, and
-//! its state (HTTP handshake → logging in → chatting → closing). It turns
-//! WebSocket messages into room calls and room refusals into errors.
+//! One client connection as the event loop sees it: its transport, the
+//! opening HTTP request, WebSocket framing and its outbox, through the states
+//! handshaking → open → closing. It knows nothing of the chat: messages go
+//! up to the session (`session.rs`), frames to send come down as bytes.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
-use mio::{Interest, Registry, Token};
+use log::debug;
+use mio::Interest;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
-use crate::config::Limits;
-use crate::http::{self, Parsed};
+use crate::http::{self, HttpPolicy, Parsed};
 use crate::outbox::{self, Outbox, Overflow, SharedFrame};
-use crate::protocol::{ErrorCode, Rejection, parse_request};
-use crate::ratelimit::{TokenBucket, Verdict};
-use crate::room::{ConnId, Outbound, Room};
-use crate::transport::{Flushed, Transport};
+use crate::protocol::{ErrorCode, Rejection};
+use crate::transport::{Flushed, Socket, Transport};
 
 /// How long a closing connection may take to flush and hear the peer close.
 const LINGER: Duration = Duration::from_secs(2);
+/// Largest frame before login: a password or a name, not `max_message_bytes`.
+pub const LOGIN_FRAME_BYTES: usize = 4096;
+/// tungstenite's read buffer per connection (its default is 128 KiB). It is
+/// allocated for every connection: 1 KiB keeps an idle user near 1.5 KiB of
+/// RSS (4 KiB gave 4.5 KiB), at the price of more reads for large messages.
+const WS_READ_BUFFER: usize = 1024;
 
 /// WebSocket close codes (RFC 6455, section 7.4.1).
 pub mod close_code {
@@ -34,58 +38,83 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
 }
 
-/// What the event loop hands a connection along with each call.
-pub struct Cx<'a> {
-    pub room: &'a mut Room,
-    pub out: &'a mut Vec<Outbound>,
-    pub limits: &'a Limits,
-    pub ws_config: WebSocketConfig,
-    pub now: Instant,
+/// The WebSocket settings every connection starts with: small frames until
+/// login (`allow_messages` raises the limit), tungstenite's own write
+/// buffer unused (frames go to our outbox).
+pub fn login_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(LOGIN_FRAME_BYTES))
+        .max_frame_size(Some(LOGIN_FRAME_BYTES))
 }
 
-/// The outcome of one step of work on a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Did something; there may be more to do (and output to flush).
+/// What one read produced.
+#[derive(Debug)]
+pub enum Input {
+    /// The upgrade was answered: the WebSocket is open.
+    Opened,
+    /// A complete WebSocket message (Close is handled here, not passed on).
+    Message(Message),
+    /// Did some work; read again.
     Progress,
-    /// Nothing more until the next readiness event.
+    /// Nothing to read now (or output is over the high-water mark).
     Idle,
-    /// Done: remove the connection.
+    /// The WebSocket ended (the peer closed it, broke the protocol, or
+    /// sent too much); what was owed to it is queued. The text says why.
+    Ended(String),
+    /// Closed both ways or dead: remove the connection.
+    Finished,
+}
+
+/// What a flush left behind.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Still open; `resume`: reading was paused for output and may go on.
+    Open { resume: bool },
+    /// Closed both ways or dead: remove the connection.
     Finished,
 }
 
 enum State {
-    /// TLS handshake (inside the transport) and the HTTP upgrade request.
-    Handshaking { request: Vec<u8> },
-    /// WebSocket open.
-    Open { ws: Box<WebSocketContext>, session: Session },
+    /// TLS handshake (inside the transport) and the HTTP request.
+    Handshaking {
+        request: Vec<u8>,
+    },
+    Open {
+        ws: Box<WebSocketContext>,
+    },
     /// Our last frames are flushing; then we half-close and wait for the
     /// peer to close, so that nothing we sent is lost to a TCP reset.
-    Closing { deadline: Instant, write_closed: bool, peer_closed: bool },
+    Closing {
+        deadline: Instant,
+        write_closed: bool,
+        peer_closed: bool,
+    },
 }
 
-enum Session {
-    AwaitingPassword,
-    AwaitingName,
-    Chatting { bucket: Option<TokenBucket>, ping_sent: Option<Instant> },
-}
-
-pub struct Connection {
-    transport: Transport,
+pub struct Connection<S> {
+    transport: Transport<S>,
     outbox: Outbox,
     state: State,
-    peer: SocketAddr,
+    /// The client's address (the proxy's, until a trusted proxy names it).
+    pub peer: SocketAddr,
     opened: Instant,
     last_heard: Instant,
-    /// Registered for WRITABLE too (only while output is stuck).
-    write_interest: bool,
-    /// Already on the server's list of connections to flush this round.
+    /// The last flush left output the socket would not take.
+    write_blocked: bool,
+    /// A read stopped because output was over the high-water mark.
+    read_paused: bool,
+    /// What the poller was last asked to report.
+    pub registered: Interest,
+    /// Already on the event loop's list of connections to flush this round.
     pub flush_scheduled: bool,
 }
 
-impl Connection {
+impl<S: Socket> Connection<S> {
     pub fn new(
-        transport: Transport,
+        transport: Transport<S>,
         peer: SocketAddr,
         outbound_limit: usize,
         now: Instant,
@@ -97,437 +126,317 @@ impl Connection {
             peer,
             opened: now,
             last_heard: now,
-            write_interest: false,
+            write_blocked: false,
+            read_paused: false,
+            registered: Interest::READABLE,
             flush_scheduled: false,
         }
     }
 
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
-    pub fn socket(&mut self) -> &mut mio::net::TcpStream {
+    pub fn socket(&mut self) -> &mut S {
         self.transport.socket()
     }
 
-    pub fn is_chatting(&self) -> bool {
-        matches!(self.state, State::Open { session: Session::Chatting { .. }, .. })
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Open { .. })
     }
 
-    /// Queues a room message; `Overflow` means this reader fell too far behind.
-    /// Frames for anyone not (or no longer) chatting are dropped.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing { .. })
+    }
+
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
+    pub fn queued(&self) -> usize {
+        self.outbox.queued()
+    }
+
+    /// Queues a frame of room traffic; `Overflow` means this reader fell
+    /// too far behind. Frames for a connection that is not open are dropped.
     pub fn send(&mut self, frame: &SharedFrame) -> Result<(), Overflow> {
-        if !self.is_chatting() {
-            return Ok(());
+        match self.state {
+            State::Open { .. } => self.outbox.push(frame),
+            _ => Ok(()),
         }
-        self.outbox.push(frame)
     }
 
-    /// The socket reported readable.
-    pub fn on_readable(&mut self) {
-        self.transport.on_readable();
+    /// Queues a control frame or an `Error` from the reserve above the
+    /// limit; past it the connection is cut off without another byte.
+    pub fn send_control(&mut self, frame: SharedFrame, now: Instant) {
+        if !self.is_open() {
+            return;
+        }
+        if self.outbox.push_control(frame).is_err() {
+            debug!("{}: output over limit and reserve, cut off", self.peer);
+            self.outbox.discard_unsent();
+            self.start_closing(now);
+        }
+    }
+
+    pub fn send_error(&mut self, why: &Rejection, now: Instant) {
+        self.send_control(outbox::text_frame(&why.to_json()), now);
+    }
+
+    /// The session logged in: messages up to `max_bytes` from now on.
+    pub fn allow_messages(&mut self, max_bytes: usize) {
+        if let State::Open { ws } = &mut self.state {
+            ws.set_config(|c| {
+                c.max_message_size = Some(max_bytes);
+                c.max_frame_size = Some(max_bytes);
+            });
+        }
+    }
+
+    /// The socket reported readable (`hung_up`: and the peer's end of stream).
+    pub fn on_readable(&mut self, hung_up: bool) {
+        self.transport.on_readable(hung_up);
     }
 
     /// Reads and handles at most one message.
-    pub fn read_step(&mut self, id: ConnId, cx: &mut Cx) -> Step {
+    pub fn read(&mut self, now: Instant, http: &HttpPolicy) -> Input {
         match &mut self.state {
             State::Handshaking { request } => {
                 let mut buf = [0u8; 2048];
                 match self.transport.read(&mut buf) {
-                    Ok(0) => Step::Finished,
+                    Ok(0) => Input::Finished,
                     Ok(n) => {
                         request.extend_from_slice(&buf[..n]);
-                        self.on_request(cx)
+                        self.on_request(now, http)
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Idle,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Input::Idle,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Input::Progress,
                     Err(e) => {
-                        info!("{}: handshake failed: {e}", self.peer);
-                        Step::Finished
+                        debug!("{}: handshake failed: {e}", self.peer);
+                        Input::Finished
                     }
                 }
             }
-            State::Open { ws, .. } => {
+            State::Open { .. } if self.outbox.is_over_high_water() => {
+                self.read_paused = true;
+                Input::Idle
+            }
+            State::Open { ws } => {
                 let mut io = Io { transport: &mut self.transport, outbox: &mut self.outbox };
                 match ws.read(&mut io) {
-                    Ok(message) => {
-                        self.last_heard = cx.now;
-                        self.on_message(id, message, cx)
+                    Ok(Message::Close(frame)) => {
+                        // tungstenite queued the reply; move it into our outbox.
+                        let _ = ws.flush(&mut io);
+                        self.start_closing(now);
+                        let why = match frame {
+                            Some(f) => format!("closed ({})", u16::from(f.code)),
+                            None => "closed".into(),
+                        };
+                        Input::Ended(why)
                     }
-                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Step::Idle,
-                    Err(e) => self.on_ws_error(id, e, cx),
+                    Ok(message) => {
+                        self.last_heard = now;
+                        Input::Message(message)
+                    }
+                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Input::Idle,
+                    Err(e) => self.on_ws_error(e, now),
                 }
             }
-            State::Closing { peer_closed: true, .. } => Step::Idle,
+            State::Closing { peer_closed: true, .. } => Input::Idle,
             State::Closing { write_closed, peer_closed, .. } => {
                 match self.transport.discard_input() {
-                    Ok(false) => Step::Idle,
+                    Ok(false) => Input::Idle,
                     Ok(true) if !*write_closed => {
                         *peer_closed = true;
-                        Step::Idle
+                        Input::Idle
                     }
-                    Ok(true) | Err(_) => Step::Finished,
+                    Ok(true) | Err(_) => Input::Finished,
                 }
             }
         }
     }
 
-    fn on_request(&mut self, cx: &mut Cx) -> Step {
+    fn on_request(&mut self, now: Instant, policy: &HttpPolicy) -> Input {
         let State::Handshaking { request } = &mut self.state else {
-            return Step::Progress;
+            return Input::Progress;
         };
-        match http::parse(request) {
-            Parsed::Incomplete => Step::Progress,
+        match http::parse(request, policy) {
+            Parsed::Incomplete => Input::Progress,
             Parsed::Upgrade { response, head_len } => {
                 let rest = request.split_off(head_len);
-                self.outbox.push_always(response.into());
-                let ws =
-                    WebSocketContext::from_partially_read(rest, Role::Server, Some(cx.ws_config));
-                debug!("{}: WebSocket open", self.peer);
-                self.state = State::Open { ws: Box::new(ws), session: Session::AwaitingPassword };
-                Step::Progress
+                self.outbox.push_response(response.into());
+                let ws = WebSocketContext::from_partially_read(
+                    rest,
+                    Role::Server,
+                    Some(login_ws_config()),
+                );
+                self.state = State::Open { ws: Box::new(ws) };
+                Input::Opened
             }
             Parsed::Respond { response, status } => {
-                info!("{}: HTTP request answered with {status}", self.peer);
-                self.outbox.push_always(response.into());
-                self.state = State::Closing {
-                    deadline: cx.now + LINGER,
-                    write_closed: false,
-                    peer_closed: false,
-                };
-                Step::Progress
+                debug!("{}: HTTP request answered with {status}", self.peer);
+                self.outbox.push_response(response.into());
+                self.start_closing(now);
+                Input::Progress
             }
         }
     }
 
-    fn on_message(&mut self, id: ConnId, message: Message, cx: &mut Cx) -> Step {
-        let State::Open { ws, session } = &mut self.state else {
-            return Step::Progress;
-        };
-        match (message, session) {
-            (Message::Text(text), Session::AwaitingPassword) => {
-                if cx.room.check_password(strip_line_end(&text)) {
-                    self.set_session(Session::AwaitingName);
-                    Step::Progress
-                } else {
-                    info!("{}: wrong password", self.peer);
-                    let why = Rejection::new(ErrorCode::WrongPassword, "wrong password");
-                    self.close(id, close_code::POLICY, "wrong password", Some(why), cx)
-                }
-            }
-            (Message::Text(text), Session::AwaitingName) => {
-                let name = strip_line_end(&text);
-                match cx.room.join(id, name) {
-                    Ok(()) => {
-                        info!("{}: {name:?} logged in ({} online)", self.peer, cx.room.len());
-                        let limits = cx.limits;
-                        let bucket = (limits.rate_limit_per_sec > 0).then(|| {
-                            TokenBucket::new(
-                                limits.rate_limit_per_sec,
-                                limits.rate_limit_burst,
-                                cx.now,
-                            )
-                        });
-                        self.set_session(Session::Chatting { bucket, ping_sent: None });
-                        Step::Progress
-                    }
-                    Err(why) => {
-                        info!("{}: login refused: {}", self.peer, why.text);
-                        self.close(id, close_code::POLICY, "login refused", Some(why), cx)
-                    }
-                }
-            }
-            (Message::Text(text), Session::Chatting { bucket, ping_sent }) => {
-                *ping_sent = None;
-                match bucket.as_mut().map_or(Verdict::Allow, |b| b.take(cx.now)) {
-                    Verdict::Allow => {}
-                    Verdict::Refuse => {
-                        info!("{}: over the rate limit, message refused", self.peer);
-                        let why = Rejection::new(
-                            ErrorCode::RateLimited,
-                            "too many messages: this one was not delivered; slow down",
-                        );
-                        self.send_error(&why);
-                        return Step::Progress;
-                    }
-                    Verdict::Flood => {
-                        warn!("{}: flooding past the rate limit, disconnecting", self.peer);
-                        let why = Rejection::new(
-                            ErrorCode::RateLimited,
-                            "kept flooding past the rate limit: disconnected",
-                        );
-                        return self.close(
-                            id,
-                            close_code::POLICY,
-                            "rate limit exceeded",
-                            Some(why),
-                            cx,
-                        );
-                    }
-                }
-                match parse_request(&text) {
-                    Ok(request) => cx.room.handle(id, request, cx.out),
-                    Err(why) => {
-                        info!("{}: refused a message: {}", self.peer, why.code.as_str());
-                        self.send_error(&why);
-                    }
-                }
-                Step::Progress
-            }
-            (Message::Binary(_), Session::Chatting { .. }) => {
-                info!("{}: refused a binary frame", self.peer);
-                self.send_error(&Rejection::new(
-                    ErrorCode::BinaryUnsupported,
-                    "binary frames are not supported: send JSON in text frames",
-                ));
-                Step::Progress
-            }
-            (Message::Binary(_), _) => {
-                let why = Rejection::new(
-                    ErrorCode::BinaryUnsupported,
-                    "log in with two text frames: the password, then the username",
-                );
-                self.close(id, close_code::UNSUPPORTED_DATA, "text frames only", Some(why), cx)
-            }
-            (Message::Pong(_) | Message::Ping(_), Session::Chatting { ping_sent, .. }) => {
-                *ping_sent = None;
-                Step::Progress
-            }
-            (Message::Close(frame), _) => {
-                debug!("{}: peer closed: {frame:?}", self.peer);
-                // tungstenite queued the reply; move it into our outbox.
-                let mut io = Io { transport: &mut self.transport, outbox: &mut self.outbox };
-                let _ = ws.flush(&mut io);
-                if let Some(name) = cx.room.leave(id) {
-                    info!("{}: {name:?} left ({} online)", self.peer, cx.room.len());
-                }
-                self.state = State::Closing {
-                    deadline: cx.now + LINGER,
-                    write_closed: false,
-                    peer_closed: false,
-                };
-                Step::Progress
-            }
-            _ => Step::Progress,
-        }
-    }
-
-    fn on_ws_error(&mut self, id: ConnId, error: WsError, cx: &mut Cx) -> Step {
+    fn on_ws_error(&mut self, error: WsError, now: Instant) -> Input {
         use tungstenite::error::{CapacityError, ProtocolError};
-        match error {
+        let (code, reason, why) = match error {
             WsError::ConnectionClosed
             | WsError::AlreadyClosed
-            | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Step::Finished,
+            | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                self.start_closing(now);
+                return Input::Ended("connection lost".into());
+            }
             WsError::Io(e) => {
-                debug!("{}: connection lost: {e}", self.peer);
-                Step::Finished
+                self.start_closing(now);
+                return Input::Ended(format!("connection lost: {e}"));
             }
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                warn!("{}: message of {size} bytes over the {max_size} limit", self.peer);
-                let why = Rejection::new(
-                    ErrorCode::MessageTooBig,
-                    format!("message of {size} bytes is over the limit of {max_size} bytes"),
-                );
-                self.close(id, close_code::TOO_BIG, "message too big", Some(why), cx)
+                let text = format!("message of {size} bytes is over the limit of {max_size} bytes");
+                let why = Rejection::new(ErrorCode::MessageTooBig, text);
+                self.close(close_code::TOO_BIG, "message too big", Some(&why), now);
+                return Input::Ended(format!("message of {size} bytes over the {max_size} limit"));
             }
-            WsError::Utf8(_) => {
-                warn!("{}: text frame with invalid UTF-8", self.peer);
-                self.close(id, close_code::INVALID_DATA, "invalid UTF-8 in a text frame", None, cx)
-            }
+            WsError::Utf8(_) => (close_code::INVALID_DATA, "invalid UTF-8 in a text frame", None),
             WsError::Protocol(e) => {
-                warn!("{}: WebSocket protocol error: {e}", self.peer);
-                self.close(id, close_code::PROTOCOL_ERROR, &e.to_string(), None, cx)
+                let reason = format!("WebSocket protocol error: {e}");
+                self.close(close_code::PROTOCOL_ERROR, &reason, None, now);
+                return Input::Ended(reason);
             }
             e => {
-                warn!("{}: {e}", self.peer);
-                self.close(id, close_code::INTERNAL_ERROR, "internal error", None, cx)
+                let reason = format!("internal error: {e}");
+                self.close(close_code::INTERNAL_ERROR, "internal error", None, now);
+                return Input::Ended(reason);
             }
-        }
+        };
+        self.close(code, reason, why.as_ref(), now);
+        Input::Ended(reason.to_owned())
     }
 
-    fn set_session(&mut self, next: Session) {
-        if let State::Open { session, .. } = &mut self.state {
-            *session = next;
+    /// Queues an optional `Error` and a Close frame, and starts closing.
+    pub fn close(&mut self, code: u16, reason: &str, why: Option<&Rejection>, now: Instant) {
+        if let Some(why) = why {
+            self.send_error(why, now);
         }
+        self.send_control(outbox::close_frame(code, reason), now);
+        self.start_closing(now);
     }
 
-    fn send_error(&mut self, why: &Rejection) {
-        self.outbox.push_always(outbox::text_frame(&why.to_json()));
-    }
-
-    /// Leaves the room, queues an optional `Error` and a Close frame, and
-    /// starts closing.
-    fn close(
-        &mut self,
-        id: ConnId,
-        code: u16,
-        reason: &str,
-        why: Option<Rejection>,
-        cx: &mut Cx,
-    ) -> Step {
-        if let Some(name) = cx.room.leave(id) {
-            info!("{}: {name:?} disconnected: {reason} ({} online)", self.peer, cx.room.len());
-        }
-        if let State::Open { .. } = self.state {
-            if let Some(why) = why {
-                self.send_error(&why);
-            }
-            self.outbox.push_always(outbox::close_frame(code, reason));
-        }
-        if !matches!(self.state, State::Closing { .. }) {
-            self.state = State::Closing {
-                deadline: cx.now + LINGER,
-                write_closed: false,
-                peer_closed: false,
-            };
-        }
-        Step::Progress
-    }
-
-    /// Cuts off a reader whose queue passed `max_outbound_bytes`.
-    pub fn cut_off(&mut self, id: ConnId, cx: &mut Cx) {
-        if !self.is_chatting() {
-            return;
-        }
-        warn!(
-            "{}: slow reader over {} queued bytes, disconnecting",
-            self.peer,
-            self.outbox.queued()
-        );
+    /// Cuts off a reader whose queue passed its limit: what was not started
+    /// is dropped, and it is told why.
+    pub fn cut_off(&mut self, now: Instant) {
         self.outbox.discard_unsent();
         let why = Rejection::new(
             ErrorCode::SlowReader,
             "you fell too far behind reading messages and were disconnected",
         );
-        self.close(id, close_code::POLICY, "too slow", Some(why), cx);
+        self.close(close_code::POLICY, "too slow", Some(&why), now);
     }
 
-    /// Server shutdown: Close 1001 to the open, drop the rest.
-    pub fn shut_down(&mut self, id: ConnId, cx: &mut Cx) -> Step {
+    fn start_closing(&mut self, now: Instant) {
+        if !matches!(self.state, State::Closing { .. }) {
+            self.state =
+                State::Closing { deadline: now + LINGER, write_closed: false, peer_closed: false };
+        }
+    }
+
+    /// Server shutdown: Close 1001 to the open; `false` for a connection
+    /// that had not opened yet (just drop it).
+    pub fn shut_down(&mut self, now: Instant) -> bool {
         match self.state {
-            State::Handshaking { .. } => Step::Finished,
+            State::Handshaking { .. } => false,
             State::Open { .. } => {
-                self.close(id, close_code::GOING_AWAY, "server shutting down", None, cx)
+                self.close(close_code::GOING_AWAY, "server shutting down", None, now);
+                true
             }
-            State::Closing { .. } => Step::Progress,
+            State::Closing { .. } => true,
         }
     }
 
-    /// Timeouts and keep-alive pings, checked about once a second.
-    pub fn tick(&mut self, id: ConnId, cx: &mut Cx) -> Step {
+    /// The connection's own timers: `true` when it should be removed (the
+    /// handshake took too long, or closing did).
+    pub fn expired(&mut self, now: Instant, handshake_timeout: Duration) -> bool {
         self.outbox.release_if_empty();
-        let now = cx.now;
-        let login_late = now.saturating_duration_since(self.opened) >= cx.limits.handshake_timeout;
-        match &mut self.state {
-            State::Handshaking { .. } if login_late => {
-                info!("{}: handshake timeout", self.peer);
-                Step::Finished
+        match self.state {
+            State::Handshaking { .. } => {
+                now.saturating_duration_since(self.opened) >= handshake_timeout
             }
-            State::Open { session: Session::AwaitingPassword | Session::AwaitingName, .. }
-                if login_late =>
-            {
-                info!("{}: login timeout", self.peer);
-                let why = Rejection::new(ErrorCode::LoginTimeout, "login took too long");
-                self.close(id, close_code::POLICY, "login timeout", Some(why), cx)
-            }
-            State::Open { session: Session::Chatting { ping_sent, .. }, .. } => {
-                let Some(idle) = cx.limits.idle_timeout else {
-                    return Step::Idle;
-                };
-                match *ping_sent {
-                    None if now.saturating_duration_since(self.last_heard) >= idle => {
-                        self.outbox.push_always(outbox::ping_frame());
-                        *ping_sent = Some(now);
-                        Step::Progress
-                    }
-                    Some(sent) if now.saturating_duration_since(sent) >= idle => {
-                        info!("{}: no answer to ping, disconnecting", self.peer);
-                        self.close(id, close_code::GOING_AWAY, "idle timeout", None, cx)
-                    }
-                    _ => Step::Idle,
-                }
-            }
-            State::Closing { deadline, .. } if now >= *deadline => Step::Finished,
-            _ => Step::Idle,
+            State::Closing { deadline, .. } => now >= deadline,
+            State::Open { .. } => false,
         }
     }
 
-    /// Writes what is queued (`scratch`: see `Transport::flush`). `false`
-    /// when the connection is finished (closed both ways) or dead.
-    pub fn flush(&mut self, registry: &Registry, token: Token, scratch: &mut Vec<u8>) -> bool {
+    /// Writes what is queued (`scratch`: see `Transport::flush`).
+    pub fn flush(&mut self, scratch: &mut Vec<u8>) -> Flush {
         self.flush_scheduled = false;
         let flushed = match self.transport.flush(&mut self.outbox, scratch) {
             Ok(flushed) => flushed,
             Err(e) => {
                 debug!("{}: write failed: {e}", self.peer);
-                return false;
+                return Flush::Finished;
             }
         };
-        if let (Flushed::All, State::Closing { write_closed, peer_closed, .. }) =
-            (&flushed, &mut self.state)
-        {
-            if !*write_closed {
-                self.transport.close_write();
-                *write_closed = true;
+        self.write_blocked = flushed == Flushed::Blocked;
+        match &mut self.state {
+            State::Closing { write_closed, peer_closed, .. } if flushed == Flushed::All => {
+                if !*write_closed {
+                    self.transport.close_write();
+                    *write_closed = true;
+                }
+                if *peer_closed {
+                    return Flush::Finished;
+                }
             }
-            if *peer_closed {
-                return false;
+            State::Open { ws } if !self.write_blocked => {
+                // A pong tungstenite held back while the outbox was full.
+                let mut io = Io { transport: &mut self.transport, outbox: &mut self.outbox };
+                let _ = ws.flush(&mut io);
             }
+            _ => {}
         }
-        let want_write = flushed == Flushed::Blocked;
-        if want_write != self.write_interest {
-            let interest = if want_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if registry.reregister(self.transport.socket(), token, interest).is_err() {
-                return false;
-            }
-            self.write_interest = want_write;
+        let resume = self.read_paused && !self.outbox.is_over_high_water();
+        if resume {
+            self.read_paused = false;
+            self.transport.on_readable(false);
         }
-        true
+        Flush::Open { resume }
+    }
+
+    /// What the poller should report: readable unless reading is paused for
+    /// output, writable while output is stuck.
+    pub fn wanted_interest(&self) -> Interest {
+        let paused = matches!(self.state, State::Open { .. }) && self.outbox.is_over_high_water();
+        match (paused, self.write_blocked) {
+            (true, true) => Interest::WRITABLE,
+            (false, true) => Interest::READABLE | Interest::WRITABLE,
+            _ => Interest::READABLE,
+        }
     }
 }
 
-/// Strips one trailing `\n` or `\r\n`, as line-based clients send.
-fn strip_line_end(s: &str) -> &str {
-    let s = s.strip_suffix('\n').unwrap_or(s);
-    s.strip_suffix('\r').unwrap_or(s)
-}
-
 /// tungstenite's view of a connection: reads come from the transport,
-/// writes (pongs, close replies) go to the end of our outbox.
-struct Io<'a> {
-    transport: &'a mut Transport,
+/// writes (pongs, close replies) go to our outbox from its reserve; when
+/// that is full, WouldBlock, and tungstenite keeps one pending pong.
+struct Io<'a, S> {
+    transport: &'a mut Transport<S>,
     outbox: &'a mut Outbox,
 }
 
-impl Read for Io<'_> {
+impl<S: Socket> Read for Io<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.transport.read(buf)
     }
 }
 
-impl Write for Io<'_> {
+impl<S: Socket> Write for Io<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbox.push_always(Rc::from(buf));
-        Ok(buf.len())
+        match self.outbox.push_control(Rc::from(buf)) {
+            Ok(()) => Ok(buf.len()),
+            Err(Overflow) => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn strips_one_line_ending() {
-        use super::strip_line_end;
-        assert_eq!(strip_line_end("963\n"), "963");
-        assert_eq!(strip_line_end("963\r\n"), "963");
-        assert_eq!(strip_line_end("963\n\n"), "963\n");
-        assert_eq!(strip_line_end("963"), "963");
     }
 }

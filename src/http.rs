@@ -9,7 +9,16 @@ const PAGE: &str = include_str!("web/index.html");
 
 /// Largest request head we accept.
 pub const MAX_REQUEST_BYTES: usize = 8192;
-const MAX_HEADERS: usize = 32;
+/// Header lines in a request: browsers behind proxies send 30 to 50.
+const MAX_HEADERS: usize = 100;
+
+/// What the operator allows at the HTTP level.
+#[derive(Debug, Default, Clone)]
+pub struct HttpPolicy {
+    /// Origins whose pages may open a WebSocket; empty = any. A request
+    /// without `Origin` (not from a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -22,7 +31,7 @@ pub enum Parsed {
     Respond { response: Vec<u8>, status: u16 },
 }
 
-pub fn parse(buf: &[u8]) -> Parsed {
+pub fn parse(buf: &[u8], policy: &HttpPolicy) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -57,6 +66,12 @@ pub fn parse(buf: &[u8]) -> Parsed {
     if !has_token("Connection", "upgrade") {
         return reject(400, "WebSocket upgrade without \"Connection: Upgrade\"\n");
     }
+    if let Some(origin) = header("Origin") {
+        let allowed = &policy.allowed_origins;
+        if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin.trim())) {
+            return reject(403, "this origin may not open a WebSocket here\n");
+        }
+    }
     if header("Sec-WebSocket-Version") != Some("13") {
         return reject(426, "unsupported WebSocket version: use 13\n");
     }
@@ -88,6 +103,7 @@ fn page(head_only: bool) -> Parsed {
 fn reject(status: u16, body: &str) -> Parsed {
     let reason = match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
@@ -107,6 +123,10 @@ mod tests {
     use super::*;
 
     const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    fn parse(buf: &[u8]) -> Parsed {
+        super::parse(buf, &HttpPolicy::default())
+    }
 
     #[test]
     fn upgrade_answers_with_the_rfc_accept_key() {
@@ -139,5 +159,30 @@ mod tests {
         assert_eq!(status(&UPGRADE.replace("Sec-WebSocket-Key", "X-Key")), 400);
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST_BYTES));
         assert_eq!(status(&huge), 431);
+    }
+
+    #[test]
+    fn many_header_lines_pass_and_origins_are_checked() {
+        let many: String = (0..60).map(|i| format!("X-Proxy-{i}: v\r\n")).collect();
+        let request = UPGRADE.replace("Host: x\r\n", &format!("Host: x\r\n{many}"));
+        assert!(matches!(parse(request.as_bytes()), Parsed::Upgrade { .. }));
+
+        let policy = HttpPolicy { allowed_origins: vec!["https://chat.example.org".into()] };
+        let with_origin = |origin: &str| {
+            let request =
+                UPGRADE.replace("Host: x\r\n", &format!("Host: x\r\nOrigin: {origin}\r\n"));
+            match super::parse(request.as_bytes(), &policy) {
+                Parsed::Upgrade { .. } => 101,
+                Parsed::Respond { status, .. } => status,
+                Parsed::Incomplete => 0,
+            }
+        };
+        assert_eq!(with_origin("https://chat.example.org"), 101);
+        assert_eq!(with_origin("https://evil.example"), 403);
+        assert_eq!(with_origin("null"), 403);
+        assert!(
+            matches!(super::parse(UPGRADE.as_bytes(), &policy), Parsed::Upgrade { .. }),
+            "no Origin: not a browser"
+        );
     }
 }

@@ -1,14 +1,16 @@
 //! Ragnarok: a self-hosted WebSocket chatroom server. One thread, one mio
-//! poll loop; data flows `server` → `connection` → `room`.
+//! poll loop; data flows `server` → `connection` → `session` → `room`.
 
+mod addresses;
 pub mod config;
-pub mod connection;
+mod connection;
 pub mod fdlimit;
 pub mod http;
-pub mod outbox;
+mod outbox;
 pub mod protocol;
-pub mod ratelimit;
-pub mod room;
+mod ratelimit;
+mod room;
 pub mod server;
+mod session;
 pub mod tls;
 pub mod transport;

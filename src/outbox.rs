@@ -1,6 +1,8 @@
 //! Outgoing WebSocket frames: encoded once (server frames are unmasked, so
 //! the bytes are the same for every recipient) and queued per connection as
-//! shared `Rc` chunks, with a byte limit that catches readers who stop reading.
+//! shared `Rc` chunks. The outbox is the only way to queue bytes for a
+//! connection, and every byte passes one admission check: room traffic up to
+//! the limit, control frames and last words from a small reserve above it.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -43,6 +45,20 @@ pub fn ping_frame() -> SharedFrame {
     buf.into()
 }
 
+#[allow(dead_code)] // used by the Autobahn echo endpoint
+pub fn binary_frame(payload: &[u8]) -> SharedFrame {
+    let header = FrameHeader { opcode: OpCode::Data(Data::Binary), ..FrameHeader::default() };
+    let len = payload.len() as u64;
+    let mut buf = Vec::with_capacity(header.len(len) + payload.len());
+    header.format(len, &mut buf).expect("write to Vec");
+    buf.extend_from_slice(payload);
+    buf.into()
+}
+
+/// Bytes above the limit kept for control frames and last words (pongs, an
+/// `Error`, a Close): enough for a few of each, never more.
+pub const RESERVE: usize = 4096;
+
 /// The queue was over its byte limit: the reader is too slow.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Overflow;
@@ -61,6 +77,16 @@ impl Outbox {
         Outbox { chunks: VecDeque::new(), head: 0, queued: 0, limit }
     }
 
+    /// Past this the connection's input is not read until the queue drains:
+    /// a client that sends without reading costs at most this much output.
+    pub fn high_water(&self) -> usize {
+        (self.limit / 4).min(16 * 1024)
+    }
+
+    pub fn is_over_high_water(&self) -> bool {
+        self.queued > self.high_water()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queued == 0
     }
@@ -74,12 +100,27 @@ impl Outbox {
         if self.queued + frame.len() > self.limit {
             return Err(Overflow);
         }
-        self.push_always(frame.clone());
+        self.push_unchecked(frame.clone());
         Ok(())
     }
 
-    /// Queues a frame whatever the limit: control frames and last words.
-    pub fn push_always(&mut self, frame: SharedFrame) {
+    /// Queues a control frame or last words: up to the limit plus `RESERVE`.
+    pub fn push_control(&mut self, frame: SharedFrame) -> Result<(), Overflow> {
+        if self.queued + frame.len() > self.limit + RESERVE {
+            return Err(Overflow);
+        }
+        self.push_unchecked(frame);
+        Ok(())
+    }
+
+    /// Queues the answer to the opening HTTP request: the first bytes of a
+    /// connection, our own and of bounded size (the page at most).
+    pub fn push_response(&mut self, response: SharedFrame) {
+        debug_assert!(self.is_empty());
+        self.push_unchecked(response);
+    }
+
+    fn push_unchecked(&mut self, frame: SharedFrame) {
         self.queued += frame.len();
         self.chunks.push_back(frame);
     }
@@ -192,12 +233,29 @@ mod tests {
         outbox.push(&frame).unwrap();
         assert_eq!(outbox.push(&frame), Err(Overflow));
         outbox.consume(2);
-        outbox.push_always(frame.clone());
+        outbox.push_control(frame.clone()).unwrap();
         outbox.discard_unsent();
         assert_eq!(outbox.queued(), 4, "the partly written frame stays");
         outbox.consume(4);
         outbox.push(&frame).unwrap();
         outbox.discard_unsent();
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn control_frames_come_from_a_bounded_reserve() {
+        let mut outbox = Outbox::new(4096);
+        let big = text_frame(&"x".repeat(4000));
+        outbox.push(&big).unwrap();
+        assert_eq!(outbox.push(&big), Err(Overflow), "room traffic stops at the limit");
+        let pong: SharedFrame = Rc::from(&[0x8A, 0][..]);
+        let mut taken = 0;
+        while outbox.push_control(pong.clone()).is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, (4096 - big.len() + RESERVE) / 2);
+        assert!(outbox.queued() <= 4096 + RESERVE);
+        assert!(outbox.is_over_high_water());
+        assert_eq!(&*binary_frame(&[1, 2]), &[0x82, 2, 1, 2]);
     }
 }

@@ -39,6 +39,7 @@ pub enum ErrorCode {
     MessageTooBig,
     SlowReader,
     KeyTooLarge,
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -58,6 +59,7 @@ impl ErrorCode {
             ErrorCode::MessageTooBig => "message_too_big",
             ErrorCode::SlowReader => "slow_reader",
             ErrorCode::KeyTooLarge => "key_too_large",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
         }
     }
 }
@@ -134,9 +136,18 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
         _ => Err(Rejection::new(
             ErrorCode::UnknownType,
             format!(
-                "unknown msgType {kind:?}: expected \"Broadcast\", \"PrivateMessage\", \"PublicKey\" or \"OnlineUsers\""
+                "unknown msgType {:?}: expected \"Broadcast\", \"PrivateMessage\", \"PublicKey\" or \"OnlineUsers\"",
+                shortened(&kind)
             ),
         )),
+    }
+}
+
+/// At most 32 characters of a client's string, for quoting it in an error.
+pub fn shortened(s: &str) -> String {
+    match s.char_indices().nth(32) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
     }
 }
 
@@ -160,6 +171,9 @@ pub enum Reply<'a> {
     OnlineUsers {
         #[serde(rename = "Users")]
         users: Vec<&'a str>,
+        /// More names follow in `UsersJoined` (a list too long for one message).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     PublicKey {
         #[serde(rename = "SrcUser")]
@@ -236,6 +250,9 @@ mod tests {
         assert_eq!(code_of(r#"{"msgType":7}"#), ErrorCode::InvalidField);
         assert_eq!(code_of(r#"{"msgType":"Dance"}"#), ErrorCode::UnknownType);
         assert_eq!(code_of(r#"{"msgType":"PrivateMessage","text":"x"}"#), ErrorCode::MissingField);
+        let long = format!(r#"{{"msgType":"{}"}}"#, "é".repeat(60_000));
+        let why = parse_request(&long).unwrap_err();
+        assert!(why.text.len() < 200, "an error never echoes a long input: {}", why.text.len());
     }
 
     #[test]
@@ -244,7 +261,7 @@ mod tests {
         assert_eq!(json, r#"{"msgType":"Broadcast","SrcUser":"al\"ice","text":"hi"}"#);
         let json = Reply::Broadcast { source: "a", text: "old", history: true }.to_json();
         assert_eq!(json, r#"{"msgType":"Broadcast","SrcUser":"a","text":"old","history":true}"#);
-        let json = Reply::OnlineUsers { users: vec!["a", "b"] }.to_json();
+        let json = Reply::OnlineUsers { users: vec!["a", "b"], more: false }.to_json();
         assert_eq!(json, r#"{"msgType":"OnlineUsers","Users":["a","b"]}"#);
         let err = Reply::Error { code: "user_offline", text: "t", target: Some("bob") }.to_json();
         assert_eq!(err, r#"{"msgType":"Error","code":"user_offline","text":"t","TgtUser":"bob"}"#);

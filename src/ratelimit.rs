@@ -1,8 +1,9 @@
-//! Per-user message rate limit: a token bucket. Past the burst, messages are
-//! refused with an error; a client that keeps sending regardless (a second
-//! burst's worth of refused messages) is flooding and gets disconnected.
+//! Budgets for what clients may cause: the per-user message rate limit (a
+//! token bucket: past the burst, messages are refused; a second burst's
+//! worth of refused messages is a flood and disconnects), and the log budget
+//! (one line per interval, the rest counted).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -42,10 +43,58 @@ impl TokenBucket {
     }
 }
 
+/// Lets one log line through per `LOG_INTERVAL` and counts the rest, so
+/// that whatever a client does, its share of the log stays a few lines a
+/// minute.
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    /// When the current interval began (`None`: no line logged in it).
+    since: Option<Instant>,
+    unlogged: u64,
+}
+
+pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl LogBudget {
+    /// `true`: log this one now; `false`: it was counted.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self.since.is_some() {
+            self.unlogged += 1;
+            return false;
+        }
+        self.since = Some(now);
+        true
+    }
+
+    /// Once an interval is over: how many went unlogged in it, if any (for
+    /// one summary line); a new interval begins with the next event.
+    pub fn unlogged(&mut self, now: Instant) -> Option<u64> {
+        let since = self.since?;
+        if now.saturating_duration_since(since) < LOG_INTERVAL {
+            return None;
+        }
+        let n = std::mem::take(&mut self.unlogged);
+        self.since = None;
+        (n > 0).then_some(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn log_budget_lets_one_line_through_per_interval() {
+        let t0 = Instant::now();
+        let mut budget = LogBudget::default();
+        assert!(budget.allow(t0));
+        assert!(!budget.allow(t0));
+        assert!(!budget.allow(t0 + Duration::from_secs(30)));
+        assert_eq!(budget.unlogged(t0 + Duration::from_secs(30)), None, "interval not over");
+        assert_eq!(budget.unlogged(t0 + LOG_INTERVAL), Some(2));
+        assert_eq!(budget.unlogged(t0 + LOG_INTERVAL * 3), None);
+        assert!(budget.allow(t0 + LOG_INTERVAL * 3));
+    }
 
     #[test]
     fn burst_then_refuse_then_flood_then_recover() {

@@ -3,9 +3,10 @@
 //! to send as `Outbound` values, which the server delivers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::rc::Rc;
 
-use crate::protocol::{ErrorCode, Rejection, Reply, Request, server_name_json};
+use crate::protocol::{ErrorCode, Rejection, Reply, Request, server_name_json, shortened};
 
 /// Identifies a connection; the server uses its slab key.
 pub type ConnId = usize;
@@ -42,6 +43,21 @@ struct Member {
     slot: usize,
     /// The public key the user published, relayed as an opaque string.
     key: Option<Box<str>>,
+    /// The part of the room's state this member still has to receive.
+    snapshot: Option<Snapshot>,
+}
+
+/// Where a member's snapshot of the room (the user list, then the keys)
+/// stands. It is sent in parts of at most `part_budget` bytes as the
+/// member's queue drains, so a joiner of a full room gets everything with
+/// its queue bounded; each part is made from the room as it is when sent,
+/// and live `UsersJoined` / `UsersLeft` / `PublicKey` keep it true.
+#[derive(Debug, Clone)]
+enum Snapshot {
+    /// The names after `after` (a key of `Room::names`) are still to come.
+    Users { after: Rc<str> },
+    /// The keys of the users after `after` (all of them: `None`) are to come.
+    Keys { after: Option<Rc<str>> },
 }
 
 pub struct Room {
@@ -62,10 +78,16 @@ pub struct Room {
     history_bytes: usize,
     history_size: usize,
     history_budget: usize,
+    /// Members whose snapshot is not finished.
+    receiving: Vec<ConnId>,
+    /// Most bytes of one snapshot part.
+    part_budget: usize,
 }
 
 impl Room {
-    pub fn new(title: &str, password: &str, history_size: usize, history_budget: usize) -> Self {
+    /// `outbound_limit` is what each user may have queued: history takes at
+    /// most half of it, and a part of a snapshot a sixteenth.
+    pub fn new(title: &str, password: &str, history_size: usize, outbound_limit: usize) -> Self {
         Room {
             title: title.to_owned(),
             password: password.to_owned(),
@@ -77,7 +99,9 @@ impl Room {
             history: VecDeque::new(),
             history_bytes: 0,
             history_size,
-            history_budget,
+            history_budget: outbound_limit / 2,
+            receiving: Vec::new(),
+            part_budget: (outbound_limit / 16).clamp(2048, 32 * 1024),
         }
     }
 
@@ -88,10 +112,6 @@ impl Room {
 
     pub fn len(&self) -> usize {
         self.order.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
     }
 
     pub fn members(&self) -> &[ConnId] {
@@ -114,7 +134,10 @@ impl Room {
         }
         let name: Rc<str> = Rc::from(name);
         self.names.insert(name.clone(), id);
-        self.members.insert(id, Member { name: name.clone(), slot: self.order.len(), key: None });
+        self.members.insert(
+            id,
+            Member { name: name.clone(), slot: self.order.len(), key: None, snapshot: None },
+        );
         self.order.push(id);
         // Left and came back before anyone heard: nobody needs to hear either.
         if let Some(i) = self.left.iter().position(|n| *n == name) {
@@ -132,6 +155,9 @@ impl Room {
         self.order.swap_remove(member.slot);
         if let Some(m) = self.order.get(member.slot).and_then(|id| self.members.get_mut(id)) {
             m.slot = member.slot;
+        }
+        if member.snapshot.is_some() {
+            self.receiving.retain(|&r| r != id);
         }
         match self.joined.iter().position(|&j| j == id) {
             Some(i) => {
@@ -175,6 +201,7 @@ impl Room {
                     out.push(Outbound { to: To::One(to), json });
                 }
                 None => {
+                    let target = shortened(&target);
                     let text = format!("{target:?} is not online; the message was not delivered");
                     let json = Reply::Error {
                         code: ErrorCode::UserOffline.as_str(),
@@ -186,7 +213,12 @@ impl Room {
                 }
             },
             Request::OnlineUsers => {
-                out.push(Outbound { to: To::One(from), json: self.online_users_json() });
+                let first = Snapshot::Users { after: Rc::from("") };
+                let (json, rest) = self.part(&first, true);
+                out.extend(json.map(|json| Outbound { to: To::One(from), json }));
+                if let Some(Snapshot::Users { after }) = rest {
+                    self.resume_snapshot(from, Snapshot::Users { after });
+                }
             }
             Request::PublicKey { key } => {
                 let refused = if key.is_empty() {
@@ -213,29 +245,45 @@ impl Room {
     }
 
     /// Announces joins and leaves since the last call, batched. Joiners get
-    /// `ServerName`, the full list, the published keys and the recent
-    /// history; the others get the full list in a small room, or one
-    /// `UsersJoined` / `UsersLeft` delta in a large one.
+    /// `ServerName`, the first part of their snapshot (the list, the keys)
+    /// and the recent history; the others get the full list in a small
+    /// room, or one `UsersJoined` / `UsersLeft` delta in a large one.
     pub fn flush_presence(&mut self, out: &mut Vec<Outbound>) {
         if self.joined.is_empty() && self.left.is_empty() {
             return;
         }
         let joined = std::mem::take(&mut self.joined);
         let left = std::mem::take(&mut self.left);
-        if !joined.is_empty() {
-            out.push(Outbound {
-                to: To::Many(joined.clone()),
-                json: server_name_json(&self.title),
-            });
-        }
         let small = self.len() <= FULL_LIST_MAX;
-        if small {
-            out.push(Outbound { to: To::Everyone, json: self.online_users_json() });
-        } else if !joined.is_empty() {
-            out.push(Outbound { to: To::Many(joined.clone()), json: self.online_users_json() });
-        }
         if !joined.is_empty() {
-            self.welcome(&joined, out);
+            let to = || To::Many(joined.clone());
+            out.push(Outbound { to: to(), json: server_name_json(&self.title) });
+            // A small room's full list goes to everyone; a large room's
+            // joiners get its first part.
+            let mut next = Some(Snapshot::Keys { after: None });
+            if small {
+                out.push(Outbound { to: To::Everyone, json: self.online_users_json() });
+            } else {
+                let (json, rest) = self.part(&Snapshot::Users { after: Rc::from("") }, true);
+                out.extend(json.map(|json| Outbound { to: to(), json }));
+                next = rest;
+            }
+            // The first part of the keys, once the list is complete.
+            if let Some(from @ Snapshot::Keys { .. }) = &next {
+                let (json, rest) = self.part(from, false);
+                out.extend(json.map(|json| Outbound { to: to(), json }));
+                next = rest;
+            }
+            for replay in &self.history {
+                out.push(Outbound { to: to(), json: replay.to_string() });
+            }
+            if let Some(rest) = next {
+                for &id in &joined {
+                    self.resume_snapshot(id, rest.clone());
+                }
+            }
+        } else if small {
+            out.push(Outbound { to: To::Everyone, json: self.online_users_json() });
         }
         if small {
             return;
@@ -250,22 +298,114 @@ impl Room {
         }
     }
 
-    /// The keys published so far and the recent history, for joiners.
-    fn welcome(&self, joined: &[ConnId], out: &mut Vec<Outbound>) {
-        let keys: BTreeMap<&str, &str> =
-            self.members.values().filter_map(|m| Some((&*m.name, &**m.key.as_ref()?))).collect();
-        if !keys.is_empty() {
-            let json = Reply::PublicKeys { keys }.to_json();
-            out.push(Outbound { to: To::Many(joined.to_vec()), json });
-        }
-        for replay in &self.history {
-            out.push(Outbound { to: To::Many(joined.to_vec()), json: replay.to_string() });
+    /// Members with a snapshot still to receive.
+    pub fn receiving(&self) -> &[ConnId] {
+        &self.receiving
+    }
+
+    /// Most bytes `next_snapshot_part` returns (one oversized entry aside).
+    pub fn part_budget(&self) -> usize {
+        self.part_budget
+    }
+
+    /// The next part of `id`'s snapshot, or `None` once it has everything.
+    pub fn next_snapshot_part(&mut self, id: ConnId) -> Option<String> {
+        loop {
+            let from = self.members.get_mut(&id)?.snapshot.take();
+            let Some(from) = from else {
+                self.receiving.retain(|&r| r != id);
+                return None;
+            };
+            let (json, rest) = self.part(&from, false);
+            if let Some(member) = self.members.get_mut(&id) {
+                member.snapshot = rest;
+            }
+            if json.is_some() {
+                return json;
+            }
         }
     }
 
-    fn online_users_json(&self) -> String {
-        Reply::OnlineUsers { users: self.names.keys().map(|n| &**n).collect() }.to_json()
+    fn resume_snapshot(&mut self, id: ConnId, from: Snapshot) {
+        let Some(member) = self.members.get_mut(&id) else { return };
+        if member.snapshot.replace(from).is_none() {
+            self.receiving.push(id);
+        }
     }
+
+    /// One part of a snapshot starting at `from` (the first part of the
+    /// list is an `OnlineUsers`, the rest `UsersJoined`), and where the
+    /// next part starts.
+    fn part(&self, from: &Snapshot, first: bool) -> (Option<String>, Option<Snapshot>) {
+        match from {
+            Snapshot::Users { after } => {
+                let (members, rest) = self.take_part(after, |m| Some(json_len(&m.name) + 1));
+                let users = members.iter().map(|m| &*m.name).collect();
+                let json = if first {
+                    Reply::OnlineUsers { users, more: rest.is_some() }.to_json()
+                } else {
+                    Reply::UsersJoined { users }.to_json()
+                };
+                let next = match rest {
+                    Some(after) => Snapshot::Users { after },
+                    None => Snapshot::Keys { after: None },
+                };
+                (Some(json), Some(next))
+            }
+            Snapshot::Keys { after } => {
+                let after = after.clone().unwrap_or_else(|| Rc::from(""));
+                let (members, rest) = self.take_part(&after, |m| {
+                    Some(json_len(&m.name) + json_len(m.key.as_deref()?) + 2)
+                });
+                let keys: BTreeMap<&str, &str> =
+                    members.iter().filter_map(|m| Some((&*m.name, m.key.as_deref()?))).collect();
+                let json = (!keys.is_empty()).then(|| Reply::PublicKeys { keys }.to_json());
+                (json, rest.map(|after| Snapshot::Keys { after: Some(after) }))
+            }
+        }
+    }
+
+    /// Members after the name key `after` ("" = from the start), as many
+    /// as fit `part_budget` by `cost` (`None`: skip the member), and the key
+    /// of the last one taken if any are left.
+    fn take_part(
+        &self,
+        after: &str,
+        cost: impl Fn(&Member) -> Option<usize>,
+    ) -> (Vec<&Member>, Option<Rc<str>>) {
+        let start = if after.is_empty() { Bound::Unbounded } else { Bound::Excluded(after) };
+        let mut taken = Vec::new();
+        let mut used = 64;
+        let mut last: Option<&Rc<str>> = None;
+        for (key, id) in self.names.range::<str, _>((start, Bound::Unbounded)) {
+            let Some(member) = self.members.get(id) else { continue };
+            let Some(cost) = cost(member) else { continue };
+            if !taken.is_empty() && used + cost > self.part_budget {
+                return (taken, last.cloned());
+            }
+            used += cost;
+            taken.push(member);
+            last = Some(key);
+        }
+        (taken, None)
+    }
+
+    fn online_users_json(&self) -> String {
+        let users = self.names.values().filter_map(|id| self.name_of(*id)).collect();
+        Reply::OnlineUsers { users, more: false }.to_json()
+    }
+}
+
+/// The length of `s` as a JSON string (quotes and escapes included).
+fn json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 8 | 12 => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// 1–32 characters, no control characters, no leading or trailing spaces.
@@ -498,7 +638,7 @@ mod tests {
         assert!(out[0].json.contains("ServerName") && out[1].json.contains("OnlineUsers"));
 
         // The byte budget drops the oldest first.
-        let mut tight = Room::new("Ks", "", 50, 250);
+        let mut tight = Room::new("Ks", "", 50, 500);
         joined(&mut tight, 1, "alice");
         for i in 0..5 {
             tight.handle(
@@ -516,6 +656,59 @@ mod tests {
         joined(&mut off, 1, "alice");
         off.handle(1, Request::Broadcast { text: "gone".into() }, &mut Vec::new());
         assert!(joined(&mut off, 2, "bob").iter().all(|o| !o.json.contains("gone")));
+    }
+
+    #[test]
+    fn a_large_snapshot_is_streamed_in_bounded_parts() {
+        // 16 KiB per user: parts of at most 2 KiB; 300 users with 1000-byte keys.
+        let mut room = Room::new("Ks", "", 0, 16 * 1024);
+        for id in 0..300 {
+            room.join(id, &format!("user{id:03}")).unwrap();
+        }
+        room.flush_presence(&mut Vec::new());
+        while let Some(&id) = room.receiving().first() {
+            while room.next_snapshot_part(id).is_some() {}
+        }
+        for id in 0..300 {
+            let key = format!("{id:03}{}", "k".repeat(MAX_KEY_BYTES - 3));
+            room.handle(id, Request::PublicKey { key }, &mut Vec::new());
+        }
+        let out = joined(&mut room, 500, "zed");
+        assert_eq!(parse(&out[0]), json!({"ServerName": "Ks"}));
+        let first = parse(&out[1]);
+        assert_eq!(
+            (first["msgType"].as_str(), first["more"].as_bool()),
+            (Some("OnlineUsers"), Some(true))
+        );
+        assert!(out.iter().all(|o| o.json.len() <= 2048 + 64), "every part is bounded");
+        assert_eq!(room.receiving(), &[500]);
+        let mut users: Vec<String> = Vec::new();
+        let mut keys = 0;
+        let mut parts = vec![first];
+        while let Some(json) = room.next_snapshot_part(500) {
+            assert!(json.len() <= 2048 + MAX_KEY_BYTES, "{}", json.len());
+            parts.push(serde_json::from_str(&json).unwrap());
+            if parts.len() == 100 {
+                room.leave(299); // leaves while the snapshot streams: never sent after
+            }
+        }
+        for part in &parts {
+            match part["msgType"].as_str().unwrap() {
+                "OnlineUsers" | "UsersJoined" => users.extend(
+                    part["Users"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|u| u.as_str().unwrap().to_owned()),
+                ),
+                "PublicKeys" => keys += part["Keys"].as_object().unwrap().len(),
+                other => panic!("{other}"),
+            }
+        }
+        assert_eq!(users.len(), 301, "every name once");
+        assert_eq!(keys, 299, "every key of a user still online once");
+        assert!(room.receiving().is_empty());
+        assert!(room.next_snapshot_part(500).is_none());
     }
 
     #[test]

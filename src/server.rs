@@ -1,29 +1,35 @@
 //! The event loop: one thread, one `mio::Poll`. It accepts connections into a
-//! slab, hands readiness to them, delivers what the room returns (each
-//! message framed once, queued to every recipient), flushes every connection
-//! with output once per round, runs timers, and shuts down on a signal.
+//! slab (within the per-address limits), hands readiness to them and their
+//! messages to their sessions, delivers what the room returns (each message
+//! framed once, queued to every recipient), flushes every connection with
+//! output once per round, streams joiners their snapshot, runs timers, and
+//! shuts down on a signal.
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
-use mio::net::TcpListener;
+use log::{debug, info, warn};
+use mio::event::Source;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
 use slab::Slab;
-use tungstenite::protocol::WebSocketConfig;
 
+use crate::addresses::{Addresses, Refused};
 use crate::config::{Config, Limits};
-use crate::connection::{Connection, Cx, Step};
+use crate::connection::{Connection, Flush, Input};
+use crate::http::HttpPolicy;
 use crate::outbox::{self, SharedFrame};
+use crate::ratelimit::LogBudget;
 use crate::room::{ConnId, Outbound, Room, To};
-use crate::transport::Transport;
+use crate::session::{self, Action, Session};
+use crate::transport::{Socket, Transport};
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
-/// Timers (handshake and idle timeouts, pings) are checked this often.
+/// Timers (handshake, login and idle timeouts, pings) are checked this often.
 const TICK: Duration = Duration::from_secs(1);
 /// Messages read from one connection before giving the others a turn.
 const MAX_STEPS_PER_EVENT: usize = 64;
@@ -31,28 +37,36 @@ const MAX_STEPS_PER_EVENT: usize = 64;
 const FLUSHES_PER_POLL: usize = 32;
 /// How long shutdown waits for Close frames to be flushed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// tungstenite's read buffer per connection (its default is 128 KiB). It is
-/// allocated for every connection: 1 KiB keeps an idle user near 1.5 KiB of
-/// RSS (4 KiB gave 4.5 KiB), at the price of more reads for large messages.
-const WS_READ_BUFFER: usize = 1024;
 /// Most bytes gathered from a connection's queue into one write.
 const WRITE_GATHER: usize = 64 * 1024;
 
 enum Phase {
-    Running { listener: TcpListener },
-    Stopping { deadline: Instant },
+    /// `None`: a server fed connections by hand (tests, fuzzing).
+    Running {
+        listener: Option<TcpListener>,
+    },
+    Stopping {
+        deadline: Instant,
+    },
 }
 
-pub struct Server {
+/// A connection and the chat session on it.
+struct Client<S> {
+    conn: Connection<S>,
+    session: Session,
+}
+
+pub struct Server<S = TcpStream> {
     poll: Poll,
     phase: Phase,
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
     tls: Option<Arc<ServerConfig>>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
-    conns: Slab<Connection>,
+    clients: Slab<Client<S>>,
     room: Room,
     limits: Limits,
-    ws_config: WebSocketConfig,
+    http: HttpPolicy,
+    addresses: Addresses,
     /// What the room asked to send, not yet delivered.
     out: Vec<Outbound>,
     /// Connections with output queued this round.
@@ -64,60 +78,36 @@ pub struct Server {
     again: Vec<ConnId>,
     /// Where queued frames are gathered for one write (capacity `WRITE_GATHER`).
     scratch: Vec<u8>,
-    /// Accepting failed (out of file descriptors): retry on the next tick.
+    /// The listener has connections to accept (or accepting failed, out of
+    /// file descriptors: retried after the next poll).
     accept_pending: bool,
+    /// Connections refused at accept, logged within a budget.
+    refused_log: LogBudget,
+    /// Handshakes that timed out, logged within a budget.
+    timeout_log: LogBudget,
 }
 
-impl Server {
+impl Server<TcpStream> {
     /// Binds the listening socket. TLS is on when `tls` is given.
-    pub fn bind(config: &Config, tls: Option<Arc<ServerConfig>>) -> io::Result<Server> {
+    pub fn bind(config: &Config, tls: Option<Arc<ServerConfig>>) -> io::Result<Self> {
         let addr = (config.server_ip.as_str(), config.server_port)
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
         let mut listener = TcpListener::bind(addr)?;
-        let poll = Poll::new()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let limits = config.limits.clone();
-        let max = limits.max_message_bytes;
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(WS_READ_BUFFER)
-            .write_buffer_size(0)
-            .max_write_buffer_size(64 * 1024)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
-        Ok(Server {
-            poll,
-            local_addr: listener.local_addr()?,
-            phase: Phase::Running { listener },
-            tls,
-            signals: None,
-            conns: Slab::new(),
-            // Half the output limit: a joiner's replay never counts as a slow reader.
-            room: Room::new(
-                &config.server_name,
-                &config.server_password,
-                config.history_size,
-                config.limits.max_outbound_bytes / 2,
-            ),
-            limits,
-            ws_config,
-            out: Vec::new(),
-            to_flush: Vec::new(),
-            flushing: Vec::new(),
-            again: Vec::new(),
-            scratch: Vec::with_capacity(WRITE_GATHER),
-            accept_pending: false,
-        })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        let mut server = Server::detached(config, tls)?;
+        server.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        server.local_addr = Some(listener.local_addr()?);
+        server.phase = Phase::Running { listener: Some(listener) };
+        Ok(server)
     }
 
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "wss" } else { "ws" };
-        format!("{scheme}://{}", self.local_addr)
+        match self.local_addr {
+            Some(addr) => format!("{scheme}://{addr}"),
+            None => format!("{scheme}://(not listening)"),
+        }
     }
 
     /// Shut down gracefully on SIGINT and SIGTERM.
@@ -141,25 +131,134 @@ impl Server {
             };
             self.poll_and_dispatch(&mut events, timeout)?;
             let now = Instant::now();
-            for key in std::mem::take(&mut self.again) {
-                self.read(key, now);
+            if self.accept_pending {
+                self.accept(now);
             }
+            self.read_again(now);
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
             }
             self.finish_round(&mut events)?;
             if let Phase::Stopping { deadline } = self.phase {
-                if self.conns.is_empty() {
+                if self.clients.is_empty() {
                     info!("shutdown complete");
                     return Ok(());
                 }
                 if now >= deadline {
-                    warn!("shutdown: {} connections did not close in time", self.conns.len());
+                    warn!("shutdown: {} connections did not close in time", self.clients.len());
                     return Ok(());
                 }
             }
         }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        self.accept_pending = false;
+        loop {
+            let Phase::Running { listener: Some(listener) } = &self.phase else {
+                return;
+            };
+            let (mut socket, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Typically out of file descriptors: try again on the next tick.
+                    warn!("accept failed: {e}");
+                    self.accept_pending = true;
+                    return;
+                }
+            };
+            if let Err(why) = self.admit(peer, now) {
+                if self.tls.is_none() {
+                    let body = format!("{why}\n");
+                    let response = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write(response.as_bytes());
+                }
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            if let Err(e) = self.add(socket, peer, now) {
+                warn!("{peer}: {e}");
+            }
+        }
+    }
+}
+
+impl<S: Socket + Source> Server<S> {
+    /// A server that listens nowhere: connections are handed to it with
+    /// `add` (tests and fuzzing drive it over memory pipes).
+    pub fn detached(config: &Config, tls: Option<Arc<ServerConfig>>) -> io::Result<Self> {
+        let limits = config.limits.clone();
+        Ok(Server {
+            poll: Poll::new()?,
+            local_addr: None,
+            phase: Phase::Running { listener: None },
+            tls,
+            signals: None,
+            clients: Slab::new(),
+            room: Room::new(
+                &config.server_name,
+                &config.server_password,
+                config.history_size,
+                limits.max_outbound_bytes,
+            ),
+            addresses: Addresses::new(&limits),
+            http: HttpPolicy { allowed_origins: config.allowed_origins.clone() },
+            limits,
+            out: Vec::new(),
+            to_flush: Vec::new(),
+            flushing: Vec::new(),
+            again: Vec::new(),
+            scratch: Vec::with_capacity(WRITE_GATHER),
+            accept_pending: false,
+            refused_log: LogBudget::default(),
+            timeout_log: LogBudget::default(),
+        })
+    }
+
+    /// Checks the global and per-address limits for a new connection and
+    /// charges it to its address.
+    fn admit(&mut self, peer: SocketAddr, now: Instant) -> Result<(), &'static str> {
+        let why = if self.clients.len() >= self.limits.max_connections {
+            "server full"
+        } else {
+            match self.addresses.open(peer.ip()) {
+                Ok(()) => return Ok(()),
+                Err(Refused::TooManyConnections) => "too many connections from your address",
+                Err(Refused::TooManyHandshakes) => "too many unfinished logins from your address",
+            }
+        };
+        if self.refused_log.allow(now) {
+            warn!("{peer}: connection refused: {why}");
+        }
+        Err(why)
+    }
+
+    /// Takes a new connection (already charged to its address).
+    pub fn add(&mut self, mut socket: S, peer: SocketAddr, now: Instant) -> io::Result<ConnId> {
+        let charged = |server: &mut Self| server.addresses.close(peer.ip(), now);
+        let key = self.clients.vacant_key();
+        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE) {
+            charged(self);
+            return Err(e);
+        }
+        let transport = match Transport::new(socket, self.tls.as_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                charged(self);
+                return Err(e);
+            }
+        };
+        debug!("{peer}: connected ({} connections)", self.clients.len() + 1);
+        let conn = Connection::new(transport, peer, self.limits.max_outbound_bytes, now);
+        let session = Session::new();
+        self.clients.insert(Client { conn, session });
+        Ok(key)
     }
 
     /// Waits up to `timeout` for readiness and handles it.
@@ -172,69 +271,44 @@ impl Server {
         let now = Instant::now();
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept(now),
+                LISTENER => self.accept_pending = true,
                 SIGNALS => self.on_signal(now),
-                Token(key) => {
-                    if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        if let Some(conn) = self.conns.get_mut(key) {
-                            conn.on_readable();
-                        }
-                        self.read(key, now);
-                    }
-                    if event.is_writable() {
-                        self.schedule_flush(key);
-                    }
-                }
+                Token(key) => self.on_ready(
+                    key,
+                    event.is_readable() || event.is_read_closed() || event.is_error(),
+                    event.is_read_closed() || event.is_error(),
+                    event.is_writable(),
+                    now,
+                ),
             }
         }
         Ok(())
     }
 
-    fn accept(&mut self, now: Instant) {
-        let Phase::Running { listener } = &self.phase else {
-            return;
-        };
-        self.accept_pending = false;
-        loop {
-            let (mut socket, peer) = match listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Typically out of file descriptors: try again on the next tick.
-                    warn!("accept failed: {e}");
-                    self.accept_pending = true;
-                    return;
-                }
-            };
-            if self.conns.len() >= self.limits.max_connections {
-                warn!("{peer}: refused, max_connections ({}) reached", self.limits.max_connections);
-                if self.tls.is_none() {
-                    let _ = socket.write(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 12\r\nConnection: close\r\n\r\nserver full\n",
-                    );
-                }
-                continue;
+    /// Readiness of one connection (also how tests and fuzzing drive it).
+    pub fn on_ready(
+        &mut self,
+        key: ConnId,
+        readable: bool,
+        hung_up: bool,
+        writable: bool,
+        now: Instant,
+    ) {
+        if readable {
+            if let Some(client) = self.clients.get_mut(key) {
+                client.conn.on_readable(hung_up);
             }
-            let _ = socket.set_nodelay(true);
-            let mut transport = match Transport::new(socket, self.tls.as_ref()) {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!("{peer}: {e}");
-                    continue;
-                }
-            };
-            let count = self.conns.len() + 1;
-            let entry = self.conns.vacant_entry();
-            let token = Token(entry.key());
-            if let Err(e) =
-                self.poll.registry().register(transport.socket(), token, Interest::READABLE)
-            {
-                warn!("{peer}: cannot register: {e}");
-                continue;
-            }
-            info!("{peer}: connected ({count} connections)");
-            entry.insert(Connection::new(transport, peer, self.limits.max_outbound_bytes, now));
+            self.read(key, now);
+        }
+        if let (true, Some(client)) = (writable, self.clients.get_mut(key)) {
+            schedule(&mut self.to_flush, client, key);
+        }
+    }
+
+    /// Reads on from the connections whose turn ended with input left.
+    pub fn read_again(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.again) {
+            self.read(key, now);
         }
     }
 
@@ -246,39 +320,46 @@ impl Server {
             return;
         }
         if let Phase::Running { listener } = &mut self.phase {
-            let _ = self.poll.registry().deregister(listener);
-            info!("shutting down: closing {} connections", self.conns.len());
+            if let Some(listener) = listener {
+                let _ = self.poll.registry().deregister(listener);
+            }
+            info!("shutting down: closing {} connections", self.clients.len());
             self.phase = Phase::Stopping { deadline: now + SHUTDOWN_GRACE };
-            self.for_each_conn(now, Connection::shut_down);
-        }
-    }
-
-    fn tick(&mut self, now: Instant) {
-        if self.accept_pending {
-            self.accept(now);
-        }
-        self.for_each_conn(now, Connection::tick);
-    }
-
-    /// Runs `f` on every connection; flushes or removes them as it says.
-    fn for_each_conn(&mut self, now: Instant, f: fn(&mut Connection, ConnId, &mut Cx) -> Step) {
-        let mut finished = Vec::new();
-        let mut cx = Cx {
-            room: &mut self.room,
-            out: &mut self.out,
-            limits: &self.limits,
-            ws_config: self.ws_config,
-            now,
-        };
-        for (key, conn) in self.conns.iter_mut() {
-            match f(conn, key, &mut cx) {
-                Step::Progress => schedule(&mut self.to_flush, conn, key),
-                Step::Idle => {}
-                Step::Finished => finished.push(key),
+            let keys: Vec<ConnId> = self.clients.iter().map(|(key, _)| key).collect();
+            for key in keys {
+                let Some(client) = self.clients.get_mut(key) else { continue };
+                if client.conn.shut_down(now) {
+                    schedule(&mut self.to_flush, client, key);
+                    self.end_session(key, "server shutting down");
+                } else {
+                    self.remove(key, now);
+                }
             }
         }
-        for key in finished {
-            self.remove(key);
+    }
+
+    /// Timers, about once a second.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(n) = self.refused_log.unlogged(now) {
+            warn!("refused {n} more connections in the last minute (limits reached)");
+        }
+        if let Some(n) = self.timeout_log.unlogged(now) {
+            info!("{n} more handshakes timed out in the last minute");
+        }
+        self.addresses.sweep(now);
+        let keys: Vec<ConnId> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            if client.conn.expired(now, self.limits.handshake_timeout) {
+                if !client.conn.is_closing() && self.timeout_log.allow(now) {
+                    info!("{}: handshake timeout", client.conn.peer);
+                }
+                self.remove(key, now);
+                continue;
+            }
+            let Client { conn, session } = client;
+            let action = session.tick(conn.last_heard(), conn.peer, &self.limits, now);
+            self.apply(key, action, now);
         }
     }
 
@@ -286,27 +367,74 @@ impl Server {
     /// that everything goes out in the order the server accepted it.
     fn read(&mut self, key: ConnId, now: Instant) {
         for _ in 0..MAX_STEPS_PER_EVENT {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            let mut cx = Cx {
-                room: &mut self.room,
-                out: &mut self.out,
-                limits: &self.limits,
-                ws_config: self.ws_config,
-                now,
-            };
-            let step = conn.read_step(key, &mut cx);
+            let input = client.conn.read(now, &self.http);
             // A TLS handshake may want to answer even when no message came.
-            schedule(&mut self.to_flush, conn, key);
-            self.deliver(now);
-            match step {
-                Step::Progress => {}
-                Step::Idle => return,
-                Step::Finished => return self.remove(key),
+            schedule(&mut self.to_flush, client, key);
+            match input {
+                Input::Opened => client.session.opened(now),
+                Input::Message(message) => {
+                    let mut cx = session::Cx {
+                        room: &mut self.room,
+                        out: &mut self.out,
+                        addresses: &mut self.addresses,
+                        limits: &self.limits,
+                        id: key,
+                        peer: client.conn.peer,
+                        now,
+                    };
+                    let action = client.session.on_message(message, &mut cx);
+                    self.apply(key, action, now);
+                    self.deliver(now);
+                }
+                Input::Progress => {}
+                Input::Idle => return,
+                Input::Ended(why) => self.end_session(key, &why),
+                Input::Finished => return self.remove(key, now),
             }
         }
         self.again.push(key);
+    }
+
+    /// Does what a session asked of its connection.
+    fn apply(&mut self, key: ConnId, action: Action, now: Instant) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let conn = &mut client.conn;
+        match action {
+            Action::Nothing => return,
+            Action::Refuse(why) => conn.send_error(&why, now),
+            Action::Ping => conn.send_control(outbox::ping_frame(), now),
+            Action::LoggedIn => {
+                conn.allow_messages(self.limits.max_message_bytes);
+                self.addresses.handshake_done(conn.peer.ip());
+            }
+            Action::Close { code, reason, why } => {
+                conn.close(code, reason, why.as_ref(), now);
+                self.end_session(key, reason);
+            }
+        }
+        if let Some(client) = self.clients.get_mut(key) {
+            schedule(&mut self.to_flush, client, key);
+        }
+    }
+
+    /// The one place a session ends: the user leaves the room (announced
+    /// with the next presence flush) and the address's count is updated.
+    fn end_session(&mut self, key: ConnId, why: &str) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let ip: IpAddr = client.conn.peer.ip();
+        if client.session.end() {
+            self.addresses.handshake_done(ip);
+        }
+        if let Some(name) = self.room.leave(key) {
+            info!("{}: {name:?} left: {why} ({} online)", client.conn.peer, self.room.len());
+        }
     }
 
     /// Frames each outbound message once and queues it to its recipients;
@@ -315,8 +443,8 @@ impl Server {
         let mut slow = Vec::new();
         for Outbound { to, json } in self.out.drain(..) {
             let frame = outbox::text_frame(&json);
-            let conns = &mut self.conns;
-            let mut send = |id: ConnId| enqueue(conns, &mut self.to_flush, &mut slow, id, &frame);
+            let clients = &mut self.clients;
+            let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut slow, id, &frame);
             match to {
                 To::One(id) => send(id),
                 To::Many(ids) => ids.into_iter().for_each(send),
@@ -324,41 +452,71 @@ impl Server {
             }
         }
         for id in slow {
-            if let Some(conn) = self.conns.get_mut(id) {
-                let mut cx = Cx {
-                    room: &mut self.room,
-                    out: &mut self.out,
-                    limits: &self.limits,
-                    ws_config: self.ws_config,
-                    now,
-                };
-                conn.cut_off(id, &mut cx);
+            self.cut_off(id, now);
+        }
+    }
+
+    fn cut_off(&mut self, id: ConnId, now: Instant) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        if !client.session.is_chatting() {
+            return;
+        }
+        warn!(
+            "{}: slow reader over {} queued bytes, disconnecting",
+            client.conn.peer,
+            client.conn.queued()
+        );
+        client.conn.cut_off(now);
+        self.end_session(id, "too slow");
+    }
+
+    /// Queues the next parts of joiners' snapshots while their queues are
+    /// short, so a snapshot flows as fast as its reader takes it.
+    fn feed_snapshots(&mut self, now: Instant) {
+        if self.room.receiving().is_empty() {
+            return;
+        }
+        let low_water = self.room.part_budget();
+        for id in self.room.receiving().to_vec() {
+            let Some(client) = self.clients.get_mut(id) else { continue };
+            let mut fed = false;
+            let mut overflow = false;
+            while client.conn.queued() < low_water {
+                let Some(json) = self.room.next_snapshot_part(id) else { break };
+                fed = true;
+                if client.conn.send(&outbox::text_frame(&json)).is_err() {
+                    overflow = true;
+                    break;
+                }
+            }
+            if fed {
+                schedule(&mut self.to_flush, client, id);
+            }
+            if overflow {
+                self.cut_off(id, now);
             }
         }
     }
 
-    /// End of a round: announce presence changes and write every connection
-    /// that has output, all of a round's frames in one write. Every
-    /// `FLUSHES_PER_POLL` writes it takes in what arrived meanwhile, so that
-    /// the connections not yet written carry the new messages in the same
-    /// write: fuller writes, and new messages start out sooner.
-    fn finish_round(&mut self, events: &mut Events) -> io::Result<()> {
+    /// End of a round: announce presence changes, feed snapshots, and write
+    /// every connection that has output, all of a round's frames in one
+    /// write. Every `FLUSHES_PER_POLL` writes it takes in what arrived
+    /// meanwhile, so that the connections not yet written carry the new
+    /// messages in the same write: fuller writes, and new messages start
+    /// out sooner.
+    pub fn finish_round(&mut self, events: &mut Events) -> io::Result<()> {
         loop {
             self.room.flush_presence(&mut self.out);
-            self.deliver(Instant::now());
+            let now = Instant::now();
+            self.deliver(now);
+            self.feed_snapshots(now);
             if self.to_flush.is_empty() {
                 return Ok(());
             }
             let mut batch = std::mem::take(&mut self.flushing);
             std::mem::swap(&mut batch, &mut self.to_flush);
             for (i, &key) in batch.iter().enumerate() {
-                let alive = self
-                    .conns
-                    .get_mut(key)
-                    .is_none_or(|c| c.flush(self.poll.registry(), Token(key), &mut self.scratch));
-                if !alive {
-                    self.remove(key);
-                }
+                self.flush(key, now);
                 if i % FLUSHES_PER_POLL == FLUSHES_PER_POLL - 1 && i + 1 < batch.len() {
                     // (Presence waits for the end of the pass, to stay batched.)
                     self.poll_and_dispatch(events, Duration::ZERO)?;
@@ -370,42 +528,65 @@ impl Server {
         }
     }
 
-    fn schedule_flush(&mut self, key: ConnId) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            schedule(&mut self.to_flush, conn, key);
+    /// Writes one connection and keeps its poll registration in step.
+    fn flush(&mut self, key: ConnId, now: Instant) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let conn = &mut client.conn;
+        match conn.flush(&mut self.scratch) {
+            Flush::Finished => return self.remove(key, now),
+            Flush::Open { resume } => {
+                if resume {
+                    self.again.push(key);
+                }
+            }
+        }
+        let wanted = conn.wanted_interest();
+        if wanted != conn.registered {
+            if self.poll.registry().reregister(conn.socket(), Token(key), wanted).is_err() {
+                return self.remove(key, now);
+            }
+            conn.registered = wanted;
         }
     }
 
-    fn remove(&mut self, key: ConnId) {
-        let Some(mut conn) = self.conns.try_remove(key) else {
+    fn remove(&mut self, key: ConnId, now: Instant) {
+        self.end_session(key, "connection closed");
+        let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
-        if let Some(name) = self.room.leave(key) {
-            info!("{}: {name:?} disconnected ({} online)", conn.peer(), self.room.len());
-        }
-        let _ = self.poll.registry().deregister(conn.socket());
+        self.addresses.close(client.conn.peer.ip(), now);
+        let _ = self.poll.registry().deregister(client.conn.socket());
+    }
+
+    /// The most bytes queued for any connection (for tests and fuzzing).
+    pub fn max_queued(&self) -> usize {
+        self.clients.iter().map(|(_, c)| c.conn.queued()).max().unwrap_or(0)
     }
 }
 
-fn schedule(to_flush: &mut Vec<ConnId>, conn: &mut Connection, key: ConnId) {
-    if !conn.flush_scheduled {
-        conn.flush_scheduled = true;
+fn schedule<S>(to_flush: &mut Vec<ConnId>, client: &mut Client<S>, key: ConnId) {
+    if !client.conn.flush_scheduled {
+        client.conn.flush_scheduled = true;
         to_flush.push(key);
     }
 }
 
-fn enqueue(
-    conns: &mut Slab<Connection>,
+fn enqueue<S: Socket>(
+    clients: &mut Slab<Client<S>>,
     to_flush: &mut Vec<ConnId>,
     slow: &mut Vec<ConnId>,
     id: ConnId,
     frame: &SharedFrame,
 ) {
-    let Some(conn) = conns.get_mut(id) else {
+    let Some(client) = clients.get_mut(id) else {
         return;
     };
-    if conn.send(frame).is_err() {
+    // Frames for anyone not (or no longer) in the room are dropped.
+    if !client.session.is_chatting() {
+        return;
+    }
+    if client.conn.send(frame).is_err() {
         slow.push(id);
     }
-    schedule(to_flush, conn, id);
+    schedule(to_flush, client, id);
 }

@@ -21,7 +21,9 @@ fn load(server: &TestServer, args: &[&str]) -> Value {
 
 #[test]
 fn fanout_and_private_under_load_lose_nothing() {
-    for server in TestServer::both(json!({"rate_limit_per_sec": 0})) {
+    for server in TestServer::both(
+        json!({"rate_limit_per_sec": 0, "max_connections_per_ip": 0, "max_handshakes_per_ip": 0}),
+    ) {
         let pid = server.pid().to_string();
         let r = load(&server, &["fanout", "-n", "40", "-c", "4", "-t", "1", "--pid", &pid]);
         assert_eq!((r["logged_in"].as_u64(), r["dropped"].as_u64()), (Some(40), Some(0)), "{r}");

@@ -1,5 +1,6 @@
-//! Clients that never finish their TCP/TLS/WebSocket handshake or login are
-//! dropped after `handshake_timeout_secs`, and cost nobody else anything.
+//! Clients that never finish their TCP/TLS/WebSocket handshake are dropped
+//! after `handshake_timeout_secs`, those that never finish logging in after
+//! `login_timeout_secs`, and they cost nobody else anything.
 
 mod common;
 use common::*;
@@ -51,7 +52,7 @@ fn stalled_handshakes_are_dropped_while_others_chat() {
 
 #[test]
 fn unfinished_login_gets_an_error_and_close() {
-    for server in TestServer::both(json!({"handshake_timeout_secs": 1})) {
+    for server in TestServer::both(json!({"login_timeout_secs": 1})) {
         let mut client = server.connect();
         client.send_text(PASSWORD);
         let start = Instant::now();
