@@ -5,6 +5,7 @@ pub mod config;
 pub mod connection;
 pub mod fdlimit;
 pub mod http;
+mod names;
 pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;
