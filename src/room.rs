@@ -41,7 +41,7 @@ struct Member {
     /// The display name (NFC), as everyone sees it.
     name: Rc<str>,
     /// Its comparison key (`names::Name::key`): this member's entry in
-    /// `Room::names`.
+    /// `Room::keys`.
     name_key: Rc<str>,
     /// Index of this member in `Room::order`.
     slot: usize,
@@ -55,11 +55,13 @@ pub struct Room {
     members: HashMap<ConnId, Member>,
     /// Online connections, for delivery to everyone without hashing.
     order: Vec<ConnId>,
-    /// Online users by the comparison key of their name, sorted: one user
-    /// per key, so that no two online names look alike. Logins and
-    /// private-message targets are looked up by key; `OnlineUsers` lists
-    /// show each one's display name.
+    /// Online names (display form, NFC), sorted, for `OnlineUsers` lists.
     names: BTreeMap<Rc<str>, ConnId>,
+    /// Online users by the comparison key of their name (`names::check`):
+    /// one user per key, so that no two online names look alike. Logins and
+    /// private-message targets are looked up here. (Lists stay sorted by
+    /// display name: in key order "mary" would sort as "rnary".)
+    keys: HashMap<Rc<str>, ConnId>,
     /// Presence changes not yet announced (see `flush_presence`).
     joined: Vec<ConnId>,
     left: Vec<Rc<str>>,
@@ -80,6 +82,7 @@ impl Room {
             members: HashMap::new(),
             order: Vec::new(),
             names: BTreeMap::new(),
+            keys: HashMap::new(),
             joined: Vec::new(),
             left: Vec::new(),
             history: VecDeque::new(),
@@ -115,7 +118,7 @@ impl Room {
     /// for private-message targets.
     pub fn find(&self, name: &str) -> Option<ConnId> {
         let key = names::check(name).ok()?.key;
-        self.names.get(key.as_str()).copied()
+        self.keys.get(key.as_str()).copied()
     }
 
     /// Adds a user. The welcome (`ServerName`, `OnlineUsers`) and the news
@@ -125,7 +128,7 @@ impl Room {
     /// with a Cyrillic "а" and "alice" are one name).
     pub fn join(&mut self, id: ConnId, name: &str) -> Result<(), Rejection> {
         let Name { display, key } = names::check(name)?;
-        if let Some(online) = self.names.get(key.as_str()).and_then(|&other| self.name_of(other)) {
+        if let Some(online) = self.keys.get(key.as_str()).and_then(|&other| self.name_of(other)) {
             let text = if online == display {
                 format!("the name {display:?} is already online")
             } else {
@@ -138,7 +141,8 @@ impl Room {
         }
         let name: Rc<str> = Rc::from(display);
         let name_key: Rc<str> = Rc::from(key);
-        self.names.insert(name_key.clone(), id);
+        self.names.insert(name.clone(), id);
+        self.keys.insert(name_key.clone(), id);
         let member = Member { name: name.clone(), name_key, slot: self.order.len(), key: None };
         self.members.insert(id, member);
         self.order.push(id);
@@ -154,7 +158,8 @@ impl Room {
     /// never joined).
     pub fn leave(&mut self, id: ConnId) -> Option<Rc<str>> {
         let member = self.members.remove(&id)?;
-        self.names.remove(&member.name_key);
+        self.names.remove(&member.name);
+        self.keys.remove(&member.name_key);
         self.order.swap_remove(member.slot);
         if let Some(m) = self.order.get(member.slot).and_then(|id| self.members.get_mut(id)) {
             m.slot = member.slot;
@@ -290,8 +295,7 @@ impl Room {
     }
 
     fn online_users_json(&self) -> String {
-        let users = self.names.values().filter_map(|&id| self.name_of(id)).collect();
-        Reply::OnlineUsers { users }.to_json()
+        Reply::OnlineUsers { users: self.names.keys().map(|n| &**n).collect() }.to_json()
     }
 }
 
@@ -355,7 +359,7 @@ mod tests {
         room.join(3, "BOB").unwrap();
         let mut out = Vec::new();
         room.handle(3, Request::OnlineUsers, &mut out);
-        assert_eq!(parse(out.last().unwrap())["Users"], json!(["\u{C5}sa", "BOB"]));
+        assert_eq!(parse(out.last().unwrap())["Users"], json!(["BOB", "\u{C5}sa"]));
     }
 
     #[test]
