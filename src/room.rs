@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::rc::Rc;
 
+use crate::names::{self, Name};
 use crate::protocol::{ErrorCode, Rejection, Reply, Request, server_name_json, shortened};
 
 /// Identifies a connection; the server uses its slab key.
@@ -14,10 +15,6 @@ pub type ConnId = usize;
 /// Rooms with at most this many users get the full `OnlineUsers` list on
 /// every change; larger rooms get `UsersJoined` / `UsersLeft` deltas.
 pub const FULL_LIST_MAX: usize = 32;
-
-/// Longest allowed username, in characters.
-pub const MAX_NAME_CHARS: usize = 32;
-
 /// Longest public key a user may publish, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -38,7 +35,11 @@ pub struct Outbound {
 }
 
 struct Member {
+    /// The display name (NFC), as everyone sees it.
     name: Rc<str>,
+    /// Its comparison key (`names::Name::key`): this member's entry in
+    /// `Room::keys`.
+    name_key: Rc<str>,
     /// Index of this member in `Room::order`.
     slot: usize,
     /// The public key the user published, relayed as an opaque string.
@@ -66,8 +67,13 @@ pub struct Room {
     members: HashMap<ConnId, Member>,
     /// Online connections, for delivery to everyone without hashing.
     order: Vec<ConnId>,
-    /// Online names, sorted, for lookups and `OnlineUsers` lists.
+    /// Online names (display form, NFC), sorted, for `OnlineUsers` lists.
     names: BTreeMap<Rc<str>, ConnId>,
+    /// Online users by the comparison key of their name (`names::check`):
+    /// one user per key, so that no two online names look alike. Logins and
+    /// private-message targets are looked up here. (Lists stay sorted by
+    /// display name: in key order "mary" would sort as "rnary".)
+    keys: HashMap<Rc<str>, ConnId>,
     /// Presence changes not yet announced (see `flush_presence`).
     joined: Vec<ConnId>,
     left: Vec<Rc<str>>,
@@ -94,6 +100,7 @@ impl Room {
             members: HashMap::new(),
             order: Vec::new(),
             names: BTreeMap::new(),
+            keys: HashMap::new(),
             joined: Vec::new(),
             left: Vec::new(),
             history: VecDeque::new(),
@@ -122,22 +129,44 @@ impl Room {
         self.members.get(&id).map(|m| &*m.name)
     }
 
+    /// Who is online under `name`, compared as login names are: "Alice"
+    /// finds "alice"; a string that could not be a name finds nobody. Used
+    /// for private-message targets.
+    pub fn find(&self, name: &str) -> Option<ConnId> {
+        let key = names::check(name).ok()?.key;
+        self.keys.get(key.as_str()).copied()
+    }
+
     /// Adds a user. The welcome (`ServerName`, `OnlineUsers`) and the news
     /// for everyone else go out with the next `flush_presence`.
+    /// The name is checked and normalized by `names::check`; it is taken
+    /// when an online name has the same comparison key ("Alice", "аlice"
+    /// with a Cyrillic "а" and "alice" are one name).
     pub fn join(&mut self, id: ConnId, name: &str) -> Result<(), Rejection> {
-        validate_name(name)?;
-        if self.names.contains_key(name) {
-            return Err(Rejection::new(
-                ErrorCode::NameTaken,
-                format!("the name {name:?} is already online"),
-            ));
+        let Name { display, key } = names::check(name)?;
+        if let Some(online) = self.keys.get(key.as_str()).and_then(|&other| self.name_of(other)) {
+            let text = if online == display {
+                format!("the name {display:?} is already online")
+            } else {
+                format!(
+                    "the name {display:?} is taken: it looks like {online:?}, who is online \
+                     (names are compared ignoring case and look-alike characters)"
+                )
+            };
+            return Err(Rejection::new(ErrorCode::NameTaken, text));
         }
-        let name: Rc<str> = Rc::from(name);
+        let name: Rc<str> = Rc::from(display);
+        let name_key: Rc<str> = Rc::from(key);
         self.names.insert(name.clone(), id);
-        self.members.insert(
-            id,
-            Member { name: name.clone(), slot: self.order.len(), key: None, snapshot: None },
-        );
+        self.keys.insert(name_key.clone(), id);
+        let member = Member {
+            name: name.clone(),
+            name_key,
+            slot: self.order.len(),
+            key: None,
+            snapshot: None,
+        };
+        self.members.insert(id, member);
         self.order.push(id);
         // Left and came back before anyone heard: nobody needs to hear either.
         if let Some(i) = self.left.iter().position(|n| *n == name) {
@@ -152,6 +181,7 @@ impl Room {
     pub fn leave(&mut self, id: ConnId) -> Option<Rc<str>> {
         let member = self.members.remove(&id)?;
         self.names.remove(&member.name);
+        self.keys.remove(&member.name_key);
         self.order.swap_remove(member.slot);
         if let Some(m) = self.order.get(member.slot).and_then(|id| self.members.get_mut(id)) {
             m.slot = member.slot;
@@ -194,8 +224,8 @@ impl Room {
                     }
                 }
             }
-            Request::PrivateMessage { target, text } => match self.names.get(target.as_str()) {
-                Some(&to) => {
+            Request::PrivateMessage { target, text } => match self.find(&target) {
+                Some(to) => {
                     let json =
                         Reply::PrivateMessage { source: &sender.name, text: &text }.to_json();
                     out.push(Outbound { to: To::One(to), json });
@@ -408,22 +438,6 @@ fn json_len(s: &str) -> usize {
         .sum::<usize>()
 }
 
-/// 1–32 characters, no control characters, no leading or trailing spaces.
-pub fn validate_name(name: &str) -> Result<(), Rejection> {
-    let reason = if name.is_empty() {
-        "a username must not be empty"
-    } else if name.chars().count() > MAX_NAME_CHARS {
-        "a username must be at most 32 characters"
-    } else if name.chars().any(char::is_control) {
-        "a username must not contain control characters"
-    } else if name.trim() != name {
-        "a username must not start or end with a space"
-    } else {
-        return Ok(());
-    };
-    Err(Rejection::new(ErrorCode::InvalidName, reason))
-}
-
 /// Compares without stopping at the first difference, so the time taken
 /// does not tell an attacker how much of a guessed password was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -460,17 +474,51 @@ mod tests {
 
     #[test]
     fn name_rules() {
-        assert!(validate_name("alice").is_ok());
-        assert!(validate_name("John Smith").is_ok());
-        assert!(validate_name(&"é".repeat(32)).is_ok());
-        for bad in ["", " bob", "bob ", "a\u{7}b", "tab\there", &"x".repeat(33)] {
-            assert_eq!(validate_name(bad).unwrap_err().code, ErrorCode::InvalidName, "{bad:?}");
-        }
         let mut room = Room::new("t", "", 0, 0);
         room.join(1, "bob").unwrap();
-        assert_eq!(room.join(2, "bob").unwrap_err().code, ErrorCode::NameTaken);
-        assert_eq!(room.join(2, "").unwrap_err().code, ErrorCode::InvalidName);
-        assert_eq!(room.len(), 1);
+        room.join(2, "A\u{30A}sa").unwrap();
+        assert_eq!(room.name_of(2), Some("\u{C5}sa"), "shown in NFC");
+        let taken = room.join(3, "bob").unwrap_err();
+        assert_eq!(
+            (taken.code, taken.text.as_str()),
+            (ErrorCode::NameTaken, "the name \"bob\" is already online")
+        );
+        for look_alike in ["Bob", "B0B", "\u{C5}SA", "\u{410}\u{30A}sa"] {
+            let taken = room.join(3, look_alike).unwrap_err();
+            assert_eq!(taken.code, ErrorCode::NameTaken, "{look_alike:?}");
+        }
+        let taken = room.join(3, "BOB").unwrap_err().text;
+        assert!(taken.contains("\"BOB\"") && taken.contains("\"bob\""), "{taken}");
+        for bad in ["", " bob", "bob\u{200B}", &"x".repeat(33)] {
+            assert_eq!(room.join(3, bad).unwrap_err().code, ErrorCode::InvalidName, "{bad:?}");
+        }
+        assert_eq!(room.len(), 2);
+        // A name is free again once its holder leaves.
+        room.leave(1);
+        room.join(3, "BOB").unwrap();
+        let mut out = Vec::new();
+        room.handle(3, Request::OnlineUsers, &mut out);
+        assert_eq!(parse(out.last().unwrap())["Users"], json!(["BOB", "\u{C5}sa"]));
+    }
+
+    #[test]
+    fn private_messages_are_addressed_by_comparison_key() {
+        let mut room = Room::new("t", "", 0, 0);
+        joined(&mut room, 1, "alice");
+        joined(&mut room, 2, "bob");
+        for target in ["alice", "Alice", "\u{430}lice"] {
+            let mut out = Vec::new();
+            let pm = Request::PrivateMessage { target: target.into(), text: "hi".into() };
+            room.handle(2, pm, &mut out);
+            assert_eq!(out[0].to, To::One(1), "{target:?}");
+        }
+        let mut out = Vec::new();
+        let pm = Request::PrivateMessage { target: "al\u{200D}ice".into(), text: "hi".into() };
+        room.handle(2, pm, &mut out);
+        assert_eq!(
+            (out[0].to.clone(), parse(&out[0])["code"].clone()),
+            (To::One(2), json!("user_offline"))
+        );
     }
 
     #[test]

@@ -391,8 +391,8 @@ mod tests {
         let codes: Vec<_> =
             (0..8).map(|_| code(s.on_message(Message::binary(vec![1u8]), &mut cx))).collect();
         use ErrorCode::*;
-        assert_eq!(codes[..3], [Some(BinaryUnsupported); 3]);
-        assert_eq!(codes[3..], [Some(RateLimited); 5]);
+        assert_eq!(codes[..5], [Some(BinaryUnsupported); 5]);
+        assert_eq!(codes[5..], [Some(RateLimited); 3]);
     }
 
     #[test]
