@@ -1,6 +1,7 @@
 //! The HTTP/1.1 request that opens every connection: a WebSocket upgrade on
 //! any path (answered with 101), or a plain request: `GET /` serves the chat
-//! page embedded in the binary, anything else an HTTP error; then close.
+//! page embedded in the binary (with its `/app.js` and `/app.css`), anything
+//! else an HTTP error; then close.
 
 use tungstenite::handshake::derive_accept_key;
 
@@ -56,6 +57,8 @@ pub fn parse(buf: &[u8], policy: &HttpPolicy) -> Parsed {
         let path = req.path.unwrap_or("/").split('?').next().unwrap_or("/");
         return match (method, path) {
             ("GET" | "HEAD", "/" | "/index.html") => page(method == "HEAD"),
+            ("GET" | "HEAD", "/app.js") => asset(SCRIPT, "text/javascript", method == "HEAD"),
+            ("GET" | "HEAD", "/app.css") => asset(STYLE, "text/css", method == "HEAD"),
             ("GET" | "HEAD", _) => reject(404, "not found\n"),
             _ => reject(405, "only GET is supported\n"),
         };
@@ -85,17 +88,35 @@ pub fn parse(buf: &[u8], policy: &HttpPolicy) -> Parsed {
     Parsed::Upgrade { response: response.into_bytes(), head_len }
 }
 
+/// The page's script and styles, compiled into the binary and served from
+/// the server's own origin so that the page's policy allows no inline code.
+const SCRIPT: &str = include_str!("web/app.js");
+const STYLE: &str = include_str!("web/app.css");
+
+/// The page's Content-Security-Policy (sent with the script and styles too):
+/// code and styles from this server only, no inline ones; WebSockets to any
+/// host (`'self'` does not cover ws:/wss: in every browser); images only
+/// from this server or `data:` (the favicon and the padlock icon);
+/// `form-action 'none'` so that the login form, submitted before the script
+/// has loaded, cannot put the password into a URL.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; \
+                   img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 fn page(head_only: bool) -> Parsed {
+    asset(PAGE, "text/html", head_only)
+}
+
+/// 200 with one of the embedded files and the page's security headers.
+fn asset(body: &str, content_type: &str, head_only: bool) -> Parsed {
     let mut response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}; charset=utf-8\r\nContent-Length: {}\r\n\
          Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n\
-         Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-         connect-src 'self' ws: wss:; frame-ancestors 'none'\r\nConnection: close\r\n\r\n",
-        PAGE.len()
+         Content-Security-Policy: {CSP}\r\nConnection: close\r\n\r\n",
+        body.len()
     )
     .into_bytes();
     if !head_only {
-        response.extend_from_slice(PAGE.as_bytes());
+        response.extend_from_slice(body.as_bytes());
     }
     Parsed::Respond { response, status: 200 }
 }
@@ -153,6 +174,11 @@ mod tests {
         assert_eq!(status("GET /?room=1 HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
         assert_eq!(status("HEAD /index.html HTTP/1.1\r\n\r\n"), 200);
         assert_eq!(status("GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
+        assert_eq!(status("GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(status("HEAD /app.css?v=2 HTTP/1.1\r\n\r\n"), 200);
+        assert_eq!(status("GET /app.js.map HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
+        assert_eq!(status("GET /web/app.css HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
+        assert_eq!(status("POST /app.js HTTP/1.1\r\n\r\n"), 405);
         assert_eq!(status("POST / HTTP/1.1\r\n\r\n"), 405);
         assert_eq!(status("\x16\x03\x01garbage\r\n\r\n"), 400);
         assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
@@ -184,5 +210,72 @@ mod tests {
             matches!(super::parse(UPGRADE.as_bytes(), &policy), Parsed::Upgrade { .. }),
             "no Origin: not a browser"
         );
+    }
+
+    fn respond(request: &str) -> (u16, String) {
+        match parse(request.as_bytes()) {
+            Parsed::Respond { response, status } => (status, String::from_utf8(response).unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn page_script_and_styles_are_served_with_the_same_policy() {
+        let files = [
+            ("/", "text/html", PAGE),
+            ("/app.js", "text/javascript", SCRIPT),
+            ("/app.css", "text/css", STYLE),
+        ];
+        for (path, content_type, body) in files {
+            let (status, response) = respond(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(status, 200, "{path}");
+            let (head, got) = response.split_once("\r\n\r\n").unwrap();
+            for header in [
+                format!("Content-Type: {content_type}; charset=utf-8"),
+                format!("Content-Length: {}", body.len()),
+                "Cache-Control: no-cache".into(),
+                "X-Content-Type-Options: nosniff".into(),
+                "Referrer-Policy: no-referrer".into(),
+                format!("Content-Security-Policy: {CSP}"),
+                "Connection: close".into(),
+            ] {
+                assert!(head.lines().any(|l| l == header), "{path}: no {header:?} in\n{head}");
+            }
+            assert_eq!(got, body, "{path}");
+
+            let (status, response) = respond(&format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(status, 200);
+            assert!(
+                response.ends_with("\r\n\r\n") && !response.contains(body),
+                "HEAD {path} has no body"
+            );
+            assert!(response.contains(&format!("Content-Length: {}\r\n", body.len())));
+        }
+    }
+
+    #[test]
+    fn the_policy_allows_no_inline_code_and_the_page_has_none() {
+        assert!(!CSP.contains("unsafe-"), "{CSP}");
+        assert!(CSP.contains("script-src 'self';") && CSP.contains("style-src 'self';"));
+        assert!(PAGE.contains(r#"<script src="/app.js""#), "the script is external");
+        assert!(
+            PAGE.contains(r#"<link rel="stylesheet" href="/app.css">"#),
+            "the styles are external"
+        );
+        assert_eq!(PAGE.matches("<script").count(), 1, "no inline <script>");
+        for inline in ["<style", "style=", "javascript:"] {
+            assert!(!PAGE.contains(inline), "inline code in the page: {inline}");
+        }
+        // No inline event handlers (onclick=, onsubmit=, ...).
+        for (at, _) in PAGE.match_indices(" on") {
+            let rest = &PAGE[at + 3..];
+            let name_len = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+            assert!(
+                rest.as_bytes().get(name_len) != Some(&b'='),
+                "inline handler: {:.40}",
+                &PAGE[at..]
+            );
+        }
+        assert!(SCRIPT.contains("e2e1:") && STYLE.contains("@media"));
     }
 }

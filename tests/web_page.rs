@@ -24,9 +24,38 @@ fn page_is_served_over_http_and_https() {
         let length: usize =
             head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
         assert_eq!(body.len(), length);
-        assert!(body.contains("<title>Ragnarok</title>") && body.contains("e2e1:"));
-        for external in ["src=\"", "href=\"http", "url(", "@import", "fetch("] {
-            assert!(!body.contains(external), "no external requests: {external}");
+        assert!(body.contains("<title>Ragnarok</title>"));
+        assert!(
+            head.contains("Content-Security-Policy: default-src 'none'; script-src 'self';"),
+            "{head}"
+        );
+
+        // The script and styles come from the same server, and nothing else
+        // from anywhere: every reference is a path here or inline data.
+        let script = get(&server, "GET /app.js HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert!(
+            script.starts_with("HTTP/1.1 200 OK\r\n")
+                && script.contains("Content-Type: text/javascript")
+        );
+        assert!(script.contains("e2e1:"));
+        let style = get(&server, "GET /app.css HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert!(
+            style.starts_with("HTTP/1.1 200 OK\r\n") && style.contains("Content-Type: text/css")
+        );
+        for file in [body, &script, &style] {
+            for reference in ["src=\"", "href=\"", "url("] {
+                for (at, _) in file.match_indices(reference) {
+                    let target = file[at + reference.len()..].trim_start_matches('"');
+                    assert!(
+                        target.starts_with("/app.") || target.starts_with("data:"),
+                        "no external requests: {:.60}",
+                        &file[at..]
+                    );
+                }
+            }
+            for external in ["@import", "fetch(", "XMLHttpRequest"] {
+                assert!(!file.contains(external), "no external requests: {external}");
+            }
         }
 
         let missing = get(&server, "GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n");

@@ -5,10 +5,15 @@
 // an end-to-end encrypted private message that bob's page shows decrypted.
 // A plain WebSocket client ("eve") checks that the server relays only
 // ciphertext, and the Rust client examples/e2e_peer ("rusty") checks that
-// the documented scheme interoperates with the page.
+// the documented scheme interoperates with the page. A phone (390x844, then
+// 360 px wide) and a desktop (1280x800) check the layout from inside the page
+// and take screenshots.
 //
-// Needs: target/debug/ragnarok and target/debug/examples/e2e_peer
-// (cargo build --examples), /usr/bin/chromium, openssl, npm install here.
+// Run from a fresh clone: (cd tests/browser && npm ci && node --test).
+// It builds what it needs first (cargo build --bin ragnarok --example
+// e2e_peer, in the repository root; RAGNAROK_SKIP_BUILD=1 skips that, and
+// RAGNAROK_BIN picks another server binary). Needs /usr/bin/chromium
+// (apt-get install chromium; or $CHROMIUM) and openssl.
 // Screenshots go to $SCREENSHOT_DIR or tests/screenshots/.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
@@ -23,11 +28,35 @@ import { chromium } from "playwright-core";
 import WebSocket from "ws";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = process.env.RAGNAROK_BIN || path.join(root, "target/debug/ragnarok");
-const PEER = path.join(root, "target/debug/examples/e2e_peer");
+const { server: BUILT_BIN, peer: PEER } = build();
+const BIN = process.env.RAGNAROK_BIN || BUILT_BIN;
 const SHOTS = process.env.SCREENSHOT_DIR || path.join(root, "tests/screenshots");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const PASSWORD = "pw";
+const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true };
+const DESKTOP = { viewport: { width: 1280, height: 800 } };
+
+/// Builds the server and the Rust peer (so a fresh clone needs no separate
+/// step) and returns their paths as cargo reports them, wherever the target
+/// folder is (CARGO_TARGET_DIR, .cargo/config).
+function build() {
+  const fallback = (p) => path.join(process.env.CARGO_TARGET_DIR ? path.resolve(root, process.env.CARGO_TARGET_DIR)
+    : path.join(root, "target"), "debug", p);
+  if (process.env.RAGNAROK_SKIP_BUILD) return { server: fallback("ragnarok"), peer: fallback("examples/e2e_peer") };
+  const out = execFileSync("cargo", ["build", "--bin", "ragnarok", "--example", "e2e_peer",
+    "--message-format=json-render-diagnostics"], { cwd: root, stdio: ["ignore", "pipe", "inherit"], maxBuffer: 1 << 28 });
+  const found = {};
+  for (const l of out.toString().split("\n")) {
+    if (!l.startsWith("{")) continue;
+    const m = JSON.parse(l);
+    if (m.reason !== "compiler-artifact" || !m.executable) continue;
+    if (m.target.name === "ragnarok" && m.target.kind.includes("bin")) found.server = m.executable;
+    if (m.target.name === "e2e_peer" && m.target.kind.includes("example")) found.peer = m.executable;
+  }
+  assert.ok(found.server && found.peer, "cargo build reported the server and the example: " + JSON.stringify(found));
+  return found;
+}
+
 const children = [];
 after(() => children.forEach((c) => c.kill("SIGKILL")));
 
@@ -59,10 +88,23 @@ async function startServer(tls) {
   return { server, port, dir, cert: path.join(dir, "cert.pem") };
 }
 
-async function openPage(browser, url, name) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+function launch(extraArgs = []) {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", ...extraArgs],
+  });
+}
+
+/// Opens the page in its own browser context (`device`: viewport and the
+/// like) and logs in as `name`. `page.cspViolations` collects what the
+/// Content-Security-Policy blocked: it must stay empty.
+async function openPage(browser, url, name, device = {}) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, ...device });
   const page = await context.newPage();
   page.on("pageerror", (e) => { throw e; });
+  page.cspViolations = [];
+  page.on("console", (m) => { if (/Content.Security.Policy/i.test(m.text())) page.cspViolations.push(m.text()); });
   await page.goto(url);
   await page.fill("#name", name);
   await page.fill("#password", PASSWORD);
@@ -79,11 +121,68 @@ async function waitForKey(page, user) {
   }, user);
 }
 
+/// On a narrow screen the people list is a drawer behind the header's
+/// "People" button: open it (a no-op where the list is a sidebar).
+async function openPeople(page) {
+  if (!(await page.isVisible("#people"))) return;
+  if ((await page.getAttribute("#people", "aria-expanded")) !== "true") await page.click("#people");
+  await page.waitForSelector("#side", { state: "visible" });
+  await page.$eval("#side", (el) => Promise.all(el.getAnimations().map((a) => a.finished))); // slid in
+}
+
 async function sendTo(page, user, text) {
-  if (user) await page.click(`#users li[data-user="${user}"]`);
+  if (user) {
+    await openPeople(page);
+    await page.click(`#users li[data-user="${user}"]`);
+    await page.waitForSelector(`#target:has-text("to ${user}")`);
+  }
   await page.fill("#text", text);
   await page.press("#text", "Enter");
-  if (user) await page.click(`#users li[data-user="${user}"]`); // back to the room
+  if (user) await page.click("#target"); // back to the room
+  await page.waitForSelector("#target", { state: "hidden" });
+}
+
+/// Layout facts measured inside the page.
+function layout(page) {
+  return page.evaluate(() => {
+    const shown = (el) => {
+      const r = el.getBoundingClientRect();
+      const inside = r.width > 0 && r.height > 0 && r.top >= 0 && r.left >= 0 &&
+        r.bottom <= window.innerHeight && r.right <= window.innerWidth;
+      // Not covered by anything else either (a drawer, a banner).
+      const hit = document.elementFromPoint(r.left + Math.min(8, r.width / 2), r.top + r.height / 2);
+      return inside && el.contains(hit);
+    };
+    const $ = (sel) => document.querySelector(sel);
+    return {
+      scrollWidth: document.documentElement.scrollWidth,
+      innerWidth: window.innerWidth,
+      scrollY: window.scrollY,
+      header: shown($("header")) && shown($("#title")) && $("#title").getBoundingClientRect().width > 20,
+      send: shown($("#sendbtn")),
+      input: shown($("#text")) && $("#text").getBoundingClientRect().width >= 150,
+      logHeight: $("#log").getBoundingClientRect().height,
+      sideWidth: $("#side").getBoundingClientRect().width,
+      sideShown: $("#side").checkVisibility({ visibilityProperty: true }) &&
+        $("#side").getBoundingClientRect().left < window.innerWidth,
+    };
+  });
+}
+
+async function assertLayout(page, label) {
+  const l = await layout(page);
+  assert.ok(l.scrollWidth <= l.innerWidth, `${label}: no horizontal overflow: ${JSON.stringify(l)}`);
+  assert.equal(l.scrollY, 0, `${label}: the page itself does not scroll`);
+  assert.ok(l.header, `${label}: the header is visible: ${JSON.stringify(l)}`);
+  assert.ok(l.send, `${label}: the Send button is inside the viewport: ${JSON.stringify(l)}`);
+  assert.ok(l.input, `${label}: the message field is visible: ${JSON.stringify(l)}`);
+  assert.ok(l.logHeight >= 200, `${label}: the messages have room: ${JSON.stringify(l)}`);
+  return l;
+}
+
+async function shot(page, name) {
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, name) });
 }
 
 function plainClient(port, tls, name) {
@@ -142,11 +241,7 @@ for (const tls of [true, false]) {
   const mode = tls ? "wss" : "ws";
   test(`chat page over ${mode}: broadcast and end-to-end private messages`, { timeout: 90000 }, async () => {
     const { server, port, cert } = await startServer(tls);
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"],
-    });
+    const browser = await launch();
     try {
       const url = `${tls ? "https" : "http"}://localhost:${port}/`;
       const alice = await openPage(browser, url, "alice");
@@ -190,9 +285,9 @@ for (const tls of [true, false]) {
       const reply = await alice.waitForSelector('.msg.private:has-text("echo: hello from the browser")');
       assert.match(await reply.textContent(), /from rusty.*decrypted/s);
 
-      mkdirSync(SHOTS, { recursive: true });
-      await alice.screenshot({ path: path.join(SHOTS, `${mode}-alice.png`) });
-      await bob.screenshot({ path: path.join(SHOTS, `${mode}-bob.png`) });
+      await shot(alice, `${mode}-alice.png`);
+      await shot(bob, `${mode}-bob.png`);
+      assert.deepEqual([...alice.cspViolations, ...bob.cspViolations], [], "nothing blocked by the CSP");
       rusty.peer.kill();
     } finally {
       await browser.close();
@@ -201,13 +296,121 @@ for (const tls of [true, false]) {
   });
 }
 
+test("layout on a phone (390x844, 360 px) and a desktop (1280x800)", { timeout: 90000 }, async () => {
+  const { server, port } = await startServer(true);
+  const browser = await launch();
+  try {
+    const url = `https://localhost:${port}/`;
+    const bob = await openPage(browser, url, "bob", DESKTOP);
+    await sendTo(bob, null, "said before alice came");
+    const long = "https://example.com/" + "a-very-long-unbroken-word".repeat(12);
+    await sendTo(bob, null, long);
+    await bob.waitForSelector(`.msg.live:has-text("${long}")`);
+
+    // The login form on a phone.
+    const lobby = await (await browser.newContext({ ignoreHTTPSErrors: true, ...PHONE })).newPage();
+    await lobby.goto(url);
+    await lobby.waitForSelector("#join");
+    const fits = await lobby.evaluate(() => {
+      const join = document.querySelector("#join").getBoundingClientRect();
+      return document.documentElement.scrollWidth <= window.innerWidth && join.bottom <= window.innerHeight;
+    });
+    assert.ok(fits, "the login form fits a phone");
+    await shot(lobby, "phone-login.png");
+    await lobby.context().close();
+
+    const alice = await openPage(browser, url, "alice", PHONE);
+    // History replays are marked as such; a live message has its local time.
+    const early = await alice.waitForSelector('.msg.history:has-text("said before alice came")');
+    assert.equal(await early.$eval(".ts", (t) => t.textContent), "earlier");
+    await sendTo(bob, null, "live hello from bob");
+    const live = await alice.waitForSelector('.msg.live:has-text("live hello from bob")');
+    const stamp = await live.$eval(".ts", (t) => t.textContent);
+    assert.match(stamp, /^\d\d:\d\d$/);
+    const times = await alice.evaluate(() => [-1, 0, 1].map((d) => {
+      const t = new Date(Date.now() + d * 60000);
+      return String(t.getHours()).padStart(2, "0") + ":" + String(t.getMinutes()).padStart(2, "0");
+    }));
+    assert.ok(times.includes(stamp), `${stamp} is the local time (${times})`);
+
+    // An encrypted private message from the desktop to the phone.
+    await waitForKey(bob, "alice");
+    await sendTo(bob, "alice", "a secret for your phone");
+    const got = await alice.waitForSelector('.msg.private:has-text("a secret for your phone")');
+    assert.match(await got.textContent(), /from bob.*decrypted/s);
+
+    // Phone, 390 px: one column, the people list closed, everything in view.
+    let l = await assertLayout(alice, "phone 390");
+    assert.equal(l.innerWidth, 390);
+    assert.equal(l.sideShown, false, "the people list does not take the phone's width");
+    assert.equal(await alice.isVisible("#people"), true, "a People button in the header");
+    assert.equal(await alice.textContent("#count"), "2");
+    await shot(alice, "phone-chat.png");
+
+    // The people list opens as a drawer, with names and fingerprints.
+    await openPeople(alice);
+    const bobItem = await alice.waitForSelector('#users li[data-user="bob"]', { state: "visible" });
+    const box = await bobItem.boundingBox();
+    assert.ok(box.x >= 0 && box.x + box.width <= 390 && box.y >= 0 && box.y + box.height <= 844, JSON.stringify(box));
+    await waitForKey(alice, "bob");
+    assert.ok((await alice.evaluate(() => document.documentElement.scrollWidth)) <= 390);
+    await shot(alice, "phone-people.png");
+
+    // Clicking your own name starts no private message.
+    await alice.click('#users li[data-user="alice"]');
+    await alice.click("#scrim", { position: { x: 10, y: 10 } });
+    await alice.waitForSelector("#side", { state: "hidden" });
+    assert.equal(await alice.isVisible("#target"), false);
+    assert.equal(await alice.getAttribute("#text", "placeholder"), "Message the room");
+    await sendTo(alice, null, "just me, to everyone");
+    await bob.waitForSelector('.msg.live:has-text("just me, to everyone")');
+    await alice.waitForSelector('.msg.live:has-text("just me, to everyone")');
+    assert.equal(await alice.locator('.msg:has-text("just me")').count(), 1, "shown once, as a broadcast");
+    assert.equal(await alice.locator(".msg.private:has-text(\"to alice\")").count(), 0);
+
+    // From the phone's drawer to a private message; the chip leads back.
+    await openPeople(alice);
+    await alice.click('#users li[data-user="bob"]');
+    await alice.waitForSelector("#side", { state: "hidden" });
+    await alice.waitForSelector('#target:has-text("to bob")');
+    await assertLayout(alice, "phone 390, private");
+    await alice.fill("#text", "typed on a phone");
+    await shot(alice, "phone-private.png");
+    await alice.press("#text", "Enter");
+    const fromPhone = await bob.waitForSelector('.msg.private:has-text("typed on a phone")');
+    assert.match(await fromPhone.textContent(), /from alice.*decrypted/s);
+    await alice.click("#target");
+    await alice.waitForSelector("#target", { state: "hidden" });
+
+    // Phone, 360 px.
+    await alice.setViewportSize({ width: 360, height: 740 });
+    l = await assertLayout(alice, "phone 360");
+    assert.equal(l.innerWidth, 360);
+    await shot(alice, "phone-360.png");
+
+    // Desktop: the list is a sidebar, no People button; own name inert too.
+    l = await assertLayout(bob, "desktop");
+    assert.equal(l.sideShown, true);
+    assert.ok(l.sideWidth <= 0.3 * l.innerWidth, JSON.stringify(l));
+    assert.equal(await bob.isVisible("#people"), false);
+    assert.equal(await bob.isVisible('#users li[data-user="alice"]'), true);
+    await bob.click('#users li[data-user="bob"]');
+    assert.equal(await bob.isVisible("#target"), false);
+    await bob.click('#users li[data-user="alice"]'); // a name starts a private message...
+    await bob.waitForSelector('#target:has-text("to alice")');
+    await bob.click('#users li[data-user="alice"]'); // ...and a second click goes back to the room
+    await bob.waitForSelector("#target", { state: "hidden" });
+    await shot(bob, "desktop.png");
+    assert.deepEqual([...alice.cspViolations, ...bob.cspViolations], [], "nothing blocked by the CSP");
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
 test("plain http on a non-localhost name: the page says encryption needs HTTPS, chat still works", { timeout: 60000 }, async () => {
   const { server, port } = await startServer(false);
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP chat.example 127.0.0.1"],
-  });
+  const browser = await launch(["--host-resolver-rules=MAP chat.example 127.0.0.1"]);
   try {
     const url = `http://chat.example:${port}/`;
     const carol = await openPage(browser, url, "carol");
@@ -216,10 +419,25 @@ test("plain http on a non-localhost name: the page says encryption needs HTTPS, 
     assert.equal(await carol.isVisible("#insecure"), true);
     await sendTo(carol, null, "plain but working");
     await carol.waitForSelector('.msg.live:has-text("plain but working")');
-    await carol.click('#users li[data-user="carol"]');
+    const dave = plainClient(port, false, "dave");
+    await dave.ready;
+    await carol.click('#users li[data-user="dave"]');
     await carol.waitForSelector('.msg.error:has-text("need HTTPS")');
-    mkdirSync(SHOTS, { recursive: true });
-    await carol.screenshot({ path: path.join(SHOTS, "insecure-http.png") });
+    await assertLayout(carol, "desktop, plain http");
+    await shot(carol, "insecure-http.png");
+
+    // On a phone the notice sits under the header, which stays in view.
+    const carla = await openPage(browser, url, "carla", PHONE);
+    assert.equal(await carla.isVisible("#insecure"), true);
+    await assertLayout(carla, "phone, plain http");
+    const [header, banner] = await carla.evaluate(() =>
+      ["header", "#insecure"].map((s) => document.querySelector(s).getBoundingClientRect().toJSON()));
+    assert.ok(header.top >= 0 && banner.top >= header.bottom - 1, JSON.stringify({ header, banner }));
+    await shot(carla, "insecure-phone.png");
+    await carla.click("#insecure-close");
+    assert.equal(await carla.isVisible("#insecure"), false);
+    assert.deepEqual([...carol.cspViolations, ...carla.cspViolations], [], "nothing blocked by the CSP");
+    dave.ws.close();
   } finally {
     await browser.close();
     server.kill();
