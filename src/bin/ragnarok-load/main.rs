@@ -3,10 +3,12 @@
 //! a scenario needs instead of being parsed into JSON trees, so it costs far
 //! less per message than the server it measures.
 //!
-//! Scenarios: fanout, joinstorm, idle, private; and floor against relay,
+//! Scenarios: fanout, joinstorm, idle, private; soak, a long mixed run that
+//! checks every delivery and answer (`soak.rs`); and floor against relay,
 //! the kernel's cost without any server logic (`floor.rs`). See `--help`.
 
 mod floor;
+mod soak;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -27,6 +29,10 @@ Scenarios:
   private    K pairs exchange PrivateMessages closed-loop for T seconds
   relay      serve as a bare relay: bytes from connection 2i go to 2i+1 and back
   floor      K pairs bounce S-byte messages through a relay (the kernel's floor)
+  soak       for T seconds about N users (default 200) come and go, broadcast,
+             send private messages and bad inputs, a few read slowly; checks
+             every delivery and answer, and with --pid that the server's RSS
+             and open fds return to their baseline; exits non-zero on a fault
 
 Options:
   --addr HOST:PORT   server address (default 127.0.0.1:12345)
@@ -38,7 +44,14 @@ Options:
   -s BYTES           message text size (default 60)
   --tls CA_PEM       use wss, trusting this certificate (name: localhost)
   --pid PID          sample this server process's CPU time and memory
-  --concurrency M    handshakes in flight at once (default 1024, the server's listen backlog)";
+  --concurrency M    handshakes in flight at once (default 1024, the server's listen backlog)
+
+Soak options:
+  --rate R               broadcasts per second, all users together (default 50)
+  --private-rate P       private messages per second (default 20)
+  --slow K               slow readers at a time (default 3)
+  --max-message-bytes B  the server's max_message_bytes (default 65536)
+  --seed S               random seed (default: from the clock)";
 
 struct Options {
     scenario: String,
@@ -52,6 +65,7 @@ struct Options {
     pid: Option<u32>,
     concurrency: usize,
     tls: Option<Arc<rustls::ClientConfig>>,
+    soak: soak::Settings,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -68,7 +82,9 @@ fn parse_options() -> Result<Options, String> {
         pid: None,
         concurrency: 1024,
         tls: None,
+        soak: soak::Settings::default(),
     };
+    let mut users = None;
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         let number = |v: String| v.parse::<usize>().map_err(|e| format!("{v}: {e}"));
@@ -76,7 +92,7 @@ fn parse_options() -> Result<Options, String> {
             "-h" | "--help" => return Err(HELP.into()),
             "--addr" => o.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
             "--password" => o.password = value()?,
-            "-n" => o.users = number(value()?)?,
+            "-n" => users = Some(number(value()?)?),
             "-c" => o.senders = number(value()?)?,
             "-k" => o.pairs = number(value()?)?,
             "-t" => o.duration = Duration::from_secs_f64(number(value()?)? as f64),
@@ -84,12 +100,14 @@ fn parse_options() -> Result<Options, String> {
             "--tls" => o.tls = Some(tls_config(&value()?)?),
             "--pid" => o.pid = Some(number(value()?)? as u32),
             "--concurrency" => o.concurrency = number(value()?)?.max(1),
+            a if soak::Settings::takes(a) => o.soak.set(a, &value()?)?,
             s if o.scenario.is_empty() && !s.starts_with('-') => o.scenario = s.to_owned(),
             _ => return Err(format!("unknown argument {arg:?}\n\n{HELP}")),
         }
     }
+    o.users = users.unwrap_or(if o.scenario == "soak" { 200 } else { 1000 });
     match o.scenario.as_str() {
-        "fanout" | "joinstorm" | "idle" => {}
+        "fanout" | "joinstorm" | "idle" | "soak" => {}
         "private" | "floor" => o.users = o.pairs * 2,
         "relay" => {}
         "" => return Err(HELP.into()),
@@ -693,6 +711,7 @@ fn main() {
     let result = match o.scenario.as_str() {
         "relay" => floor::relay(o.addr),
         "floor" => floor::floor(&o),
+        "soak" => soak::run(&o),
         _ => run(o),
     };
     if let Err(e) = result {

@@ -1,0 +1,1962 @@
+//! The soak scenario: for `-t` seconds about `-n` users stay online while
+//! some leave and new ones join every second; many of them broadcast at a
+//! steady rate and send private messages to random others; a few slow
+//! readers at a time stop reading until the server cuts them off; bad
+//! inputs of every kind are mixed in, in running sessions and on fresh
+//! connections. Every answer is checked, and so is every delivery:
+//!
+//! - **Broadcasts.** One user, the reference, is online from the first
+//!   message to the last: the order in which it receives broadcasts is the
+//!   server's one global order. (A sequence number given by the load
+//!   generator would not be: two users' messages sent at the same moment
+//!   are accepted in whichever order the server reads its sockets.) Every
+//!   other user's broadcasts, the history replayed when it joined followed
+//!   by the live ones, must be one unbroken run of that order: nothing
+//!   missing (lost), nothing twice or out of place (reordered). The run
+//!   starts right after what was accepted before the user joined (a joiner
+//!   who got no history while the room had some missed something) and, for
+//!   a user who leaves, reaches at least its own last broadcast, sent just
+//!   before its Close. Users cut off by the server (slow readers, probes)
+//!   must have an unbroken prefix. Every broadcast sent reaches the
+//!   reference exactly once, each sender's in the order sent.
+//! - **Private messages** between random pairs arrive exactly once and in
+//!   order, except those the server refused with `user_offline` because the
+//!   target had left (never while it was still online): per pair, delivered
+//!   plus refused equals sent.
+//! - **Slow readers** stop reading after login while other users send them
+//!   large private messages (so that the cut-off comes in seconds, not
+//!   minutes); once a `UsersLeft` names them, they read again and must find
+//!   an unbroken prefix, `Error` `slow_reader` and Close 1008.
+//! - **Bad inputs.** In a session (answered with an `Error`, the session
+//!   goes on): invalid JSON, a JSON array, an unknown `msgType`, missing and
+//!   non-string fields, an empty and an oversize public key, a binary frame,
+//!   a private message to nobody. On their own connections: a wrong
+//!   password (`wrong_password`, 1008), a message over `max_message_bytes`
+//!   (`message_too_big`, 1009), a ping flood while logged in and not reading
+//!   (`rate_limited`, 1008), invalid UTF-8 (1007), an unmasked frame (1002),
+//!   a ping flood before login (pongs, then the login works), and half-open
+//!   handshakes: a connection that sends nothing, half an HTTP request (both
+//!   closed by the server after `handshake_timeout_secs`), a password
+//!   without a name (`login_timeout`, 1008, after `login_timeout_secs`).
+//! - **The server process** (`--pid`): RSS (VmRSS) and open descriptors
+//!   (`/proc/PID/fd`) at the start, every second, and after each of the
+//!   two cycles the run is cut in, when everyone has left and it has been
+//!   quiet for 5 s. Descriptors must be back to their number at the start
+//!   after each cycle; RSS after the second cycle within 20 % + 2 MiB of
+//!   RSS after the first (see `CYCLES` for why not of the start).
+//!
+//! The load stays inside the server's default limits, all from 127.0.0.1:
+//! each client keeps to 5 messages a second (burst 10; the server allows 20,
+//! burst 40), at most 12 connections are unauthenticated at once (the
+//! server's `max_handshakes_per_ip` is 16), and a wrong password goes out
+//! once every 10 s (`login_attempts_per_minute` is 10). Only
+//! `max_connections_per_ip` (64) must be raised above `-n` plus about 20.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use serde::Deserialize;
+use slab::Slab;
+
+use crate::{Options, frame, not_yet, sample};
+
+/// The soak's own options (`--rate`, `--private-rate`, `--slow`,
+/// `--max-message-bytes`, `--seed`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Broadcasts per second, all users together.
+    rate: f64,
+    /// Private messages per second, all users together.
+    private_rate: f64,
+    /// Slow readers at a time.
+    slow: usize,
+    /// The server's `max_message_bytes`: the oversize probe sends one more.
+    max_message_bytes: usize,
+    seed: Option<u64>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { rate: 50.0, private_rate: 20.0, slow: 3, max_message_bytes: 65536, seed: None }
+    }
+}
+
+impl Settings {
+    pub fn takes(arg: &str) -> bool {
+        matches!(arg, "--rate" | "--private-rate" | "--slow" | "--max-message-bytes" | "--seed")
+    }
+
+    pub fn set(&mut self, arg: &str, value: &str) -> Result<(), String> {
+        let bad = |e: &dyn std::fmt::Display| format!("{arg} {value}: {e}");
+        match arg {
+            "--rate" => self.rate = value.parse().map_err(|e| bad(&e))?,
+            "--private-rate" => self.private_rate = value.parse().map_err(|e| bad(&e))?,
+            "--slow" => self.slow = value.parse().map_err(|e| bad(&e))?,
+            "--max-message-bytes" => {
+                self.max_message_bytes = value.parse().map_err(|e| bad(&e))?;
+            }
+            "--seed" => self.seed = Some(value.parse().map_err(|e| bad(&e))?),
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+        Ok(())
+    }
+}
+
+/// Each client's own pace: a quarter of the server's default rate limit
+/// (20 a second, burst 40), so that nothing is ever `rate_limited`.
+const CLIENT_RATE: f64 = 5.0;
+const CLIENT_BURST: f64 = 10.0;
+/// Share of the users that leave (and are replaced) every second.
+const CHURN: f64 = 0.025;
+/// In-session bad inputs per second, all users together.
+const BAD_RATE: f64 = 2.0;
+/// A new probe (bad input on its own connection) this often.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Wrong passwords at most this often: 6 a minute, under the server's
+/// default `login_attempts_per_minute` of 10 (past it every login from the
+/// address would be refused for a minute, the soak's own users included).
+const WRONG_PASSWORD_EVERY: Duration = Duration::from_secs(10);
+/// Connections not logged in yet, at most (the server's default
+/// `max_handshakes_per_ip` is 16); joins in flight among them.
+const UNAUTHENTICATED_MAX: usize = 12;
+const JOINS_IN_FLIGHT: usize = 8;
+/// Half-open probes at a time (each holds a handshake slot until timed out).
+const HALF_OPEN_MAX: usize = 3;
+/// Large private messages per second sent to each stalled slow reader.
+const FEED_RATE: f64 = 20.0;
+const FEED_BYTES: usize = 32 * 1024;
+/// Pings in the flood while logged in (past the burst: a flood), and before
+/// login (no rate limit yet: only the pongs' backpressure).
+const FLOOD_PINGS_CHATTING: usize = 200;
+const FLOOD_PINGS_LOGIN: usize = 2000;
+/// How long a flooding probe goes without reading.
+const FLOOD_PAUSE: Duration = Duration::from_secs(1);
+/// A joiner must be logged in by then.
+const LOGIN_DEADLINE: Duration = Duration::from_secs(30);
+/// A probe without its answer by then is counted as unanswered (covers the
+/// server's default `login_timeout_secs` of 60 twice over).
+const PROBE_DEADLINE: Duration = Duration::from_secs(150);
+/// After the run: quiet before the last sample.
+const QUIET: Duration = Duration::from_secs(5);
+/// RSS after the run may exceed the baseline by this much (allocator slack).
+const RSS_SLACK_PERCENT: u64 = 20;
+const RSS_SLACK_KIB: u64 = 2048;
+/// The run is cut in this many equal cycles, each ending with everyone gone
+/// and a sample of the server. (RSS is judged between cycles, not against
+/// the start: glibc keeps the heap it grew to after the memory is freed. A
+/// 200-user soak left 7.5 MB of heap with 0.47 MB in use, and
+/// `malloc_trim(0)` brought RSS from 10.7 MB back to 4.2 MB. What a leak
+/// leaves grows with the work done; what the allocator keeps does not.)
+const CYCLES: usize = 2;
+/// Details kept for the report (the counters count everything).
+const MAX_DETAILS: usize = 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Online from first to last; its broadcasts are the global order.
+    Reference,
+    /// Joins, chats, sends bad inputs now and then, leaves.
+    Normal,
+    /// A Normal whose login is preceded by a ping flood it does not read.
+    FloodFirst,
+    /// Logs in, stops reading until cut off.
+    Slow,
+    WrongPassword,
+    Oversize,
+    PingFlood,
+    BadUtf8,
+    Unmasked,
+    /// Connects and sends nothing.
+    Silent,
+    /// Sends half an HTTP request.
+    HalfRequest,
+    /// Sends the password, never the name.
+    NoName,
+}
+
+impl Kind {
+    fn chats(self) -> bool {
+        matches!(self, Kind::Reference | Kind::Normal | Kind::FloodFirst)
+    }
+
+    fn prefix(self) -> char {
+        match self {
+            Kind::Reference | Kind::Normal | Kind::FloodFirst => 'u',
+            Kind::Slow => 's',
+            _ => 'p',
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Reference => "reference",
+            Kind::Normal => "user",
+            Kind::FloodFirst => "ping flood before login",
+            Kind::Slow => "slow reader",
+            Kind::WrongPassword => "wrong password",
+            Kind::Oversize => "oversize message",
+            Kind::PingFlood => "ping flood while logged in",
+            Kind::BadUtf8 => "invalid UTF-8",
+            Kind::Unmasked => "unmasked frame",
+            Kind::Silent => "silent connection",
+            Kind::HalfRequest => "half an HTTP request",
+            Kind::NoName => "password, no name",
+        }
+    }
+
+    /// The `Error` code and Close code that must end a probe.
+    fn expected_end(self) -> Option<(Option<&'static str>, u16)> {
+        Some(match self {
+            Kind::Slow => (Some("slow_reader"), 1008),
+            Kind::WrongPassword => (Some("wrong_password"), 1008),
+            Kind::Oversize => (Some("message_too_big"), 1009),
+            Kind::PingFlood => (Some("rate_limited"), 1008),
+            Kind::BadUtf8 => (None, 1007),
+            Kind::Unmasked => (None, 1002),
+            Kind::NoName => (Some("login_timeout"), 1008),
+            _ => return None,
+        })
+    }
+}
+
+/// Probes in turn, one a second (kinds not possible at the moment skipped).
+const PROBES: [Kind; 9] = [
+    Kind::WrongPassword,
+    Kind::Oversize,
+    Kind::Silent,
+    Kind::PingFlood,
+    Kind::BadUtf8,
+    Kind::HalfRequest,
+    Kind::FloodFirst,
+    Kind::Unmasked,
+    Kind::NoName,
+];
+
+/// In-session bad inputs and the `Error` code each must get back.
+const BAD_INPUTS: [(&str, &str); 10] = [
+    (r#"{"msgType":"Broadcast","text":"#, "bad_json"),
+    ("[1,2,3]", "bad_json"),
+    (r#"{"msgType":"Dance","text":"x"}"#, "unknown_type"),
+    (r#"{"text":"no type"}"#, "missing_field"),
+    (r#"{"msgType":"Broadcast"}"#, "missing_field"),
+    (r#"{"msgType":"Broadcast","text":42}"#, "invalid_field"),
+    (r#"{"msgType":"PublicKey","key":""}"#, "invalid_field"),
+    ("KEY_TOO_LARGE", "key_too_large"),
+    ("BINARY", "binary_unsupported"),
+    ("PM_TO_NOBODY", "user_offline"),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Upgrading,
+    LoggingIn,
+    Chatting,
+    /// Sent Close; reading until the server's.
+    Leaving,
+}
+
+struct Client {
+    idx: u32,
+    name: String,
+    kind: Kind,
+    phase: Phase,
+    socket: TcpStream,
+    tls: Option<Box<rustls::ClientConnection>>,
+    inbox: Vec<u8>,
+    outbox: VecDeque<u8>,
+    /// Not reading (a slow reader, a flooding probe): events are ignored.
+    stalled: bool,
+    /// Read again at this time (flooding probes).
+    resume_at: Option<Instant>,
+    /// Never writes (the silent probe: not even a TLS hello).
+    mute: bool,
+    write_failed: bool,
+    dirty: bool,
+    started: Instant,
+    chatting_since: Option<Instant>,
+    /// The client's own pace.
+    tokens: f64,
+    refilled: Instant,
+    /// Broadcasts sent (the next one's sequence number).
+    sent: u32,
+    stream: Stream,
+    /// Error codes owed for bad inputs sent in the session, in order.
+    expect: VecDeque<&'static str>,
+    /// Errors that answered nothing we sent: a probe's last words, or
+    /// unexpected.
+    errors: Vec<String>,
+    pings: usize,
+    pongs: usize,
+    /// A slow reader's name was in a `UsersLeft`.
+    cut_off: bool,
+}
+
+impl Client {
+    fn take_token(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * CLIENT_RATE).min(CLIENT_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn send_text(&mut self, text: &str) {
+        frame(1, text.as_bytes(), &mut self.outbox);
+    }
+}
+
+/// A user's broadcasts, checked against the global order as the reference
+/// receives it.
+#[derive(Default)]
+struct Stream {
+    /// Index in the global order of the next broadcast due to this user.
+    next: Option<usize>,
+    /// Received and not yet compared (the reference has not had them yet),
+    /// with the history flag.
+    pending: VecDeque<(u64, bool)>,
+    /// Its first broadcast was a live one (no history): where in the order.
+    joined_live_at: Option<usize>,
+    /// The id of its own last broadcast, sent just before its Close.
+    bye: Option<u64>,
+    /// It left by its own Close (the bye must have arrived).
+    left_cleanly: bool,
+}
+
+/// The global order of broadcasts: as the reference received them.
+#[derive(Default)]
+struct Order {
+    ids: Vec<u64>,
+    index: HashMap<u64, usize>,
+    /// Per sender: the next sequence number due at the reference.
+    next_seq: HashMap<u32, u32>,
+}
+
+/// Private messages between one pair, in one direction.
+#[derive(Default)]
+struct Pair {
+    sent: u32,
+    /// Next sequence number due at the target.
+    next: u32,
+    delivered: u32,
+    offline: u32,
+}
+
+#[derive(Default)]
+struct Tally {
+    joins: u64,
+    left: u64,
+    peak_online: usize,
+    broadcasts: u64,
+    deliveries: u64,
+    replays: u64,
+    privates: u64,
+    privates_delivered: u64,
+    privates_offline: u64,
+    feeds: u64,
+    feeds_delivered: u64,
+    feeds_offline: u64,
+    lost: u64,
+    reordered: u64,
+    unmatched: u64,
+    misattributed: u64,
+    join_gaps: u64,
+    tail_gaps: u64,
+    offline_while_online: u64,
+    dropped: u64,
+    slow_started: u64,
+    slow_cut_off: u64,
+    /// Per kind of bad input: answered as expected, and not.
+    answers: BTreeMap<&'static str, (u64, u64)>,
+    /// Things that went wrong, described (the first `MAX_DETAILS`).
+    details: Vec<String>,
+    problems: u64,
+}
+
+impl Tally {
+    fn problem(&mut self, what: String) {
+        self.problems += 1;
+        if self.details.len() < MAX_DETAILS {
+            self.details.push(what);
+        }
+    }
+
+    fn answer(&mut self, what: &'static str, ok: bool, detail: impl FnOnce() -> String) {
+        let entry = self.answers.entry(what).or_default();
+        if ok {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+            self.problem(detail());
+        }
+    }
+
+    fn answered(&self) -> (u64, u64) {
+        self.answers.values().fold((0, 0), |(a, b), (ok, bad)| (a + ok, b + bad))
+    }
+}
+
+/// Server process figures.
+#[derive(Clone, Copy, Default)]
+struct Resources {
+    rss_kib: u64,
+    fds: u64,
+}
+
+fn resources(pid: Option<u32>) -> Option<Resources> {
+    let pid = pid?;
+    let rss_kib = sample(Some(pid))?.rss_kib;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some(Resources { rss_kib, fds })
+}
+
+/// splitmix64: small, seedable, good enough to pick users and sizes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi.saturating_sub(lo) + 1)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// What the server sends, the fields the soak looks at.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "msgType", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(rename = "SrcUser", borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+    #[serde(rename = "TgtUser", borrow)]
+    target: Option<Cow<'a, str>>,
+    #[serde(default)]
+    history: bool,
+    #[serde(rename = "Users", borrow, default)]
+    users: Vec<Cow<'a, str>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Users come and go, everything is sent.
+    Running,
+    /// Nothing new; waiting for probes and slow readers to finish.
+    Draining,
+    /// Every user leaves, the reference last.
+    Leaving,
+    /// Everyone is gone; waiting for quiet.
+    Quiet,
+}
+
+/// What one cycle checks against: its own reference, order and tag.
+#[derive(Default)]
+struct Cycle {
+    /// This cycle's tag, first in every text (the history of earlier cycles
+    /// and runs is ignored).
+    run: String,
+    reference: Option<u32>,
+    order: Order,
+    pairs: HashMap<(u32, u32), Pair>,
+    /// Broadcasts sent by each client number.
+    sent_by: HashMap<u32, u32>,
+    /// Streams of users who are gone, checked once the order is complete.
+    finished: Vec<(String, Stream)>,
+    history_seen: bool,
+}
+
+struct Soak<'o> {
+    o: &'o Options,
+    s: Settings,
+    poll: Poll,
+    clients: Slab<Client>,
+    /// Live clients by their number (names are `u12`, `s13`, `p14`).
+    by_idx: HashMap<u32, usize>,
+    next_idx: u32,
+    rng: Rng,
+    seed: u64,
+    /// The cycle under way (1-based) and when its sending began.
+    cycle: usize,
+    start: Instant,
+    stage: Stage,
+    drain_deadline: Option<Instant>,
+    quiet_since: Option<Instant>,
+    cy: Cycle,
+    t: Tally,
+    // Scheduler: fractional messages due.
+    due_broadcasts: f64,
+    due_privates: f64,
+    due_bad: f64,
+    due_leaves: f64,
+    due_feeds: f64,
+    last_step: Instant,
+    next_probe: Instant,
+    probe_turn: usize,
+    last_wrong_password: Option<Instant>,
+    next_slow: Instant,
+    bad_turn: usize,
+    buf: Vec<u8>,
+    dirty: Vec<usize>,
+    // Server figures: at the start, after each cycle, the peak.
+    baseline: Option<Resources>,
+    after: Vec<Option<Resources>>,
+    peak: Resources,
+    last_sample: Instant,
+    last_report: Instant,
+    report_every: Duration,
+    /// When the soak began.
+    lifetime: Instant,
+}
+
+pub fn run(o: &Options) -> io::Result<()> {
+    if o.users < 48 {
+        return Err(io::Error::other(
+            "soak needs -n 48 or more: leaves are announced as UsersLeft (how slow readers \
+             learn they were cut off) only in rooms of over 32 users",
+        ));
+    }
+    let wanted = o.users as u64 + 256;
+    let limit = ragnarok::fdlimit::raise(wanted);
+    if limit < wanted {
+        eprintln!("ragnarok-load: the open file limit is {limit}: not all users can connect");
+    }
+    let s = o.soak.clone();
+    let seed = s.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        t.map_or(1, |d| d.as_nanos() as u64) ^ u64::from(std::process::id())
+    });
+    let now = Instant::now();
+    let secs = o.duration.as_secs_f64();
+    let mut soak = Soak {
+        o,
+        s,
+        poll: Poll::new()?,
+        clients: Slab::new(),
+        by_idx: HashMap::new(),
+        next_idx: 0,
+        rng: Rng(seed),
+        seed,
+        cycle: 0,
+        start: now,
+        stage: Stage::Running,
+        drain_deadline: None,
+        quiet_since: None,
+        cy: Cycle::default(),
+        t: Tally::default(),
+        due_broadcasts: 0.0,
+        due_privates: 0.0,
+        due_bad: 0.0,
+        due_leaves: 0.0,
+        due_feeds: 0.0,
+        last_step: now,
+        next_probe: now + PROBE_EVERY,
+        probe_turn: 0,
+        last_wrong_password: None,
+        next_slow: now + Duration::from_millis(500),
+        bad_turn: 0,
+        buf: vec![0; 64 * 1024],
+        dirty: Vec::new(),
+        baseline: resources(o.pid),
+        after: Vec::new(),
+        peak: Resources::default(),
+        last_sample: now,
+        last_report: now,
+        report_every: Duration::from_secs_f64((secs / 20.0).clamp(2.0, 30.0)),
+        lifetime: now,
+    };
+    if let Some(b) = soak.baseline {
+        soak.peak = b;
+    }
+    println!(
+        "soak {secs} s in {CYCLES} cycles: about {} users, {}/s broadcasts, {}/s private, {} slow readers at a time, seed {seed}",
+        o.users, soak.s.rate, soak.s.private_rate, soak.s.slow
+    );
+    match soak.baseline {
+        Some(b) => println!("server at the start: RSS {} KiB, {} open fds", b.rss_kib, b.fds),
+        None => println!("no --pid: RSS and open fds are not checked"),
+    }
+    soak.begin_cycle(now)?;
+    soak.run_loop()?;
+    soak.report()
+}
+
+impl Soak<'_> {
+    /// A new cycle: a new tag and order, its reference first.
+    fn begin_cycle(&mut self, now: Instant) -> io::Result<()> {
+        self.cycle += 1;
+        self.cy = Cycle { run: format!("{:06x}", self.rng.next() & 0xff_ffff), ..Cycle::default() };
+        self.start = now;
+        self.stage = Stage::Running;
+        self.drain_deadline = None;
+        self.quiet_since = None;
+        self.last_step = now;
+        self.next_slow = now + Duration::from_millis(500);
+        println!("cycle {} of {CYCLES}: tag {}", self.cycle, self.cy.run);
+        self.spawn(Kind::Reference, now)?;
+        Ok(())
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+            let now = Instant::now();
+            for event in events.iter() {
+                let key = event.token().0;
+                let Some(c) = self.clients.get_mut(key) else { continue };
+                if event.is_writable() {
+                    c.dirty = true;
+                    self.dirty.push(key);
+                }
+                if !c.stalled && (event.is_readable() || event.is_read_closed() || event.is_error())
+                {
+                    self.read(key, now);
+                }
+            }
+            let now = Instant::now();
+            self.step(now)?;
+            self.timers(now);
+            self.flush_dirty();
+            self.check_streams();
+            self.sample(now);
+            if self.stage == Stage::Quiet
+                && self.quiet_since.is_some_and(|t| now.duration_since(t) >= QUIET)
+            {
+                self.end_cycle(now);
+                if self.cycle == CYCLES {
+                    return Ok(());
+                }
+                self.begin_cycle(now)?;
+            }
+            if self.cy.reference.is_some_and(|r| !self.by_idx.contains_key(&r))
+                && self.stage < Stage::Quiet
+            {
+                return Err(io::Error::other(format!(
+                    "the reference user was disconnected: {:?}",
+                    self.t.details
+                )));
+            }
+        }
+    }
+
+    // ---- clients -------------------------------------------------------
+
+    fn spawn(&mut self, kind: Kind, now: Instant) -> io::Result<usize> {
+        let idx = self.next_idx;
+        self.next_idx += 1;
+        let tls = match &self.o.tls {
+            Some(config) => Some(Box::new(
+                rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap())
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        let socket = TcpStream::connect(self.o.addr)?;
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        let mut client = Client {
+            idx,
+            name: format!("{}{idx}", kind.prefix()),
+            kind,
+            phase: Phase::Upgrading,
+            socket,
+            tls,
+            inbox: Vec::new(),
+            outbox: VecDeque::new(),
+            stalled: false,
+            resume_at: None,
+            mute: kind == Kind::Silent,
+            write_failed: false,
+            dirty: true,
+            started: now,
+            chatting_since: None,
+            tokens: CLIENT_BURST,
+            refilled: now,
+            sent: 0,
+            stream: Stream::default(),
+            expect: VecDeque::new(),
+            errors: Vec::new(),
+            pings: 0,
+            pongs: 0,
+            cut_off: false,
+        };
+        self.poll.registry().register(
+            &mut client.socket,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            self.o.addr
+        );
+        match kind {
+            Kind::Silent => {}
+            // Stops in the middle of a header line.
+            Kind::HalfRequest => client.outbox.extend(&request.as_bytes()[..40]),
+            _ => client.outbox.extend(request.as_bytes()),
+        }
+        if kind == Kind::Reference {
+            self.cy.reference = Some(idx);
+        }
+        if kind == Kind::Slow {
+            self.t.slow_started += 1;
+        }
+        entry.insert(client);
+        self.by_idx.insert(idx, key);
+        self.dirty.push(key);
+        Ok(key)
+    }
+
+    /// Reads what the socket has and handles it.
+    fn read(&mut self, key: usize, now: Instant) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let got = {
+            let c = &mut self.clients[key];
+            read_into(&mut c.socket, c.tls.as_deref_mut(), &mut c.inbox, &mut buf)
+        };
+        self.buf = buf;
+        if self.clients[key].tls.is_some() {
+            self.mark_dirty(key);
+        }
+        if !self.handle_inbox(key, now) {
+            return;
+        }
+        match got {
+            Ok(true) => {}
+            Ok(false) => self.end(key, None, "end of stream".into(), now),
+            Err(e) => self.end(key, None, format!("read failed: {e}"), now),
+        }
+    }
+
+    /// Handles what arrived; `false` once the client has ended.
+    fn handle_inbox(&mut self, key: usize, now: Instant) -> bool {
+        let mut inbox = std::mem::take(&mut self.clients[key].inbox);
+        let mut at = 0;
+        if self.clients[key].phase == Phase::Upgrading {
+            let Some(end) = crate::find(&inbox, b"\r\n\r\n") else {
+                self.clients[key].inbox = inbox;
+                return true;
+            };
+            if !inbox.starts_with(b"HTTP/1.1 101") {
+                let head = String::from_utf8_lossy(&inbox[..end.min(200)]).into_owned();
+                self.end(key, None, format!("upgrade refused: {head:?}"), now);
+                return false;
+            }
+            at = end;
+            self.on_upgraded(key, now);
+        }
+        while inbox.len() - at >= 2 {
+            let (b0, b1) = (inbox[at], inbox[at + 1]);
+            let (len, head) = match b1 & 0x7f {
+                126 if inbox.len() - at >= 4 => {
+                    (u16::from_be_bytes([inbox[at + 2], inbox[at + 3]]) as usize, 4)
+                }
+                127 if inbox.len() - at >= 10 => {
+                    (u64::from_be_bytes(inbox[at + 2..at + 10].try_into().unwrap()) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if inbox.len() - at < head + len {
+                break;
+            }
+            let payload = &inbox[at + head..at + head + len];
+            at += head + len;
+            match b0 & 0x0f {
+                1 => {
+                    self.on_text(key, payload, now);
+                    if !self.clients.contains(key) {
+                        return false;
+                    }
+                }
+                8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    self.end(key, code, "Close".into(), now);
+                    return false;
+                }
+                9 => {
+                    let c = &mut self.clients[key];
+                    frame(0xA, payload, &mut c.outbox);
+                    self.mark_dirty(key);
+                }
+                0xA => self.clients[key].pongs += 1,
+                op => {
+                    let name = self.clients[key].name.clone();
+                    self.t.problem(format!("{name}: unexpected frame opcode {op}"));
+                }
+            }
+        }
+        inbox.drain(..at);
+        self.clients[key].inbox = inbox;
+        true
+    }
+
+    fn on_upgraded(&mut self, key: usize, now: Instant) {
+        let password = self.o.password.clone();
+        let c = &mut self.clients[key];
+        c.phase = Phase::LoggingIn;
+        match c.kind {
+            Kind::WrongPassword => c.send_text(&format!("{password}-wrong")),
+            Kind::NoName => c.send_text(&password),
+            Kind::FloodFirst => {
+                for _ in 0..FLOOD_PINGS_LOGIN {
+                    frame(9, &[b'p'; 125], &mut c.outbox);
+                }
+                c.pings = FLOOD_PINGS_LOGIN;
+                c.stalled = true;
+                c.resume_at = Some(now + FLOOD_PAUSE);
+            }
+            _ => {
+                let name = c.name.clone();
+                c.send_text(&password);
+                c.send_text(&name);
+            }
+        }
+        self.mark_dirty(key);
+    }
+
+    fn on_logged_in(&mut self, key: usize, now: Instant) {
+        let max = self.s.max_message_bytes;
+        let c = &mut self.clients[key];
+        c.phase = Phase::Chatting;
+        c.chatting_since = Some(now);
+        match c.kind {
+            Kind::Reference | Kind::Normal | Kind::FloodFirst => {
+                self.t.joins += 1;
+                if c.kind == Kind::FloodFirst {
+                    let ok = c.pongs >= 1 && c.pongs <= c.pings;
+                    let (name, pongs, pings) = (c.name.clone(), c.pongs, c.pings);
+                    self.t.answer(Kind::FloodFirst.label(), ok, || {
+                        format!("{name}: {pongs} pongs for {pings} pings before login")
+                    });
+                }
+                // Half of the users publish a key, as the web page does.
+                if self.rng.chance(0.5) {
+                    let c = &mut self.clients[key];
+                    if c.take_token(now) {
+                        let key_text = "B".repeat(88);
+                        c.send_text(&format!(r#"{{"msgType":"PublicKey","key":"{key_text}"}}"#));
+                    }
+                }
+                if self.stage >= Stage::Leaving && self.clients[key].kind != Kind::Reference {
+                    self.leave(key, now);
+                }
+            }
+            Kind::Slow => c.stalled = true,
+            Kind::Oversize => {
+                let payload = vec![b'x'; max + 1];
+                frame(1, &payload, &mut c.outbox);
+            }
+            Kind::PingFlood => {
+                for _ in 0..FLOOD_PINGS_CHATTING {
+                    frame(9, b"flood", &mut c.outbox);
+                }
+                c.pings = FLOOD_PINGS_CHATTING;
+                c.stalled = true;
+                c.resume_at = Some(now + FLOOD_PAUSE);
+            }
+            Kind::BadUtf8 => {
+                frame(1, b"{\"msgType\":\"Broadcast\",\"text\":\"\xff\xfe\"}", &mut c.outbox)
+            }
+            Kind::Unmasked => {
+                // A text frame without the mask bit: clients must mask.
+                let text = br#"{"msgType":"Broadcast","text":"unmasked"}"#;
+                c.outbox.extend([0x81, text.len() as u8]);
+                c.outbox.extend(text);
+            }
+            _ => {}
+        }
+        self.mark_dirty(key);
+    }
+
+    fn on_text(&mut self, key: usize, payload: &[u8], now: Instant) {
+        let msg: Incoming = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                let name = &self.clients[key].name;
+                let text = String::from_utf8_lossy(&payload[..payload.len().min(80)]);
+                let what = format!("{name}: a frame that is not JSON ({e}): {text:?}");
+                self.t.problem(what);
+                return;
+            }
+        };
+        let kind = msg.kind.as_deref().unwrap_or("");
+        let phase = self.clients[key].phase;
+        if phase == Phase::LoggingIn {
+            match kind {
+                "OnlineUsers" => self.on_logged_in(key, now),
+                "Error" => {
+                    let code = msg.code.as_deref().unwrap_or("?").to_owned();
+                    self.clients[key].errors.push(code);
+                }
+                _ => {}
+            }
+            return;
+        }
+        match kind {
+            "Broadcast" => self.on_broadcast(key, &msg),
+            "PrivateMessage" => self.on_private(key, &msg),
+            "Error" => self.on_error(key, &msg),
+            "UsersLeft" => self.on_users_left(&msg.users, now),
+            _ => {}
+        }
+    }
+
+    fn on_broadcast(&mut self, key: usize, msg: &Incoming) {
+        let Some(text) = msg.text.as_deref() else { return };
+        let mut parts = text.split(':');
+        if parts.next() != Some(self.cy.run.as_str()) || parts.next() != Some("b") {
+            return; // another run's, from the history
+        }
+        let sender: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u32::MAX);
+        let seq: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u32::MAX);
+        let id = (u64::from(sender) << 32) | u64::from(seq);
+        let c = &mut self.clients[key];
+        if msg.source.as_deref() != Some(&format!("u{sender}")) {
+            let what = format!("{}: broadcast {sender}:{seq} from {:?}", c.name, msg.source);
+            self.t.misattributed += 1;
+            self.t.problem(what);
+        }
+        if msg.history {
+            self.cy.history_seen = true;
+            self.t.replays += 1;
+        } else {
+            self.t.deliveries += 1;
+        }
+        if c.kind == Kind::Reference && !msg.history {
+            let next = self.cy.order.next_seq.entry(sender).or_insert(0);
+            if seq > *next {
+                let what = format!("reference: broadcasts {sender}:{}..{seq} missing", *next);
+                self.t.lost += u64::from(seq - *next);
+                self.t.problem(what);
+            } else if seq < *next {
+                self.t.reordered += 1;
+                self.t.problem(format!("reference: broadcast {sender}:{seq} late or twice"));
+            }
+            *next = (*next).max(seq + 1);
+            if self.cy.order.index.contains_key(&id) {
+                return;
+            }
+            self.cy.order.index.insert(id, self.cy.order.ids.len());
+            self.cy.order.ids.push(id);
+            // The reference is a user like the others: its own stream is the order.
+            c.stream.next = Some(self.cy.order.ids.len());
+            return;
+        }
+        c.stream.pending.push_back((id, msg.history));
+        let name = c.name.clone();
+        advance(&mut c.stream, &self.cy.order, &mut self.t, &name, false);
+    }
+
+    fn on_private(&mut self, key: usize, msg: &Incoming) {
+        let Some(text) = msg.text.as_deref() else { return };
+        let mut parts = text.split(':');
+        if parts.next() != Some(self.cy.run.as_str()) {
+            return;
+        }
+        let kind = parts.next();
+        let sender: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u32::MAX);
+        let c = &self.clients[key];
+        let me = c.idx;
+        let name = c.name.clone();
+        if msg.source.as_deref() != Some(&format!("u{sender}")) {
+            self.t.misattributed += 1;
+            self.t.problem(format!(
+                "{name}: private message from {:?}, sent by u{sender}",
+                msg.source
+            ));
+        }
+        if kind == Some("f") {
+            self.t.feeds_delivered += 1;
+            return;
+        }
+        let seq: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u32::MAX);
+        let pair = self.cy.pairs.entry((sender, me)).or_default();
+        if seq == pair.next {
+            pair.next += 1;
+        } else if seq > pair.next {
+            let what = format!("{name}: private messages u{sender}:{}..{seq} missing", pair.next);
+            self.t.lost += u64::from(seq - pair.next);
+            pair.next = seq + 1;
+            self.t.problem(what);
+        } else {
+            self.t.reordered += 1;
+            self.t.problem(format!("{name}: private message u{sender}:{seq} late or twice"));
+        }
+        pair.delivered += 1;
+        self.t.privates_delivered += 1;
+    }
+
+    fn on_error(&mut self, key: usize, msg: &Incoming) {
+        let code = msg.code.as_deref().unwrap_or("?");
+        let target = msg.target.as_deref().unwrap_or("");
+        let c = &mut self.clients[key];
+        if code == "user_offline" && !target.starts_with("nobody-") {
+            let Some(idx) = target.get(1..).and_then(|s| s.parse::<u32>().ok()) else {
+                let what = format!("{}: user_offline for {target:?}", c.name);
+                self.t.problem(what);
+                return;
+            };
+            if target.starts_with('s') {
+                self.t.feeds_offline += 1;
+                return;
+            }
+            let me = c.idx;
+            let name = c.name.clone();
+            self.cy.pairs.entry((me, idx)).or_default().offline += 1;
+            self.t.privates_offline += 1;
+            // Refused while the target had not even asked to leave: wrong.
+            if let Some(&k) = self.by_idx.get(&idx)
+                && self.clients[k].phase == Phase::Chatting
+            {
+                self.t.offline_while_online += 1;
+                self.t.problem(format!("{name}: user_offline for {target}, who is online"));
+            }
+            return;
+        }
+        match c.expect.front() {
+            Some(&want) if want == code => {
+                c.expect.pop_front();
+                self.t.answer(want, true, String::new);
+            }
+            _ => c.errors.push(code.to_owned()),
+        }
+    }
+
+    /// A `UsersLeft`: stalled slow readers named in it were cut off.
+    fn on_users_left(&mut self, users: &[Cow<str>], now: Instant) {
+        for user in users {
+            let Some(idx) = user.strip_prefix('s').and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(&key) = self.by_idx.get(&idx) else { continue };
+            let c = &mut self.clients[key];
+            if c.kind == Kind::Slow && c.stalled {
+                c.stalled = false;
+                c.cut_off = true;
+                self.read(key, now);
+            }
+        }
+    }
+
+    /// The connection is over: was that what should have happened?
+    fn end(&mut self, key: usize, close: Option<u16>, how: String, now: Instant) {
+        let Some(mut c) = self.clients.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(&mut c.socket);
+        self.by_idx.remove(&c.idx);
+        let name = c.name.clone();
+        let errors = std::mem::take(&mut c.errors);
+        match c.kind {
+            Kind::Reference | Kind::Normal | Kind::FloodFirst => {
+                let clean = c.phase == Phase::Leaving && close.is_some();
+                if c.phase == Phase::Chatting || c.phase == Phase::Leaving {
+                    self.t.left += 1;
+                }
+                if !clean {
+                    self.t.dropped += 1;
+                    self.t.problem(format!(
+                        "{name}: disconnected while {:?}: {how}, close {close:?}, errors {errors:?}",
+                        c.phase
+                    ));
+                } else if !errors.is_empty() {
+                    self.t.problem(format!("{name}: unexpected errors {errors:?}"));
+                }
+                for code in c.expect.drain(..) {
+                    self.t.answer(code, false, || format!("{name}: no answer {code}"));
+                }
+                c.stream.left_cleanly = clean;
+            }
+            Kind::Silent | Kind::HalfRequest => {
+                // Closed by the server without a WebSocket ever opening.
+                let ok = c.phase == Phase::Upgrading && close.is_none();
+                let waited = now.duration_since(c.started).as_secs_f64();
+                self.t.answer(c.kind.label(), ok, || {
+                    format!("{name} ({}): {how} after {waited:.1} s", c.kind.label())
+                });
+            }
+            kind => {
+                let (code, close_code) = kind.expected_end().expect("a probe");
+                let ok = errors.last().map(String::as_str) == code && close == Some(close_code);
+                if kind == Kind::Slow {
+                    self.t.slow_cut_off += u64::from(ok);
+                }
+                self.t.answer(kind.label(), ok, || {
+                    format!(
+                        "{name} ({}): expected {code:?} and close {close_code}, got errors {errors:?}, close {close:?} ({how})",
+                        kind.label()
+                    )
+                });
+            }
+        }
+        if c.kind != Kind::Reference {
+            self.cy.finished.push((name, c.stream));
+        }
+    }
+
+    /// A user leaves: its last broadcast, then Close.
+    fn leave(&mut self, key: usize, now: Instant) {
+        if self.clients[key].phase != Phase::Chatting {
+            return;
+        }
+        self.send_broadcast(key, now);
+        let c = &mut self.clients[key];
+        c.stream.bye = Some((u64::from(c.idx) << 32) | u64::from(c.sent - 1));
+        frame(8, &1000u16.to_be_bytes(), &mut c.outbox);
+        c.phase = Phase::Leaving;
+        self.mark_dirty(key);
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(c) = self.clients.get_mut(key)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.clients.get_mut(key) else { continue };
+            c.dirty = false;
+            if c.mute || c.write_failed {
+                continue;
+            }
+            if let Err(e) = write_from(&mut c.socket, c.tls.as_deref_mut(), &mut c.outbox) {
+                // Keep reading: the server's answer may be waiting.
+                c.write_failed = true;
+                c.outbox.clear();
+                if matches!(c.kind, Kind::Normal | Kind::Reference | Kind::FloodFirst)
+                    && c.phase != Phase::Leaving
+                {
+                    let name = c.name.clone();
+                    self.t.problem(format!("{name}: write failed: {e}"));
+                }
+            }
+        }
+    }
+
+    // ---- sending -------------------------------------------------------
+
+    fn text_size(&mut self) -> usize {
+        let s = self.o.size.max(24);
+        let cap = (self.s.max_message_bytes / 2).max(s);
+        if self.rng.chance(0.05) {
+            self.rng.range(1024, 16 * 1024).min(cap)
+        } else {
+            self.rng.range(s, 4 * s).min(cap)
+        }
+    }
+
+    fn send_broadcast(&mut self, key: usize, _now: Instant) {
+        let size = self.text_size();
+        let c = &mut self.clients[key];
+        let mut text = format!("{}:b:{}:{}:", self.cy.run, c.idx, c.sent);
+        pad(&mut text, size);
+        c.send_text(&format!(r#"{{"msgType":"Broadcast","text":"{text}"}}"#));
+        c.sent += 1;
+        *self.cy.sent_by.entry(c.idx).or_default() += 1;
+        self.t.broadcasts += 1;
+        self.mark_dirty(key);
+    }
+
+    fn send_private(&mut self, key: usize, target: u32) {
+        let size = self.text_size();
+        let c = &mut self.clients[key];
+        let pair = self.cy.pairs.entry((c.idx, target)).or_default();
+        let mut text = format!("{}:p:{}:{}:", self.cy.run, c.idx, pair.sent);
+        pair.sent += 1;
+        pad(&mut text, size);
+        c.send_text(&format!(
+            r#"{{"msgType":"PrivateMessage","TgtUser":"u{target}","text":"{text}"}}"#
+        ));
+        self.t.privates += 1;
+        self.mark_dirty(key);
+    }
+
+    fn send_bad(&mut self, key: usize) {
+        let (input, code) = BAD_INPUTS[self.bad_turn % BAD_INPUTS.len()];
+        self.bad_turn += 1;
+        let run = self.cy.run.clone();
+        let c = &mut self.clients[key];
+        match input {
+            "BINARY" => frame(2, b"\x00\x01binary", &mut c.outbox),
+            "KEY_TOO_LARGE" => {
+                let key_text = "K".repeat(1100);
+                c.send_text(&format!(r#"{{"msgType":"PublicKey","key":"{key_text}"}}"#));
+            }
+            "PM_TO_NOBODY" => c.send_text(&format!(
+                r#"{{"msgType":"PrivateMessage","TgtUser":"nobody-{run}","text":"hello?"}}"#
+            )),
+            _ => c.send_text(input),
+        }
+        c.expect.push_back(code);
+        self.mark_dirty(key);
+    }
+
+    fn send_feed(&mut self, key: usize, target: &str) {
+        let size = FEED_BYTES.min(self.s.max_message_bytes / 2);
+        let c = &mut self.clients[key];
+        let mut text = format!("{}:f:{}:", self.cy.run, c.idx);
+        pad(&mut text, size);
+        c.send_text(&format!(
+            r#"{{"msgType":"PrivateMessage","TgtUser":"{target}","text":"{text}"}}"#
+        ));
+        self.t.feeds += 1;
+        self.mark_dirty(key);
+    }
+
+    /// A random chatting user (not leaving) with a token to spend.
+    fn pick_sender(&mut self, users: &[usize], now: Instant) -> Option<usize> {
+        for _ in 0..8 {
+            let key = users[self.rng.below(users.len())];
+            if self.clients[key].take_token(now) {
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    // ---- the schedule --------------------------------------------------
+
+    fn step(&mut self, now: Instant) -> io::Result<()> {
+        let dt = now.duration_since(self.last_step).as_secs_f64().min(0.25);
+        self.last_step = now;
+        let running = now.duration_since(self.start) < self.o.duration / CYCLES as u32;
+        if self.stage == Stage::Running && !running {
+            self.stage = Stage::Draining;
+            self.drain_deadline = Some(now + PROBE_DEADLINE);
+            println!(
+                "{:>6.1} s  stop sending; waiting for probes and slow readers",
+                self.elapsed(now)
+            );
+        }
+        let mut chatting = Vec::new();
+        let (mut unauthenticated, mut joining, mut users, mut slow, mut half_open) =
+            (0, 0, 0, 0, 0);
+        let mut stalled = Vec::new();
+        let mut probes = 0;
+        for (key, c) in &self.clients {
+            if matches!(c.phase, Phase::Upgrading | Phase::LoggingIn) {
+                unauthenticated += 1;
+                joining += usize::from(c.kind.chats());
+            }
+            if c.kind.chats() {
+                users += 1;
+                if c.phase == Phase::Chatting {
+                    chatting.push(key);
+                }
+            } else if c.kind == Kind::Slow {
+                slow += 1;
+                if c.stalled && !c.cut_off && c.phase == Phase::Chatting {
+                    stalled.push(c.name.clone());
+                }
+            } else {
+                probes += 1;
+                half_open +=
+                    usize::from(matches!(c.kind, Kind::Silent | Kind::HalfRequest | Kind::NoName));
+            }
+        }
+        let online = self.clients.iter().filter(|(_, c)| c.phase == Phase::Chatting).count();
+        self.t.peak_online = self.t.peak_online.max(online);
+        let reference_ready = self
+            .cy
+            .reference
+            .and_then(|r| self.by_idx.get(&r))
+            .is_some_and(|&k| self.clients[k].phase == Phase::Chatting);
+        if !reference_ready && self.stage == Stage::Running {
+            return Ok(());
+        }
+
+        // Large private messages for the slow readers, until they are cut off.
+        if !stalled.is_empty() && !chatting.is_empty() && self.stage < Stage::Leaving {
+            self.due_feeds += FEED_RATE * stalled.len() as f64 * dt;
+            while self.due_feeds >= 1.0 {
+                self.due_feeds -= 1.0;
+                let target = &stalled[self.rng.below(stalled.len())];
+                if let Some(key) = self.pick_sender(&chatting, now) {
+                    self.send_feed(key, target);
+                }
+            }
+        }
+
+        match self.stage {
+            Stage::Running => {
+                // Churn: some users leave...
+                let eligible: Vec<usize> = chatting
+                    .iter()
+                    .copied()
+                    .filter(|&k| {
+                        let c = &self.clients[k];
+                        c.kind != Kind::Reference
+                            && c.chatting_since
+                                .is_some_and(|t| now.duration_since(t).as_secs() >= 1)
+                    })
+                    .collect();
+                self.due_leaves += self.o.users as f64 * CHURN * dt;
+                while self.due_leaves >= 1.0 {
+                    self.due_leaves -= 1.0;
+                    if eligible.is_empty() {
+                        break;
+                    }
+                    let key = eligible[self.rng.below(eligible.len())];
+                    self.leave(key, now);
+                }
+                // ...and new ones join, to keep about N online.
+                let mut users = users - self.leaving_count();
+                while users < self.o.users
+                    && joining < JOINS_IN_FLIGHT
+                    && unauthenticated < UNAUTHENTICATED_MAX
+                {
+                    self.spawn(Kind::Normal, now)?;
+                    users += 1;
+                    joining += 1;
+                    unauthenticated += 1;
+                }
+                let chatting: Vec<usize> = chatting
+                    .into_iter()
+                    .filter(|&k| self.clients.get(k).is_some_and(|c| c.phase == Phase::Chatting))
+                    .collect();
+                if chatting.len() >= 2 {
+                    self.due_broadcasts += self.s.rate * dt;
+                    while self.due_broadcasts >= 1.0 {
+                        self.due_broadcasts -= 1.0;
+                        if let Some(key) = self.pick_sender(&chatting, now) {
+                            self.send_broadcast(key, now);
+                        }
+                    }
+                    self.due_privates += self.s.private_rate * dt;
+                    while self.due_privates >= 1.0 {
+                        self.due_privates -= 1.0;
+                        let Some(key) = self.pick_sender(&chatting, now) else { continue };
+                        let mut target = key;
+                        while target == key {
+                            target = chatting[self.rng.below(chatting.len())];
+                        }
+                        let target = self.clients[target].idx;
+                        self.send_private(key, target);
+                    }
+                    self.due_bad += BAD_RATE * dt;
+                    while self.due_bad >= 1.0 {
+                        self.due_bad -= 1.0;
+                        if let Some(key) = self.pick_sender(&chatting, now) {
+                            self.send_bad(key);
+                        }
+                    }
+                }
+                // Slow readers, a few at a time.
+                if slow < self.s.slow
+                    && now >= self.next_slow
+                    && unauthenticated < UNAUTHENTICATED_MAX
+                {
+                    self.spawn(Kind::Slow, now)?;
+                    unauthenticated += 1;
+                    self.next_slow = now + Duration::from_millis(500);
+                }
+                // Bad inputs on their own connections.
+                if now >= self.next_probe && unauthenticated < UNAUTHENTICATED_MAX {
+                    self.next_probe = now + PROBE_EVERY;
+                    for _ in 0..PROBES.len() {
+                        let kind = PROBES[self.probe_turn % PROBES.len()];
+                        self.probe_turn += 1;
+                        let possible = match kind {
+                            Kind::WrongPassword => {
+                                !self.o.password.is_empty()
+                                    && self.last_wrong_password.is_none_or(|t| {
+                                        now.duration_since(t) >= WRONG_PASSWORD_EVERY
+                                    })
+                            }
+                            Kind::Silent | Kind::HalfRequest | Kind::NoName => {
+                                half_open < HALF_OPEN_MAX
+                            }
+                            _ => true,
+                        };
+                        if possible {
+                            if kind == Kind::WrongPassword {
+                                self.last_wrong_password = Some(now);
+                            }
+                            self.spawn(kind, now)?;
+                            break;
+                        }
+                    }
+                }
+            }
+            Stage::Draining => {
+                let deadline = self.drain_deadline.is_some_and(|t| now >= t);
+                if (slow == 0 && probes == 0) || deadline {
+                    if deadline {
+                        self.t.problem(format!(
+                            "{} slow readers and {probes} probes still open at the deadline",
+                            slow
+                        ));
+                    }
+                    self.stage = Stage::Leaving;
+                    println!("{:>6.1} s  everyone leaves", self.elapsed(now));
+                    let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+                    for key in keys {
+                        let c = &self.clients[key];
+                        if !c.kind.chats() {
+                            self.end(key, None, "given up".into(), now);
+                        } else if c.kind != Kind::Reference {
+                            self.leave(key, now);
+                        }
+                    }
+                }
+            }
+            Stage::Leaving => {
+                let others = self.clients.iter().filter(|(_, c)| c.kind != Kind::Reference).count();
+                if others == 0
+                    && let Some(&key) = self.cy.reference.and_then(|r| self.by_idx.get(&r))
+                {
+                    self.leave(key, now);
+                }
+                if self.clients.is_empty() {
+                    self.stage = Stage::Quiet;
+                    self.quiet_since = Some(now);
+                    println!(
+                        "{:>6.1} s  everyone has left; {} s of quiet",
+                        self.elapsed(now),
+                        QUIET.as_secs()
+                    );
+                }
+            }
+            Stage::Quiet => {}
+        }
+        Ok(())
+    }
+
+    fn leaving_count(&self) -> usize {
+        self.clients.iter().filter(|(_, c)| c.kind.chats() && c.phase == Phase::Leaving).count()
+    }
+
+    /// Flooding probes read again; deadlines.
+    fn timers(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let c = &mut self.clients[key];
+            if c.resume_at.is_some_and(|t| now >= t) {
+                c.resume_at = None;
+                c.stalled = false;
+                if c.kind == Kind::FloodFirst {
+                    let (password, name) = (self.o.password.clone(), c.name.clone());
+                    c.send_text(&password);
+                    c.send_text(&name);
+                    self.mark_dirty(key);
+                }
+                self.read(key, now);
+                continue;
+            }
+            let age = now.duration_since(c.started);
+            let late = if c.kind.chats() {
+                matches!(c.phase, Phase::Upgrading | Phase::LoggingIn) && age > LOGIN_DEADLINE
+            } else {
+                age > PROBE_DEADLINE
+            };
+            if late {
+                self.end(key, None, format!("nothing happened for {} s", age.as_secs()), now);
+            }
+        }
+    }
+
+    fn check_streams(&mut self) {
+        for (_, c) in &mut self.clients {
+            if !c.stream.pending.is_empty() {
+                advance(&mut c.stream, &self.cy.order, &mut self.t, &c.name, false);
+            }
+        }
+    }
+
+    fn elapsed(&self, now: Instant) -> f64 {
+        now.duration_since(self.lifetime).as_secs_f64()
+    }
+
+    fn sample(&mut self, now: Instant) {
+        if now.duration_since(self.last_sample) < Duration::from_secs(1) {
+            return;
+        }
+        self.last_sample = now;
+        let r = resources(self.o.pid);
+        if let Some(r) = r {
+            self.peak.rss_kib = self.peak.rss_kib.max(r.rss_kib);
+            self.peak.fds = self.peak.fds.max(r.fds);
+        }
+        if now.duration_since(self.last_report) >= self.report_every {
+            self.last_report = now;
+            let online = self.clients.iter().filter(|(_, c)| c.phase == Phase::Chatting).count();
+            let (ok, bad) = self.t.answered();
+            let server =
+                r.map_or(String::new(), |r| format!("  RSS {} KiB  fds {}", r.rss_kib, r.fds));
+            println!(
+                "{:>6.1} s  online {online:>4}  joins {:>5}  broadcasts {:>6}  private {:>5}  slow cut off {:>3}  bad inputs {ok}/{}  lost {}  reordered {}{server}",
+                self.elapsed(now),
+                self.t.joins,
+                self.t.broadcasts,
+                self.t.privates,
+                self.t.slow_cut_off,
+                ok + bad,
+                self.t.lost,
+                self.t.reordered,
+            );
+        }
+    }
+
+    // ---- the verdict ---------------------------------------------------
+
+    /// Everyone has left and it has been quiet: the server's figures, and
+    /// the checks that needed the cycle's whole order.
+    fn end_cycle(&mut self, now: Instant) {
+        let after = resources(self.o.pid);
+        self.after.push(after);
+        if let Some(a) = after {
+            println!(
+                "{:>6.1} s  cycle {} over: server RSS {} KiB, {} open fds",
+                self.elapsed(now),
+                self.cycle,
+                a.rss_kib,
+                a.fds
+            );
+        }
+        // The order is complete: compare what is left.
+        let finished = std::mem::take(&mut self.cy.finished);
+        for (name, mut stream) in finished {
+            advance(&mut stream, &self.cy.order, &mut self.t, &name, true);
+            if let Some(k) = stream.joined_live_at
+                && k > 0
+                && self.cy.history_seen
+            {
+                self.t.join_gaps += 1;
+                self.t.problem(format!(
+                    "{name}: no history, and its first broadcast was #{k} of the order"
+                ));
+            }
+            if stream.left_cleanly
+                && let Some(&k) = stream.bye.and_then(|id| self.cy.order.index.get(&id))
+                && stream.next.unwrap_or(0) <= k
+            {
+                let next = stream.next.unwrap_or(0);
+                self.t.tail_gaps += 1;
+                self.t.lost += (k + 1 - next) as u64;
+                self.t.problem(format!(
+                    "{name}: left after its own broadcast #{k} of the order; #{next}..=#{k} never arrived"
+                ));
+            }
+        }
+        // Every broadcast sent reached the reference.
+        for (&sender, &sent) in &self.cy.sent_by {
+            let got = self.cy.order.next_seq.get(&sender).copied().unwrap_or(0);
+            if got < sent {
+                self.t.lost += u64::from(sent - got);
+                self.t
+                    .problem(format!("u{sender}: sent {sent} broadcasts, the reference got {got}"));
+            }
+        }
+        // Private messages: delivered or refused, each one.
+        let mut pair_problems = Vec::new();
+        for (&(from, to), pair) in &self.cy.pairs {
+            let accounted = pair.delivered + pair.offline;
+            if accounted < pair.sent {
+                pair_problems.push((
+                    u64::from(pair.sent - accounted),
+                    format!(
+                        "u{from} -> u{to}: sent {}, delivered {}, refused {}",
+                        pair.sent, pair.delivered, pair.offline
+                    ),
+                ));
+            } else if accounted > pair.sent {
+                pair_problems.push((
+                    0,
+                    format!(
+                        "u{from} -> u{to}: sent {}, delivered {} and refused {}",
+                        pair.sent, pair.delivered, pair.offline
+                    ),
+                ));
+            }
+        }
+        for (lost, what) in pair_problems {
+            self.t.lost += lost;
+            self.t.problem(what);
+        }
+    }
+
+    fn report(&mut self) -> io::Result<()> {
+        let peak_rss = sample(self.o.pid).map_or(self.peak.rss_kib, |s| s.peak_kib);
+        let first = self.after.first().copied().flatten();
+        let after = self.after.last().copied().flatten();
+        let t = &self.t;
+        let (ok, bad) = t.answered();
+        let secs = self.o.duration.as_secs_f64();
+        let mut failures: Vec<String> = Vec::new();
+        if t.lost > 0 || t.reordered > 0 || t.unmatched > 0 {
+            failures.push(format!(
+                "{} lost, {} reordered, {} unmatched",
+                t.lost, t.reordered, t.unmatched
+            ));
+        }
+        if t.problems > 0 {
+            failures.push(format!("{} problems (see above)", t.problems));
+        }
+        let limit = first.map(|f| f.rss_kib + f.rss_kib * RSS_SLACK_PERCENT / 100 + RSS_SLACK_KIB);
+        match (self.baseline, after, limit) {
+            (Some(b), Some(a), Some(limit)) => {
+                for (i, r) in self.after.iter().enumerate() {
+                    match r {
+                        Some(r) if r.fds != b.fds => failures.push(format!(
+                            "{} open fds after cycle {}, {} at the start",
+                            r.fds,
+                            i + 1,
+                            b.fds
+                        )),
+                        Some(_) => {}
+                        None => failures.push(format!("no sample after cycle {}", i + 1)),
+                    }
+                }
+                if a.rss_kib > limit {
+                    failures.push(format!(
+                        "RSS after the last cycle {} KiB is over the first's + {RSS_SLACK_PERCENT} % + {RSS_SLACK_KIB} KiB = {limit} KiB",
+                        a.rss_kib
+                    ));
+                }
+            }
+            _ if self.o.pid.is_some() => {
+                failures.push("the server process could not be sampled".into())
+            }
+            _ => {}
+        }
+        println!();
+        println!(
+            "soak            {secs:.0} s of traffic in {CYCLES} cycles, {:.0} s in all",
+            self.lifetime.elapsed().as_secs_f64()
+        );
+        println!(
+            "users           {} joins, {} left, peak {} online (of -n {})",
+            t.joins, t.left, t.peak_online, self.o.users
+        );
+        println!(
+            "broadcasts      {} sent, {} deliveries + {} history replays checked",
+            t.broadcasts, t.deliveries, t.replays
+        );
+        println!(
+            "private         {} sent, {} delivered, {} refused as user_offline (target had left)",
+            t.privates, t.privates_delivered, t.privates_offline
+        );
+        println!(
+            "slow readers    {} started, {} cut off with slow_reader + 1008 ({} large private messages sent to them, {} read, {} refused after the cut-off)",
+            t.slow_started, t.slow_cut_off, t.feeds, t.feeds_delivered, t.feeds_offline
+        );
+        println!("bad inputs      {ok} answered as expected, {bad} not");
+        for (what, (good, wrong)) in &t.answers {
+            println!("  {what:<28} {good:>6} ok {wrong:>4} wrong");
+        }
+        println!(
+            "lost/reordered  {} / {}  (unmatched {}, misattributed {}, join gaps {}, tail gaps {}, refused while online {}, users dropped {})",
+            t.lost,
+            t.reordered,
+            t.unmatched,
+            t.misattributed,
+            t.join_gaps,
+            t.tail_gaps,
+            t.offline_while_online,
+            t.dropped
+        );
+        if let (Some(b), Some(a)) = (self.baseline, after) {
+            let each = |f: fn(&Resources) -> u64| {
+                let v: Vec<String> = self
+                    .after
+                    .iter()
+                    .map(|r| r.map_or("?".into(), |r| f(&r).to_string()))
+                    .collect();
+                v.join(", ")
+            };
+            println!(
+                "server RSS      {} KiB at the start, peak {peak_rss} KiB; after each cycle {} KiB (limit {} KiB: the first + {RSS_SLACK_PERCENT} % + {RSS_SLACK_KIB} KiB)",
+                b.rss_kib,
+                each(|r| r.rss_kib),
+                limit.unwrap_or(0)
+            );
+            println!(
+                "server fds      {} at the start, peak {}; after each cycle {}",
+                b.fds,
+                self.peak.fds,
+                each(|r| r.fds)
+            );
+            if a.rss_kib > b.rss_kib + b.rss_kib * RSS_SLACK_PERCENT / 100 + RSS_SLACK_KIB {
+                println!(
+                    "                (RSS stays above the start: memory glibc keeps after frees, not in use; see soak.rs)"
+                );
+            }
+        }
+        for d in &t.details {
+            println!("problem: {d}");
+        }
+        if t.problems > t.details.len() as u64 {
+            println!("problem: ... and {} more", t.problems - t.details.len() as u64);
+        }
+        let verdict = if failures.is_empty() {
+            "PASS".to_owned()
+        } else {
+            format!("FAIL: {}", failures.join("; "))
+        };
+        println!("seed            {} (--seed repeats the choices, not the timing)", self.seed);
+        println!("verdict         {verdict}");
+        let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
+        println!(
+            "{{\"scenario\":\"soak\",\"ok\":{},\"seconds\":{secs},\"users\":{},\"joins\":{},\"left\":{},\"peak_online\":{},\"broadcasts\":{},\"deliveries\":{},\"replays\":{},\"privates\":{},\"privates_delivered\":{},\"privates_offline\":{},\"lost\":{},\"reordered\":{},\"unmatched\":{},\"problems\":{},\"slow_started\":{},\"slow_cut_off\":{},\"bad_inputs_ok\":{ok},\"bad_inputs_wrong\":{bad},\"bad_input_kinds\":{},\"rss_baseline_kib\":{},\"rss_peak_kib\":{},\"rss_first_cycle_kib\":{},\"rss_after_kib\":{},\"fds_baseline\":{},\"fds_peak\":{},\"fds_after\":{}}}",
+            failures.is_empty(),
+            self.o.users,
+            t.joins,
+            t.left,
+            t.peak_online,
+            t.broadcasts,
+            t.deliveries,
+            t.replays,
+            t.privates,
+            t.privates_delivered,
+            t.privates_offline,
+            t.lost,
+            t.reordered,
+            t.unmatched,
+            t.problems,
+            t.slow_started,
+            t.slow_cut_off,
+            t.answers.values().filter(|(good, _)| *good > 0).count(),
+            opt(self.baseline.map(|b| b.rss_kib)),
+            opt(self.baseline.map(|_| peak_rss)),
+            opt(first.map(|a| a.rss_kib)),
+            opt(after.map(|a| a.rss_kib)),
+            opt(self.baseline.map(|b| b.fds)),
+            opt(self.baseline.map(|_| self.peak.fds)),
+            opt(after.map(|a| a.fds)),
+        );
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("soak failed: {}", failures.join("; "))))
+        }
+    }
+}
+
+/// Compares a user's received broadcasts with the order, as far as the
+/// reference has got; once the order is `complete`, a broadcast the
+/// reference never got is counted as unmatched and passed over.
+fn advance(stream: &mut Stream, order: &Order, t: &mut Tally, name: &str, complete: bool) {
+    while let Some(&(id, history)) = stream.pending.front() {
+        stream.pending.pop_front();
+        let Some(&k) = order.index.get(&id) else {
+            if !complete {
+                stream.pending.push_front((id, history));
+                break;
+            }
+            t.unmatched += 1;
+            t.problem(format!(
+                "{name}: got broadcast {}:{}, the reference never did",
+                id >> 32,
+                id as u32
+            ));
+            continue;
+        };
+        match stream.next {
+            None => {
+                if !history {
+                    stream.joined_live_at = Some(k);
+                }
+                stream.next = Some(k + 1);
+            }
+            Some(next) if k == next => stream.next = Some(k + 1),
+            Some(next) if k > next => {
+                t.lost += (k - next) as u64;
+                t.problem(format!("{name}: broadcasts #{next}..#{} of the order missing", k - 1));
+                stream.next = Some(k + 1);
+            }
+            Some(next) => {
+                t.reordered += 1;
+                t.problem(format!("{name}: broadcast #{k} after #{}", next - 1));
+            }
+        }
+    }
+}
+
+fn pad(text: &mut String, size: usize) {
+    while text.len() < size {
+        text.push('x');
+    }
+}
+
+/// Reads all the socket has into `inbox` (plaintext, through TLS when on):
+/// `Ok(true)` while open, `Ok(false)` at the end of the stream. Reads until
+/// WouldBlock, so that an end of stream that came with the last bytes is
+/// seen.
+fn read_into(
+    socket: &mut TcpStream,
+    tls: Option<&mut rustls::ClientConnection>,
+    inbox: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> io::Result<bool> {
+    let Some(tls) = tls else {
+        loop {
+            match socket.read(buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => inbox.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    loop {
+        let (eof, blocked) = match tls.read_tls(socket) {
+            Ok(0) => (true, false),
+            Ok(_) => (false, false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        tls.process_new_packets().map_err(io::Error::other)?;
+        loop {
+            match tls.reader().read(buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => inbox.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        if eof {
+            return Ok(false);
+        }
+        if blocked {
+            return Ok(true);
+        }
+    }
+}
+
+/// Writes what the socket takes; the rest waits for the next writable event.
+fn write_from(
+    socket: &mut TcpStream,
+    tls: Option<&mut rustls::ClientConnection>,
+    outbox: &mut VecDeque<u8>,
+) -> io::Result<()> {
+    let Some(tls) = tls else {
+        while !outbox.is_empty() {
+            let (a, b) = outbox.as_slices();
+            match socket.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
+                Ok(n) => {
+                    outbox.drain(..n);
+                }
+                Err(e) if not_yet(&e) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(());
+    };
+    loop {
+        while !outbox.is_empty() {
+            let (a, _) = outbox.as_slices();
+            let n = tls.writer().write(a)?;
+            if n == 0 {
+                break;
+            }
+            outbox.drain(..n);
+        }
+        if !tls.wants_write() {
+            return Ok(());
+        }
+        while tls.wants_write() {
+            match tls.write_tls(socket) {
+                Ok(_) => {}
+                Err(e) if not_yet(&e) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Order, Stream, Tally, advance};
+
+    fn order(ids: &[u64]) -> Order {
+        let mut order = Order::default();
+        for &id in ids {
+            order.index.insert(id, order.ids.len());
+            order.ids.push(id);
+        }
+        order
+    }
+
+    fn check(order: &Order, received: &[(u64, bool)]) -> (Stream, Tally) {
+        let (mut stream, mut t) = (Stream::default(), Tally::default());
+        stream.pending.extend(received);
+        advance(&mut stream, order, &mut t, "u1", false);
+        (stream, t)
+    }
+
+    #[test]
+    fn an_unbroken_run_of_the_order_passes_from_wherever_it_starts() {
+        let order = order(&[10, 11, 12, 13, 14]);
+        let (stream, t) = check(&order, &[(11, true), (12, true), (13, false), (14, false)]);
+        assert_eq!((t.lost, t.reordered, t.problems), (0, 0, 0));
+        assert_eq!((stream.next, stream.joined_live_at), (Some(5), None));
+        // A joiner without history whose first broadcast was not the first.
+        let (stream, _) = check(&order, &[(13, false)]);
+        assert_eq!(stream.joined_live_at, Some(3));
+    }
+
+    #[test]
+    fn gaps_count_as_lost_and_going_back_as_reordered() {
+        let order = order(&[1, 2, 3, 4, 5, 6]);
+        let (stream, t) = check(&order, &[(1, false), (2, false), (5, false), (6, false)]);
+        assert_eq!((t.lost, t.reordered, stream.next), (2, 0, Some(6)));
+        let (_, t) = check(&order, &[(1, false), (3, false), (2, false), (4, false)]);
+        assert_eq!((t.lost, t.reordered), (1, 1));
+        let (_, t) = check(&order, &[(1, false), (2, false), (2, false), (3, false)]);
+        assert_eq!((t.lost, t.reordered), (0, 1));
+    }
+
+    #[test]
+    fn what_the_reference_has_not_had_yet_waits() {
+        let mut partial = order(&[7, 8]);
+        let (mut stream, mut t) =
+            check(&partial, &[(7, false), (8, false), (9, false), (10, false)]);
+        assert_eq!((stream.pending.len(), t.problems), (2, 0));
+        for id in [9, 10] {
+            partial.index.insert(id, partial.ids.len());
+            partial.ids.push(id);
+        }
+        advance(&mut stream, &partial, &mut t, "u1", false);
+        assert_eq!((stream.pending.len(), stream.next, t.problems), (0, Some(4), 0));
+        // Once the order is complete, one the reference never got is passed over.
+        stream.pending.extend([(99, false), (11, false)]);
+        partial.index.insert(11, partial.ids.len());
+        partial.ids.push(11);
+        advance(&mut stream, &partial, &mut t, "u1", true);
+        assert_eq!((t.unmatched, t.lost, stream.next), (1, 0, Some(5)));
+    }
+}
