@@ -29,15 +29,15 @@ Scenarios:
   private    K pairs exchange PrivateMessages closed-loop for T seconds
   relay      serve as a bare relay: bytes from connection 2i go to 2i+1 and back
   floor      K pairs bounce S-byte messages through a relay (the kernel's floor)
-  soak       for T seconds about N users (default 200) come and go, broadcast,
+  soak       for T seconds (two cycles) about N users come and go, broadcast,
              send private messages and bad inputs, a few read slowly; checks
-             every delivery and answer, and with --pid that the server's RSS
-             and open fds return to their baseline; exits non-zero on a fault
+             every delivery and answer, and with --pid the server's open fds
+             and RSS after each cycle; exits non-zero on any fault
 
 Options:
   --addr HOST:PORT   server address (default 127.0.0.1:12345)
   --password P       room password (default empty)
-  -n N               users (default 1000)
+  -n N               users (default 1000; soak 200)
   -c C               senders in fanout (default 10)
   -k K               pairs in private (default 50)
   -t SECS            duration (default 10)

@@ -22,7 +22,8 @@
 //! - **Private messages** between random pairs arrive exactly once and in
 //!   order, except those the server refused with `user_offline` because the
 //!   target had left (never while it was still online): per pair, delivered
-//!   plus refused equals sent.
+//!   plus refused equals sent. A tenth go to users who are leaving or have
+//!   just left, so that both outcomes occur.
 //! - **Slow readers** stop reading after login while other users send them
 //!   large private messages (so that the cut-off comes in seconds, not
 //!   minutes); once a `UsersLeft` names them, they read again and must find
@@ -112,6 +113,9 @@ const CLIENT_RATE: f64 = 5.0;
 const CLIENT_BURST: f64 = 10.0;
 /// Share of the users that leave (and are replaced) every second.
 const CHURN: f64 = 0.025;
+/// Share of the private messages sent to a user who is leaving or has just
+/// left (the others go to users online).
+const LATE_PRIVATE: f64 = 0.1;
 /// In-session bad inputs per second, all users together.
 const BAD_RATE: f64 = 2.0;
 /// A new probe (bad input on its own connection) this often.
@@ -487,6 +491,8 @@ struct Cycle {
     /// Streams of users who are gone, checked once the order is complete.
     finished: Vec<(String, Stream)>,
     history_seen: bool,
+    /// The users who began to leave last.
+    leavers: VecDeque<u32>,
 }
 
 struct Soak<'o> {
@@ -1129,6 +1135,12 @@ impl Soak<'_> {
         c.stream.bye = Some((u64::from(c.idx) << 32) | u64::from(c.sent - 1));
         frame(8, &1000u16.to_be_bytes(), &mut c.outbox);
         c.phase = Phase::Leaving;
+        if c.kind == Kind::Normal {
+            self.cy.leavers.push_back(c.idx);
+            if self.cy.leavers.len() > 8 {
+                self.cy.leavers.pop_front();
+            }
+        }
         self.mark_dirty(key);
     }
 
@@ -1355,11 +1367,18 @@ impl Soak<'_> {
                     while self.due_privates >= 1.0 {
                         self.due_privates -= 1.0;
                         let Some(key) = self.pick_sender(&chatting, now) else { continue };
-                        let mut target = key;
-                        while target == key {
-                            target = chatting[self.rng.below(chatting.len())];
-                        }
-                        let target = self.clients[target].idx;
+                        // Some to a user who is leaving or has just left:
+                        // delivered or refused, never both, never neither.
+                        let target = if self.rng.chance(LATE_PRIVATE) && !self.cy.leavers.is_empty()
+                        {
+                            self.cy.leavers[self.rng.below(self.cy.leavers.len())]
+                        } else {
+                            let mut target = key;
+                            while target == key {
+                                target = chatting[self.rng.below(chatting.len())];
+                            }
+                            self.clients[target].idx
+                        };
                         self.send_private(key, target);
                     }
                     self.due_bad += BAD_RATE * dt;
