@@ -62,7 +62,7 @@ JSON
 tls_args=()
 if $tls; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
         -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
     tls_args=(--tls "$work/cert.pem")
 fi
