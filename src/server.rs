@@ -40,6 +40,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Most bytes gathered from a connection's queue into one write.
 const WRITE_GATHER: usize = 64 * 1024;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    Idle,
+    /// The listener has connections waiting (edge-triggered: take them all).
+    Ready,
+    /// Accepting failed (typically out of file descriptors): retry at the
+    /// next tick.
+    Retry,
+}
+
 enum Phase {
     /// `None`: a server fed connections by hand (tests, fuzzing).
     Running {
@@ -78,9 +88,8 @@ pub struct Server<S = TcpStream> {
     again: Vec<ConnId>,
     /// Where queued frames are gathered for one write (capacity `WRITE_GATHER`).
     scratch: Vec<u8>,
-    /// The listener has connections to accept (or accepting failed, out of
-    /// file descriptors: retried after the next poll).
-    accept_pending: bool,
+    /// What the listener needs.
+    accept: Accept,
     /// Connections refused at accept, logged within a budget.
     refused_log: LogBudget,
     /// Handshakes that timed out, logged within a budget.
@@ -124,18 +133,21 @@ impl Server<TcpStream> {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && self.accept != Accept::Ready {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
             self.poll_and_dispatch(&mut events, timeout)?;
             let now = Instant::now();
-            if self.accept_pending {
+            if self.accept == Accept::Ready {
                 self.accept(now);
             }
             self.read_again(now);
             if now >= next_tick {
+                if self.accept == Accept::Retry {
+                    self.accept(now);
+                }
                 self.tick(now);
                 next_tick = now + TICK;
             }
@@ -154,7 +166,7 @@ impl Server<TcpStream> {
     }
 
     fn accept(&mut self, now: Instant) {
-        self.accept_pending = false;
+        self.accept = Accept::Idle;
         loop {
             let Phase::Running { listener: Some(listener) } = &self.phase else {
                 return;
@@ -164,9 +176,8 @@ impl Server<TcpStream> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Typically out of file descriptors: try again on the next tick.
                     warn!("accept failed: {e}");
-                    self.accept_pending = true;
+                    self.accept = Accept::Retry;
                     return;
                 }
             };
@@ -215,7 +226,7 @@ impl<S: Socket + Source> Server<S> {
             flushing: Vec::new(),
             again: Vec::new(),
             scratch: Vec::with_capacity(WRITE_GATHER),
-            accept_pending: false,
+            accept: Accept::Idle,
             refused_log: LogBudget::default(),
             timeout_log: LogBudget::default(),
         })
@@ -271,7 +282,7 @@ impl<S: Socket + Source> Server<S> {
         let now = Instant::now();
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept_pending = true,
+                LISTENER => self.accept = Accept::Ready,
                 SIGNALS => self.on_signal(now),
                 Token(key) => self.on_ready(
                     key,
