@@ -29,6 +29,7 @@ fn idle_sockets_from_one_address_cannot_take_every_slot() {
 
     // A logged-in user no longer counts as unfinished.
     drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(300)); // the server sees them go
     let (mut alice, _bob) = server.login_two("alice", "bob");
     let _more: Vec<_> = (0..3).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
     let answer = refusal(&server);

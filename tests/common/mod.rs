@@ -267,10 +267,8 @@ impl TestServer {
     /// own frames: the 101 response has been read.
     pub fn raw_upgrade(&self) -> Stream {
         let mut stream = self.stream();
-        let request = format!(
-            "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
+        let request = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         stream.write_all(request.as_bytes()).unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
