@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::event::Source;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -18,13 +18,14 @@ use rustls::ServerConfig;
 use slab::Slab;
 
 use crate::addresses::{Addresses, Refused};
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::{Connection, Flush, Input};
 use crate::http::HttpPolicy;
 use crate::outbox::{self, SharedFrame};
 use crate::ratelimit::LogBudget;
 use crate::room::{ConnId, Outbound, Room, To};
 use crate::session::{self, Action, Session};
+use crate::tls;
 use crate::transport::{Socket, Transport};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -71,6 +72,8 @@ pub struct Server<S = TcpStream> {
     phase: Phase,
     local_addr: Option<SocketAddr>,
     tls: Option<Arc<ServerConfig>>,
+    /// Where the certificate and key are read from again on SIGHUP.
+    tls_files: Option<TlsFiles>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     clients: Slab<Client<S>>,
     room: Room,
@@ -119,10 +122,11 @@ impl Server<TcpStream> {
         }
     }
 
-    /// Shut down gracefully on SIGINT and SIGTERM.
+    /// Shut down gracefully on SIGINT and SIGTERM; reload the certificate
+    /// and key on SIGHUP.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
@@ -210,6 +214,7 @@ impl<S: Socket + Source> Server<S> {
             local_addr: None,
             phase: Phase::Running { listener: None },
             tls,
+            tls_files: config.tls.clone(),
             signals: None,
             clients: Slab::new(),
             room: Room::new(
@@ -327,7 +332,17 @@ impl<S: Socket + Source> Server<S> {
         let Some(signals) = &mut self.signals else {
             return;
         };
-        if signals.pending().next().is_none() {
+        let (mut reload, mut stop) = (false, false);
+        for signal in signals.pending() {
+            match signal {
+                signal_hook::consts::SIGHUP => reload = true,
+                _ => stop = true,
+            }
+        }
+        if reload {
+            self.reload_tls();
+        }
+        if !stop {
             return;
         }
         if let Phase::Running { listener } = &mut self.phase {
@@ -346,6 +361,27 @@ impl<S: Socket + Source> Server<S> {
                     self.remove(key, now);
                 }
             }
+        }
+    }
+
+    /// SIGHUP: new connections get the certificate and key as they are now
+    /// on disk; existing ones go on with theirs. A bad new pair is logged
+    /// and the old one kept.
+    fn reload_tls(&mut self) {
+        let Some(files) = &self.tls_files else {
+            info!("SIGHUP: TLS is off, nothing to reload");
+            return;
+        };
+        match tls::load(files) {
+            Ok(config) => {
+                self.tls = Some(config);
+                info!(
+                    "SIGHUP: reloaded the certificate {} and key {}",
+                    files.cert.display(),
+                    files.key.display()
+                );
+            }
+            Err(e) => error!("SIGHUP: kept the old certificate and key: {e}"),
         }
     }
 

@@ -168,6 +168,11 @@ impl TestServer {
         TestServer { child, addr, dir, password, tls: client_tls, log }
     }
 
+    /// From now on, clients trust only this certificate.
+    pub fn trust(&mut self, der: &CertificateDer<'static>) {
+        self.tls = Some(TestCert::client_config(der));
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
