@@ -207,6 +207,12 @@ impl<S: Socket> Connection<S> {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Input::Idle,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => Input::Progress,
+                    Err(_) if self.transport.got_plain_http() => {
+                        debug!("{}: plain HTTP on the TLS port", self.peer);
+                        self.outbox.push_response(http::plain_http_on_tls_port().into());
+                        self.start_closing(now);
+                        Input::Progress
+                    }
                     Err(e) => {
                         debug!("{}: handshake failed: {e}", self.peer);
                         Input::Finished

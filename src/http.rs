@@ -121,7 +121,16 @@ fn asset(body: &str, content_type: &str, head_only: bool) -> Parsed {
     Parsed::Respond { response, status: 200 }
 }
 
+/// The answer to plain HTTP sent to the TLS port (nginx sends a 400 too).
+pub fn plain_http_on_tls_port() -> Vec<u8> {
+    error_response(400, "This port speaks TLS: use https:// (or wss:// for the WebSocket).\n")
+}
+
 fn reject(status: u16, body: &str) -> Parsed {
+    Parsed::Respond { response: error_response(status, body), status }
+}
+
+fn error_response(status: u16, body: &str) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
         403 => "Forbidden",
@@ -136,7 +145,7 @@ fn reject(status: u16, body: &str) -> Parsed {
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
-    Parsed::Respond { response: response.into_bytes(), status }
+    response.into_bytes()
 }
 
 #[cfg(test)]
