@@ -4,7 +4,6 @@
 //! up to the session (`session.rs`), frames to send come down as bytes.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use mio::Interest;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
+use crate::addresses::Peer;
 use crate::http::{self, HttpPolicy, Parsed};
 use crate::outbox::{self, Outbox, Overflow, SharedFrame};
 use crate::protocol::{ErrorCode, Rejection};
@@ -99,7 +99,7 @@ pub struct Connection<S> {
     outbox: Outbox,
     state: State,
     /// The client's address (the proxy's, until a trusted proxy names it).
-    pub peer: SocketAddr,
+    pub peer: Peer,
     opened: Instant,
     last_heard: Instant,
     /// The last flush left output the socket would not take.
@@ -113,12 +113,7 @@ pub struct Connection<S> {
 }
 
 impl<S: Socket> Connection<S> {
-    pub fn new(
-        transport: Transport<S>,
-        peer: SocketAddr,
-        outbound_limit: usize,
-        now: Instant,
-    ) -> Self {
+    pub fn new(transport: Transport<S>, peer: Peer, outbound_limit: usize, now: Instant) -> Self {
         Connection {
             transport,
             outbox: Outbox::new(outbound_limit),
@@ -262,9 +257,14 @@ impl<S: Socket> Connection<S> {
         let State::Handshaking { request } = &mut self.state else {
             return Input::Progress;
         };
-        match http::parse(request, policy) {
+        let from_proxy = !self.peer.is_proxied() && policy.trusts(self.peer.ip);
+        match http::parse(request, policy, from_proxy) {
             Parsed::Incomplete => Input::Progress,
-            Parsed::Upgrade { response, head_len } => {
+            Parsed::Upgrade { response, head_len, client } => {
+                if let Some(ip) = client {
+                    debug!("{}: proxied for {ip}", self.peer);
+                    self.peer = Peer::proxied(ip);
+                }
                 let rest = request.split_off(head_len);
                 self.outbox.push_response(response.into());
                 let ws = WebSocketContext::from_partially_read(

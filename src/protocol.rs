@@ -40,6 +40,7 @@ pub enum ErrorCode {
     SlowReader,
     KeyTooLarge,
     TooManyAttempts,
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -60,6 +61,7 @@ impl ErrorCode {
             ErrorCode::SlowReader => "slow_reader",
             ErrorCode::KeyTooLarge => "key_too_large",
             ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 }

@@ -17,11 +17,13 @@ use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
 use slab::Slab;
 
-use crate::addresses::{Addresses, Refused};
+use crate::addresses::{Addresses, Peer};
 use crate::config::{Config, Limits, TlsFiles};
+use crate::connection::close_code;
 use crate::connection::{Connection, Flush, Input};
 use crate::http::HttpPolicy;
 use crate::outbox::{self, SharedFrame};
+use crate::protocol::{ErrorCode, Rejection};
 use crate::ratelimit::LogBudget;
 use crate::room::{ConnId, Outbound, Room, To};
 use crate::session::{self, Action, Session};
@@ -61,10 +63,13 @@ enum Phase {
     },
 }
 
-/// A connection and the chat session on it.
+/// A connection, the chat session on it, and the address it is charged to
+/// for the per-address limits (`None` for a trusted proxy until it names
+/// the client).
 struct Client<S> {
     conn: Connection<S>,
     session: Session,
+    charged: Option<IpAddr>,
 }
 
 pub struct Server<S = TcpStream> {
@@ -185,19 +190,22 @@ impl Server<TcpStream> {
                     return;
                 }
             };
-            if let Err(why) = self.admit(peer, now) {
-                if self.tls.is_none() {
-                    let body = format!("{why}\n");
-                    let response = format!(
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = socket.write(response.as_bytes());
+            let charged = match self.admit(Peer::direct(peer), now) {
+                Ok(charged) => charged,
+                Err(why) => {
+                    if self.tls.is_none() {
+                        let body = format!("{why}\n");
+                        let response = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write(response.as_bytes());
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let _ = socket.set_nodelay(true);
-            if let Err(e) = self.add(socket, peer, now) {
+            if let Err(e) = self.add(socket, Peer::direct(peer), charged, now) {
                 warn!("{peer}: {e}");
             }
         }
@@ -224,7 +232,10 @@ impl<S: Socket + Source> Server<S> {
                 limits.max_outbound_bytes,
             ),
             addresses: Addresses::new(&limits),
-            http: HttpPolicy { allowed_origins: config.allowed_origins.clone() },
+            http: HttpPolicy {
+                allowed_origins: config.allowed_origins.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
+            },
             limits,
             out: Vec::new(),
             to_flush: Vec::new(),
@@ -238,15 +249,17 @@ impl<S: Socket + Source> Server<S> {
     }
 
     /// Checks the global and per-address limits for a new connection and
-    /// charges it to its address.
-    fn admit(&mut self, peer: SocketAddr, now: Instant) -> Result<(), &'static str> {
+    /// charges it to its address (a trusted proxy is charged nothing: the
+    /// client it names is, once named). `Ok`: the address charged.
+    fn admit(&mut self, peer: Peer, now: Instant) -> Result<Option<IpAddr>, String> {
         let why = if self.clients.len() >= self.limits.max_connections {
-            "server full"
+            "server full".to_owned()
+        } else if self.http.trusts(peer.ip) {
+            return Ok(None);
         } else {
-            match self.addresses.open(peer.ip()) {
-                Ok(()) => return Ok(()),
-                Err(Refused::TooManyConnections) => "too many connections from your address",
-                Err(Refused::TooManyHandshakes) => "too many unfinished logins from your address",
+            match self.addresses.open(peer.ip) {
+                Ok(()) => return Ok(Some(peer.ip)),
+                Err(refused) => refused.to_string(),
             }
         };
         if self.refused_log.allow(now) {
@@ -255,26 +268,62 @@ impl<S: Socket + Source> Server<S> {
         Err(why)
     }
 
-    /// Takes a new connection (already charged to its address).
-    pub fn add(&mut self, mut socket: S, peer: SocketAddr, now: Instant) -> io::Result<ConnId> {
-        let charged = |server: &mut Self| server.addresses.close(peer.ip(), now);
+    /// Takes a new connection that `admit` let in.
+    fn add(
+        &mut self,
+        mut socket: S,
+        peer: Peer,
+        charged: Option<IpAddr>,
+        now: Instant,
+    ) -> io::Result<ConnId> {
         let key = self.clients.vacant_key();
-        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE) {
-            charged(self);
-            return Err(e);
-        }
-        let transport = match Transport::new(socket, self.tls.as_ref()) {
+        let registered = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE);
+        let transport = registered.and_then(|()| Transport::new(socket, self.tls.as_ref()));
+        let transport = match transport {
             Ok(t) => t,
             Err(e) => {
-                charged(self);
+                if let Some(ip) = charged {
+                    self.addresses.close(ip, now);
+                }
                 return Err(e);
             }
         };
         debug!("{peer}: connected ({} connections)", self.clients.len() + 1);
         let conn = Connection::new(transport, peer, self.limits.max_outbound_bytes, now);
-        let session = Session::new();
-        self.clients.insert(Client { conn, session });
+        self.clients.insert(Client { conn, session: Session::new(), charged });
         Ok(key)
+    }
+
+    /// A connection over a socket made elsewhere (tests and fuzzing), under
+    /// the same limits as an accepted one.
+    pub fn connect(&mut self, socket: S, addr: SocketAddr, now: Instant) -> io::Result<ConnId> {
+        let peer = Peer::direct(addr);
+        let charged = self
+            .admit(peer, now)
+            .map_err(|why| io::Error::new(io::ErrorKind::ConnectionRefused, why))?;
+        self.add(socket, peer, charged, now)
+    }
+
+    /// The WebSocket opened: a client named by a trusted proxy is charged
+    /// to its own address now.
+    fn opened(&mut self, key: ConnId, now: Instant) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        client.session.opened(now);
+        let peer = client.conn.peer;
+        if client.charged.is_some() || !peer.is_proxied() {
+            return;
+        }
+        match self.addresses.open(peer.ip) {
+            Ok(()) => client.charged = Some(peer.ip),
+            Err(refused) => {
+                if self.refused_log.allow(now) {
+                    warn!("{peer}: connection refused: {refused}");
+                }
+                let why = Rejection::new(ErrorCode::TooManyConnections, refused.to_string());
+                client.conn.close(close_code::POLICY, "too many connections", Some(&why), now);
+                self.end_session(key, "refused");
+            }
+        }
     }
 
     /// Waits up to `timeout` for readiness and handles it.
@@ -404,7 +453,7 @@ impl<S: Socket + Source> Server<S> {
                 self.remove(key, now);
                 continue;
             }
-            let Client { conn, session } = client;
+            let Client { conn, session, .. } = client;
             let action = session.tick(conn.last_heard(), conn.peer, &self.limits, now);
             self.apply(key, action, now);
         }
@@ -421,7 +470,7 @@ impl<S: Socket + Source> Server<S> {
             // A TLS handshake may want to answer even when no message came.
             schedule(&mut self.to_flush, client, key);
             match input {
-                Input::Opened => client.session.opened(now),
+                Input::Opened => self.opened(key, now),
                 Input::Message(message) => {
                     let mut cx = session::Cx {
                         room: &mut self.room,
@@ -457,7 +506,9 @@ impl<S: Socket + Source> Server<S> {
             Action::Ping => conn.send_control(outbox::ping_frame(), now),
             Action::LoggedIn => {
                 conn.allow_messages(self.limits.max_message_bytes);
-                self.addresses.handshake_done(conn.peer.ip());
+                if let Some(ip) = client.charged {
+                    self.addresses.handshake_done(ip);
+                }
             }
             Action::Close { code, reason, why } => {
                 conn.close(code, reason, why.as_ref(), now);
@@ -475,8 +526,7 @@ impl<S: Socket + Source> Server<S> {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let ip: IpAddr = client.conn.peer.ip();
-        if client.session.end() {
+        if let (true, Some(ip)) = (client.session.end(), client.charged) {
             self.addresses.handshake_done(ip);
         }
         if let Some(name) = self.room.leave(key) {
@@ -601,7 +651,9 @@ impl<S: Socket + Source> Server<S> {
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
-        self.addresses.close(client.conn.peer.ip(), now);
+        if let Some(ip) = client.charged {
+            self.addresses.close(ip, now);
+        }
         let _ = self.poll.registry().deregister(client.conn.socket());
     }
 

@@ -2,13 +2,12 @@
 //! then name), then chatting under the rate limit and the keep-alive. It
 //! turns messages into room calls and tells the connection what to do.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::{info, warn};
 use tungstenite::Message;
 
-use crate::addresses::Addresses;
+use crate::addresses::{Addresses, Peer};
 use crate::config::Limits;
 use crate::connection::close_code;
 use crate::protocol::{ErrorCode, Rejection, parse_request};
@@ -41,7 +40,7 @@ pub struct Cx<'a> {
     pub limits: &'a Limits,
     pub id: ConnId,
     /// The client's address, for the log and the per-address limits.
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub now: Instant,
 }
 
@@ -184,7 +183,7 @@ impl Session {
     }
 
     fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) -> Action {
-        let ip = cx.peer.ip();
+        let ip = cx.peer.ip;
         if !cx.addresses.may_try_password(ip, cx.now) {
             info!("{}: too many wrong passwords from this address, refused unchecked", cx.peer);
             let why = Rejection::new(
@@ -216,7 +215,7 @@ impl Session {
     pub fn tick(
         &mut self,
         last_heard: Instant,
-        peer: SocketAddr,
+        peer: Peer,
         limits: &Limits,
         now: Instant,
     ) -> Action {
@@ -260,13 +259,13 @@ impl Session {
 struct RefusalLog(LogBudget);
 
 impl RefusalLog {
-    fn note(&mut self, peer: SocketAddr, code: ErrorCode, now: Instant) {
+    fn note(&mut self, peer: Peer, code: ErrorCode, now: Instant) {
         if self.0.allow(now) {
             info!("{peer}: refused a message: {}", code.as_str());
         }
     }
 
-    fn tick(&mut self, peer: SocketAddr, now: Instant) {
+    fn tick(&mut self, peer: Peer, now: Instant) {
         if let Some(n) = self.0.unlogged(now) {
             info!("{peer}: refused {n} more messages in the last minute");
         }
@@ -312,7 +311,7 @@ mod tests {
                 addresses: &mut self.addresses,
                 limits: &self.limits,
                 id,
-                peer: "192.0.2.1:5000".parse().unwrap(),
+                peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
                 now: self.now,
             };
             session.on_message(Message::text(text), &mut cx)
@@ -385,7 +384,7 @@ mod tests {
             addresses: &mut w.addresses,
             limits: &w.limits,
             id: 1,
-            peer: "192.0.2.1:5000".parse().unwrap(),
+            peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
             now: w.now,
         };
         let codes: Vec<_> =
@@ -398,7 +397,7 @@ mod tests {
     #[test]
     fn login_times_out_and_idle_users_are_pinged() {
         let mut w = World::new("");
-        let peer = "192.0.2.1:5000".parse().unwrap();
+        let peer = Peer::direct("192.0.2.1:5000".parse().unwrap());
         let mut s = Session::new();
         s.opened(w.now);
         let late = w.now + w.limits.login_timeout;

@@ -203,6 +203,27 @@ impl TestServer {
         Client { ws }
     }
 
+    /// An open WebSocket whose upgrade request carries these extra headers.
+    pub fn connect_with(&self, headers: &[(&'static str, &str)]) -> Client {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = self.url().into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().append(*name, value.parse().unwrap());
+        }
+        let (ws, _) = tungstenite::client::client(request, self.stream()).expect("handshake");
+        Client { ws }
+    }
+
+    /// Sends the password and `name` on an open WebSocket; the welcome
+    /// (`ServerName`, `OnlineUsers`) is read.
+    pub fn log_in(&self, mut client: Client, name: &str) -> Client {
+        client.send_text(&self.password);
+        client.send_text(name);
+        assert_eq!(client.recv_json()["ServerName"], "Test Room");
+        assert_eq!(client.recv_json()["msgType"], "OnlineUsers");
+        client
+    }
+
     /// A logged-in client; the welcome (`ServerName`, `OnlineUsers`) is read.
     pub fn login(&self, name: &str) -> Client {
         let mut client = self.connect();
