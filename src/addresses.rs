@@ -119,6 +119,16 @@ pub enum Refused {
     TooManyHandshakes,
 }
 
+impl Refused {
+    /// The metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::TooManyConnections => "per_address_connections",
+            Refused::TooManyHandshakes => "per_address_handshakes",
+        }
+    }
+}
+
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

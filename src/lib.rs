@@ -6,6 +6,7 @@ pub mod config;
 mod connection;
 pub mod fdlimit;
 pub mod http;
+mod metrics;
 mod names;
 mod outbox;
 pub mod protocol;

@@ -145,6 +145,29 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
     }
 }
 
+/// The `code` of a serialized `Error` (for counting refusals).
+pub fn code_of(json: &str) -> &'static str {
+    const CODES: [ErrorCode; 3] =
+        [ErrorCode::UserOffline, ErrorCode::KeyTooLarge, ErrorCode::InvalidField];
+    CODES
+        .into_iter()
+        .map(ErrorCode::as_str)
+        .find(|code| json.contains(&format!("\"code\":\"{code}\"")))
+        .unwrap_or("other")
+}
+
+impl Request {
+    /// Its `msgType`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Broadcast { .. } => "Broadcast",
+            Request::PrivateMessage { .. } => "PrivateMessage",
+            Request::OnlineUsers => "OnlineUsers",
+            Request::PublicKey { .. } => "PublicKey",
+        }
+    }
+}
+
 /// At most 32 characters of a client's string, for quoting it in an error.
 pub fn shortened(s: &str) -> String {
     match s.char_indices().nth(32) {

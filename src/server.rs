@@ -5,10 +5,10 @@
 //! output once per round, streams joiners their snapshot, runs timers, and
 //! shuts down on a signal.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
 use mio::event::Source;
@@ -22,7 +22,9 @@ use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::close_code;
 use crate::connection::{Connection, Flush, Input};
 use crate::http::HttpPolicy;
+use crate::metrics::{self, Stats};
 use crate::outbox::{self, SharedFrame};
+use crate::protocol;
 use crate::protocol::{ErrorCode, Rejection};
 use crate::ratelimit::LogBudget;
 use crate::room::{ConnId, Outbound, Room, To};
@@ -32,6 +34,12 @@ use crate::transport::{Socket, Transport};
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+const METRICS: Token = Token(usize::MAX - 2);
+/// Tokens of requests on the metrics listener start here (slab key + this).
+const METRICS_REQUESTS: usize = usize::MAX / 2;
+/// Requests open at once on the metrics listener; a request's time limit.
+const METRICS_MAX_REQUESTS: usize = 16;
+const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timers (handshake, login and idle timeouts, pings) are checked this often.
 const TICK: Duration = Duration::from_secs(1);
 /// Messages read from one connection before giving the others a turn.
@@ -102,6 +110,27 @@ pub struct Server<S = TcpStream> {
     refused_log: LogBudget,
     /// Handshakes that timed out, logged within a budget.
     timeout_log: LogBudget,
+    /// What the metrics show.
+    stats: Stats,
+    started: Instant,
+    /// When the certificate in use expires (Unix seconds).
+    cert_not_after: Option<u64>,
+    /// The health and metrics listener, when `metrics_addr` is set.
+    metrics: Option<MetricsEndpoint>,
+}
+
+/// The health and metrics listener and the requests in progress on it.
+struct MetricsEndpoint {
+    listener: TcpListener,
+    requests: Slab<MetricsRequest>,
+}
+
+struct MetricsRequest {
+    socket: TcpStream,
+    received: Vec<u8>,
+    /// The answer and how much of it is written.
+    answer: Option<(Vec<u8>, usize)>,
+    opened: Instant,
 }
 
 impl Server<TcpStream> {
@@ -115,6 +144,17 @@ impl Server<TcpStream> {
         let mut server = Server::detached(config, tls)?;
         server.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         server.local_addr = Some(listener.local_addr()?);
+        if let Some(addr) = &config.metrics_addr {
+            let addr = addr
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
+            let mut metrics = TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("metrics_addr {addr}: {e}")))?;
+            server.poll.registry().register(&mut metrics, METRICS, Interest::READABLE)?;
+            info!("health and metrics on http://{}/healthz and /metrics", metrics.local_addr()?);
+            server.metrics = Some(MetricsEndpoint { listener: metrics, requests: Slab::new() });
+        }
         server.phase = Phase::Running { listener: Some(listener) };
         Ok(server)
     }
@@ -245,6 +285,10 @@ impl<S: Socket + Source> Server<S> {
             accept: Accept::Idle,
             refused_log: LogBudget::default(),
             timeout_log: LogBudget::default(),
+            stats: Stats::default(),
+            started: Instant::now(),
+            cert_not_after: config.tls.as_ref().and_then(|files| tls::not_after(&files.cert)),
+            metrics: None,
         })
     }
 
@@ -252,16 +296,17 @@ impl<S: Socket + Source> Server<S> {
     /// charges it to its address (a trusted proxy is charged nothing: the
     /// client it names is, once named). `Ok`: the address charged.
     fn admit(&mut self, peer: Peer, now: Instant) -> Result<Option<IpAddr>, String> {
-        let why = if self.clients.len() >= self.limits.max_connections {
-            "server full".to_owned()
+        let (why, reason) = if self.clients.len() >= self.limits.max_connections {
+            ("server full".to_owned(), "server_full")
         } else if self.http.trusts(peer.ip) {
             return Ok(None);
         } else {
             match self.addresses.open(peer.ip) {
                 Ok(()) => return Ok(Some(peer.ip)),
-                Err(refused) => refused.to_string(),
+                Err(refused) => (refused.to_string(), refused.reason()),
             }
         };
+        Stats::count(&mut self.stats.connections_refused, reason, 1);
         if self.refused_log.allow(now) {
             warn!("{peer}: connection refused: {why}");
         }
@@ -289,6 +334,7 @@ impl<S: Socket + Source> Server<S> {
             }
         };
         debug!("{peer}: connected ({} connections)", self.clients.len() + 1);
+        self.stats.connections_accepted += 1;
         let conn = Connection::new(transport, peer, self.limits.max_outbound_bytes, now);
         self.clients.insert(Client { conn, session: Session::new(), charged });
         Ok(key)
@@ -319,6 +365,8 @@ impl<S: Socket + Source> Server<S> {
                 if self.refused_log.allow(now) {
                     warn!("{peer}: connection refused: {refused}");
                 }
+                Stats::count(&mut self.stats.connections_refused, refused.reason(), 1);
+                Stats::count(&mut self.stats.refusals, ErrorCode::TooManyConnections.as_str(), 1);
                 let why = Rejection::new(ErrorCode::TooManyConnections, refused.to_string());
                 client.conn.close(close_code::POLICY, "too many connections", Some(&why), now);
                 self.end_session(key, "refused");
@@ -338,6 +386,10 @@ impl<S: Socket + Source> Server<S> {
             match event.token() {
                 LISTENER => self.accept = Accept::Ready,
                 SIGNALS => self.on_signal(now),
+                METRICS => self.accept_metrics(now),
+                Token(key) if key >= METRICS_REQUESTS => {
+                    self.answer_metrics(key - METRICS_REQUESTS)
+                }
                 Token(key) => self.on_ready(
                     key,
                     event.is_readable() || event.is_read_closed() || event.is_error(),
@@ -424,6 +476,7 @@ impl<S: Socket + Source> Server<S> {
         match tls::load(files) {
             Ok(config) => {
                 self.tls = Some(config);
+                self.cert_not_after = tls::not_after(&files.cert);
                 info!(
                     "SIGHUP: reloaded the certificate {} and key {}",
                     files.cert.display(),
@@ -443,12 +496,16 @@ impl<S: Socket + Source> Server<S> {
             info!("{n} more handshakes timed out in the last minute");
         }
         self.addresses.sweep(now);
+        self.expire_metrics_requests(now);
         let keys: Vec<ConnId> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(client) = self.clients.get_mut(key) else { continue };
             if client.conn.expired(now, self.limits.handshake_timeout) {
-                if !client.conn.is_closing() && self.timeout_log.allow(now) {
-                    info!("{}: handshake timeout", client.conn.peer);
+                if client.conn.is_handshaking() {
+                    self.stats.handshake_failures += 1;
+                    if self.timeout_log.allow(now) {
+                        info!("{}: handshake timeout", client.conn.peer);
+                    }
                 }
                 self.remove(key, now);
                 continue;
@@ -476,6 +533,7 @@ impl<S: Socket + Source> Server<S> {
                         room: &mut self.room,
                         out: &mut self.out,
                         addresses: &mut self.addresses,
+                        stats: &mut self.stats,
                         limits: &self.limits,
                         id: key,
                         peer: client.conn.peer,
@@ -487,8 +545,18 @@ impl<S: Socket + Source> Server<S> {
                 }
                 Input::Progress => {}
                 Input::Idle => return,
-                Input::Ended(why) => self.end_session(key, &why),
-                Input::Finished => return self.remove(key, now),
+                Input::Ended { why, refused } => {
+                    if let Some(code) = refused {
+                        Stats::count(&mut self.stats.refusals, code.as_str(), 1);
+                    }
+                    self.end_session(key, &why);
+                }
+                Input::Finished => {
+                    if client.conn.is_handshaking() {
+                        self.stats.handshake_failures += 1;
+                    }
+                    return self.remove(key, now);
+                }
             }
         }
         self.again.push(key);
@@ -500,6 +568,9 @@ impl<S: Socket + Source> Server<S> {
             return;
         };
         let conn = &mut client.conn;
+        if let Action::Refuse(why) | Action::Close { why: Some(why), .. } = &action {
+            Stats::count(&mut self.stats.refusals, why.code.as_str(), 1);
+        }
         match action {
             Action::Nothing => return,
             Action::Refuse(why) => conn.send_error(&why, now),
@@ -539,6 +610,16 @@ impl<S: Socket + Source> Server<S> {
     fn deliver(&mut self, now: Instant) {
         let mut slow = Vec::new();
         for Outbound { to, json } in self.out.drain(..) {
+            let kind = metrics::kind_of(&json);
+            let recipients = match &to {
+                To::One(_) => 1,
+                To::Many(ids) => ids.len(),
+                To::Everyone => self.room.len(),
+            };
+            Stats::count(&mut self.stats.delivered, kind, recipients as u64);
+            if kind == "Error" {
+                Stats::count(&mut self.stats.refusals, protocol::code_of(&json), 1);
+            }
             let frame = outbox::text_frame(&json);
             let clients = &mut self.clients;
             let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut slow, id, &frame);
@@ -564,6 +645,7 @@ impl<S: Socket + Source> Server<S> {
             client.conn.queued()
         );
         client.conn.cut_off(now);
+        Stats::count(&mut self.stats.refusals, ErrorCode::SlowReader.as_str(), 1);
         self.end_session(id, "too slow");
     }
 
@@ -654,7 +736,133 @@ impl<S: Socket + Source> Server<S> {
         if let Some(ip) = client.charged {
             self.addresses.close(ip, now);
         }
+        let (received, sent) = client.conn.traffic();
+        self.stats.bytes_in += received;
+        self.stats.bytes_out += sent;
         let _ = self.poll.registry().deregister(client.conn.socket());
+    }
+
+    /// The Prometheus text for a scrape.
+    fn metrics_text(&self) -> String {
+        let mut phases = [("handshaking", 0), ("logging_in", 0), ("chatting", 0), ("closing", 0)];
+        let (mut bytes_in, mut bytes_out) = (0, 0);
+        for (_, client) in &self.clients {
+            let phase = if client.conn.is_handshaking() {
+                0
+            } else if client.conn.is_closing() {
+                3
+            } else if client.session.is_chatting() {
+                2
+            } else {
+                1
+            };
+            phases[phase].1 += 1;
+            let (received, sent) = client.conn.traffic();
+            bytes_in += received;
+            bytes_out += sent;
+        }
+        let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let snapshot = metrics::Snapshot {
+            users_online: self.room.len(),
+            phases,
+            bytes_in,
+            bytes_out,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            certificate_expiry: self.cert_not_after.map(|t| t as i64 - unix_now as i64),
+            shutting_down: matches!(self.phase, Phase::Stopping { .. }),
+        };
+        metrics::encode(&self.stats, &snapshot)
+    }
+
+    fn accept_metrics(&mut self, now: Instant) {
+        let Some(endpoint) = &mut self.metrics else { return };
+        while let Ok((mut socket, _)) = endpoint.listener.accept() {
+            if endpoint.requests.len() >= METRICS_MAX_REQUESTS {
+                continue; // dropped: a local scraper does not open this many
+            }
+            let token = Token(METRICS_REQUESTS + endpoint.requests.vacant_key());
+            if self.poll.registry().register(&mut socket, token, Interest::READABLE).is_ok() {
+                let request =
+                    MetricsRequest { socket, received: Vec::new(), answer: None, opened: now };
+                endpoint.requests.insert(request);
+            }
+        }
+    }
+
+    /// Reads a request on the metrics listener, answers it once complete,
+    /// and closes the connection once the answer is written.
+    fn answer_metrics(&mut self, key: usize) {
+        let shutting_down = matches!(self.phase, Phase::Stopping { .. });
+        // Taken out while it is served, so that the scrape can read the rest.
+        let Some(mut endpoint) = self.metrics.take() else { return };
+        if let Some(request) = endpoint.requests.get_mut(key)
+            && self.serve_metrics(key, request, shutting_down)
+        {
+            let _ = self.poll.registry().deregister(&mut request.socket);
+            endpoint.requests.remove(key);
+        }
+        self.metrics = Some(endpoint);
+    }
+
+    /// `true` once the request is answered (or dead).
+    fn serve_metrics(&self, key: usize, request: &mut MetricsRequest, shutting_down: bool) -> bool {
+        let mut buf = [0u8; 1024];
+        while request.answer.is_none() {
+            match request.socket.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    request.received.extend_from_slice(&buf[..n]);
+                    let text = || self.metrics_text();
+                    request.answer =
+                        metrics::respond(&request.received, shutting_down, text).map(|a| (a, 0));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        match &mut request.answer {
+            None => request.received.is_empty() || request.received.len() >= 4096,
+            Some((answer, written)) => loop {
+                match request.socket.write(&answer[*written..]) {
+                    Ok(n) if n > 0 => {
+                        *written += n;
+                        if *written == answer.len() {
+                            break true;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let token = Token(METRICS_REQUESTS + key);
+                        let _ = self.poll.registry().reregister(
+                            &mut request.socket,
+                            token,
+                            Interest::WRITABLE,
+                        );
+                        break false;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    _ => break true,
+                }
+            },
+        }
+    }
+
+    fn close_metrics_request(&mut self, key: usize) {
+        if let Some(mut request) = self.metrics.as_mut().and_then(|m| m.requests.try_remove(key)) {
+            let _ = self.poll.registry().deregister(&mut request.socket);
+        }
+    }
+
+    fn expire_metrics_requests(&mut self, now: Instant) {
+        let Some(metrics) = &self.metrics else { return };
+        let late: Vec<usize> = metrics
+            .requests
+            .iter()
+            .filter(|(_, r)| now.saturating_duration_since(r.opened) >= METRICS_TIMEOUT)
+            .map(|(key, _)| key)
+            .collect();
+        for key in late {
+            self.close_metrics_request(key);
+        }
     }
 
     /// The most bytes queued for any connection (for tests and fuzzing).

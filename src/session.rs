@@ -10,6 +10,7 @@ use tungstenite::Message;
 use crate::addresses::{Addresses, Peer};
 use crate::config::Limits;
 use crate::connection::close_code;
+use crate::metrics::Stats;
 use crate::protocol::{ErrorCode, Rejection, parse_request};
 use crate::ratelimit::{LogBudget, TokenBucket, Verdict};
 use crate::room::{ConnId, Outbound, Room};
@@ -37,6 +38,7 @@ pub struct Cx<'a> {
     pub room: &'a mut Room,
     pub out: &'a mut Vec<Outbound>,
     pub addresses: &'a mut Addresses,
+    pub stats: &'a mut Stats,
     pub limits: &'a Limits,
     pub id: ConnId,
     /// The client's address, for the log and the per-address limits.
@@ -155,6 +157,7 @@ impl Session {
             }
             (Message::Text(text), Phase::Chatting { .. }) => match parse_request(&text) {
                 Ok(request) => {
+                    Stats::count(&mut cx.stats.received, request.kind(), 1);
                     cx.room.handle(cx.id, request, cx.out);
                     Action::Nothing
                 }
@@ -206,7 +209,8 @@ impl Session {
         Action::Close { code: close_code::POLICY, reason: "wrong password", why: Some(why) }
     }
 
-    fn refuse(&mut self, why: Rejection, cx: &Cx) -> Action {
+    fn refuse(&mut self, why: Rejection, cx: &mut Cx) -> Action {
+        Stats::count(&mut cx.stats.received, "refused", 1);
         self.refusals.note(cx.peer, why.code, cx.now);
         Action::Refuse(why)
     }
@@ -288,6 +292,7 @@ mod tests {
         room: Room,
         out: Vec<Outbound>,
         addresses: Addresses,
+        stats: Stats,
         limits: Limits,
         now: Instant,
     }
@@ -299,6 +304,7 @@ mod tests {
                 room: Room::new("t", password, 0, 1 << 20),
                 out: Vec::new(),
                 addresses: Addresses::new(&config.limits),
+                stats: Stats::default(),
                 limits: config.limits,
                 now: Instant::now(),
             }
@@ -309,6 +315,7 @@ mod tests {
                 room: &mut self.room,
                 out: &mut self.out,
                 addresses: &mut self.addresses,
+                stats: &mut self.stats,
                 limits: &self.limits,
                 id,
                 peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
@@ -382,6 +389,7 @@ mod tests {
             room: &mut w.room,
             out: &mut w.out,
             addresses: &mut w.addresses,
+            stats: &mut w.stats,
             limits: &w.limits,
             id: 1,
             peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),

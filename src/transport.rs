@@ -39,10 +39,12 @@ pub enum Transport<S> {
     /// event clears it. `hung_up`: the poller saw the peer's end of stream,
     /// so reads go on until they see it too (a FIN that came in the same
     /// segment as the last data brings no event of its own).
+    /// `received`: bytes read so far.
     Plain {
         socket: S,
         drained: bool,
         hung_up: bool,
+        received: u64,
     },
     Tls(Box<TlsStream<S>>),
 }
@@ -52,6 +54,8 @@ pub struct TlsStream<S> {
     tls: ServerConnection,
     /// What the client sent first, once known.
     opening: Opening,
+    /// Plaintext bytes read.
+    received: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +78,12 @@ pub enum Flushed {
 impl<S: Socket> Transport<S> {
     pub fn new(socket: S, tls: Option<&Arc<ServerConfig>>) -> io::Result<Self> {
         Ok(match tls {
-            None => Transport::Plain { socket, drained: false, hung_up: false },
+            None => Transport::Plain { socket, drained: false, hung_up: false, received: 0 },
             Some(config) => {
                 let mut tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
                 tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-                Transport::Tls(Box::new(TlsStream { socket, tls, opening: Opening::Unknown }))
+                let opening = Opening::Unknown;
+                Transport::Tls(Box::new(TlsStream { socket, tls, opening, received: 0 }))
             }
         })
     }
@@ -104,12 +109,17 @@ impl<S: Socket> Transport<S> {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain { drained: true, .. } => Err(io::ErrorKind::WouldBlock.into()),
-            Transport::Plain { socket, drained, hung_up } => {
+            Transport::Plain { socket, drained, hung_up, received } => {
                 let n = socket.read(buf)?;
                 *drained = n > 0 && n < buf.len() && !*hung_up;
+                *received += n as u64;
                 Ok(n)
             }
-            Transport::Tls(t) => t.read(buf),
+            Transport::Tls(t) => {
+                let n = t.read(buf)?;
+                t.received += n as u64;
+                Ok(n)
+            }
         }
     }
 
@@ -123,6 +133,14 @@ impl<S: Socket> Transport<S> {
                 write_plain(&mut t.socket, outbox, scratch)
             }
             Transport::Tls(t) => t.flush(outbox, scratch),
+        }
+    }
+
+    /// Bytes read since the connection opened (plaintext).
+    pub fn received(&self) -> u64 {
+        match self {
+            Transport::Plain { received, .. } => *received,
+            Transport::Tls(t) => t.received,
         }
     }
 
