@@ -32,6 +32,10 @@ use crate::session::{self, Action, Session};
 use crate::tls;
 use crate::transport::{Socket, Transport};
 
+/// Bytes a connection may have queued above `max_outbound_bytes` for control
+/// frames and last words.
+pub const OUTPUT_RESERVE: usize = outbox::RESERVE;
+
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const METRICS: Token = Token(usize::MAX - 2);
@@ -865,9 +869,15 @@ impl<S: Socket + Source> Server<S> {
         }
     }
 
-    /// The most bytes queued for any connection (for tests and fuzzing).
+    /// The most bytes queued for any open WebSocket (for tests and
+    /// fuzzing: it never passes `max_outbound_bytes` + `OUTPUT_RESERVE`).
     pub fn max_queued(&self) -> usize {
-        self.clients.iter().map(|(_, c)| c.conn.queued()).max().unwrap_or(0)
+        let open = self.clients.iter().filter(|(_, c)| c.conn.is_open());
+        open.map(|(_, c)| c.conn.queued()).max().unwrap_or(0)
+    }
+
+    pub fn users_online(&self) -> usize {
+        self.room.len()
     }
 }
 
