@@ -4,6 +4,9 @@
 mod addresses;
 pub mod config;
 mod connection;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod echo;
 pub mod fdlimit;
 pub mod http;
 mod metrics;
