@@ -15,6 +15,7 @@ use rustls::ServerConfig;
 use slab::Slab;
 use tungstenite::Message;
 
+use crate::addresses::Peer;
 use crate::connection::{Connection, Flush, Input, close_code};
 use crate::http::HttpPolicy;
 use crate::outbox;
@@ -131,7 +132,12 @@ impl Echo {
                 self.poll.registry().register(&mut socket, Token(key), Interest::READABLE);
             match registered.and_then(|()| Transport::new(socket, self.tls.as_ref())) {
                 Ok(transport) => {
-                    self.conns.insert(Connection::new(transport, peer, self.outbound_limit, now));
+                    self.conns.insert(Connection::new(
+                        transport,
+                        Peer::direct(peer),
+                        self.outbound_limit,
+                        now,
+                    ));
                 }
                 Err(e) => eprintln!("{peer}: {e}"),
             }
@@ -152,7 +158,7 @@ impl Echo {
                 }
                 Input::Message(Message::Text(text)) => outbox::text_frame(text.as_str()),
                 Input::Message(Message::Binary(data)) => outbox::binary_frame(&data),
-                Input::Message(_) | Input::Progress | Input::Ended(_) => continue,
+                Input::Message(_) | Input::Progress | Input::Ended { .. } => continue,
                 Input::Idle => return,
                 Input::Finished => return self.remove(key),
             };
