@@ -11,7 +11,7 @@ use crate::addresses::{Addresses, Peer};
 use crate::config::Limits;
 use crate::connection::close_code;
 use crate::metrics::Stats;
-use crate::protocol::{ErrorCode, Rejection, parse_request};
+use crate::protocol::{ErrorCode, Rejection, Request, parse_request};
 use crate::ratelimit::{LogBudget, TokenBucket, Verdict};
 use crate::room::{ConnId, Outbound, Room};
 
@@ -158,6 +158,12 @@ impl Session {
             (Message::Text(text), Phase::Chatting { .. }) => match parse_request(&text) {
                 Ok(request) => {
                     Stats::count(&mut cx.stats.received, request.kind(), 1);
+                    if let (Request::OnlineUsers, Some(bucket)) = (&request, &mut self.bucket) {
+                        // The list of a large room is up to 128 KiB: it costs
+                        // a token per 256 users, up to a whole burst.
+                        let extra = (cx.room.len() / 256) as u32;
+                        bucket.charge(extra.min(bucket.burst()));
+                    }
                     cx.room.handle(cx.id, request, cx.out);
                     Action::Nothing
                 }
@@ -400,6 +406,24 @@ mod tests {
         use ErrorCode::*;
         assert_eq!(codes[..5], [Some(BinaryUnsupported); 5]);
         assert_eq!(codes[5..], [Some(RateLimited); 3]);
+    }
+
+    #[test]
+    fn the_list_of_a_large_room_costs_more_tokens() {
+        let mut w = World::new("");
+        w.limits.rate_limit_per_sec = 1;
+        w.limits.rate_limit_burst = 3;
+        for id in 0..600 {
+            w.room.join(id, &format!("user{id}")).unwrap();
+        }
+        let mut s = Session::new();
+        s.opened(w.now);
+        w.send(&mut s, 1000, "");
+        assert_eq!(w.send(&mut s, 1000, "alice"), Action::LoggedIn);
+        let ask = r#"{"msgType":"OnlineUsers"}"#;
+        assert_eq!(w.send(&mut s, 1000, ask), Action::Nothing);
+        // 601 users: two tokens more than a message, so the bucket is empty.
+        assert_eq!(code(w.send(&mut s, 1000, ask)), Some(ErrorCode::RateLimited));
     }
 
     #[test]
