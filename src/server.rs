@@ -5,7 +5,7 @@
 //! output once per round, streams joiners their snapshot, runs timers, and
 //! shuts down on a signal.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,9 +41,6 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 const METRICS: Token = Token(usize::MAX - 2);
 /// Tokens of requests on the metrics listener start here (slab key + this).
 const METRICS_REQUESTS: usize = usize::MAX / 2;
-/// Requests open at once on the metrics listener; a request's time limit.
-const METRICS_MAX_REQUESTS: usize = 16;
-const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timers (handshake, login and idle timeouts, pings) are checked this often.
 const TICK: Duration = Duration::from_secs(1);
 /// Messages read from one connection before giving the others a turn.
@@ -120,21 +117,7 @@ pub struct Server<S = TcpStream> {
     /// When the certificate in use expires (Unix seconds).
     cert_not_after: Option<u64>,
     /// The health and metrics listener, when `metrics_addr` is set.
-    metrics: Option<MetricsEndpoint>,
-}
-
-/// The health and metrics listener and the requests in progress on it.
-struct MetricsEndpoint {
-    listener: TcpListener,
-    requests: Slab<MetricsRequest>,
-}
-
-struct MetricsRequest {
-    socket: TcpStream,
-    received: Vec<u8>,
-    /// The answer and how much of it is written.
-    answer: Option<(Vec<u8>, usize)>,
-    opened: Instant,
+    metrics: Option<metrics::Endpoint>,
 }
 
 impl Server<TcpStream> {
@@ -153,11 +136,10 @@ impl Server<TcpStream> {
                 .to_socket_addrs()?
                 .next()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
-            let mut metrics = TcpListener::bind(addr)
+            let endpoint = metrics::Endpoint::bind(addr, server.poll.registry(), METRICS)
                 .map_err(|e| io::Error::new(e.kind(), format!("metrics_addr {addr}: {e}")))?;
-            server.poll.registry().register(&mut metrics, METRICS, Interest::READABLE)?;
-            info!("health and metrics on http://{}/healthz and /metrics", metrics.local_addr()?);
-            server.metrics = Some(MetricsEndpoint { listener: metrics, requests: Slab::new() });
+            info!("health and metrics on http://{}/healthz and /metrics", endpoint.local_addr()?);
+            server.metrics = Some(endpoint);
         }
         server.phase = Phase::Running { listener: Some(listener) };
         Ok(server)
@@ -390,7 +372,11 @@ impl<S: Socket + Source> Server<S> {
             match event.token() {
                 LISTENER => self.accept = Accept::Ready,
                 SIGNALS => self.on_signal(now),
-                METRICS => self.accept_metrics(now),
+                METRICS => {
+                    if let Some(endpoint) = &mut self.metrics {
+                        endpoint.accept(self.poll.registry(), METRICS_REQUESTS, now);
+                    }
+                }
                 Token(key) if key >= METRICS_REQUESTS => {
                     self.answer_metrics(key - METRICS_REQUESTS)
                 }
@@ -500,7 +486,9 @@ impl<S: Socket + Source> Server<S> {
             info!("{n} more handshakes timed out in the last minute");
         }
         self.addresses.sweep(now);
-        self.expire_metrics_requests(now);
+        if let Some(endpoint) = &mut self.metrics {
+            endpoint.expire(self.poll.registry(), now);
+        }
         let keys: Vec<ConnId> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(client) = self.clients.get_mut(key) else { continue };
@@ -778,95 +766,14 @@ impl<S: Socket + Source> Server<S> {
         metrics::encode(&self.stats, &snapshot)
     }
 
-    fn accept_metrics(&mut self, now: Instant) {
-        let Some(endpoint) = &mut self.metrics else { return };
-        while let Ok((mut socket, _)) = endpoint.listener.accept() {
-            if endpoint.requests.len() >= METRICS_MAX_REQUESTS {
-                continue; // dropped: a local scraper does not open this many
-            }
-            let token = Token(METRICS_REQUESTS + endpoint.requests.vacant_key());
-            if self.poll.registry().register(&mut socket, token, Interest::READABLE).is_ok() {
-                let request =
-                    MetricsRequest { socket, received: Vec::new(), answer: None, opened: now };
-                endpoint.requests.insert(request);
-            }
-        }
-    }
-
-    /// Reads a request on the metrics listener, answers it once complete,
-    /// and closes the connection once the answer is written.
+    /// Reads a request on the metrics listener and answers it.
     fn answer_metrics(&mut self, key: usize) {
         let shutting_down = matches!(self.phase, Phase::Stopping { .. });
         // Taken out while it is served, so that the scrape can read the rest.
         let Some(mut endpoint) = self.metrics.take() else { return };
-        if let Some(request) = endpoint.requests.get_mut(key)
-            && self.serve_metrics(key, request, shutting_down)
-        {
-            let _ = self.poll.registry().deregister(&mut request.socket);
-            endpoint.requests.remove(key);
-        }
+        let registry = self.poll.registry();
+        endpoint.serve(key, registry, METRICS_REQUESTS, shutting_down, || self.metrics_text());
         self.metrics = Some(endpoint);
-    }
-
-    /// `true` once the request is answered (or dead).
-    fn serve_metrics(&self, key: usize, request: &mut MetricsRequest, shutting_down: bool) -> bool {
-        let mut buf = [0u8; 1024];
-        while request.answer.is_none() {
-            match request.socket.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    request.received.extend_from_slice(&buf[..n]);
-                    let text = || self.metrics_text();
-                    request.answer =
-                        metrics::respond(&request.received, shutting_down, text).map(|a| (a, 0));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        match &mut request.answer {
-            None => request.received.is_empty() || request.received.len() >= 4096,
-            Some((answer, written)) => loop {
-                match request.socket.write(&answer[*written..]) {
-                    Ok(n) if n > 0 => {
-                        *written += n;
-                        if *written == answer.len() {
-                            break true;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let token = Token(METRICS_REQUESTS + key);
-                        let _ = self.poll.registry().reregister(
-                            &mut request.socket,
-                            token,
-                            Interest::WRITABLE,
-                        );
-                        break false;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    _ => break true,
-                }
-            },
-        }
-    }
-
-    fn close_metrics_request(&mut self, key: usize) {
-        if let Some(mut request) = self.metrics.as_mut().and_then(|m| m.requests.try_remove(key)) {
-            let _ = self.poll.registry().deregister(&mut request.socket);
-        }
-    }
-
-    fn expire_metrics_requests(&mut self, now: Instant) {
-        let Some(metrics) = &self.metrics else { return };
-        let late: Vec<usize> = metrics
-            .requests
-            .iter()
-            .filter(|(_, r)| now.saturating_duration_since(r.opened) >= METRICS_TIMEOUT)
-            .map(|(key, _)| key)
-            .collect();
-        for key in late {
-            self.close_metrics_request(key);
-        }
     }
 
     /// The most bytes queued for any open WebSocket (for tests and

@@ -54,6 +54,15 @@ fn health_and_metrics_on_their_own_listener() {
     let line = server.wait_log("health and metrics on http://");
     let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
     assert_eq!(get(&addr, "/healthz"), ("HTTP/1.1 200 OK".into(), "ok\n".into()));
+    // A request in two pieces is answered once complete.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(TIMEOUT)).unwrap();
+    slow.write_all(b"GET /heal").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    slow.write_all(b"thz HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok\n"), "{answer}");
 
     let (mut alice, mut bob) = server.login_two("alice", "bob");
     alice.send_json(broadcast("counted"));
