@@ -3,7 +3,9 @@
 //! and wrong passwords per minute. IPv6 addresses count per /64.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
@@ -28,11 +30,112 @@ impl AddrKey {
     }
 }
 
+/// Who a connection is from, as the log and the limits see it: the socket's
+/// peer, or the client a trusted proxy named (its port is then unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// `None` when a trusted proxy gave the address.
+    port: Option<u16>,
+}
+
+impl Peer {
+    pub fn direct(addr: SocketAddr) -> Peer {
+        Peer { ip: addr.ip().to_canonical(), port: Some(addr.port()) }
+    }
+
+    pub fn proxied(ip: IpAddr) -> Peer {
+        Peer { ip: ip.to_canonical(), port: None }
+    }
+
+    pub fn is_proxied(&self) -> bool {
+        self.port.is_none()
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => SocketAddr::new(self.ip, port).fmt(f),
+            None => write!(f, "{} (via proxy)", self.ip),
+        }
+    }
+}
+
+/// An address or a network (`10.0.0.0/8`, `2001:db8::/32`), for
+/// `trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(u32::from(net).into(), u32::from(ip).into(), 32, self.bits)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(net.into(), ip.into(), 128, self.bits),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: u128, b: u128, width: u8, bits: u8) -> bool {
+    bits == 0 || (a ^ b) >> (width - bits) == 0
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((addr, bits)) => (addr, Some(bits)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or network (e.g. \"10.0.0.0/8\")"))?;
+        let net = net.to_canonical();
+        let width = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => width,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|&b| b <= width)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {width}"))?,
+        };
+        Ok(Cidr { net, bits })
+    }
+}
+
 /// Why a new connection was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     TooManyConnections,
     TooManyHandshakes,
+}
+
+impl Refused {
+    /// The metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::TooManyConnections => "per_address_connections",
+            Refused::TooManyHandshakes => "per_address_handshakes",
+        }
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refused::TooManyConnections => "too many connections from your address",
+            Refused::TooManyHandshakes => "too many unfinished logins from your address",
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +262,30 @@ mod tests {
         assert_ne!(AddrKey::of(a), AddrKey::of(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(AddrKey::of(mapped), AddrKey::of("192.0.2.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn networks_and_peers() {
+        let net: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains("10.200.3.4".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()), "mapped IPv4");
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        let one: Cidr = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()) && !one.contains("::2".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "proxy.example", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let peer = Peer::direct("[::ffff:192.0.2.7]:4000".parse().unwrap());
+        assert_eq!(peer.to_string(), "192.0.2.7:4000");
+        assert_eq!(
+            Peer::proxied("203.0.113.9".parse().unwrap()).to_string(),
+            "203.0.113.9 (via proxy)"
+        );
     }
 
     #[test]

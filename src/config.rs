@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use log::LevelFilter;
+
+use crate::addresses::Cidr;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +25,10 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// Web origins allowed to open a WebSocket; empty = any.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` name the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `host:port` of the health and metrics listener; `None` = off.
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +90,8 @@ impl Default for Config {
             history_size: 50,
             log_level: LevelFilter::Info,
             allowed_origins: Vec::new(),
+            metrics_addr: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -140,6 +148,8 @@ const KEYS: &[&str] = &[
     "max_handshakes_per_ip",
     "login_attempts_per_minute",
     "allowed_origins",
+    "metrics_addr",
+    "trusted_proxies",
 ];
 
 impl Config {
@@ -256,6 +266,25 @@ impl Config {
                 }
             }
             c.allowed_origins = origins;
+        }
+        if let Some(proxies) = keys.strings("trusted_proxies")? {
+            c.trusted_proxies = proxies
+                .iter()
+                .map(|p| p.parse::<Cidr>().map_err(|e| bad("trusted_proxies", &format!("has {e}"))))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(addr) = keys.string("metrics_addr")? {
+            let port = addr.rsplit_once(':').and_then(|(host, port)| {
+                (!host.is_empty()).then_some(())?;
+                port.parse::<u16>().ok()
+            });
+            if port.is_none() {
+                return Err(bad(
+                    "metrics_addr",
+                    &format!("{addr:?} must be host:port, e.g. \"127.0.0.1:9898\""),
+                ));
+            }
+            c.metrics_addr = (!addr.is_empty()).then_some(addr);
         }
         if let Some(level) = keys.string("log_level")? {
             c.log_level = match level.to_ascii_lowercase().as_str() {
@@ -392,6 +421,11 @@ mod tests {
             (r#"{"max_connections": 0}"#, "\"max_connections\""),
             (r#"{"log_level": "loud"}"#, "\"log_level\" must be one of"),
             (r#"{"rate_limit_burst": 0}"#, "\"rate_limit_burst\" must be at least 1"),
+            (
+                r#"{"trusted_proxies": ["nginx"]}"#,
+                "\"trusted_proxies\" has \"nginx\" is not an address",
+            ),
+            (r#"{"metrics_addr": "9898"}"#, "\"metrics_addr\" \"9898\" must be host:port"),
             (r#"{"allowed_origins": "x"}"#, "\"allowed_origins\" must be a list of strings"),
             (r#"{"allowed_origins": [1]}"#, "\"allowed_origins\" must be a list of strings"),
             (r#"{"allowed_origins": ["https://a.org/chat"]}"#, "an origin looks like"),

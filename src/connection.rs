@@ -4,7 +4,6 @@
 //! up to the session (`session.rs`), frames to send come down as bytes.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use mio::Interest;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
+use crate::addresses::Peer;
 use crate::http::{self, HttpPolicy, Parsed};
 use crate::outbox::{self, Outbox, Overflow, SharedFrame};
 use crate::protocol::{ErrorCode, Rejection};
@@ -62,8 +62,9 @@ pub enum Input {
     /// Nothing to read now (or output is over the high-water mark).
     Idle,
     /// The WebSocket ended (the peer closed it, broke the protocol, or
-    /// sent too much); what was owed to it is queued. The text says why.
-    Ended(String),
+    /// sent too much); what was owed to it is queued. `why` is for the
+    /// log; `refused`: the `Error` it was sent.
+    Ended { why: String, refused: Option<ErrorCode> },
     /// Closed both ways or dead: remove the connection.
     Finished,
 }
@@ -99,7 +100,7 @@ pub struct Connection<S> {
     outbox: Outbox,
     state: State,
     /// The client's address (the proxy's, until a trusted proxy names it).
-    pub peer: SocketAddr,
+    pub peer: Peer,
     opened: Instant,
     last_heard: Instant,
     /// The last flush left output the socket would not take.
@@ -113,12 +114,7 @@ pub struct Connection<S> {
 }
 
 impl<S: Socket> Connection<S> {
-    pub fn new(
-        transport: Transport<S>,
-        peer: SocketAddr,
-        outbound_limit: usize,
-        now: Instant,
-    ) -> Self {
+    pub fn new(transport: Transport<S>, peer: Peer, outbound_limit: usize, now: Instant) -> Self {
         Connection {
             transport,
             outbox: Outbox::new(outbound_limit),
@@ -147,6 +143,16 @@ impl<S: Socket> Connection<S> {
 
     pub fn last_heard(&self) -> Instant {
         self.last_heard
+    }
+
+    /// Bytes received (after TLS) and sent (before TLS), for the metrics.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.transport.received(), self.outbox.written())
+    }
+
+    /// Still in the TLS or HTTP handshake.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.state, State::Handshaking { .. })
     }
 
     pub fn queued(&self) -> usize {
@@ -207,6 +213,12 @@ impl<S: Socket> Connection<S> {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Input::Idle,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => Input::Progress,
+                    Err(_) if self.transport.got_plain_http() => {
+                        debug!("{}: plain HTTP on the TLS port", self.peer);
+                        self.outbox.push_response(http::plain_http_on_tls_port().into());
+                        self.start_closing(now);
+                        Input::Progress
+                    }
                     Err(e) => {
                         debug!("{}: handshake failed: {e}", self.peer);
                         Input::Finished
@@ -228,7 +240,7 @@ impl<S: Socket> Connection<S> {
                             Some(f) => format!("closed ({})", u16::from(f.code)),
                             None => "closed".into(),
                         };
-                        Input::Ended(why)
+                        Input::Ended { why, refused: None }
                     }
                     Ok(message) => {
                         self.last_heard = now;
@@ -256,9 +268,14 @@ impl<S: Socket> Connection<S> {
         let State::Handshaking { request } = &mut self.state else {
             return Input::Progress;
         };
-        match http::parse(request, policy) {
+        let from_proxy = !self.peer.is_proxied() && policy.trusts(self.peer.ip);
+        match http::parse(request, policy, from_proxy) {
             Parsed::Incomplete => Input::Progress,
-            Parsed::Upgrade { response, head_len } => {
+            Parsed::Upgrade { response, head_len, client } => {
+                if let Some(ip) = client {
+                    debug!("{}: proxied for {ip}", self.peer);
+                    self.peer = Peer::proxied(ip);
+                }
                 let rest = request.split_off(head_len);
                 self.outbox.push_response(response.into());
                 let ws = WebSocketContext::from_partially_read(
@@ -285,32 +302,33 @@ impl<S: Socket> Connection<S> {
             | WsError::AlreadyClosed
             | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 self.start_closing(now);
-                return Input::Ended("connection lost".into());
+                return Input::Ended { why: "connection lost".into(), refused: None };
             }
             WsError::Io(e) => {
                 self.start_closing(now);
-                return Input::Ended(format!("connection lost: {e}"));
+                return Input::Ended { why: format!("connection lost: {e}"), refused: None };
             }
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 let text = format!("message of {size} bytes is over the limit of {max_size} bytes");
                 let why = Rejection::new(ErrorCode::MessageTooBig, text);
                 self.close(close_code::TOO_BIG, "message too big", Some(&why), now);
-                return Input::Ended(format!("message of {size} bytes over the {max_size} limit"));
+                let why = format!("message of {size} bytes over the {max_size} limit");
+                return Input::Ended { why, refused: Some(ErrorCode::MessageTooBig) };
             }
             WsError::Utf8(_) => (close_code::INVALID_DATA, "invalid UTF-8 in a text frame", None),
             WsError::Protocol(e) => {
                 let reason = format!("WebSocket protocol error: {e}");
                 self.close(close_code::PROTOCOL_ERROR, &reason, None, now);
-                return Input::Ended(reason);
+                return Input::Ended { why: reason, refused: None };
             }
             e => {
                 let reason = format!("internal error: {e}");
                 self.close(close_code::INTERNAL_ERROR, "internal error", None, now);
-                return Input::Ended(reason);
+                return Input::Ended { why: reason, refused: None };
             }
         };
         self.close(code, reason, why.as_ref(), now);
-        Input::Ended(reason.to_owned())
+        Input::Ended { why: reason.to_owned(), refused: None }
     }
 
     /// Queues an optional `Error` and a Close frame, and starts closing.

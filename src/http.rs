@@ -3,7 +3,11 @@
 //! page embedded in the binary (with its `/app.js` and `/app.css`), anything
 //! else an HTTP error; then close.
 
+use std::net::IpAddr;
+
 use tungstenite::handshake::derive_accept_key;
+
+use crate::addresses::Cidr;
 
 /// The browser client, compiled into the binary.
 const PAGE: &str = include_str!("web/index.html");
@@ -19,6 +23,14 @@ pub struct HttpPolicy {
     /// Origins whose pages may open a WebSocket; empty = any. A request
     /// without `Origin` (not from a browser) is always allowed.
     pub allowed_origins: Vec<String>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl HttpPolicy {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(ip))
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -26,13 +38,15 @@ pub enum Parsed {
     /// Need more bytes.
     Incomplete,
     /// Send `response`, then speak WebSocket; bytes after `head_len` are
-    /// already WebSocket frames.
-    Upgrade { response: Vec<u8>, head_len: usize },
+    /// already WebSocket frames. `client`: the address a trusted proxy
+    /// named (only when the request came from one).
+    Upgrade { response: Vec<u8>, head_len: usize, client: Option<IpAddr> },
     /// Send `response`, then close.
     Respond { response: Vec<u8>, status: u16 },
 }
 
-pub fn parse(buf: &[u8], policy: &HttpPolicy) -> Parsed {
+/// Parses the request in `buf`; `from_proxy`: it came from a trusted proxy.
+pub fn parse(buf: &[u8], policy: &HttpPolicy, from_proxy: bool) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -85,7 +99,8 @@ pub fn parse(buf: &[u8], policy: &HttpPolicy) -> Parsed {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
     );
-    Parsed::Upgrade { response: response.into_bytes(), head_len }
+    let client = if from_proxy { forwarded_client(req.headers, policy) } else { None };
+    Parsed::Upgrade { response: response.into_bytes(), head_len, client }
 }
 
 /// The page's script and styles, compiled into the binary and served from
@@ -101,6 +116,49 @@ const STYLE: &str = include_str!("web/app.css");
 /// has loaded, cannot put the password into a URL.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; \
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The client a trusted proxy names: walking `X-Forwarded-For` (else
+/// `Forwarded`'s `for=`) from the right, the first address that is not a
+/// trusted proxy itself (what a client wrote on the left is not believed).
+fn forwarded_client(headers: &[httparse::Header], policy: &HttpPolicy) -> Option<IpAddr> {
+    let values = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .flat_map(|v| v.split(','))
+            .collect()
+    };
+    let mut hops: Vec<IpAddr> =
+        values("X-Forwarded-For").iter().filter_map(|v| parse_hop(v)).collect();
+    if hops.is_empty() {
+        hops = values("Forwarded")
+            .iter()
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim().eq_ignore_ascii_case("for").then(|| parse_hop(value)).flatten()
+                })
+            })
+            .collect();
+    }
+    let last = *hops.last()?;
+    Some(hops.into_iter().rev().find(|ip| !policy.trusts(*ip)).unwrap_or(last))
+}
+
+/// One address of a forwarding header: `192.0.2.1`, `192.0.2.1:4711`,
+/// `2001:db8::1`, `"[2001:db8::1]:4711"`.
+fn parse_hop(value: &str) -> Option<IpAddr> {
+    let value = value.trim().trim_matches('"');
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split(']').next()?.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    }
+    let (host, _port) = value.rsplit_once(':')?;
+    host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
 
 fn page(head_only: bool) -> Parsed {
     asset(PAGE, "text/html", head_only)
@@ -121,7 +179,16 @@ fn asset(body: &str, content_type: &str, head_only: bool) -> Parsed {
     Parsed::Respond { response, status: 200 }
 }
 
+/// The answer to plain HTTP sent to the TLS port (nginx sends a 400 too).
+pub fn plain_http_on_tls_port() -> Vec<u8> {
+    error_response(400, "This port speaks TLS: use https:// (or wss:// for the WebSocket).\n")
+}
+
 fn reject(status: u16, body: &str) -> Parsed {
+    Parsed::Respond { response: error_response(status, body), status }
+}
+
+fn error_response(status: u16, body: &str) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
         403 => "Forbidden",
@@ -136,7 +203,7 @@ fn reject(status: u16, body: &str) -> Parsed {
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
-    Parsed::Respond { response: response.into_bytes(), status }
+    response.into_bytes()
 }
 
 #[cfg(test)]
@@ -146,7 +213,7 @@ mod tests {
     const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
     fn parse(buf: &[u8]) -> Parsed {
-        super::parse(buf, &HttpPolicy::default())
+        super::parse(buf, &HttpPolicy::default(), false)
     }
 
     #[test]
@@ -154,7 +221,7 @@ mod tests {
         let mut bytes = UPGRADE.as_bytes().to_vec();
         bytes.extend_from_slice(&[0x81, 0x80]);
         match parse(&bytes) {
-            Parsed::Upgrade { response, head_len } => {
+            Parsed::Upgrade { response, head_len, .. } => {
                 let text = String::from_utf8(response).unwrap();
                 assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
                 assert_eq!(head_len, UPGRADE.len());
@@ -193,11 +260,14 @@ mod tests {
         let request = UPGRADE.replace("Host: x\r\n", &format!("Host: x\r\n{many}"));
         assert!(matches!(parse(request.as_bytes()), Parsed::Upgrade { .. }));
 
-        let policy = HttpPolicy { allowed_origins: vec!["https://chat.example.org".into()] };
+        let policy = HttpPolicy {
+            allowed_origins: vec!["https://chat.example.org".into()],
+            ..HttpPolicy::default()
+        };
         let with_origin = |origin: &str| {
             let request =
                 UPGRADE.replace("Host: x\r\n", &format!("Host: x\r\nOrigin: {origin}\r\n"));
-            match super::parse(request.as_bytes(), &policy) {
+            match super::parse(request.as_bytes(), &policy, false) {
                 Parsed::Upgrade { .. } => 101,
                 Parsed::Respond { status, .. } => status,
                 Parsed::Incomplete => 0,
@@ -207,9 +277,38 @@ mod tests {
         assert_eq!(with_origin("https://evil.example"), 403);
         assert_eq!(with_origin("null"), 403);
         assert!(
-            matches!(super::parse(UPGRADE.as_bytes(), &policy), Parsed::Upgrade { .. }),
+            matches!(super::parse(UPGRADE.as_bytes(), &policy, false), Parsed::Upgrade { .. }),
             "no Origin: not a browser"
         );
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies() {
+        let policy = HttpPolicy {
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
+            ..HttpPolicy::default()
+        };
+        let client = |headers: &str, from_proxy: bool| {
+            let request = UPGRADE.replace("Host: x\r\n", &format!("Host: x\r\n{headers}"));
+            match super::parse(request.as_bytes(), &policy, from_proxy) {
+                Parsed::Upgrade { client, .. } => client.map(|ip| ip.to_string()),
+                other => panic!("{other:?}"),
+            }
+        };
+        let xff = "X-Forwarded-For: 203.0.113.9\r\n";
+        assert_eq!(client(xff, true).as_deref(), Some("203.0.113.9"));
+        assert_eq!(client(xff, false), None, "only a trusted peer is believed");
+        // A client's own entry on the left is not believed; trusted hops are skipped.
+        let chain = "X-Forwarded-For: 6.6.6.6, 198.51.100.7\r\nX-Forwarded-For: 10.1.1.1\r\n";
+        assert_eq!(client(chain, true).as_deref(), Some("198.51.100.7"));
+        let fwd = "Forwarded: for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.0.0.2\r\n";
+        assert_eq!(client(fwd, true).as_deref(), Some("2001:db8:cafe::17"));
+        assert_eq!(
+            client("X-Forwarded-For: 192.0.2.1:5555\r\n", true).as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(client("X-Forwarded-For: garbage\r\n", true), None);
+        assert_eq!(client("", true), None);
     }
 
     fn respond(request: &str) -> (u16, String) {

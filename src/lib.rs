@@ -4,8 +4,12 @@
 mod addresses;
 pub mod config;
 mod connection;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod echo;
 pub mod fdlimit;
 pub mod http;
+mod metrics;
 mod names;
 mod outbox;
 pub mod protocol;

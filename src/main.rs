@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,11 +98,11 @@ fn main() -> ExitCode {
 fn run() -> Result<(), Fatal> {
     let (path, check_only) = match parse_args(std::env::args().skip(1))? {
         Command::Help => {
-            println!("{USAGE}");
+            say(USAGE);
             return Ok(());
         }
         Command::Version => {
-            println!("ragnarok {}", env!("CARGO_PKG_VERSION"));
+            say(&format!("ragnarok {}", env!("CARGO_PKG_VERSION")));
             return Ok(());
         }
         Command::Serve { config, check_only } => (config, check_only),
@@ -123,15 +124,17 @@ fn run() -> Result<(), Fatal> {
         None => None,
     };
     if check_only {
-        println!("{}: OK", path.display());
+        check_addresses(&config)?;
+        say(&format!("{}: OK", path.display()));
         return Ok(());
     }
-    simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .env()
-        .with_utc_timestamps()
-        .init()
-        .map_err(|e| Fatal::Software(format!("cannot start logging: {e}")))?;
+    let logger = simple_logger::SimpleLogger::new().with_level(config.log_level).env();
+    // Under systemd (JOURNAL_STREAM set) journald stamps every line itself.
+    let logger = match std::env::var_os("JOURNAL_STREAM") {
+        Some(_) => logger.without_timestamps(),
+        None => logger.with_utc_timestamps(),
+    };
+    logger.init().map_err(|e| Fatal::Software(format!("cannot start logging: {e}")))?;
     raise_fd_limit(config.limits.max_connections);
 
     let address = format!("{}:{}", config.server_ip, config.server_port);
@@ -145,6 +148,41 @@ fn run() -> Result<(), Fatal> {
     let access = if config.server_password.is_empty() { "public" } else { "password protected" };
     info!("Ragnarok listening on {} (room {:?}, {access})", server.url(), config.server_name);
     server.run().map_err(|e| Fatal::Software(format!("event loop failed: {e}")))
+}
+
+/// Prints a line on stdout; a closed pipe (`--help | head -1`) is no error.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(io::stdout(), "{text}");
+}
+
+/// `--check-config`: the addresses to listen on must resolve to addresses of
+/// this machine (whether the ports are free is not checked: the running
+/// service may hold them).
+fn check_addresses(config: &Config) -> Result<(), Fatal> {
+    let mut addresses = vec![("server_ip", config.server_ip.clone())];
+    if let Some(metrics) = &config.metrics_addr {
+        addresses.push(("metrics_addr", metrics.clone()));
+    }
+    for (key, value) in addresses {
+        let resolved = match key {
+            "server_ip" => (value.as_str(), 0).to_socket_addrs(),
+            _ => value.to_socket_addrs(),
+        };
+        let addr = resolved
+            .map_err(|e| Fatal::Config(format!("config: {key:?} {value:?} does not resolve: {e}")))?
+            .next()
+            .ok_or_else(|| {
+                Fatal::Config(format!("config: {key:?} {value:?} resolves to nothing"))
+            })?;
+        std::net::TcpListener::bind((addr.ip(), 0)).map_err(|e| {
+            Fatal::Config(format!(
+                "config: {key:?} {value:?} is not an address of this machine ({}): {e}",
+                addr.ip()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Lets the process hold `max_connections` sockets (plus a few files).

@@ -70,11 +70,13 @@ pub struct Outbox {
     /// Bytes queued and not yet written.
     queued: usize,
     limit: usize,
+    /// Bytes written since the connection opened.
+    written: u64,
 }
 
 impl Outbox {
     pub fn new(limit: usize) -> Self {
-        Outbox { chunks: VecDeque::new(), head: 0, queued: 0, limit }
+        Outbox { chunks: VecDeque::new(), head: 0, queued: 0, limit, written: 0 }
     }
 
     /// Past this the connection's input is not read until the queue drains:
@@ -162,6 +164,7 @@ impl Outbox {
     /// Marks `n` bytes as written.
     pub fn consume(&mut self, mut n: usize) {
         self.queued -= n;
+        self.written += n as u64;
         while n > 0 {
             let Some(front) = self.chunks.front() else {
                 break;
@@ -175,6 +178,11 @@ impl Outbox {
             self.head = 0;
             self.chunks.pop_front();
         }
+    }
+
+    /// Bytes written since the connection opened.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Gives the queue's memory back while nothing is queued (called once a

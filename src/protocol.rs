@@ -40,6 +40,7 @@ pub enum ErrorCode {
     SlowReader,
     KeyTooLarge,
     TooManyAttempts,
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -60,6 +61,7 @@ impl ErrorCode {
             ErrorCode::SlowReader => "slow_reader",
             ErrorCode::KeyTooLarge => "key_too_large",
             ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 }
@@ -140,6 +142,29 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
                 shortened(&kind)
             ),
         )),
+    }
+}
+
+/// The `code` of a serialized `Error` (for counting refusals).
+pub fn code_of(json: &str) -> &'static str {
+    const CODES: [ErrorCode; 3] =
+        [ErrorCode::UserOffline, ErrorCode::KeyTooLarge, ErrorCode::InvalidField];
+    CODES
+        .into_iter()
+        .map(ErrorCode::as_str)
+        .find(|code| json.contains(&format!("\"code\":\"{code}\"")))
+        .unwrap_or("other")
+}
+
+impl Request {
+    /// Its `msgType`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Broadcast { .. } => "Broadcast",
+            Request::PrivateMessage { .. } => "PrivateMessage",
+            Request::OnlineUsers => "OnlineUsers",
+            Request::PublicKey { .. } => "PublicKey",
+        }
     }
 }
 

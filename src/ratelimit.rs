@@ -41,6 +41,17 @@ impl TokenBucket {
             Verdict::Flood
         }
     }
+
+    /// Charges an allowed message for work beyond one token (a large reply):
+    /// what follows waits until the bucket has refilled. The bucket never
+    /// goes below empty this way, so this alone never makes a flood.
+    pub fn charge(&mut self, extra: u32) {
+        self.tokens = (self.tokens - f64::from(extra)).max(0.0);
+    }
+
+    pub fn burst(&self) -> u32 {
+        self.burst as u32
+    }
 }
 
 /// Lets one log line through per `LOG_INTERVAL` and counts the rest, so
@@ -112,6 +123,17 @@ mod tests {
         let later = t0 + Duration::from_millis(500);
         let verdicts: Vec<_> = (0..4).map(|_| bucket.take(later)).collect();
         assert_eq!(verdicts, [Allow, Allow, Allow, Refuse]);
+    }
+
+    #[test]
+    fn a_charge_makes_what_follows_wait() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10, 5, t0);
+        assert_eq!(bucket.take(t0), Verdict::Allow);
+        bucket.charge(100);
+        assert_eq!(bucket.take(t0), Verdict::Refuse, "emptied, not a flood");
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(bucket.take(later), Verdict::Allow, "refilled at 10/s");
     }
 
     #[test]

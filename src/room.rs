@@ -92,7 +92,9 @@ pub struct Room {
 
 impl Room {
     /// `outbound_limit` is what each user may have queued: history takes at
-    /// most half of it, and a part of a snapshot a sixteenth.
+    /// most half of it, and a part of a snapshot an eighth (so the list and
+    /// the keys of a room of thousands usually go in one part, serialized
+    /// once for all who join in the same round).
     pub fn new(title: &str, password: &str, history_size: usize, outbound_limit: usize) -> Self {
         Room {
             title: title.to_owned(),
@@ -108,7 +110,7 @@ impl Room {
             history_size,
             history_budget: outbound_limit / 2,
             receiving: Vec::new(),
-            part_budget: (outbound_limit / 16).clamp(2048, 32 * 1024),
+            part_budget: (outbound_limit / 8).clamp(2048, 128 * 1024),
         }
     }
 
@@ -328,8 +330,11 @@ impl Room {
         }
     }
 
-    /// Members with a snapshot still to receive.
-    pub fn receiving(&self) -> &[ConnId] {
+    /// Members with a snapshot still to receive (those that finished since
+    /// the last call are dropped here, once per call rather than once each).
+    pub fn receiving(&mut self) -> &[ConnId] {
+        let members = &self.members;
+        self.receiving.retain(|id| members.get(id).is_some_and(|m| m.snapshot.is_some()));
         &self.receiving
     }
 
@@ -342,10 +347,7 @@ impl Room {
     pub fn next_snapshot_part(&mut self, id: ConnId) -> Option<String> {
         loop {
             let from = self.members.get_mut(&id)?.snapshot.take();
-            let Some(from) = from else {
-                self.receiving.retain(|&r| r != id);
-                return None;
-            };
+            let from = from?;
             let (json, rest) = self.part(&from, false);
             if let Some(member) = self.members.get_mut(&id) {
                 member.snapshot = rest;

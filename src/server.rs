@@ -8,27 +8,39 @@
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::event::Source;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
 use slab::Slab;
 
-use crate::addresses::{Addresses, Refused};
-use crate::config::{Config, Limits};
+use crate::addresses::{Addresses, Peer};
+use crate::config::{Config, Limits, TlsFiles};
+use crate::connection::close_code;
 use crate::connection::{Connection, Flush, Input};
 use crate::http::HttpPolicy;
+use crate::metrics::{self, Stats};
 use crate::outbox::{self, SharedFrame};
+use crate::protocol;
+use crate::protocol::{ErrorCode, Rejection};
 use crate::ratelimit::LogBudget;
 use crate::room::{ConnId, Outbound, Room, To};
 use crate::session::{self, Action, Session};
+use crate::tls;
 use crate::transport::{Socket, Transport};
+
+/// Bytes a connection may have queued above `max_outbound_bytes` for control
+/// frames and last words.
+pub const OUTPUT_RESERVE: usize = outbox::RESERVE;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+const METRICS: Token = Token(usize::MAX - 2);
+/// Tokens of requests on the metrics listener start here (slab key + this).
+const METRICS_REQUESTS: usize = usize::MAX / 2;
 /// Timers (handshake, login and idle timeouts, pings) are checked this often.
 const TICK: Duration = Duration::from_secs(1);
 /// Messages read from one connection before giving the others a turn.
@@ -40,6 +52,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Most bytes gathered from a connection's queue into one write.
 const WRITE_GATHER: usize = 64 * 1024;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    Idle,
+    /// The listener has connections waiting (edge-triggered: take them all).
+    Ready,
+    /// Accepting failed (typically out of file descriptors): retry at the
+    /// next tick.
+    Retry,
+}
+
 enum Phase {
     /// `None`: a server fed connections by hand (tests, fuzzing).
     Running {
@@ -50,10 +72,13 @@ enum Phase {
     },
 }
 
-/// A connection and the chat session on it.
+/// A connection, the chat session on it, and the address it is charged to
+/// for the per-address limits (`None` for a trusted proxy until it names
+/// the client).
 struct Client<S> {
     conn: Connection<S>,
     session: Session,
+    charged: Option<IpAddr>,
 }
 
 pub struct Server<S = TcpStream> {
@@ -61,6 +86,8 @@ pub struct Server<S = TcpStream> {
     phase: Phase,
     local_addr: Option<SocketAddr>,
     tls: Option<Arc<ServerConfig>>,
+    /// Where the certificate and key are read from again on SIGHUP.
+    tls_files: Option<TlsFiles>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     clients: Slab<Client<S>>,
     room: Room,
@@ -78,13 +105,19 @@ pub struct Server<S = TcpStream> {
     again: Vec<ConnId>,
     /// Where queued frames are gathered for one write (capacity `WRITE_GATHER`).
     scratch: Vec<u8>,
-    /// The listener has connections to accept (or accepting failed, out of
-    /// file descriptors: retried after the next poll).
-    accept_pending: bool,
+    /// What the listener needs.
+    accept: Accept,
     /// Connections refused at accept, logged within a budget.
     refused_log: LogBudget,
     /// Handshakes that timed out, logged within a budget.
     timeout_log: LogBudget,
+    /// What the metrics show.
+    stats: Stats,
+    started: Instant,
+    /// When the certificate in use expires (Unix seconds).
+    cert_not_after: Option<u64>,
+    /// The health and metrics listener, when `metrics_addr` is set.
+    metrics: Option<metrics::Endpoint>,
 }
 
 impl Server<TcpStream> {
@@ -98,6 +131,16 @@ impl Server<TcpStream> {
         let mut server = Server::detached(config, tls)?;
         server.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         server.local_addr = Some(listener.local_addr()?);
+        if let Some(addr) = &config.metrics_addr {
+            let addr = addr
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
+            let endpoint = metrics::Endpoint::bind(addr, server.poll.registry(), METRICS)
+                .map_err(|e| io::Error::new(e.kind(), format!("metrics_addr {addr}: {e}")))?;
+            info!("health and metrics on http://{}/healthz and /metrics", endpoint.local_addr()?);
+            server.metrics = Some(endpoint);
+        }
         server.phase = Phase::Running { listener: Some(listener) };
         Ok(server)
     }
@@ -110,10 +153,11 @@ impl Server<TcpStream> {
         }
     }
 
-    /// Shut down gracefully on SIGINT and SIGTERM.
+    /// Shut down gracefully on SIGINT and SIGTERM; reload the certificate
+    /// and key on SIGHUP.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
@@ -124,18 +168,21 @@ impl Server<TcpStream> {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && self.accept != Accept::Ready {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
             self.poll_and_dispatch(&mut events, timeout)?;
             let now = Instant::now();
-            if self.accept_pending {
+            if self.accept == Accept::Ready {
                 self.accept(now);
             }
             self.read_again(now);
             if now >= next_tick {
+                if self.accept == Accept::Retry {
+                    self.accept(now);
+                }
                 self.tick(now);
                 next_tick = now + TICK;
             }
@@ -154,7 +201,7 @@ impl Server<TcpStream> {
     }
 
     fn accept(&mut self, now: Instant) {
-        self.accept_pending = false;
+        self.accept = Accept::Idle;
         loop {
             let Phase::Running { listener: Some(listener) } = &self.phase else {
                 return;
@@ -164,25 +211,27 @@ impl Server<TcpStream> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Typically out of file descriptors: try again on the next tick.
                     warn!("accept failed: {e}");
-                    self.accept_pending = true;
+                    self.accept = Accept::Retry;
                     return;
                 }
             };
-            if let Err(why) = self.admit(peer, now) {
-                if self.tls.is_none() {
-                    let body = format!("{why}\n");
-                    let response = format!(
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = socket.write(response.as_bytes());
+            let charged = match self.admit(Peer::direct(peer), now) {
+                Ok(charged) => charged,
+                Err(why) => {
+                    if self.tls.is_none() {
+                        let body = format!("{why}\n");
+                        let response = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write(response.as_bytes());
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let _ = socket.set_nodelay(true);
-            if let Err(e) = self.add(socket, peer, now) {
+            if let Err(e) = self.add(socket, Peer::direct(peer), charged, now) {
                 warn!("{peer}: {e}");
             }
         }
@@ -199,6 +248,7 @@ impl<S: Socket + Source> Server<S> {
             local_addr: None,
             phase: Phase::Running { listener: None },
             tls,
+            tls_files: config.tls.clone(),
             signals: None,
             clients: Slab::new(),
             room: Room::new(
@@ -208,57 +258,106 @@ impl<S: Socket + Source> Server<S> {
                 limits.max_outbound_bytes,
             ),
             addresses: Addresses::new(&limits),
-            http: HttpPolicy { allowed_origins: config.allowed_origins.clone() },
+            http: HttpPolicy {
+                allowed_origins: config.allowed_origins.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
+            },
             limits,
             out: Vec::new(),
             to_flush: Vec::new(),
             flushing: Vec::new(),
             again: Vec::new(),
             scratch: Vec::with_capacity(WRITE_GATHER),
-            accept_pending: false,
+            accept: Accept::Idle,
             refused_log: LogBudget::default(),
             timeout_log: LogBudget::default(),
+            stats: Stats::default(),
+            started: Instant::now(),
+            cert_not_after: config.tls.as_ref().and_then(|files| tls::not_after(&files.cert)),
+            metrics: None,
         })
     }
 
     /// Checks the global and per-address limits for a new connection and
-    /// charges it to its address.
-    fn admit(&mut self, peer: SocketAddr, now: Instant) -> Result<(), &'static str> {
-        let why = if self.clients.len() >= self.limits.max_connections {
-            "server full"
+    /// charges it to its address (a trusted proxy is charged nothing: the
+    /// client it names is, once named). `Ok`: the address charged.
+    fn admit(&mut self, peer: Peer, now: Instant) -> Result<Option<IpAddr>, String> {
+        let (why, reason) = if self.clients.len() >= self.limits.max_connections {
+            ("server full".to_owned(), "server_full")
+        } else if self.http.trusts(peer.ip) {
+            return Ok(None);
         } else {
-            match self.addresses.open(peer.ip()) {
-                Ok(()) => return Ok(()),
-                Err(Refused::TooManyConnections) => "too many connections from your address",
-                Err(Refused::TooManyHandshakes) => "too many unfinished logins from your address",
+            match self.addresses.open(peer.ip) {
+                Ok(()) => return Ok(Some(peer.ip)),
+                Err(refused) => (refused.to_string(), refused.reason()),
             }
         };
+        Stats::count(&mut self.stats.connections_refused, reason, 1);
         if self.refused_log.allow(now) {
             warn!("{peer}: connection refused: {why}");
         }
         Err(why)
     }
 
-    /// Takes a new connection (already charged to its address).
-    pub fn add(&mut self, mut socket: S, peer: SocketAddr, now: Instant) -> io::Result<ConnId> {
-        let charged = |server: &mut Self| server.addresses.close(peer.ip(), now);
+    /// Takes a new connection that `admit` let in.
+    fn add(
+        &mut self,
+        mut socket: S,
+        peer: Peer,
+        charged: Option<IpAddr>,
+        now: Instant,
+    ) -> io::Result<ConnId> {
         let key = self.clients.vacant_key();
-        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE) {
-            charged(self);
-            return Err(e);
-        }
-        let transport = match Transport::new(socket, self.tls.as_ref()) {
+        let registered = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE);
+        let transport = registered.and_then(|()| Transport::new(socket, self.tls.as_ref()));
+        let transport = match transport {
             Ok(t) => t,
             Err(e) => {
-                charged(self);
+                if let Some(ip) = charged {
+                    self.addresses.close(ip, now);
+                }
                 return Err(e);
             }
         };
         debug!("{peer}: connected ({} connections)", self.clients.len() + 1);
+        self.stats.connections_accepted += 1;
         let conn = Connection::new(transport, peer, self.limits.max_outbound_bytes, now);
-        let session = Session::new();
-        self.clients.insert(Client { conn, session });
+        self.clients.insert(Client { conn, session: Session::new(), charged });
         Ok(key)
+    }
+
+    /// A connection over a socket made elsewhere (tests and fuzzing), under
+    /// the same limits as an accepted one.
+    pub fn connect(&mut self, socket: S, addr: SocketAddr, now: Instant) -> io::Result<ConnId> {
+        let peer = Peer::direct(addr);
+        let charged = self
+            .admit(peer, now)
+            .map_err(|why| io::Error::new(io::ErrorKind::ConnectionRefused, why))?;
+        self.add(socket, peer, charged, now)
+    }
+
+    /// The WebSocket opened: a client named by a trusted proxy is charged
+    /// to its own address now.
+    fn opened(&mut self, key: ConnId, now: Instant) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        client.session.opened(now);
+        let peer = client.conn.peer;
+        if client.charged.is_some() || !peer.is_proxied() {
+            return;
+        }
+        match self.addresses.open(peer.ip) {
+            Ok(()) => client.charged = Some(peer.ip),
+            Err(refused) => {
+                if self.refused_log.allow(now) {
+                    warn!("{peer}: connection refused: {refused}");
+                }
+                Stats::count(&mut self.stats.connections_refused, refused.reason(), 1);
+                Stats::count(&mut self.stats.refusals, ErrorCode::TooManyConnections.as_str(), 1);
+                let why = Rejection::new(ErrorCode::TooManyConnections, refused.to_string());
+                client.conn.close(close_code::POLICY, "too many connections", Some(&why), now);
+                self.end_session(key, "refused");
+            }
+        }
     }
 
     /// Waits up to `timeout` for readiness and handles it.
@@ -271,8 +370,16 @@ impl<S: Socket + Source> Server<S> {
         let now = Instant::now();
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept_pending = true,
+                LISTENER => self.accept = Accept::Ready,
                 SIGNALS => self.on_signal(now),
+                METRICS => {
+                    if let Some(endpoint) = &mut self.metrics {
+                        endpoint.accept(self.poll.registry(), METRICS_REQUESTS, now);
+                    }
+                }
+                Token(key) if key >= METRICS_REQUESTS => {
+                    self.answer_metrics(key - METRICS_REQUESTS)
+                }
                 Token(key) => self.on_ready(
                     key,
                     event.is_readable() || event.is_read_closed() || event.is_error(),
@@ -316,7 +423,17 @@ impl<S: Socket + Source> Server<S> {
         let Some(signals) = &mut self.signals else {
             return;
         };
-        if signals.pending().next().is_none() {
+        let (mut reload, mut stop) = (false, false);
+        for signal in signals.pending() {
+            match signal {
+                signal_hook::consts::SIGHUP => reload = true,
+                _ => stop = true,
+            }
+        }
+        if reload {
+            self.reload_tls();
+        }
+        if !stop {
             return;
         }
         if let Phase::Running { listener } = &mut self.phase {
@@ -338,6 +455,28 @@ impl<S: Socket + Source> Server<S> {
         }
     }
 
+    /// SIGHUP: new connections get the certificate and key as they are now
+    /// on disk; existing ones go on with theirs. A bad new pair is logged
+    /// and the old one kept.
+    fn reload_tls(&mut self) {
+        let Some(files) = &self.tls_files else {
+            info!("SIGHUP: TLS is off, nothing to reload");
+            return;
+        };
+        match tls::load(files) {
+            Ok(config) => {
+                self.tls = Some(config);
+                self.cert_not_after = tls::not_after(&files.cert);
+                info!(
+                    "SIGHUP: reloaded the certificate {} and key {}",
+                    files.cert.display(),
+                    files.key.display()
+                );
+            }
+            Err(e) => error!("SIGHUP: kept the old certificate and key: {e}"),
+        }
+    }
+
     /// Timers, about once a second.
     pub fn tick(&mut self, now: Instant) {
         if let Some(n) = self.refused_log.unlogged(now) {
@@ -347,17 +486,23 @@ impl<S: Socket + Source> Server<S> {
             info!("{n} more handshakes timed out in the last minute");
         }
         self.addresses.sweep(now);
+        if let Some(endpoint) = &mut self.metrics {
+            endpoint.expire(self.poll.registry(), now);
+        }
         let keys: Vec<ConnId> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(client) = self.clients.get_mut(key) else { continue };
             if client.conn.expired(now, self.limits.handshake_timeout) {
-                if !client.conn.is_closing() && self.timeout_log.allow(now) {
-                    info!("{}: handshake timeout", client.conn.peer);
+                if client.conn.is_handshaking() {
+                    self.stats.handshake_failures += 1;
+                    if self.timeout_log.allow(now) {
+                        info!("{}: handshake timeout", client.conn.peer);
+                    }
                 }
                 self.remove(key, now);
                 continue;
             }
-            let Client { conn, session } = client;
+            let Client { conn, session, .. } = client;
             let action = session.tick(conn.last_heard(), conn.peer, &self.limits, now);
             self.apply(key, action, now);
         }
@@ -374,12 +519,13 @@ impl<S: Socket + Source> Server<S> {
             // A TLS handshake may want to answer even when no message came.
             schedule(&mut self.to_flush, client, key);
             match input {
-                Input::Opened => client.session.opened(now),
+                Input::Opened => self.opened(key, now),
                 Input::Message(message) => {
                     let mut cx = session::Cx {
                         room: &mut self.room,
                         out: &mut self.out,
                         addresses: &mut self.addresses,
+                        stats: &mut self.stats,
                         limits: &self.limits,
                         id: key,
                         peer: client.conn.peer,
@@ -391,8 +537,18 @@ impl<S: Socket + Source> Server<S> {
                 }
                 Input::Progress => {}
                 Input::Idle => return,
-                Input::Ended(why) => self.end_session(key, &why),
-                Input::Finished => return self.remove(key, now),
+                Input::Ended { why, refused } => {
+                    if let Some(code) = refused {
+                        Stats::count(&mut self.stats.refusals, code.as_str(), 1);
+                    }
+                    self.end_session(key, &why);
+                }
+                Input::Finished => {
+                    if client.conn.is_handshaking() {
+                        self.stats.handshake_failures += 1;
+                    }
+                    return self.remove(key, now);
+                }
             }
         }
         self.again.push(key);
@@ -404,13 +560,18 @@ impl<S: Socket + Source> Server<S> {
             return;
         };
         let conn = &mut client.conn;
+        if let Action::Refuse(why) | Action::Close { why: Some(why), .. } = &action {
+            Stats::count(&mut self.stats.refusals, why.code.as_str(), 1);
+        }
         match action {
             Action::Nothing => return,
             Action::Refuse(why) => conn.send_error(&why, now),
             Action::Ping => conn.send_control(outbox::ping_frame(), now),
             Action::LoggedIn => {
                 conn.allow_messages(self.limits.max_message_bytes);
-                self.addresses.handshake_done(conn.peer.ip());
+                if let Some(ip) = client.charged {
+                    self.addresses.handshake_done(ip);
+                }
             }
             Action::Close { code, reason, why } => {
                 conn.close(code, reason, why.as_ref(), now);
@@ -428,8 +589,7 @@ impl<S: Socket + Source> Server<S> {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let ip: IpAddr = client.conn.peer.ip();
-        if client.session.end() {
+        if let (true, Some(ip)) = (client.session.end(), client.charged) {
             self.addresses.handshake_done(ip);
         }
         if let Some(name) = self.room.leave(key) {
@@ -442,6 +602,16 @@ impl<S: Socket + Source> Server<S> {
     fn deliver(&mut self, now: Instant) {
         let mut slow = Vec::new();
         for Outbound { to, json } in self.out.drain(..) {
+            let kind = metrics::kind_of(&json);
+            let recipients = match &to {
+                To::One(_) => 1,
+                To::Many(ids) => ids.len(),
+                To::Everyone => self.room.len(),
+            };
+            Stats::count(&mut self.stats.delivered, kind, recipients as u64);
+            if kind == "Error" {
+                Stats::count(&mut self.stats.refusals, protocol::code_of(&json), 1);
+            }
             let frame = outbox::text_frame(&json);
             let clients = &mut self.clients;
             let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut slow, id, &frame);
@@ -467,6 +637,7 @@ impl<S: Socket + Source> Server<S> {
             client.conn.queued()
         );
         client.conn.cut_off(now);
+        Stats::count(&mut self.stats.refusals, ErrorCode::SlowReader.as_str(), 1);
         self.end_session(id, "too slow");
     }
 
@@ -554,13 +725,66 @@ impl<S: Socket + Source> Server<S> {
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
-        self.addresses.close(client.conn.peer.ip(), now);
+        if let Some(ip) = client.charged {
+            self.addresses.close(ip, now);
+        }
+        let (received, sent) = client.conn.traffic();
+        self.stats.bytes_in += received;
+        self.stats.bytes_out += sent;
         let _ = self.poll.registry().deregister(client.conn.socket());
     }
 
-    /// The most bytes queued for any connection (for tests and fuzzing).
+    /// The Prometheus text for a scrape.
+    fn metrics_text(&self) -> String {
+        let mut phases = [("handshaking", 0), ("logging_in", 0), ("chatting", 0), ("closing", 0)];
+        let (mut bytes_in, mut bytes_out) = (0, 0);
+        for (_, client) in &self.clients {
+            let phase = if client.conn.is_handshaking() {
+                0
+            } else if client.conn.is_closing() {
+                3
+            } else if client.session.is_chatting() {
+                2
+            } else {
+                1
+            };
+            phases[phase].1 += 1;
+            let (received, sent) = client.conn.traffic();
+            bytes_in += received;
+            bytes_out += sent;
+        }
+        let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let snapshot = metrics::Snapshot {
+            users_online: self.room.len(),
+            phases,
+            bytes_in,
+            bytes_out,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            certificate_expiry: self.cert_not_after.map(|t| t as i64 - unix_now as i64),
+            shutting_down: matches!(self.phase, Phase::Stopping { .. }),
+        };
+        metrics::encode(&self.stats, &snapshot)
+    }
+
+    /// Reads a request on the metrics listener and answers it.
+    fn answer_metrics(&mut self, key: usize) {
+        let shutting_down = matches!(self.phase, Phase::Stopping { .. });
+        // Taken out while it is served, so that the scrape can read the rest.
+        let Some(mut endpoint) = self.metrics.take() else { return };
+        let registry = self.poll.registry();
+        endpoint.serve(key, registry, METRICS_REQUESTS, shutting_down, || self.metrics_text());
+        self.metrics = Some(endpoint);
+    }
+
+    /// The most bytes queued for any open WebSocket (for tests and
+    /// fuzzing: it never passes `max_outbound_bytes` + `OUTPUT_RESERVE`).
     pub fn max_queued(&self) -> usize {
-        self.clients.iter().map(|(_, c)| c.conn.queued()).max().unwrap_or(0)
+        let open = self.clients.iter().filter(|(_, c)| c.conn.is_open());
+        open.map(|(_, c)| c.conn.queued()).max().unwrap_or(0)
+    }
+
+    pub fn users_online(&self) -> usize {
+        self.room.len()
     }
 }
 

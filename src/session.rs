@@ -2,16 +2,16 @@
 //! then name), then chatting under the rate limit and the keep-alive. It
 //! turns messages into room calls and tells the connection what to do.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::{info, warn};
 use tungstenite::Message;
 
-use crate::addresses::Addresses;
+use crate::addresses::{Addresses, Peer};
 use crate::config::Limits;
 use crate::connection::close_code;
-use crate::protocol::{ErrorCode, Rejection, parse_request};
+use crate::metrics::Stats;
+use crate::protocol::{ErrorCode, Rejection, Request, parse_request};
 use crate::ratelimit::{LogBudget, TokenBucket, Verdict};
 use crate::room::{ConnId, Outbound, Room};
 
@@ -38,10 +38,11 @@ pub struct Cx<'a> {
     pub room: &'a mut Room,
     pub out: &'a mut Vec<Outbound>,
     pub addresses: &'a mut Addresses,
+    pub stats: &'a mut Stats,
     pub limits: &'a Limits,
     pub id: ConnId,
     /// The client's address, for the log and the per-address limits.
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub now: Instant,
 }
 
@@ -156,6 +157,13 @@ impl Session {
             }
             (Message::Text(text), Phase::Chatting { .. }) => match parse_request(&text) {
                 Ok(request) => {
+                    Stats::count(&mut cx.stats.received, request.kind(), 1);
+                    if let (Request::OnlineUsers, Some(bucket)) = (&request, &mut self.bucket) {
+                        // The list of a large room is up to 128 KiB: it costs
+                        // a token per 256 users, up to a whole burst.
+                        let extra = (cx.room.len() / 256) as u32;
+                        bucket.charge(extra.min(bucket.burst()));
+                    }
                     cx.room.handle(cx.id, request, cx.out);
                     Action::Nothing
                 }
@@ -184,7 +192,7 @@ impl Session {
     }
 
     fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) -> Action {
-        let ip = cx.peer.ip();
+        let ip = cx.peer.ip;
         if !cx.addresses.may_try_password(ip, cx.now) {
             info!("{}: too many wrong passwords from this address, refused unchecked", cx.peer);
             let why = Rejection::new(
@@ -207,7 +215,8 @@ impl Session {
         Action::Close { code: close_code::POLICY, reason: "wrong password", why: Some(why) }
     }
 
-    fn refuse(&mut self, why: Rejection, cx: &Cx) -> Action {
+    fn refuse(&mut self, why: Rejection, cx: &mut Cx) -> Action {
+        Stats::count(&mut cx.stats.received, "refused", 1);
         self.refusals.note(cx.peer, why.code, cx.now);
         Action::Refuse(why)
     }
@@ -216,7 +225,7 @@ impl Session {
     pub fn tick(
         &mut self,
         last_heard: Instant,
-        peer: SocketAddr,
+        peer: Peer,
         limits: &Limits,
         now: Instant,
     ) -> Action {
@@ -260,13 +269,13 @@ impl Session {
 struct RefusalLog(LogBudget);
 
 impl RefusalLog {
-    fn note(&mut self, peer: SocketAddr, code: ErrorCode, now: Instant) {
+    fn note(&mut self, peer: Peer, code: ErrorCode, now: Instant) {
         if self.0.allow(now) {
             info!("{peer}: refused a message: {}", code.as_str());
         }
     }
 
-    fn tick(&mut self, peer: SocketAddr, now: Instant) {
+    fn tick(&mut self, peer: Peer, now: Instant) {
         if let Some(n) = self.0.unlogged(now) {
             info!("{peer}: refused {n} more messages in the last minute");
         }
@@ -289,6 +298,7 @@ mod tests {
         room: Room,
         out: Vec<Outbound>,
         addresses: Addresses,
+        stats: Stats,
         limits: Limits,
         now: Instant,
     }
@@ -300,6 +310,7 @@ mod tests {
                 room: Room::new("t", password, 0, 1 << 20),
                 out: Vec::new(),
                 addresses: Addresses::new(&config.limits),
+                stats: Stats::default(),
                 limits: config.limits,
                 now: Instant::now(),
             }
@@ -310,9 +321,10 @@ mod tests {
                 room: &mut self.room,
                 out: &mut self.out,
                 addresses: &mut self.addresses,
+                stats: &mut self.stats,
                 limits: &self.limits,
                 id,
-                peer: "192.0.2.1:5000".parse().unwrap(),
+                peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
                 now: self.now,
             };
             session.on_message(Message::text(text), &mut cx)
@@ -383,9 +395,10 @@ mod tests {
             room: &mut w.room,
             out: &mut w.out,
             addresses: &mut w.addresses,
+            stats: &mut w.stats,
             limits: &w.limits,
             id: 1,
-            peer: "192.0.2.1:5000".parse().unwrap(),
+            peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
             now: w.now,
         };
         let codes: Vec<_> =
@@ -396,9 +409,27 @@ mod tests {
     }
 
     #[test]
+    fn the_list_of_a_large_room_costs_more_tokens() {
+        let mut w = World::new("");
+        w.limits.rate_limit_per_sec = 1;
+        w.limits.rate_limit_burst = 3;
+        for id in 0..600 {
+            w.room.join(id, &format!("user{id}")).unwrap();
+        }
+        let mut s = Session::new();
+        s.opened(w.now);
+        w.send(&mut s, 1000, "");
+        assert_eq!(w.send(&mut s, 1000, "alice"), Action::LoggedIn);
+        let ask = r#"{"msgType":"OnlineUsers"}"#;
+        assert_eq!(w.send(&mut s, 1000, ask), Action::Nothing);
+        // 601 users: two tokens more than a message, so the bucket is empty.
+        assert_eq!(code(w.send(&mut s, 1000, ask)), Some(ErrorCode::RateLimited));
+    }
+
+    #[test]
     fn login_times_out_and_idle_users_are_pinged() {
         let mut w = World::new("");
-        let peer = "192.0.2.1:5000".parse().unwrap();
+        let peer = Peer::direct("192.0.2.1:5000".parse().unwrap());
         let mut s = Session::new();
         s.opened(w.now);
         let late = w.now + w.limits.login_timeout;

@@ -19,11 +19,17 @@ const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 /// writing side can be shut.
 pub trait Socket: Read + Write {
     fn shutdown_write(&mut self);
+    /// Reads without consuming (what `recv` with `MSG_PEEK` does).
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 impl Socket for TcpStream {
     fn shutdown_write(&mut self) {
         let _ = self.shutdown(Shutdown::Write);
+    }
+
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::peek(self, buf)
     }
 }
 
@@ -33,10 +39,12 @@ pub enum Transport<S> {
     /// event clears it. `hung_up`: the poller saw the peer's end of stream,
     /// so reads go on until they see it too (a FIN that came in the same
     /// segment as the last data brings no event of its own).
+    /// `received`: bytes read so far.
     Plain {
         socket: S,
         drained: bool,
         hung_up: bool,
+        received: u64,
     },
     Tls(Box<TlsStream<S>>),
 }
@@ -44,6 +52,18 @@ pub enum Transport<S> {
 pub struct TlsStream<S> {
     socket: S,
     tls: ServerConnection,
+    /// What the client sent first, once known.
+    opening: Opening,
+    /// Plaintext bytes read.
+    received: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    Unknown,
+    Tls,
+    /// Plain HTTP to the TLS port: answered in plain HTTP, then closed.
+    PlainHttp,
 }
 
 /// What a flush achieved.
@@ -58,11 +78,12 @@ pub enum Flushed {
 impl<S: Socket> Transport<S> {
     pub fn new(socket: S, tls: Option<&Arc<ServerConfig>>) -> io::Result<Self> {
         Ok(match tls {
-            None => Transport::Plain { socket, drained: false, hung_up: false },
+            None => Transport::Plain { socket, drained: false, hung_up: false, received: 0 },
             Some(config) => {
                 let mut tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
                 tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-                Transport::Tls(Box::new(TlsStream { socket, tls }))
+                let opening = Opening::Unknown;
+                Transport::Tls(Box::new(TlsStream { socket, tls, opening, received: 0 }))
             }
         })
     }
@@ -88,12 +109,17 @@ impl<S: Socket> Transport<S> {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain { drained: true, .. } => Err(io::ErrorKind::WouldBlock.into()),
-            Transport::Plain { socket, drained, hung_up } => {
+            Transport::Plain { socket, drained, hung_up, received } => {
                 let n = socket.read(buf)?;
                 *drained = n > 0 && n < buf.len() && !*hung_up;
+                *received += n as u64;
                 Ok(n)
             }
-            Transport::Tls(t) => t.read(buf),
+            Transport::Tls(t) => {
+                let n = t.read(buf)?;
+                t.received += n as u64;
+                Ok(n)
+            }
         }
     }
 
@@ -102,28 +128,34 @@ impl<S: Socket> Transport<S> {
     /// connections) so that they leave in one write (and one TLS record).
     pub fn flush(&mut self, outbox: &mut Outbox, scratch: &mut Vec<u8>) -> io::Result<Flushed> {
         match self {
-            Transport::Plain { socket, .. } => {
-                while !outbox.is_empty() {
-                    match socket.write(outbox.next_write(scratch)) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => outbox.consume(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return Ok(Flushed::Blocked);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(Flushed::All)
+            Transport::Plain { socket, .. } => write_plain(socket, outbox, scratch),
+            Transport::Tls(t) if t.opening == Opening::PlainHttp => {
+                write_plain(&mut t.socket, outbox, scratch)
             }
             Transport::Tls(t) => t.flush(outbox, scratch),
         }
     }
 
+    /// Bytes read since the connection opened (plaintext).
+    pub fn received(&self) -> u64 {
+        match self {
+            Transport::Plain { received, .. } => *received,
+            Transport::Tls(t) => t.received,
+        }
+    }
+
+    /// A client spoke plain HTTP to the TLS port (the read that found out
+    /// failed with `InvalidData`): what is queued now goes out unencrypted.
+    pub fn got_plain_http(&self) -> bool {
+        matches!(self, Transport::Tls(t) if t.opening == Opening::PlainHttp)
+    }
+
     /// Ends our side of the stream (TLS close_notify, then TCP FIN) once
     /// everything queued has been flushed.
     pub fn close_write(&mut self) {
-        if let Transport::Tls(t) = self {
+        if let Transport::Tls(t) = self
+            && t.opening != Opening::PlainHttp
+        {
             t.tls.send_close_notify();
             let _ = t.write_tls();
         }
@@ -146,8 +178,43 @@ impl<S: Socket> Transport<S> {
     }
 }
 
+/// Writes as much of `outbox` as the socket takes, as it is.
+fn write_plain<S: Write>(
+    socket: &mut S,
+    outbox: &mut Outbox,
+    scratch: &mut Vec<u8>,
+) -> io::Result<Flushed> {
+    while !outbox.is_empty() {
+        match socket.write(outbox.next_write(scratch)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => outbox.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Flushed::All)
+}
+
 impl<S: Socket> TlsStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.opening == Opening::Unknown {
+            // A TLS connection opens with a handshake record (0x16); an
+            // HTTP request with a method name.
+            let mut first = [0u8; 1];
+            match self.socket.peek(&mut first) {
+                Ok(0) => return Ok(0),
+                Ok(_) if first[0].is_ascii_uppercase() => {
+                    self.opening = Opening::PlainHttp;
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "plain HTTP on the TLS port",
+                    ));
+                }
+                Ok(_) => self.opening = Opening::Tls,
+                Err(e) => return Err(e),
+            }
+        }
         loop {
             match self.tls.reader().read(buf) {
                 Ok(n) => return Ok(n),

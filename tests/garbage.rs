@@ -28,8 +28,9 @@ fn junk_never_hurts_the_server() {
         let http = exchange(&server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let tls_hello = exchange(&server, &[0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0]);
         if server.is_tls() {
-            // Plain HTTP on the TLS port: a TLS alert at most, never HTTP.
-            assert!(!http.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&http));
+            // Plain HTTP on the TLS port: told to use https://, never served.
+            let text = String::from_utf8_lossy(&http);
+            assert!(text.starts_with("HTTP/1.1 400") && text.contains("https://"), "{text}");
         } else {
             let text = String::from_utf8_lossy(&http);
             assert!(text.starts_with("HTTP/1.1 200"), "{text}");

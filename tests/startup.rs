@@ -113,6 +113,61 @@ fn address_in_use_and_bad_address() {
 }
 
 #[test]
+fn check_config_checks_the_addresses_but_not_the_ports() {
+    let dir = temp_dir("check-addresses");
+    let not_here = with_config(&dir, json!({"server_ip": "203.0.113.1"}), true);
+    fails_with(&not_here, 78, "\"server_ip\" \"203.0.113.1\" is not an address of this machine");
+    let no_such_host = with_config(&dir, json!({"server_ip": "no-such-host.invalid"}), true);
+    fails_with(&no_such_host, 78, "\"server_ip\" \"no-such-host.invalid\" does not resolve");
+    let bad_metrics = with_config(&dir, json!({"metrics_addr": "203.0.113.1:9898"}), true);
+    fails_with(&bad_metrics, 78, "\"metrics_addr\" \"203.0.113.1:9898\" is not an address");
+    // A port in use is fine: the running service may be the one holding it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let ok =
+        with_config(&dir, json!({"server_port": port, "metrics_addr": "localhost:9898"}), true);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
+
+#[test]
+fn under_journald_log_lines_have_no_timestamp_of_their_own() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = temp_dir("journal");
+    let path = dir.join("config.json");
+    std::fs::write(&path, base_config().to_string()).unwrap();
+    let mut child = Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .env("JOURNAL_STREAM", "8:12345")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.starts_with("INFO "), "{first:?}");
+    assert!(first.contains("listening on"), "{first:?}");
+}
+
+#[test]
+fn help_into_a_closed_pipe_is_no_error() {
+    use std::process::Stdio;
+    let mut child = Command::new(binary())
+        .arg("--help")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader went away, like `| head -0`
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn keys_in_every_pem_format_load() {
     let dir = temp_dir("keys");
     // The seed README's own command (PKCS#8 key from modern openssl).

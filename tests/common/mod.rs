@@ -168,6 +168,11 @@ impl TestServer {
         TestServer { child, addr, dir, password, tls: client_tls, log }
     }
 
+    /// From now on, clients trust only this certificate.
+    pub fn trust(&mut self, der: &CertificateDer<'static>) {
+        self.tls = Some(TestCert::client_config(der));
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
@@ -196,6 +201,27 @@ impl TestServer {
     pub fn connect(&self) -> Client {
         let (ws, _) = tungstenite::client::client(self.url(), self.stream()).expect("handshake");
         Client { ws }
+    }
+
+    /// An open WebSocket whose upgrade request carries these extra headers.
+    pub fn connect_with(&self, headers: &[(&'static str, &str)]) -> Client {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = self.url().into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().append(*name, value.parse().unwrap());
+        }
+        let (ws, _) = tungstenite::client::client(request, self.stream()).expect("handshake");
+        Client { ws }
+    }
+
+    /// Sends the password and `name` on an open WebSocket; the welcome
+    /// (`ServerName`, `OnlineUsers`) is read.
+    pub fn log_in(&self, mut client: Client, name: &str) -> Client {
+        client.send_text(&self.password);
+        client.send_text(name);
+        assert_eq!(client.recv_json()["ServerName"], "Test Room");
+        assert_eq!(client.recv_json()["msgType"], "OnlineUsers");
+        client
     }
 
     /// A logged-in client; the welcome (`ServerName`, `OnlineUsers`) is read.
@@ -254,6 +280,30 @@ impl TestServer {
             assert!(start.elapsed() < TIMEOUT, "server did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// A WebSocket opened over a raw stream, for clients that write their
+    /// own frames: the 101 response has been read.
+    pub fn raw_upgrade(&self) -> Stream {
+        let mut stream = self.stream();
+        let request = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        stream
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -402,6 +452,51 @@ impl Client {
         }
         self.ws.get_mut().tcp().set_read_timeout(Some(TIMEOUT)).unwrap();
     }
+}
+
+/// A client frame (masked, as RFC 6455 requires) with this opcode and payload.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Writes `frame` again and again for at most `bytes` bytes, until the
+/// server stops taking them (the write times out after `stall`). Returns
+/// the bytes written.
+pub fn write_until_stalled(
+    stream: &mut Stream,
+    frame: &[u8],
+    bytes: usize,
+    stall: Duration,
+) -> usize {
+    stream.tcp().set_write_timeout(Some(stall)).unwrap();
+    let batch: Vec<u8> =
+        frame.iter().copied().cycle().take(frame.len() * (16384 / frame.len()).max(1)).collect();
+    let (mut written, mut at) = (0, 0);
+    while written < bytes {
+        match stream.write(&batch[at..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                written += n;
+                at = (at + n) % batch.len();
+            }
+        }
+    }
+    written
 }
 
 pub fn broadcast(text: &str) -> Value {

@@ -1,0 +1,383 @@
+//! What the server counts, and the health and metrics endpoints that show
+//! it on a separate local listener (`metrics_addr`): `GET /healthz` and
+//! `GET /metrics` in the Prometheus text format 0.0.4.
+//!
+//! The text is written here rather than by `prometheus-client`: that crate
+//! (0.26) writes OpenMetrics, where a counter's `# HELP` names the family
+//! without `_total`, and `promtool check metrics` (the 0.0.4 parser that
+//! Prometheus uses for `text/plain`) rejects every such counter.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+/// Requests open at once on the listener (a local scraper opens one or
+/// two), and how long one may take.
+const MAX_REQUESTS: usize = 16;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counters, kept as plain integers on the one thread.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages from logged-in users, by `msgType` (refused ones as `refused`).
+    pub received: BTreeMap<&'static str, u64>,
+    /// Messages queued to recipients (one per recipient), by type.
+    pub delivered: BTreeMap<&'static str, u64>,
+    /// `Error`s sent, by code.
+    pub refusals: BTreeMap<&'static str, u64>,
+    /// Connections refused at accept, by reason.
+    pub connections_refused: BTreeMap<&'static str, u64>,
+    /// Bytes of closed connections (open ones are added when encoding).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub handshake_failures: u64,
+    pub connections_accepted: u64,
+}
+
+impl Stats {
+    pub fn count(map: &mut BTreeMap<&'static str, u64>, key: &'static str, n: u64) {
+        *map.entry(key).or_insert(0) += n;
+    }
+}
+
+/// What only the event loop knows at the moment of a scrape.
+pub struct Snapshot {
+    pub users_online: usize,
+    /// Connections by phase: handshaking, logging_in, chatting, closing.
+    pub phases: [(&'static str, usize); 4],
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub uptime_seconds: u64,
+    /// Seconds until the certificate expires (negative: expired).
+    pub certificate_expiry: Option<i64>,
+    pub shutting_down: bool,
+}
+
+/// The type of a serialized server message (its `msgType`, which the
+/// serializer writes first, or `ServerName`), for counting deliveries.
+pub fn kind_of(json: &str) -> &'static str {
+    const KINDS: [&str; 9] = [
+        "Broadcast",
+        "PrivateMessage",
+        "OnlineUsers",
+        "UsersJoined",
+        "UsersLeft",
+        "PublicKeys",
+        "PublicKey",
+        "Error",
+        "ServerName",
+    ];
+    let name = json
+        .strip_prefix("{\"msgType\":\"")
+        .or_else(|| json.strip_prefix("{\""))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("");
+    KINDS.into_iter().find(|k| *k == name).unwrap_or("other")
+}
+
+/// The Prometheus text (format 0.0.4) for a scrape.
+pub fn encode(stats: &Stats, now: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, i64)]| {
+        let _ = writeln!(out, "# HELP ragnarok_{name} {help}\n# TYPE ragnarok_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "ragnarok_{name}{labels} {value}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v as i64)];
+    let labelled = |label: &str, map: &BTreeMap<&'static str, u64>| -> Vec<(String, i64)> {
+        map.iter().map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), *v as i64)).collect()
+    };
+    let up = if now.shutting_down { 0 } else { 1 };
+    family("up", "gauge", "1 while serving, 0 while shutting down.", &one(up));
+    family(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        &one(now.uptime_seconds),
+    );
+    family("users_online", "gauge", "Users logged in.", &one(now.users_online as u64));
+    let phases: Vec<_> =
+        now.phases.iter().map(|(p, n)| (format!("{{phase=\"{p}\"}}"), *n as i64)).collect();
+    family("connections", "gauge", "Open connections by phase.", &phases);
+    family(
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        &one(stats.connections_accepted),
+    );
+    family(
+        "connections_refused_total",
+        "counter",
+        "Connections refused at accept (limits reached), by reason.",
+        &labelled("reason", &stats.connections_refused),
+    );
+    family(
+        "handshake_failures_total",
+        "counter",
+        "TLS or HTTP handshakes that failed or timed out.",
+        &one(stats.handshake_failures),
+    );
+    family(
+        "messages_received_total",
+        "counter",
+        "Messages from logged-in users, by type (refused: not accepted).",
+        &labelled("type", &stats.received),
+    );
+    family(
+        "deliveries_total",
+        "counter",
+        "Messages queued to recipients (one per recipient), by type.",
+        &labelled("type", &stats.delivered),
+    );
+    family(
+        "refusals_total",
+        "counter",
+        "Error messages sent to clients, by error code.",
+        &labelled("code", &stats.refusals),
+    );
+    let get = |code| stats.refusals.get(code).copied().unwrap_or(0);
+    family(
+        "rate_limited_total",
+        "counter",
+        "Messages refused over the rate limit.",
+        &one(get("rate_limited")),
+    );
+    family(
+        "slow_readers_total",
+        "counter",
+        "Users cut off for not reading.",
+        &one(get("slow_reader")),
+    );
+    family(
+        "received_bytes_total",
+        "counter",
+        "Bytes received (after TLS).",
+        &one(stats.bytes_in + now.bytes_in),
+    );
+    family(
+        "sent_bytes_total",
+        "counter",
+        "Bytes sent (before TLS).",
+        &one(stats.bytes_out + now.bytes_out),
+    );
+    if let Some(expiry) = now.certificate_expiry {
+        family(
+            "tls_certificate_expiry_seconds",
+            "gauge",
+            "Seconds until the TLS certificate in use expires.",
+            &[(String::new(), expiry)],
+        );
+    }
+    out
+}
+
+/// The answer to one request on the metrics listener, `None` while the
+/// request head is incomplete. `metrics` is called for `/metrics` only.
+pub fn respond(
+    request: &[u8],
+    shutting_down: bool,
+    metrics: impl FnOnce() -> String,
+) -> Option<Vec<u8>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let (status, content_type, body) = match req.parse(request) {
+        Ok(httparse::Status::Partial) if request.len() < 4096 => return None,
+        Ok(httparse::Status::Complete(_)) => {
+            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+            match (req.method, path) {
+                (Some("GET" | "HEAD"), "/healthz") if shutting_down => {
+                    ("503 Service Unavailable", "text/plain", "shutting down\n".to_owned())
+                }
+                (Some("GET" | "HEAD"), "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+                (Some("GET" | "HEAD"), "/metrics") => {
+                    ("200 OK", "text/plain; version=0.0.4", metrics())
+                }
+                (Some("GET" | "HEAD"), _) => {
+                    ("404 Not Found", "text/plain", "not found\n".to_owned())
+                }
+                _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_owned()),
+            }
+        }
+        _ => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
+    };
+    let body = if req.method == Some("HEAD") { "" } else { body.as_str() };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    Some([head.as_bytes(), body.as_bytes()].concat())
+}
+
+/// The health and metrics listener and the requests in progress on it,
+/// served on the event loop's poll (tokens from `first_token` on).
+pub struct Endpoint {
+    listener: TcpListener,
+    requests: Slab<Request>,
+}
+
+struct Request {
+    socket: TcpStream,
+    received: Vec<u8>,
+    /// The answer and how much of it is written.
+    answer: Option<(Vec<u8>, usize)>,
+    opened: Instant,
+}
+
+impl Endpoint {
+    pub fn bind(addr: SocketAddr, registry: &Registry, token: Token) -> io::Result<Endpoint> {
+        let mut listener = TcpListener::bind(addr)?;
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        Ok(Endpoint { listener, requests: Slab::new() })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn accept(&mut self, registry: &Registry, first_token: usize, now: Instant) {
+        while let Ok((mut socket, _)) = self.listener.accept() {
+            if self.requests.len() >= MAX_REQUESTS {
+                continue; // dropped: a local scraper does not open this many
+            }
+            let token = Token(first_token + self.requests.vacant_key());
+            if registry.register(&mut socket, token, Interest::READABLE).is_ok() {
+                let request = Request { socket, received: Vec::new(), answer: None, opened: now };
+                self.requests.insert(request);
+            }
+        }
+    }
+
+    /// Reads request `key`, answers it once complete (`scrape` makes the
+    /// metrics, for `/metrics` only) and closes it once the answer is out.
+    pub fn serve(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        first_token: usize,
+        shutting_down: bool,
+        scrape: impl FnOnce() -> String,
+    ) {
+        let Some(request) = self.requests.get_mut(key) else { return };
+        if request.advance(shutting_down, scrape) {
+            self.close(key, registry);
+        } else if request.answer.is_some() {
+            let token = Token(first_token + key);
+            let _ = registry.reregister(&mut request.socket, token, Interest::WRITABLE);
+        }
+    }
+
+    /// Closes requests that took too long.
+    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+        let late: Vec<usize> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| now.saturating_duration_since(r.opened) >= REQUEST_TIMEOUT)
+            .map(|(key, _)| key)
+            .collect();
+        for key in late {
+            self.close(key, registry);
+        }
+    }
+
+    fn close(&mut self, key: usize, registry: &Registry) {
+        if let Some(mut request) = self.requests.try_remove(key) {
+            let _ = registry.deregister(&mut request.socket);
+        }
+    }
+}
+
+impl Request {
+    /// Reads and writes what the socket allows; `true` once finished.
+    fn advance(&mut self, shutting_down: bool, scrape: impl FnOnce() -> String) -> bool {
+        let mut scrape = Some(scrape);
+        let mut buf = [0u8; 1024];
+        while self.answer.is_none() {
+            match self.socket.read(&mut buf) {
+                Ok(0) => return true, // gone before asking
+                Ok(n) => {
+                    self.received.extend_from_slice(&buf[..n]);
+                    let text = || scrape.take().map_or_else(String::new, |f| f());
+                    self.answer = respond(&self.received, shutting_down, text).map(|a| (a, 0));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        let Some((answer, written)) = &mut self.answer else { return true };
+        while *written < answer.len() {
+            match self.socket.write(&answer[*written..]) {
+                Ok(0) => return true,
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_read_off_the_serialized_message() {
+        assert_eq!(kind_of(r#"{"msgType":"Broadcast","SrcUser":"a","text":"x"}"#), "Broadcast");
+        assert_eq!(kind_of(r#"{"msgType":"PublicKeys","Keys":{}}"#), "PublicKeys");
+        assert_eq!(kind_of(r#"{"ServerName":"Ks"}"#), "ServerName");
+        assert_eq!(kind_of(r#"{"msgType":"Dance"}"#), "other");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_before_its_samples() {
+        let mut stats = Stats::default();
+        Stats::count(&mut stats.refusals, "rate_limited", 3);
+        Stats::count(&mut stats.delivered, "Broadcast", 10);
+        let now = Snapshot {
+            users_online: 2,
+            phases: [("handshaking", 1), ("logging_in", 0), ("chatting", 2), ("closing", 0)],
+            bytes_in: 5,
+            bytes_out: 7,
+            uptime_seconds: 9,
+            certificate_expiry: Some(-1),
+            shutting_down: false,
+        };
+        let text = encode(&stats, &now);
+        assert!(text.contains("ragnarok_rate_limited_total 3\n"), "{text}");
+        assert!(text.contains("ragnarok_deliveries_total{type=\"Broadcast\"} 10\n"));
+        assert!(text.contains("ragnarok_connections{phase=\"chatting\"} 2\n"));
+        assert!(text.contains("ragnarok_tls_certificate_expiry_seconds -1\n"));
+        let mut declared = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared = rest.split(' ').next().map(str::to_owned);
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(Some(name.to_owned()), declared, "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn health_follows_the_phase() {
+        let get = |path: &str, stopping| {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            String::from_utf8(respond(request.as_bytes(), stopping, || "m\n".into()).unwrap())
+                .unwrap()
+        };
+        assert!(get("/healthz", false).starts_with("HTTP/1.1 200 OK"));
+        assert!(get("/healthz", true).starts_with("HTTP/1.1 503"));
+        assert!(get("/metrics", false).ends_with("\r\n\r\nm\n"));
+        assert!(get("/", false).starts_with("HTTP/1.1 404"));
+        assert_eq!(respond(b"GET /metr", false, String::new), None);
+    }
+}
