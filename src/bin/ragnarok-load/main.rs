@@ -117,6 +117,14 @@ fn parse_options() -> Result<Options, String> {
     Ok(o)
 }
 
+/// The WebSocket upgrade every client opens with.
+fn upgrade_request(addr: SocketAddr) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
 fn tls_config(ca: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let cert = CertificateDer::from_pem_file(ca).map_err(|e| format!("{ca}: {e}"))?;
@@ -353,12 +361,7 @@ impl Load {
                 Token(i),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
-            let request = format!(
-                "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-                self.o.addr
-            );
-            c.outbox.extend(request.as_bytes());
+            c.outbox.extend(upgrade_request(self.o.addr).as_bytes());
             c.phase = Phase::Upgrading;
             self.next_to_connect += 1;
             self.handshaking += 1;

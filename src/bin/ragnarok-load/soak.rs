@@ -715,11 +715,7 @@ impl Soak<'_> {
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let request = format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            self.o.addr
-        );
+        let request = super::upgrade_request(self.o.addr);
         match kind {
             Kind::Silent => {}
             // Stops in the middle of a header line.
