@@ -46,13 +46,15 @@ pub const SETTLE_MAX: Duration = Duration::from_secs(60);
 pub const DRAIN: Duration = Duration::from_secs(10);
 
 /// When each send of the run is due. Send n (from 0) belongs to sender
-/// n mod C and is due at n / C periods plus (n mod C) / C of a period after
-/// the start: every sender keeps its own period, with its phase shifted by
-/// 1/C of a period from the previous sender's.
+/// n mod C and is due n / (C × R) seconds after the start: every sender
+/// keeps its own period 1/R, with its phase shifted by 1/C of a period from
+/// the previous sender's. (Computed from n each time, so no rounding error
+/// adds up over a run.)
 #[derive(Clone, Debug)]
 pub struct Schedule {
     senders: u64,
-    period_ns: u64,
+    /// The room's interval between two sends, 1 / (C × R) s, in ns.
+    interval_ns: f64,
     /// Sends due at or after this (ns since the start) are not made.
     end_ns: u64,
     /// The next send to make.
@@ -64,7 +66,7 @@ impl Schedule {
     pub fn new(rate: f64, senders: usize, length: Duration) -> Schedule {
         Schedule {
             senders: senders.max(1) as u64,
-            period_ns: (1e9 / rate).round().max(1.0) as u64,
+            interval_ns: 1e9 / (rate * senders.max(1) as f64),
             end_ns: u64::try_from(length.as_nanos()).unwrap_or(u64::MAX),
             next: 0,
         }
@@ -72,7 +74,7 @@ impl Schedule {
 
     /// When send `n` is due, in ns since the start.
     pub fn due_ns(&self, n: u64) -> u64 {
-        n / self.senders * self.period_ns + n % self.senders * self.period_ns / self.senders
+        (n as f64 * self.interval_ns).round() as u64
     }
 
     /// When the next send is due; `None` once the window is over.
@@ -90,13 +92,13 @@ impl Schedule {
 
     /// Messages per second offered by the whole room.
     pub fn offered_per_sec(&self) -> f64 {
-        self.senders as f64 * 1e9 / self.period_ns as f64
+        1e9 / self.interval_ns
     }
 
     /// How many sends the whole window holds.
     pub fn total(&self) -> u64 {
         // due_ns is monotonic in n: binary search for the first n at the end.
-        let (mut lo, mut hi) = (0u64, self.end_ns / self.period_ns * self.senders + self.senders);
+        let (mut lo, mut hi) = (0u64, (self.end_ns as f64 / self.interval_ns) as u64 + 2);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if self.due_ns(mid) < self.end_ns { lo = mid + 1 } else { hi = mid }
@@ -551,9 +553,21 @@ mod tests {
         assert_eq!(sends.len(), 42, "7/s x 3 senders x 2 s");
         assert!(sends.iter().all(|&(_, due)| due < 2_000_000_000));
         assert!(sends.windows(2).all(|w| w[0].1 < w[1].1), "in time order");
+        for k in 0..3 {
+            let own: Vec<u64> = sends.iter().filter(|x| x.0 == k).map(|x| x.1).collect();
+            assert!(
+                own.windows(2).all(|w| (w[1] - w[0]).abs_diff(142_857_143) <= 1),
+                "1/7 s apart"
+            );
+        }
         let mut done = s;
         while done.pop_due(u64::MAX).is_some() {}
         assert_eq!(done.next_due_ns(), None, "nothing is due after the window");
+        // 10 senders at 300/s (a period of 3,333,333.3 ns) for 10 s: exactly
+        // 30,000 sends, none lost or gained to rounding.
+        let s = Schedule::new(300.0, 10, Duration::from_secs(10));
+        assert_eq!((s.total(), s.offered_per_sec().round()), (30_000, 3000.0));
+        assert_eq!(s.due_ns(29_999), 9_999_666_667);
         // A fractional rate: one send per sender every 2 s.
         let slow = Schedule::new(0.5, 2, Duration::from_secs(5));
         assert_eq!(
