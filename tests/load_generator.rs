@@ -54,3 +54,41 @@ fn fanout_and_private_under_load_lose_nothing() {
         assert_eq!(r["logged_in"], 100, "{r}");
     }
 }
+
+#[test]
+fn open_loop_fanout_keeps_its_rate_and_loses_nothing() {
+    for server in TestServer::both(
+        json!({"rate_limit_per_sec": 0, "max_connections_per_ip": 0, "max_handshakes_per_ip": 0}),
+    ) {
+        let pid = server.pid().to_string();
+        // 4 senders x 50/s = 200 messages/s into 40 users for 2 s.
+        let args = ["fanout", "-n", "40", "-c", "4", "--rate", "50", "-t", "2", "--pid", &pid];
+        let r = load(&server, &args);
+        assert_eq!(r["mode"], "open", "{r}");
+        assert_eq!((r["logged_in"].as_u64(), r["dropped"].as_u64()), (Some(40), Some(0)), "{r}");
+        assert_eq!((r["lost"].as_u64(), r["reordered"].as_u64()), (Some(0), Some(0)), "{r}");
+        assert_eq!(
+            (r["drained"].as_bool(), r["undelivered"].as_u64()),
+            (Some(true), Some(0)),
+            "{r}"
+        );
+        assert_eq!(r["offered_per_sec"].as_f64(), Some(200.0), "{r}");
+        assert_eq!(r["scheduled"].as_u64(), Some(400), "{r}");
+        // The schedule was kept: every send made, at close to the offered rate.
+        let sent = r["sent"].as_u64().unwrap();
+        let achieved = r["sent_per_sec"].as_f64().unwrap();
+        assert!(sent >= 396 && (190.0..=201.0).contains(&achieved), "{r}");
+        // Late sends are reported (how many depends on the machine's load:
+        // judged in the benchmark, not here).
+        assert!(r["late_sends"].as_u64().is_some_and(|late| late <= sent), "{r}");
+        // Each message reached all 40 users; those that arrived inside the
+        // window are the deliveries counted there.
+        let deliveries = r["deliveries"].as_u64().unwrap();
+        assert!(deliveries <= sent * 40 && deliveries >= (sent - 20) * 40, "{r}");
+        assert!(r["p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+        let pct = r["server_cpu_pct"].as_f64().expect("server CPU sampled");
+        let cpu = r["cpu_us_per_delivery"].as_f64().expect("CPU per delivery");
+        assert!((0.0..=105.0).contains(&pct) && cpu >= 0.0, "{r}");
+        assert!(r["loadgen_cpu_pct"].as_f64().is_some(), "{r}");
+    }
+}

@@ -3,11 +3,13 @@
 //! a scenario needs instead of being parsed into JSON trees, so it costs far
 //! less per message than the server it measures.
 //!
-//! Scenarios: fanout, joinstorm, idle, private; soak, a long mixed run that
-//! checks every delivery and answer (`soak.rs`); and floor against relay,
-//! the kernel's cost without any server logic (`floor.rs`). See `--help`.
+//! Scenarios: fanout (closed loop, or open loop with `--rate`: `openloop.rs`),
+//! joinstorm, idle, private; soak, a long mixed run that checks every
+//! delivery and answer (`soak.rs`); and floor against relay, the kernel's
+//! cost without any server logic (`floor.rs`). See `--help`.
 
 mod floor;
+mod openloop;
 mod soak;
 
 use std::collections::VecDeque;
@@ -24,6 +26,7 @@ Usage: ragnarok-load SCENARIO [options]
 
 Scenarios:
   fanout     N users; C of them send closed-loop Broadcasts for T seconds
+             (with --rate R: open loop, each sends R/s on its own schedule)
   joinstorm  N users connect and log in as fast as possible
   idle       N users logged in and held for T seconds (sample memory)
   private    K pairs exchange PrivateMessages closed-loop for T seconds
@@ -42,6 +45,8 @@ Options:
   -k K               pairs in private (default 50)
   -t SECS            duration (default 10)
   -s BYTES           message text size (default 60)
+  --rate R           fanout open loop: each sender sends R messages/s whatever
+                     comes back (C x R offered in all, phases spread evenly)
   --tls CA_PEM       use wss, trusting this certificate (name: localhost)
   --pid PID          sample this server process's CPU time and memory
   --concurrency M    handshakes in flight at once (default 1024, the server's listen backlog)
@@ -66,6 +71,8 @@ struct Options {
     concurrency: usize,
     tls: Option<Arc<rustls::ClientConfig>>,
     soak: soak::Settings,
+    /// fanout: messages per second per sender (open loop); None = closed loop.
+    rate: Option<f64>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -83,6 +90,7 @@ fn parse_options() -> Result<Options, String> {
         concurrency: 1024,
         tls: None,
         soak: soak::Settings::default(),
+        rate: None,
     };
     let mut users = None;
     while let Some(arg) = args.next() {
@@ -100,6 +108,16 @@ fn parse_options() -> Result<Options, String> {
             "--tls" => o.tls = Some(tls_config(&value()?)?),
             "--pid" => o.pid = Some(number(value()?)? as u32),
             "--concurrency" => o.concurrency = number(value()?)?.max(1),
+            // The soak's own options (its --rate too) follow its name.
+            a if o.scenario == "soak" && soak::Settings::takes(a) => o.soak.set(a, &value()?)?,
+            "--rate" => {
+                let v = value()?;
+                let rate = v.parse::<f64>().map_err(|e| format!("--rate {v}: {e}"))?;
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(format!("--rate {v}: messages per second per sender, above 0"));
+                }
+                o.rate = Some(rate);
+            }
             a if soak::Settings::takes(a) => o.soak.set(a, &value()?)?,
             s if o.scenario.is_empty() && !s.starts_with('-') => o.scenario = s.to_owned(),
             _ => return Err(format!("unknown argument {arg:?}\n\n{HELP}")),
@@ -112,6 +130,9 @@ fn parse_options() -> Result<Options, String> {
         "relay" => {}
         "" => return Err(HELP.into()),
         s => return Err(format!("unknown scenario {s:?}\n\n{HELP}")),
+    }
+    if o.rate.is_some() && o.scenario != "fanout" {
+        return Err("--rate is for fanout only".into());
     }
     o.senders = o.senders.min(o.users);
     Ok(o)
@@ -340,6 +361,8 @@ struct Load {
     last_activity: Instant,
     /// One read buffer for all clients (allocated once, never cleared).
     buf: Vec<u8>,
+    /// fanout --rate: the senders' schedule.
+    open: Option<openloop::OpenLoop>,
 }
 
 impl Load {
@@ -422,6 +445,10 @@ impl Load {
 
     fn kick_off(&mut self) {
         match self.o.scenario.as_str() {
+            "fanout" if self.open.is_some() => {
+                let start = self.sending_until.map_or_else(Instant::now, |t| t - self.o.duration);
+                self.open_loop_begin(start);
+            }
             "fanout" => {
                 for i in 0..self.o.senders {
                     self.send_broadcast(i);
@@ -477,7 +504,11 @@ impl Load {
                 self.stats.deliveries += 1;
                 self.record_latency(stamp);
             }
-            if sender == i && self.sending_until.is_some_and(|t| self.last_activity < t) {
+            let closed_loop = self.open.is_none();
+            if closed_loop
+                && sender == i
+                && self.sending_until.is_some_and(|t| self.last_activity < t)
+            {
                 self.send_broadcast(i);
             }
         } else if kind == b"PrivateMessage" && self.o.scenario == "private" {
@@ -768,24 +799,34 @@ fn run(o: Options) -> io::Result<()> {
         handshaking: 0,
         last_activity: Instant::now(),
         buf: vec![0; 65536],
+        open: None,
         o,
     };
+    if let Some(rate) = load.o.rate {
+        let open = openloop::OpenLoop::new(load.poll.registry(), rate, senders, load.o.duration)?;
+        load.open = Some(open);
+    }
     load.connect_more()?;
     let mut events = Events::with_capacity(4096);
     let mut login_done: Option<Instant> = None;
     let mut measure_start: Option<(Instant, Option<ProcSample>)> = None;
     let deadline = Instant::now() + Duration::from_secs(120) + load.o.duration * 2;
     loop {
-        load.poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        load.poll_events(&mut events, Some(Duration::from_millis(50)))?;
         // Each client's answer leaves as soon as its event is handled, not
         // after the whole batch of events (up to a few milliseconds later,
         // which would count as the server's latency).
         for event in events.iter() {
+            if event.token() == openloop::TIMER {
+                load.on_timer();
+                continue;
+            }
             let i = event.token().0;
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 load.on_readable(i);
             }
             load.flush(i);
+            load.send_if_due();
         }
         // Output is queued only for the client whose event is being
         // handled (flushed just above), or by kick_off (flushes all) and
@@ -800,7 +841,7 @@ fn run(o: Options) -> io::Result<()> {
             }
         }
         let now = Instant::now();
-        if load.measuring && measure_start.is_none() {
+        if load.measuring && measure_start.is_none() && load.settled(now) {
             login_done = Some(now);
             // Let the join traffic settle before measuring the steady state.
             if load.o.scenario != "joinstorm" {
@@ -823,6 +864,7 @@ fn run(o: Options) -> io::Result<()> {
         };
         if own_percent.is_none() && busy_until.is_some_and(|t| now >= t) {
             own_percent = own.percent();
+            load.end_of_sending();
         }
         let quiet = now.duration_since(load.last_activity) > Duration::from_millis(300);
         let done = match load.o.scenario.as_str() {
@@ -830,6 +872,7 @@ fn run(o: Options) -> io::Result<()> {
             "idle" => measure_start.is_some_and(|(t, _)| now.duration_since(t) >= load.o.duration),
             _ => load.sending_until.is_some_and(|t| now >= t + Duration::from_millis(500)) && quiet,
         };
+        let done = load.open_loop_done(now).unwrap_or(done);
         if done || now > deadline || load.stats.dead == load.clients.len() {
             break;
         }
@@ -837,12 +880,15 @@ fn run(o: Options) -> io::Result<()> {
     // Whatever a live receiver never got from a sender is lost.
     if load.o.scenario == "fanout" {
         let sent: Vec<u64> = load.clients[..senders].iter().map(|c| c.seq).collect();
+        let mut missing = 0;
         for c in load.clients.iter().filter(|c| c.phase == Phase::Ready) {
             for (s, &count) in sent.iter().enumerate() {
                 let got = if c.last_seen[s] == u64::MAX { 0 } else { c.last_seen[s] + 1 };
-                load.stats.lost += count.saturating_sub(got);
+                missing += count.saturating_sub(got);
             }
         }
+        // Open loop: unless the server still had a backlog when the run stopped.
+        load.stats.lost += load.open.as_mut().map_or(missing, |open| open.missing(missing));
     }
     report(&load, before, measure_start, login_done, own_percent);
     Ok(())
@@ -855,6 +901,9 @@ fn report(
     login_done: Option<Instant>,
     own_percent: Option<f64>,
 ) {
+    if let Some(open) = &load.open {
+        return openloop::report(load, open, measure_start, own_percent);
+    }
     let o = &load.o;
     let after = sample(o.pid);
     let s = &load.stats;
