@@ -23,50 +23,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-cargo build --release --quiet
-for p in "${peers[@]}"; do
-    case $p in
-        node) (cd bench/peers/node-ws && npm ci --no-audit --no-fund --silent);;
-        tokio) (cd bench/peers/tokio-tungstenite && cargo build --release --quiet);;
-    esac
-done
-
-work=$(mktemp -d)
-server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/key.pem" \
-    -out "$work/cert.pem" -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-    -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 port=23456
-for tls in false true; do
-    cat > "$work/ragnarok-$tls.json" <<JSON
-{"SSL": $tls, "SSL_Cert": "cert.pem", "SSL_Key": "key.pem", "server_port": $port,
- "rate_limit_per_sec": 0, "max_connections": 20000,
- "max_connections_per_ip": 0, "max_handshakes_per_ip": 0, "log_level": "warn"}
-JSON
-done
-
-start() {  # start SERVER TLS
-    if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
-        echo "port $port is already in use: stop whatever listens there first" >&2; exit 1
-    fi
-    local args=()
-    [ "$2" = true ] && args=("$work/cert.pem" "$work/key.pem")
-    case $1 in
-        ragnarok) taskset -c 0 target/release/ragnarok --config "$work/ragnarok-$2.json" 2>>"$work/server.log" & ;;
-        node) taskset -c 0 node bench/peers/node-ws/server.js $port "" "${args[@]}" 2>>"$work/server.log" & ;;
-        tokio) taskset -c 0 bench/peers/tokio-tungstenite/target/release/peer-tokio-tungstenite $port "" "${args[@]}" 2>>"$work/server.log" & ;;
-        relay) taskset -c 0 target/release/ragnarok-load relay --addr 127.0.0.1:$port >/dev/null 2>>"$work/server.log" & ;;
-    esac
-    server_pid=$!
-    for _ in $(seq 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "$1 did not start" >&2; cat "$work/server.log" >&2; exit 1
-}
-stop() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; server_pid=; sleep 0.3; }
+source scripts/bench-setup.sh
 
 run() {  # run SERVER TLS SCENARIO ARGS...
     local server=$1 tls=$2 scenario=$3; shift 3
@@ -77,7 +35,7 @@ run() {  # run SERVER TLS SCENARIO ARGS...
     local out line
     # Captured, then printed: `tee /dev/stderr` reopens the log file and
     # overwrites other lines when stderr is redirected to a file.
-    out=$(taskset -c 1 target/release/ragnarok-load "$scenario" --addr 127.0.0.1:$port --pid "$server_pid" "${tlsarg[@]}" "$@")
+    out=$(taskset -c 1 "$bin/ragnarok-load" "$scenario" --addr 127.0.0.1:$port --pid "$server_pid" "${tlsarg[@]}" "$@")
     echo "$out" >&2
     line=$(tail -n1 <<<"$out")
     stop
