@@ -33,6 +33,13 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Close 1008 after this `Error`: a policy refused the client.
+    fn policy(reason: &'static str, why: Rejection) -> Action {
+        Action::Close { code: close_code::POLICY, reason, why: Some(why) }
+    }
+}
+
 /// What a session may touch besides itself.
 pub struct Cx<'a> {
     pub room: &'a mut Room,
@@ -121,11 +128,7 @@ impl Session {
                     ErrorCode::RateLimited,
                     "kept flooding past the rate limit: disconnected",
                 );
-                return Action::Close {
-                    code: close_code::POLICY,
-                    reason: "rate limit exceeded",
-                    why: Some(why),
-                };
+                return Action::policy("rate limit exceeded", why);
             }
         }
         match (message, &self.phase) {
@@ -147,11 +150,7 @@ impl Session {
                     }
                     Err(why) => {
                         info!("{}: login refused: {}", cx.peer, why.code.as_str());
-                        Action::Close {
-                            code: close_code::POLICY,
-                            reason: "login refused",
-                            why: Some(why),
-                        }
+                        Action::policy("login refused", why)
                     }
                 }
             }
@@ -199,11 +198,7 @@ impl Session {
                 ErrorCode::TooManyAttempts,
                 "too many wrong passwords from your address: wait a minute and try again",
             );
-            return Action::Close {
-                code: close_code::POLICY,
-                reason: "too many attempts",
-                why: Some(why),
-            };
+            return Action::policy("too many attempts", why);
         }
         if cx.room.check_password(given) {
             self.phase = Phase::AwaitingName { since };
@@ -212,7 +207,7 @@ impl Session {
         cx.addresses.wrong_password(ip, cx.now);
         info!("{}: wrong password", cx.peer);
         let why = Rejection::new(ErrorCode::WrongPassword, "wrong password");
-        Action::Close { code: close_code::POLICY, reason: "wrong password", why: Some(why) }
+        Action::policy("wrong password", why)
     }
 
     fn refuse(&mut self, why: Rejection, cx: &mut Cx) -> Action {
@@ -236,7 +231,7 @@ impl Session {
             {
                 info!("{peer}: login timeout");
                 let why = Rejection::new(ErrorCode::LoginTimeout, "login took too long");
-                Action::Close { code: close_code::POLICY, reason: "login timeout", why: Some(why) }
+                Action::policy("login timeout", why)
             }
             Phase::Chatting { ping_sent } => {
                 let Some(idle) = limits.idle_timeout else {
