@@ -45,7 +45,7 @@ pub fn ping_frame() -> SharedFrame {
     buf.into()
 }
 
-#[allow(dead_code)] // used by the Autobahn echo endpoint
+#[cfg_attr(not(feature = "testing"), allow(dead_code))] // the Autobahn echo endpoint
 pub fn binary_frame(payload: &[u8]) -> SharedFrame {
     let header = FrameHeader { opcode: OpCode::Data(Data::Binary), ..FrameHeader::default() };
     let len = payload.len() as u64;
