@@ -118,6 +118,8 @@ pub struct Server<S = TcpStream> {
     started: Instant,
     /// When freed heap was last given back to the system.
     trimmed: Instant,
+    /// A connection was opened since then (the heap may have grown).
+    grown_since_trim: bool,
     /// When the certificate in use expires (Unix seconds).
     cert_not_after: Option<u64>,
     /// The health and metrics listener, when `metrics_addr` is set.
@@ -278,6 +280,7 @@ impl<S: Socket + Source> Server<S> {
             stats: Stats::default(),
             started: Instant::now(),
             trimmed: Instant::now(),
+            grown_since_trim: false,
             cert_not_after: config.tls.as_ref().and_then(|files| tls::not_after(&files.cert)),
             metrics: None,
         })
@@ -313,6 +316,7 @@ impl<S: Socket + Source> Server<S> {
         now: Instant,
     ) -> io::Result<ConnId> {
         let key = self.clients.vacant_key();
+        self.grown_since_trim = true;
         let registered = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE);
         let transport = registered.and_then(|()| Transport::new(socket, self.tls.as_ref()));
         let transport = match transport {
@@ -484,8 +488,12 @@ impl<S: Socket + Source> Server<S> {
 
     /// Timers, about once a second.
     pub fn tick(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.trimmed) >= TRIM_INTERVAL {
+        // Once a minute, and as soon as everyone has gone: an empty server
+        // should look empty to `ps` (the tick bounds it to once a second).
+        let emptied = self.grown_since_trim && self.clients.is_empty();
+        if emptied || now.saturating_duration_since(self.trimmed) >= TRIM_INTERVAL {
             self.trimmed = now;
+            self.grown_since_trim = false;
             trim_heap();
         }
         if let Some(n) = self.refused_log.unlogged(now) {
