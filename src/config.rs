@@ -9,6 +9,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::addresses::Cidr;
+use crate::redis::RedisUrl;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +30,24 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// `host:port` of the health and metrics listener; `None` = off.
     pub metrics_addr: Option<String>,
+    /// One room across processes through Redis; `None` = standalone.
+    pub cluster: Option<Cluster>,
+    /// SO_REUSEPORT: several processes share `server_port`.
+    pub reuse_port: bool,
 }
+
+/// `redis_url` and what goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub redis: RedisUrl,
+    /// The room's name on Redis: nodes with the same Redis and name are one room.
+    pub name: String,
+    /// CA certificates (PEM) that `rediss://` trusts; `None` = the system's.
+    pub redis_ca_file: Option<PathBuf>,
+}
+
+/// `cluster_name` when the config has none.
+pub const DEFAULT_CLUSTER_NAME: &str = "ragnarok";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -92,6 +110,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             metrics_addr: None,
             trusted_proxies: Vec::new(),
+            cluster: None,
+            reuse_port: false,
         }
     }
 }
@@ -150,6 +170,10 @@ const KEYS: &[&str] = &[
     "allowed_origins",
     "metrics_addr",
     "trusted_proxies",
+    "redis_url",
+    "cluster_name",
+    "redis_ca_file",
+    "reuse_port",
 ];
 
 impl Config {
@@ -286,6 +310,34 @@ impl Config {
             }
             c.metrics_addr = (!addr.is_empty()).then_some(addr);
         }
+        let name = keys.string("cluster_name")?;
+        let ca_file = keys.string("redis_ca_file")?;
+        match keys.string("redis_url")?.filter(|u| !u.is_empty()) {
+            Some(url) => {
+                let redis = RedisUrl::parse(&url).map_err(|e| bad("redis_url", &e))?;
+                let name = name.unwrap_or_else(|| DEFAULT_CLUSTER_NAME.into());
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(bad(
+                        "cluster_name",
+                        "must be 1 to 64 characters of letters, digits, '-', '_' and '.'",
+                    ));
+                }
+                if ca_file.is_some() && !redis.tls {
+                    return Err(bad("redis_ca_file", "is for rediss:// (TLS) URLs only"));
+                }
+                let redis_ca_file = ca_file.map(|f| base.join(f));
+                c.cluster = Some(Cluster { redis, name, redis_ca_file });
+            }
+            None if name.is_some() || ca_file.is_some() => {
+                let key = if name.is_some() { "cluster_name" } else { "redis_ca_file" };
+                return Err(bad(key, "needs \"redis_url\" (it is a cluster setting)"));
+            }
+            None => {}
+        }
+        c.reuse_port = keys.bool("reuse_port")?.unwrap_or(false);
         if let Some(level) = keys.string("log_level")? {
             c.log_level = match level.to_ascii_lowercase().as_str() {
                 "off" => LevelFilter::Off,
@@ -407,6 +459,32 @@ mod tests {
         assert_eq!(c.allowed_origins, ["https://chat.example.org", "http://localhost:8080"]);
         assert_eq!(c.limits.max_connections_per_ip, 0);
         assert_eq!(c.limits.login_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn cluster_keys() {
+        let c = parse(r#"{"redis_url": "redis://10.0.0.5:6380/1", "reuse_port": true}"#).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.name, DEFAULT_CLUSTER_NAME);
+        assert_eq!((cluster.redis.port, cluster.redis.db), (6380, 1));
+        assert!(c.reuse_port);
+        let c = parse(
+            r#"{"redis_url": "rediss://h", "cluster_name": "team-1", "redis_ca_file": "ca.pem"}"#,
+        )
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.name, "team-1");
+        assert_eq!(cluster.redis_ca_file.unwrap(), Path::new("/etc/ragnarok/ca.pem"));
+        assert!(parse("{}").unwrap().cluster.is_none());
+        for (text, needle) in [
+            (r#"{"redis_url": "http://h"}"#, "\"redis_url\" \"http://h\" must start with"),
+            (r#"{"redis_url": "redis://h", "cluster_name": "a b"}"#, "\"cluster_name\" must be"),
+            (r#"{"cluster_name": "x"}"#, "\"cluster_name\" needs \"redis_url\""),
+            (r#"{"redis_url": "redis://h", "redis_ca_file": "c"}"#, "rediss://"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod names;
 mod outbox;
 pub mod protocol;
 mod ratelimit;
+pub mod redis;
 mod room;
 pub mod server;
 mod session;

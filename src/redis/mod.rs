@@ -1,0 +1,6 @@
+//! Talking to Redis from the poll loop: the URL, and (in `conn`) one
+//! non-blocking connection that encodes commands and decodes replies.
+
+pub mod url;
+
+pub use url::RedisUrl;
