@@ -41,6 +41,10 @@ pub enum ErrorCode {
     KeyTooLarge,
     TooManyAttempts,
     TooManyConnections,
+    /// A node of a cluster cannot reach Redis: what needs the cluster waits.
+    ClusterUnavailable,
+    /// A node lost messages of the cluster (its link broke or was cut).
+    MessagesLost,
 }
 
 impl ErrorCode {
@@ -62,6 +66,8 @@ impl ErrorCode {
             ErrorCode::KeyTooLarge => "key_too_large",
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::MessagesLost => "messages_lost",
         }
     }
 }
@@ -147,8 +153,14 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
 
 /// The `code` of a serialized `Error` (for counting refusals).
 pub fn code_of(json: &str) -> &'static str {
-    const CODES: [ErrorCode; 3] =
-        [ErrorCode::UserOffline, ErrorCode::KeyTooLarge, ErrorCode::InvalidField];
+    const CODES: [ErrorCode; 6] = [
+        ErrorCode::UserOffline,
+        ErrorCode::KeyTooLarge,
+        ErrorCode::InvalidField,
+        ErrorCode::ClusterUnavailable,
+        ErrorCode::MessagesLost,
+        ErrorCode::NameTaken,
+    ];
     CODES
         .into_iter()
         .map(ErrorCode::as_str)
