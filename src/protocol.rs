@@ -84,6 +84,15 @@ impl Rejection {
         Rejection { code, text: text.into() }
     }
 
+    /// What a login or message that needs the cluster gets while it is away.
+    pub fn cluster_unavailable() -> Self {
+        Rejection::new(
+            ErrorCode::ClusterUnavailable,
+            "this server has lost its link to the rest of the room: \
+             not sent; try again in a moment",
+        )
+    }
+
     pub fn to_json(&self) -> String {
         Reply::Error { code: self.code.as_str(), text: &self.text, target: None }.to_json()
     }

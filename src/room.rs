@@ -171,6 +171,11 @@ impl Room {
         self.mode != Mode::Standalone
     }
 
+    /// Standalone, or a cluster node whose link is up.
+    pub fn is_up(&self) -> bool {
+        self.mode != Mode::Clustered { up: false }
+    }
+
     /// The link to the cluster came up or went down.
     pub fn set_up(&mut self, up: bool) {
         if self.is_clustered() {
@@ -336,10 +341,8 @@ impl Room {
     /// equal to `users`, and the differences are announced. Returns local
     /// users whose names the cluster gave to someone else.
     pub fn resync(&mut self, users: Vec<RemoteUser>) -> Vec<ConnId> {
-        let wanted: HashMap<String, RemoteUser> = users
-            .into_iter()
-            .filter_map(|u| Some((names::check(&u.name).ok()?.key, u)))
-            .collect();
+        let wanted: HashMap<String, RemoteUser> =
+            users.into_iter().filter_map(|u| Some((names::check(&u.name).ok()?.key, u))).collect();
         let stale: Vec<Rc<str>> = self
             .users
             .iter()
@@ -388,17 +391,11 @@ impl Room {
             return;
         };
         let name = sender.name.clone();
-        let unavailable = self.mode == Mode::Clustered { up: false };
+        let unavailable = !self.is_up();
         let refuse = |out: &mut Vec<Outbound>, why: Rejection| {
             out.push(Outbound { to: To::One(from), json: why.to_json() });
         };
-        let cluster_down = || {
-            Rejection::new(
-                ErrorCode::ClusterUnavailable,
-                "this server has lost its link to the rest of the room: \
-                 the message was not sent; try again in a moment",
-            )
-        };
+        let cluster_down = Rejection::cluster_unavailable;
         match request {
             Request::Broadcast { .. } | Request::PublicKey { .. } if unavailable => {
                 refuse(out, cluster_down());
@@ -455,10 +452,9 @@ impl Room {
                 let Some(name_key) = self.local.get(&from).cloned() else { return };
                 match self.mode {
                     Mode::Standalone => self.set_public_key(&name_key, &key, out),
-                    Mode::Clustered { .. } => self.proposals.push(Proposal {
-                        from,
-                        what: Proposed::PublicKey { name_key, key },
-                    }),
+                    Mode::Clustered { .. } => self
+                        .proposals
+                        .push(Proposal { from, what: Proposed::PublicKey { name_key, key } }),
                 }
             }
         }
@@ -507,7 +503,13 @@ impl Room {
     }
 
     /// A private message to `to_key`, if that user is here.
-    pub fn deliver_private(&mut self, to_key: &str, from: &str, text: &str, out: &mut Vec<Outbound>) {
+    pub fn deliver_private(
+        &mut self,
+        to_key: &str,
+        from: &str,
+        text: &str,
+        out: &mut Vec<Outbound>,
+    ) {
         self.flush_presence(out);
         if let Some(At::Local { id, .. }) = self.users.get(to_key).map(|m| &m.at) {
             let json = Reply::PrivateMessage { source: from, text }.to_json();
