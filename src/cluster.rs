@@ -16,7 +16,7 @@ use serde_json::Value as Json;
 
 use crate::config;
 use crate::redis::{Conn, RedisUrl, Value};
-use crate::room::{ConnId, Proposed, RemoteUser};
+use crate::room::{ConnId, LocalUser, Proposed, RemoteUser};
 
 /// The command connection's token and the subscription's.
 pub const COMMANDS: Token = Token(usize::MAX - 3);
@@ -435,13 +435,14 @@ impl Cluster {
 
     /// Registers this node's users (comparison key, name, public key) and
     /// asks for the room as it is.
-    pub fn sync(&mut self, users: &[(Rc<str>, Rc<str>, Option<Box<str>>)], now: Instant) {
+    pub fn sync(&mut self, users: &[LocalUser], now: Instant) {
         let Link::Joining { sync_sent, .. } = &mut self.link else { return };
         *sync_sent = true;
         let (node, ttl) = (self.node.clone(), LEASE_TTL.as_millis().to_string());
         let mut args: Vec<&[u8]> = vec![node.as_bytes(), ttl.as_bytes()];
-        for (key, name, pk) in users {
-            args.extend([key.as_bytes(), name.as_bytes(), pk.as_deref().unwrap_or("").as_bytes()]);
+        for u in users {
+            let key = u.key.as_deref().unwrap_or("");
+            args.extend([u.name_key.as_bytes(), u.name.as_bytes(), key.as_bytes()]);
         }
         self.eval(Script::Sync, &args, Pending::Sync, now);
     }

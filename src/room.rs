@@ -58,6 +58,15 @@ pub struct RemoteUser {
     pub key: Option<String>,
 }
 
+/// A user of this node, as the cluster registers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub name_key: Rc<str>,
+    pub name: Rc<str>,
+    /// The public key, if published.
+    pub key: Option<Box<str>>,
+}
+
 /// Standalone, or one node of a cluster whose link to the others is up or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -369,13 +378,13 @@ impl Room {
         conflicts
     }
 
-    /// The local users as the cluster should have them: (comparison key,
-    /// name, public key).
-    pub fn local_users(&self) -> Vec<(Rc<str>, Rc<str>, Option<Box<str>>)> {
-        self.local
-            .values()
-            .filter_map(|k| self.users.get(k).map(|m| (k.clone(), m.name.clone(), m.key.clone())))
-            .collect()
+    /// The local users, as the cluster should have them.
+    pub fn local_users(&self) -> Vec<LocalUser> {
+        let user = |k: &Rc<str>| {
+            let m = self.users.get(k)?;
+            Some(LocalUser { name_key: k.clone(), name: m.name.clone(), key: m.key.clone() })
+        };
+        self.local.values().filter_map(user).collect()
     }
 
     /// What local users asked of the cluster since the last call.
@@ -1023,5 +1032,98 @@ mod tests {
         assert_eq!(parse(&out[0]), json!({"ServerName": "Ks"}));
         assert_eq!(parse(&out[1])["msgType"], "OnlineUsers");
         assert_eq!(parse(&out[2])["msgType"], "Broadcast");
+    }
+
+    fn remote(node: &str, name: &str) -> RemoteUser {
+        RemoteUser { node: Rc::from(node), name: name.into(), key: None }
+    }
+
+    #[test]
+    fn a_clustered_room_proposes_what_the_cluster_must_order() {
+        let mut room = Room::new("Ks", "", 5, 1 << 20);
+        room.cluster();
+        room.set_up(true);
+        joined(&mut room, 1, "alice");
+        room.add_remote(remote("n2", "bob")).unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        room.handle(1, Request::Broadcast { text: "hi".into() }, &mut out);
+        room.handle(1, Request::PublicKey { key: "KA".into() }, &mut out);
+        let pm = |target: &str| Request::PrivateMessage { target: target.into(), text: "s".into() };
+        room.handle(1, pm("BOB"), &mut out);
+        room.handle(1, pm("alice"), &mut out);
+        // Nothing but the private message to a local user takes effect now.
+        assert_eq!(out.iter().filter(|o| o.json.contains("Broadcast")).count(), 0);
+        assert!(out.iter().all(|o| !o.json.contains("KA")));
+        assert_eq!(out.last().unwrap().to, To::One(1));
+        assert!(out.last().unwrap().json.contains("PrivateMessage"));
+        let proposed: Vec<Proposed> = room.take_proposals().into_iter().map(|p| p.what).collect();
+        assert_eq!(
+            proposed,
+            [
+                Proposed::Say { name: Rc::from("alice"), text: "hi".into() },
+                Proposed::PublicKey { name_key: Rc::from("alice"), key: "KA".into() },
+                Proposed::Private {
+                    to_key: Rc::from("bob"),
+                    from: Rc::from("alice"),
+                    text: "s".into()
+                },
+            ]
+        );
+        // They take effect when the cluster hands them back.
+        let mut out = Vec::new();
+        room.say("alice", "hi", &mut out);
+        assert_eq!(out[0].to, To::Everyone);
+        assert!(joined(&mut room, 2, "carol").iter().any(|o| o.json.contains("\"history\":true")));
+
+        room.set_up(false);
+        let mut out = Vec::new();
+        room.handle(1, Request::Broadcast { text: "lost?".into() }, &mut out);
+        room.handle(1, pm("bob"), &mut out);
+        room.handle(1, pm("carol"), &mut out);
+        assert_eq!(parse(&out[0])["code"], "cluster_unavailable");
+        assert_eq!(parse(&out[1])["code"], "cluster_unavailable");
+        assert_eq!(out[2].to, To::One(2), "a local user is reached without the cluster");
+        assert!(room.take_proposals().is_empty());
+    }
+
+    #[test]
+    fn other_nodes_users_are_listed_announced_and_resynced() {
+        let mut room = Room::new("Ks", "", 0, 1 << 20);
+        room.cluster();
+        room.set_up(true);
+        joined(&mut room, 1, "alice");
+        for name in ["bob", "carol"] {
+            room.add_remote(remote("n2", name)).unwrap();
+        }
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&out[0])["Users"], json!(["alice", "bob", "carol"]));
+        assert_eq!((room.len(), room.members()), (3, &[1][..]));
+        assert_eq!(room.check_name("Bob").unwrap_err().code, ErrorCode::NameTaken);
+        // A remote claim of a local user's name is a conflict for the server.
+        assert_eq!(room.add_remote(remote("n3", "ALICE")), Err(1));
+
+        // Resync: carol is gone, dave came, bob moved to another node.
+        let conflicts = room.resync(vec![remote("n3", "bob"), remote("n2", "dave")]);
+        assert!(conflicts.is_empty());
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&out[0])["Users"], json!(["alice", "bob", "dave"]));
+        assert_eq!(
+            room.resync(vec![remote("n3", "bob"), remote("n2", "dave")]),
+            Vec::<ConnId>::new()
+        );
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert!(out.is_empty(), "the same view again announces nothing: {out:?}");
+
+        assert_eq!(room.remove_node("n3"), 1);
+        assert_eq!(room.remove_remote("alice"), None, "a local user is not removed as remote");
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&out[0])["Users"], json!(["alice", "dave"]));
+        let local = room.local_users();
+        assert_eq!(local.len(), 1);
+        assert_eq!((&*local[0].name_key, &*local[0].name), ("alice", "alice"));
     }
 }

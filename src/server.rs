@@ -817,6 +817,10 @@ impl<S: Socket + Source> Server<S> {
             uptime_seconds: self.started.elapsed().as_secs(),
             certificate_expiry: self.cert_not_after.map(|t| t as i64 - unix_now as i64),
             shutting_down: matches!(self.phase, Phase::Stopping { .. }),
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|c| (c.is_up(), c.stats.clone(), self.room.members().len())),
         };
         metrics::encode(&self.stats, &snapshot)
     }

@@ -384,6 +384,55 @@ mod tests {
             };
             session.on_message(Message::text(text), &mut cx)
         }
+
+        fn with(&mut self, id: ConnId, f: impl FnOnce(&mut Cx) -> Action) -> Action {
+            let mut cx = Cx {
+                room: &mut self.room,
+                out: &mut self.out,
+                addresses: &mut self.addresses,
+                stats: &mut self.stats,
+                limits: &self.limits,
+                id,
+                peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
+                now: self.now,
+            };
+            f(&mut cx)
+        }
+    }
+
+    #[test]
+    fn in_a_cluster_the_name_is_claimed_first() {
+        let mut w = World::new("");
+        w.room.cluster();
+        let mut s = Session::new();
+        s.opened(w.now);
+        w.send(&mut s, 1, "");
+        // The link is down: the login waits, the connection stays.
+        assert_eq!(code(w.send(&mut s, 1, "alice")), Some(ErrorCode::ClusterUnavailable));
+        w.room.set_up(true);
+        let claim = w.send(&mut s, 1, "A\u{30A}lice");
+        assert_eq!(claim, Action::Claim { name: "\u{C5}lice".into(), key: "a\u{30A}lice".into() });
+        assert!(s.is_claiming() && s.is_unauthenticated());
+        assert_eq!(w.room.name_of(1), None, "not in the room until the cluster says so");
+        // The cluster could not be asked: back to choosing a name.
+        let why = Rejection::cluster_unavailable();
+        assert_eq!(
+            code(w.with(1, |cx| s.claim_failed(why, cx))),
+            Some(ErrorCode::ClusterUnavailable)
+        );
+        assert!(matches!(w.send(&mut s, 1, "bob"), Action::Claim { .. }));
+        assert_eq!(w.with(1, |cx| s.claimed("bob", cx)), Action::LoggedIn);
+        assert_eq!(w.room.name_of(1), Some("bob"));
+        assert_eq!(w.with(1, |cx| s.claimed("bob", cx)), Action::Nothing, "once");
+
+        // Another node has the name: refused as a local holder would be.
+        let mut t = Session::new();
+        t.opened(w.now);
+        w.send(&mut t, 2, "");
+        assert!(matches!(w.send(&mut t, 2, "carol"), Action::Claim { .. }));
+        let taken = Rejection::new(ErrorCode::NameTaken, "taken");
+        let action = w.with(2, |cx| t.claim_failed(taken, cx));
+        assert!(matches!(action, Action::Close { code: close_code::POLICY, .. }), "{action:?}");
     }
 
     fn code(action: Action) -> Option<ErrorCode> {
