@@ -516,6 +516,10 @@ impl Conn {
 
     /// The next decoded reply or pushed message, in arrival order (the
     /// replies to AUTH and SELECT never show up here).
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "not an iterator: None only means nothing yet, more comes after the next pump"
+    )]
     pub fn next(&mut self) -> Option<Value> {
         self.replies.pop_front()
     }
