@@ -314,6 +314,8 @@ pub struct Conn {
     replies: VecDeque<Value>,
     /// AUTH / SELECT whose replies are still to come.
     handshake: VecDeque<&'static str>,
+    /// `pump` has failed: the connection is of no more use.
+    dead: bool,
 }
 
 impl Conn {
@@ -357,6 +359,7 @@ impl Conn {
             decoder: Decoder::new(),
             replies: VecDeque::new(),
             handshake,
+            dead: false,
         })
     }
 
@@ -377,6 +380,12 @@ impl Conn {
     /// would block, decodes what is complete. An error means the
     /// connection is dead.
     pub fn pump(&mut self) -> Result<(), ConnError> {
+        let result = self.pump_inner();
+        self.dead |= result.is_err();
+        result
+    }
+
+    fn pump_inner(&mut self) -> Result<(), ConnError> {
         if !self.connected {
             if let Some(e) = self.socket.take_error()? {
                 return Err(ConnError::Io(e));
@@ -527,6 +536,7 @@ impl Conn {
     /// Connected (TLS included) and AUTH / SELECT accepted.
     pub fn is_ready(&self) -> bool {
         self.connected
+            && !self.dead
             && self.handshake.is_empty()
             && self.tls.as_ref().is_none_or(|t| !t.conn.is_handshaking())
     }
