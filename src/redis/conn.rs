@@ -191,7 +191,9 @@ impl Decoder {
             let rest = &self.buf[self.pos..];
             let Some(&kind) = rest.first() else { break };
             let window = &rest[..rest.len().min(MAX_LINE + 2)];
-            let Some(eol) = window.windows(2).position(|w| w == b"\r\n") else {
+            // The line starts after the type byte (which may itself be '\r').
+            let eol = window.get(1..).and_then(|w| w.windows(2).position(|w| w == b"\r\n"));
+            let Some(eol) = eol.map(|i| i + 1) else {
                 if rest.len() > MAX_LINE {
                     return Err(ConnError::Protocol("a line longer than 64 KiB".into()));
                 }
@@ -731,6 +733,7 @@ mod tests {
     fn refuses_garbage_without_panicking() {
         for bad in [
             &b"?x\r\n"[..],
+            b"**3\r\n\r\n3**31\r", // found by fuzz/fuzz_targets/resp.rs
             b":12a\r\n",
             b"$-2\r\n",
             b"*-7\r\n",
