@@ -9,6 +9,7 @@ mod connection;
 pub mod echo;
 pub mod fdlimit;
 pub mod http;
+mod listen;
 mod metrics;
 mod names;
 mod outbox;
