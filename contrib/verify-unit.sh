@@ -108,9 +108,17 @@ cert() {
 }
 cert a && cert b
 cp a.crt live.crt && cp a.pem live.pem
-metrics=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+metrics=$(free_port)
+# A Redis, so that the cluster's calls (connecting out, the lease timer) are
+# traced too.
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+trap 'kill "$(cat "$work/redis.pid" 2>/dev/null)" 2>/dev/null; if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 printf '{"SSL": true, "SSL_Cert": "live.crt", "SSL_Key": "live.pem", "server_ip": "127.0.0.1", "server_port": 0, "reuse_port": true%s}\n' \
-    ", \"metrics_addr\": \"127.0.0.1:$metrics\"" > config.json
+    ", \"metrics_addr\": \"127.0.0.1:$metrics\", \"redis_url\": \"redis://127.0.0.1:$redis_port\"" > config.json
 if ! "$BIN" --config config.json --check-config >/dev/null 2>&1; then
     metrics=
     printf '{"SSL": true, "SSL_Cert": "live.crt", "SSL_Key": "live.pem", "server_ip": "127.0.0.1", "server_port": 0, "reuse_port": true}\n' > config.json
