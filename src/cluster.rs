@@ -3,7 +3,7 @@
 //! events in the room's one order, keeps this node's users registered, and
 //! reconnects and resyncs after a break. The server applies the events.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::config;
+use crate::protocol::{ErrorCode, Rejection};
+use crate::ratelimit::LogBudget;
 use crate::redis::{Conn, RedisUrl, Value};
 use crate::room::{ConnId, LocalUser, Proposed, RemoteUser};
 
@@ -31,13 +33,21 @@ const LEASE_TTL: Duration = Duration::from_secs(10);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connecting, subscribing and syncing must be done in this time.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
-/// A broadcast not published within this time is not published at all
-/// (its sender was told `cluster_unavailable`; see the `say` script).
-const SAY_DEADLINE: Duration = Duration::from_secs(5);
+/// A proposal Redis runs later than this after it was sent is dropped by
+/// the script: by then the node may have given up on the link (after
+/// `REPLY_TIMEOUT`) and told the sender `cluster_unavailable`.
+const PROPOSAL_DEADLINE: Duration = Duration::from_millis(2500);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Most bytes queued to Redis before proposals are refused.
 const MAX_QUEUED: usize = 16 << 20;
+/// Largest event a user may publish: far below what Redis lets a
+/// subscriber fall behind by (`client-output-buffer-limit pubsub`, 8 MB
+/// for 60 s by default), so that one message cannot get every node cut off.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// A claim of a name this node holds for a connection that has gone is
+/// asked again (once a second) this many times.
+const CLAIM_RETRIES: u8 = 3;
 
 /// The Lua scripts. Each changes the room's state on Redis, numbers the
 /// change (`seq`) and publishes it in one atomic step, so that every node
@@ -48,8 +58,11 @@ local p, node, key = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', p .. 'users', key)
 if cur then
   local owner, name = string.match(cur, '^([^\n]*)\n(.*)$')
-  if owner == node or redis.call('EXISTS', p .. 'node:' .. owner) == 1 then
-    return name
+  if owner == node then
+    return {name, 1}
+  end
+  if redis.call('EXISTS', p .. 'node:' .. owner) == 1 then
+    return {name, 0}
   end
 end
 redis.call('HSET', p .. 'users', key, node .. '\n' .. ARGV[4])
@@ -70,35 +83,52 @@ if cur and string.sub(cur, 1, #node + 1) == node .. '\n' then
 end
 return 0
 "#;
+    /// ARGV: prefix, deadline (ms, Redis's clock), history count, event.
     pub const SAY: &str = r#"
 local p = ARGV[1]
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[2]) then
-  return 0
+  return -1
 end
 local n = tonumber(ARGV[3])
 if n > 0 then
   redis.call('RPUSH', p .. 'history', ARGV[4])
   redis.call('LTRIM', p .. 'history', -n, -1)
+else
+  redis.call('DEL', p .. 'history')
 end
 local seq = redis.call('INCR', p .. 'seq')
 redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[4])
 return 1
 "#;
+    /// ARGV: prefix, deadline, node, name key, public key, event.
     pub const PUBLIC_KEY: &str = r#"
-local p, node, key = ARGV[1], ARGV[2], ARGV[3]
+local p, node, key = ARGV[1], ARGV[3], ARGV[4]
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[2]) then
+  return -1
+end
 local cur = redis.call('HGET', p .. 'users', key)
 if cur and string.sub(cur, 1, #node + 1) == node .. '\n' then
-  redis.call('HSET', p .. 'pubkeys', key, ARGV[4])
+  redis.call('HSET', p .. 'pubkeys', key, ARGV[5])
   local seq = redis.call('INCR', p .. 'seq')
-  redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[5])
+  redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[6])
   return 1
 end
 return 0
 "#;
-    pub const PUBLISH: &str = r#"
-local seq = redis.call('INCR', ARGV[1] .. 'seq')
-redis.call('PUBLISH', ARGV[1] .. 'events', seq .. ' ' .. ARGV[2])
+    /// ARGV: prefix, deadline, the target's name key, event.
+    pub const PRIVATE: &str = r#"
+local p = ARGV[1]
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[2]) then
+  return -1
+end
+if redis.call('HEXISTS', p .. 'users', ARGV[3]) == 0 then
+  return 0
+end
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[4])
 return 1
 "#;
     pub const LEASE: &str = r#"
@@ -121,12 +151,14 @@ for _, other in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
 end
 return forgotten
 "#;
+    /// ARGV: prefix, node, lease ms, history count, history bytes, then
+    /// (key, name, public key or '') for each user of the node.
     pub const SYNC: &str = r#"
 local p, node = ARGV[1], ARGV[2]
 redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
 redis.call('SADD', p .. 'nodes', node)
 local mine = {}
-for i = 4, #ARGV, 3 do mine[ARGV[i]] = true end
+for i = 6, #ARGV, 3 do mine[ARGV[i]] = true end
 local all = redis.call('HGETALL', p .. 'users')
 for i = 1, #all, 2 do
   if string.sub(all[i + 1], 1, #node + 1) == node .. '\n' and not mine[all[i]] then
@@ -135,7 +167,7 @@ for i = 1, #all, 2 do
   end
 end
 local conflicts, accepted = {}, {}
-for i = 4, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local key, name, pk = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = redis.call('HGET', p .. 'users', key)
   local owner = cur and string.match(cur, '^([^\n]*)\n')
@@ -154,8 +186,21 @@ end
 local seq = redis.call('INCR', p .. 'seq')
 local event = cjson.encode({e = 'node', node = node, users = accepted})
 redis.call('PUBLISH', p .. 'events', seq .. ' ' .. event)
+-- The newest history entries that fit both the count and the byte budget.
+local history, bytes = {}, 0
+local count = tonumber(ARGV[4])
+if count > 0 then
+  local newest = redis.call('LRANGE', p .. 'history', -count, -1)
+  for i = #newest, 1, -1 do
+    bytes = bytes + #newest[i]
+    if bytes > tonumber(ARGV[5]) then break end
+    table.insert(history, 1, newest[i])
+  end
+end
+local t = redis.call('TIME')
 return {seq, conflicts, redis.call('HGETALL', p .. 'users'),
-        redis.call('HGETALL', p .. 'pubkeys'), redis.call('LRANGE', p .. 'history', 0, -1)}
+        redis.call('HGETALL', p .. 'pubkeys'), history,
+        tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 "#;
 }
 
@@ -165,7 +210,7 @@ enum Script {
     Leave,
     Say,
     PublicKey,
-    Publish,
+    Private,
     Lease,
     Sync,
 }
@@ -175,7 +220,7 @@ const SCRIPTS: [(Script, &str); 7] = [
     (Script::Leave, scripts::LEAVE),
     (Script::Say, scripts::SAY),
     (Script::PublicKey, scripts::PUBLIC_KEY),
-    (Script::Publish, scripts::PUBLISH),
+    (Script::Private, scripts::PRIVATE),
     (Script::Lease, scripts::LEASE),
     (Script::Sync, scripts::SYNC),
 ];
@@ -249,13 +294,12 @@ impl Event {
 #[derive(Debug)]
 pub enum Note {
     Event(Event),
-    /// The claim of `origin` was refused: `holder` has the name.
-    Taken {
+    /// What `origin` asked was not done, and why (`name_taken` for a
+    /// claim, `cluster_unavailable`, `user_offline`, `message_too_big`).
+    Refused {
         origin: Origin,
-        holder: String,
+        why: Rejection,
     },
-    /// What `origin` asked was not done: the cluster is unreachable.
-    Unavailable(Origin),
     /// The link is up (again): the room as the cluster has it now.
     /// `conflicts`: comparison keys of local users whose names are
     /// another node's.
@@ -274,11 +318,26 @@ pub enum Note {
 #[derive(Debug)]
 enum Pending {
     Load,
-    Claim(Origin),
-    Asked(Origin),
+    Claim { origin: Origin, key: String, name: String, retries: u8 },
+    Say(Origin),
+    PublicKey(Origin),
+    Private { origin: Origin, target: String },
     Leave,
     Lease,
     Sync,
+}
+
+impl Pending {
+    /// The connection waiting for this reply, if any.
+    fn origin(&self) -> Option<Origin> {
+        match self {
+            Pending::Claim { origin, .. }
+            | Pending::Say(origin)
+            | Pending::PublicKey(origin)
+            | Pending::Private { origin, .. } => Some(*origin),
+            _ => None,
+        }
+    }
 }
 
 /// The two connections of a link: commands, and the subscription.
@@ -294,13 +353,15 @@ enum Link {
         retry_at: Instant,
     },
     /// Connected or connecting: subscribing, then registering and reading
-    /// the room (`sync`); events that arrive meanwhile wait in `early`.
+    /// the room (`sync`); events that arrive meanwhile wait in `early`,
+    /// users who leave meanwhile in `left`.
     Joining {
         links: Links,
         since: Instant,
         subscribed: bool,
         sync_sent: bool,
         early: Vec<(u64, Event)>,
+        left: Vec<String>,
     },
     Up {
         links: Links,
@@ -329,6 +390,7 @@ pub struct Cluster {
     /// Key prefix on Redis: `ragnarok:<cluster_name>:`.
     prefix: String,
     history_size: usize,
+    history_bytes: usize,
     link: Link,
     backoff: Duration,
     /// The last event applied.
@@ -336,16 +398,27 @@ pub struct Cluster {
     shas: Vec<String>,
     notes: VecDeque<Note>,
     failures: u32,
+    /// Claims Redis granted whose `Join` has not come back yet: refused if
+    /// the link breaks first.
+    granted: Vec<Origin>,
+    /// Claims to send again: the name was this node's, held for a
+    /// connection that has gone (its release is on its way).
+    retry: Vec<Pending>,
+    /// Redis's clock minus ours, in ms (from the last sync).
+    clock_offset: i64,
+    /// Commands Redis refused, logged within a budget.
+    refused_log: LogBudget,
     pub stats: ClusterStats,
 }
 
 impl Cluster {
     /// `addr`: `config.redis` resolved (by the startup check).
+    /// `history_bytes`: most bytes of history a joiner may be sent.
     pub fn new(
         config: &config::Cluster,
         addr: SocketAddr,
         tls: Option<Arc<rustls::ClientConfig>>,
-        history_size: usize,
+        history: (usize, usize),
         now: Instant,
     ) -> Cluster {
         let shas = SCRIPTS.iter().map(|(_, text)| sha1_hex(text)).collect();
@@ -355,13 +428,18 @@ impl Cluster {
             tls,
             node: Rc::from(node_id()),
             prefix: format!("ragnarok:{}:", config.name),
-            history_size,
+            history_size: history.0,
+            history_bytes: history.1,
             link: Link::Down { retry_at: now },
             backoff: BACKOFF_MIN,
             seq: 0,
             shas,
             notes: VecDeque::new(),
             failures: 0,
+            granted: Vec::new(),
+            retry: Vec::new(),
+            clock_offset: 0,
+            refused_log: LogBudget::default(),
             stats: ClusterStats::default(),
         }
     }
@@ -386,8 +464,12 @@ impl Cluster {
         }
     }
 
-    /// Timers: reconnecting, the lease, and Redis not answering.
+    /// Timers: reconnecting, the lease, retried claims, and Redis not
+    /// answering.
     pub fn tick(&mut self, registry: &Registry, now: Instant) {
+        if let Some(n) = self.refused_log.unlogged(now) {
+            warn!("cluster: Redis refused {n} more commands in the last minute");
+        }
         match &mut self.link {
             Link::Down { retry_at } if now >= *retry_at => self.connect(registry, now),
             Link::Down { .. } => {}
@@ -398,7 +480,12 @@ impl Cluster {
                 self.down(registry, why, now);
             }
             Link::Joining { .. } => {}
-            Link::Up { links, lease_due } => {
+            Link::Up { .. } => {
+                // Replies already here count: read them before judging.
+                if let Err(why) = self.pump(now) {
+                    return self.down(registry, why, now);
+                }
+                let Link::Up { links, lease_due } = &mut self.link else { return };
                 if let Some((_, sent)) = links.pending.front()
                     && now.saturating_duration_since(*sent) >= REPLY_TIMEOUT
                 {
@@ -410,6 +497,11 @@ impl Cluster {
                     let (node, ttl) = (self.node.clone(), LEASE_TTL.as_millis().to_string());
                     let args = [node.as_bytes(), ttl.as_bytes()];
                     self.eval(Script::Lease, &args, Pending::Lease, now);
+                }
+                for claim in std::mem::take(&mut self.retry) {
+                    if let Pending::Claim { origin, key, name, retries } = claim {
+                        self.send_claim(origin, &key, &name, retries, now);
+                    }
                 }
             }
         }
@@ -433,13 +525,14 @@ impl Cluster {
         matches!(&self.link, Link::Joining { subscribed: true, sync_sent: false, .. })
     }
 
-    /// Registers this node's users (comparison key, name, public key) and
-    /// asks for the room as it is.
+    /// Registers this node's users and asks for the room as it is.
     pub fn sync(&mut self, users: &[LocalUser], now: Instant) {
         let Link::Joining { sync_sent, .. } = &mut self.link else { return };
         *sync_sent = true;
         let (node, ttl) = (self.node.clone(), LEASE_TTL.as_millis().to_string());
-        let mut args: Vec<&[u8]> = vec![node.as_bytes(), ttl.as_bytes()];
+        let (count, bytes) = (self.history_size.to_string(), self.history_bytes.to_string());
+        let mut args: Vec<&[u8]> =
+            vec![node.as_bytes(), ttl.as_bytes(), count.as_bytes(), bytes.as_bytes()];
         for u in users {
             let key = u.key.as_deref().unwrap_or("");
             args.extend([u.name_key.as_bytes(), u.name.as_bytes(), key.as_bytes()]);
@@ -448,10 +541,14 @@ impl Cluster {
     }
 
     /// Asks for `name` for `origin`: `Event::Join` when it is ours,
-    /// `Note::Taken` or `Note::Unavailable` when not.
+    /// `Note::Refused` when not.
     pub fn claim(&mut self, origin: Origin, key: &str, name: &str, now: Instant) {
+        self.send_claim(origin, key, name, 0, now);
+    }
+
+    fn send_claim(&mut self, origin: Origin, key: &str, name: &str, retries: u8, now: Instant) {
         if !self.can_send() {
-            return self.unavailable(origin);
+            return self.refuse(origin, Rejection::cluster_unavailable());
         }
         let conn = format!("{}.{}", origin.id, origin.serial);
         let event =
@@ -459,15 +556,19 @@ impl Cluster {
         let json = to_json(&event);
         let node = self.node.clone();
         let args = [node.as_bytes(), key.as_bytes(), name.as_bytes(), json.as_bytes()];
-        self.eval(Script::Claim, &args, Pending::Claim(origin), now);
+        let pending = Pending::Claim { origin, key: key.into(), name: name.into(), retries };
+        self.eval(Script::Claim, &args, pending, now);
     }
 
     /// A local user left (or a claim came back for a connection that is
     /// gone): the name is free. While the link is down there is nothing to
-    /// do: the next `sync` drops it.
+    /// do (the next `sync` leaves the user out); while it is being mended,
+    /// the user is released once it is.
     pub fn leave(&mut self, key: &str, now: Instant) {
-        if !self.is_up() {
-            return;
+        match &mut self.link {
+            Link::Up { .. } => {}
+            Link::Joining { left, .. } => return left.push(key.into()),
+            Link::Down { .. } => return,
         }
         let json = to_json(&Event::Leave { node: self.node.to_string(), key: key.into() });
         let node = self.node.clone();
@@ -476,36 +577,53 @@ impl Cluster {
     }
 
     /// Publishes what a local user asked; it takes effect on every node
-    /// (this one too) when it comes back as an event.
+    /// (this one too) when it comes back as an event. Redis drops it if it
+    /// arrives after the moment this node would have given up on it (so a
+    /// message refused with `cluster_unavailable` is never sent later).
     pub fn propose(&mut self, origin: Origin, what: Proposed, now: Instant) {
         if !self.can_send() {
-            return self.unavailable(origin);
+            return self.refuse(origin, Rejection::cluster_unavailable());
         }
-        match what {
+        let deadline =
+            unix_millis() as i64 + self.clock_offset + PROPOSAL_DEADLINE.as_millis() as i64;
+        let deadline = deadline.to_string();
+        let node = self.node.clone();
+        let (script, args, pending): (Script, Vec<Vec<u8>>, Pending) = match what {
             Proposed::Say { name, text } => {
                 let json = to_json(&Event::Say { name: name.to_string(), text });
-                let deadline = unix_millis() + SAY_DEADLINE.as_millis() as u64;
-                let (deadline, size) = (deadline.to_string(), self.history_size.to_string());
-                let args = [deadline.as_bytes(), size.as_bytes(), json.as_bytes()];
-                self.eval(Script::Say, &args, Pending::Asked(origin), now);
+                let count = self.history_size.to_string();
+                (Script::Say, vec![count.into(), json.into()], Pending::Say(origin))
             }
             Proposed::PublicKey { name_key, key } => {
                 let event = Event::PublicKey {
-                    node: self.node.to_string(),
+                    node: node.to_string(),
                     key: name_key.to_string(),
                     pk: key.clone(),
                 };
-                let json = to_json(&event);
-                let node = self.node.clone();
-                let args = [node.as_bytes(), name_key.as_bytes(), key.as_bytes(), json.as_bytes()];
-                self.eval(Script::PublicKey, &args, Pending::Asked(origin), now);
+                let args = vec![
+                    node.as_bytes().into(),
+                    name_key.as_bytes().into(),
+                    key.into(),
+                    to_json(&event).into(),
+                ];
+                (Script::PublicKey, args, Pending::PublicKey(origin))
             }
-            Proposed::Private { to_key, from, text } => {
+            Proposed::Private { to_key, to_name, from, text } => {
                 let event = Event::Private { to: to_key.to_string(), from: from.to_string(), text };
-                let json = to_json(&event);
-                self.eval(Script::Publish, &[json.as_bytes()], Pending::Asked(origin), now);
+                let args = vec![to_key.as_bytes().into(), to_json(&event).into()];
+                (Script::Private, args, Pending::Private { origin, target: to_name.to_string() })
             }
+        };
+        if args.last().map_or(0, Vec::len) > MAX_EVENT_BYTES {
+            let text = format!(
+                "in this room (several servers) a message may have at most {} KiB",
+                MAX_EVENT_BYTES / 1024
+            );
+            return self.refuse(origin, Rejection::new(ErrorCode::MessageTooBig, text));
         }
+        let mut all: Vec<&[u8]> = vec![deadline.as_bytes()];
+        all.extend(args.iter().map(Vec::as_slice));
+        self.eval(script, &all, pending, now);
         self.stats.published += 1;
     }
 
@@ -516,9 +634,11 @@ impl Cluster {
         }
     }
 
-    fn unavailable(&mut self, origin: Origin) {
-        self.stats.unavailable += 1;
-        self.notes.push_back(Note::Unavailable(origin));
+    fn refuse(&mut self, origin: Origin, why: Rejection) {
+        if why.code == ErrorCode::ClusterUnavailable {
+            self.stats.unavailable += 1;
+        }
+        self.notes.push_back(Note::Refused { origin, why });
     }
 
     /// EVALSHA of `script` with the key prefix as the first argument.
@@ -536,7 +656,7 @@ impl Cluster {
     fn connect(&mut self, registry: &Registry, now: Instant) {
         self.stats.connect_attempts += 1;
         let open = |token| Conn::connect(self.addr, &self.url, self.tls.clone(), registry, token);
-        let (mut cmd, sub) = match (open(COMMANDS), open(SUBSCRIPTION)) {
+        let (mut cmd, mut sub) = match (open(COMMANDS), open(SUBSCRIPTION)) {
             (Ok(cmd), Ok(sub)) => (cmd, sub),
             (cmd, sub) => {
                 for mut conn in [cmd, sub].into_iter().flatten() {
@@ -551,33 +671,33 @@ impl Cluster {
             cmd.command(&[b"SCRIPT", b"LOAD", text.as_bytes()]);
             pending.push_back((Pending::Load, now));
         }
+        let channel = format!("{}events", self.prefix);
+        sub.command(&[b"SUBSCRIBE", channel.as_bytes()]);
         self.link = Link::Joining {
             links: Links { cmd, sub, pending },
             since: now,
             subscribed: false,
             sync_sent: false,
             early: Vec::new(),
+            left: Vec::new(),
         };
-        let channel = format!("{}events", self.prefix);
-        if let Link::Joining { links, .. } = &mut self.link {
-            links.sub.command(&[b"SUBSCRIBE", channel.as_bytes()]);
-        }
     }
 
-    /// Breaks the link: what was asked and not answered is refused, the
-    /// server is told, and a reconnect is scheduled.
+    /// Breaks the link: what was asked and not done is refused, the server
+    /// is told, and a reconnect is scheduled.
     fn down(&mut self, registry: &Registry, why: String, now: Instant) {
         let was = std::mem::replace(&mut self.link, Link::Down { retry_at: now + self.backoff });
         let was_up = matches!(was, Link::Up { .. });
+        let mut waiting: Vec<Origin> = std::mem::take(&mut self.granted);
+        waiting.extend(std::mem::take(&mut self.retry).iter().filter_map(Pending::origin));
         if let Link::Joining { links, .. } | Link::Up { links, .. } = was {
             let Links { mut cmd, mut sub, pending } = links;
             cmd.deregister(registry);
             sub.deregister(registry);
-            for (pending, _) in pending {
-                if let Pending::Claim(origin) | Pending::Asked(origin) = pending {
-                    self.unavailable(origin);
-                }
-            }
+            waiting.extend(pending.iter().filter_map(|(p, _)| p.origin()));
+        }
+        for origin in waiting {
+            self.refuse(origin, Rejection::cluster_unavailable());
         }
         if was_up {
             self.stats.link_downs += 1;
@@ -631,20 +751,62 @@ impl Cluster {
 
     fn on_reply(&mut self, pending: Pending, reply: Value, now: Instant) -> Result<(), String> {
         if let Value::Error(e) = &reply {
-            // A script error is a bug or a Redis that cannot run scripts.
-            return Err(format!("Redis refused a command: {e}"));
+            // Out of memory, say: that one command is refused. Anything
+            // else (scripts flushed, a Redis that cannot run them) is mended
+            // by reconnecting, which loads the scripts again.
+            if self.refused_log.allow(now) {
+                warn!("cluster: Redis refused a command: {e}");
+            }
+            if let Some(origin) = pending.origin() {
+                self.refuse(origin, Rejection::cluster_unavailable());
+            }
+            let one_off = e.starts_with("OOM") || e.contains("maxmemory");
+            return match pending {
+                Pending::Sync | Pending::Lease | Pending::Load => {
+                    Err(format!("Redis refused: {e}"))
+                }
+                _ if one_off => Ok(()),
+                _ => Err(format!("Redis refused: {e}")),
+            };
         }
         match pending {
             Pending::Load | Pending::Leave => {}
-            Pending::Claim(origin) => {
-                if let Value::Bytes(holder) = reply {
-                    let holder = String::from_utf8_lossy(&holder).into_owned();
-                    self.notes.push_back(Note::Taken { origin, holder });
+            Pending::Claim { origin, key, name, retries } => match reply {
+                Value::Array(parts) => {
+                    let holder = match parts.first() {
+                        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                        _ => name.clone(),
+                    };
+                    let mine = parts.get(1) == Some(&Value::Int(1));
+                    if mine && retries < CLAIM_RETRIES {
+                        // Held here for a connection that has gone: its
+                        // release is queued; ask again after it.
+                        let retries = retries + 1;
+                        self.retry.push(Pending::Claim { origin, key, name, retries });
+                    } else {
+                        let text = format!(
+                            "the name {name:?} is taken: {holder:?} is online in this room"
+                        );
+                        self.refuse(origin, Rejection::new(ErrorCode::NameTaken, text));
+                    }
                 }
+                _ => self.granted.push(origin),
+            },
+            Pending::Say(origin) | Pending::PublicKey(origin) | Pending::Private { origin, .. }
+                if reply == Value::Int(-1) =>
+            {
+                if self.refused_log.allow(now) {
+                    warn!(
+                        "cluster: a message reached Redis after its deadline: dropped, its sender told"
+                    );
+                }
+                self.refuse(origin, Rejection::cluster_unavailable());
             }
-            Pending::Asked(origin) => {
+            Pending::Say(_) | Pending::PublicKey(_) => {}
+            Pending::Private { origin, target } => {
                 if reply == Value::Int(0) {
-                    self.unavailable(origin);
+                    let text = format!("{target:?} is not online; the message was not delivered");
+                    self.refuse(origin, Rejection::new(ErrorCode::UserOffline, text));
                 }
             }
             Pending::Lease => {
@@ -666,15 +828,17 @@ impl Cluster {
             Value::Array(users),
             Value::Array(keys),
             Value::Array(history),
+            Value::Int(redis_ms),
         ] = &parts[..]
         else {
             return Err(bad());
         };
+        self.clock_offset = redis_ms - unix_millis() as i64;
         let text = |v: &Value| match v {
             Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
             _ => String::new(),
         };
-        let keys: std::collections::HashMap<String, String> =
+        let keys: HashMap<String, String> =
             keys.chunks(2).filter_map(|kv| Some((text(kv.first()?), text(kv.get(1)?)))).collect();
         let mut remote = Vec::new();
         for kv in users.chunks(2) {
@@ -694,7 +858,7 @@ impl Cluster {
             })
             .collect();
         let conflicts = conflicts.iter().map(text).collect();
-        let Link::Joining { links, early, .. } =
+        let Link::Joining { links, early, left, .. } =
             std::mem::replace(&mut self.link, Link::Down { retry_at: now })
         else {
             return Err(bad());
@@ -711,8 +875,13 @@ impl Cluster {
             remote.len()
         );
         self.notes.push_back(Note::Synced { users: remote, history, conflicts });
+        for key in left {
+            self.leave(&key, now);
+        }
         for (seq, event) in early {
-            self.on_event(seq, event)?;
+            if seq > self.seq {
+                self.on_event(seq, event)?;
+            }
         }
         Ok(())
     }
@@ -750,23 +919,43 @@ impl Cluster {
         }
     }
 
+    /// The next event of the room's order; a gap, or the order starting
+    /// over (Redis flushed), breaks the link so that the room is read again.
     fn on_event(&mut self, seq: u64, event: Event) -> Result<(), String> {
-        if seq <= self.seq {
-            return Ok(()); // in the snapshot already
-        }
         if seq != self.seq + 1 {
-            return Err(format!("missed events {} to {}", self.seq + 1, seq - 1));
+            return Err(if seq > self.seq {
+                format!("missed events {} to {}", self.seq + 1, seq - 1)
+            } else {
+                format!(
+                    "the room's event count went back from {} to {seq} (Redis was emptied?)",
+                    self.seq
+                )
+            });
         }
         self.seq = seq;
         self.stats.events += 1;
-        if let Event::Dead { node } = &event {
-            if *node == *self.node {
+        match &event {
+            Event::Dead { node } if *node == *self.node => {
                 return Err("the other nodes declared this one dead".into());
             }
-            self.stats.dead_nodes += 1;
+            Event::Dead { .. } => self.stats.dead_nodes += 1,
+            Event::Join { node, conn, .. } if *node == *self.node => {
+                if let Some(origin) = Origin::parse(conn) {
+                    self.granted.retain(|o| *o != origin);
+                }
+            }
+            _ => {}
         }
         self.notes.push_back(Note::Event(event));
         Ok(())
+    }
+}
+
+impl Origin {
+    /// "id.serial", as a `Join` event carries it.
+    pub fn parse(conn: &str) -> Option<Origin> {
+        let (id, serial) = conn.split_once('.')?;
+        Some(Origin { id: id.parse().ok()?, serial: serial.parse().ok()? })
     }
 }
 

@@ -47,7 +47,7 @@ pub struct Proposal {
 pub enum Proposed {
     Say { name: Rc<str>, text: String },
     PublicKey { name_key: Rc<str>, key: String },
-    Private { to_key: Rc<str>, from: Rc<str>, text: String },
+    Private { to_key: Rc<str>, to_name: Rc<str>, from: Rc<str>, text: String },
 }
 
 /// A user online on another node of the cluster.
@@ -426,14 +426,15 @@ impl Room {
             Request::PrivateMessage { target, text } => {
                 let found = names::check(&target).ok().and_then(|n| {
                     let (key, member) = self.users.get_key_value(n.key.as_str())?;
-                    Some((key.clone(), matches!(member.at, At::Local { .. })))
+                    let local = matches!(member.at, At::Local { .. });
+                    Some((key.clone(), member.name.clone(), local))
                 });
                 match found {
-                    Some((key, true)) => self.deliver_private(&key, &name, &text, out),
+                    Some((key, _, true)) => self.deliver_private(&key, &name, &text, out),
                     Some(_) if unavailable => refuse(out, cluster_down()),
-                    Some((to_key, false)) => self.proposals.push(Proposal {
+                    Some((to_key, to_name, false)) => self.proposals.push(Proposal {
                         from,
-                        what: Proposed::Private { to_key, from: name, text },
+                        what: Proposed::Private { to_key, to_name, from: name, text },
                     }),
                     None => {
                         let target = shortened(&target);
@@ -1073,6 +1074,7 @@ mod tests {
                 Proposed::PublicKey { name_key: Rc::from("alice"), key: "KA".into() },
                 Proposed::Private {
                     to_key: Rc::from("bob"),
+                    to_name: Rc::from("bob"),
                     from: Rc::from("alice"),
                     text: "s".into()
                 },

@@ -59,10 +59,7 @@ impl<S: Socket + Source> Server<S> {
         };
         match note {
             Note::Event(Event::Join { node, conn, key, name }) if *node == *me => {
-                let origin = conn.split_once('.').and_then(|(id, serial)| {
-                    Some(Origin { id: id.parse().ok()?, serial: serial.parse().ok()? })
-                });
-                let claiming = origin.filter(|o| {
+                let claiming = Origin::parse(&conn).filter(|o| {
                     self.clients
                         .get(o.id)
                         .is_some_and(|c| c.serial == o.serial && c.session.is_claiming())
@@ -110,21 +107,12 @@ impl<S: Socket + Source> Server<S> {
                 let gone = self.room.remove_node(&node);
                 info!("cluster: node {node} stopped renewing its lease: {gone} of its users left");
             }
-            Note::Taken { origin, holder } => {
-                let why = Rejection::new(
-                    ErrorCode::NameTaken,
-                    format!(
-                        "the name is taken: {holder:?} is online on another server of this room"
-                    ),
-                );
-                self.with_origin(origin, now, |session, cx| session.claim_failed(why, cx));
-            }
-            Note::Unavailable(origin) => {
+            Note::Refused { origin, why } => {
                 self.with_origin(origin, now, |session, cx| {
                     if session.is_claiming() {
-                        session.claim_failed(Rejection::cluster_unavailable(), cx)
+                        session.claim_failed(why, cx)
                     } else {
-                        Action::Refuse(Rejection::cluster_unavailable())
+                        Action::Refuse(why)
                     }
                 });
             }
