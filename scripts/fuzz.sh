@@ -23,7 +23,7 @@ usage() {
     exit 2
 }
 
-ALL_TARGETS=(http_request config protocol)
+ALL_TARGETS=(http_request config protocol resp)
 # The `connection` target (arbitrary bytes into a whole connection over an
 # in-memory transport) joins `all` as soon as its source and its [[bin]] in
 # fuzz/Cargo.toml exist; give it its libFuzzer options in target_options.
@@ -41,6 +41,8 @@ target_options() {
             echo "-max_len=4096 -dict=$ROOT/fuzz/dict/json.dict" ;;
         connection)
             echo "-max_len=16384" ;;
+        resp)
+            echo "-max_len=8192 -dict=$ROOT/fuzz/dict/resp.dict" ;;
         *)
             echo "" ;;
     esac

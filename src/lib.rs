@@ -2,6 +2,7 @@
 //! poll loop; data flows `server` → `connection` → `session` → `room`.
 
 mod addresses;
+pub mod cluster;
 pub mod config;
 mod connection;
 #[cfg(feature = "testing")]

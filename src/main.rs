@@ -6,9 +6,12 @@ use std::io;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
+use ragnarok::cluster::Cluster;
 use ragnarok::config::{Config, ConfigError};
+use ragnarok::redis;
 use ragnarok::server::Server;
 use ragnarok::tls;
 
@@ -144,6 +147,22 @@ fn run() -> Result<(), Fatal> {
         }
         _ => Fatal::Unavailable(format!("cannot listen on {address}: {e}")),
     })?;
+    if let Some(cluster) = &config.cluster {
+        let tls = match cluster.redis.tls {
+            true => Some(
+                redis::conn::tls_config(cluster.redis_ca_file.as_deref())
+                    .map_err(|e| Fatal::Config(format!("config: \"redis_ca_file\": {e}")))?,
+            ),
+            false => None,
+        };
+        // The one wait for Redis: a node that cannot reach it at start is
+        // misconfigured more often than unlucky.
+        let addr = redis::conn::check(&cluster.redis, tls.clone(), Duration::from_secs(5))
+            .map_err(Fatal::Unavailable)?;
+        let history = config.history_size;
+        server.join_cluster(Cluster::new(cluster, addr, tls, history, Instant::now()));
+        info!("cluster {:?} through {}", cluster.name, cluster.redis);
+    }
     server.handle_signals().map_err(|e| Fatal::Software(format!("cannot handle signals: {e}")))?;
     let access = if config.server_password.is_empty() { "public" } else { "password protected" };
     info!("Ragnarok listening on {} (room {:?}, {access})", server.url(), config.server_name);

@@ -8,6 +8,8 @@
 //! Prometheus uses for `text/plain`) rejects every such counter.
 
 use std::collections::BTreeMap;
+
+use crate::cluster::ClusterStats;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -57,6 +59,8 @@ pub struct Snapshot {
     /// Seconds until the certificate expires (negative: expired).
     pub certificate_expiry: Option<i64>,
     pub shutting_down: bool,
+    /// A cluster node: whether its link is up, its counters, its own users.
+    pub cluster: Option<(bool, ClusterStats, usize)>,
 }
 
 /// The type of a serialized server message (its `msgType`, which the
@@ -167,6 +171,31 @@ pub fn encode(stats: &Stats, now: &Snapshot) -> String {
         "Bytes sent (before TLS).",
         &one(stats.bytes_out + now.bytes_out),
     );
+    if let Some((up, c, local)) = &now.cluster {
+        let counters = [
+            (
+                "events_total",
+                "Events of the room received from the cluster, in its order.",
+                c.events,
+            ),
+            ("published_total", "Messages of local users published to the cluster.", c.published),
+            ("unavailable_total", "Requests refused with cluster_unavailable.", c.unavailable),
+            ("link_downs_total", "Times the link to Redis broke.", c.link_downs),
+            ("syncs_total", "Times this node registered its users and read the room.", c.syncs),
+            ("connect_attempts_total", "Connections to Redis tried.", c.connect_attempts),
+            ("dead_nodes_total", "Nodes that stopped renewing their lease.", c.dead_nodes),
+        ];
+        family("cluster_up", "gauge", "1 while the link to the cluster is up.", &one(*up as u64));
+        family(
+            "cluster_local_users",
+            "gauge",
+            "Users logged in on this node.",
+            &one(*local as u64),
+        );
+        for (name, help, value) in counters {
+            family(&format!("cluster_{name}"), "counter", help, &one(value));
+        }
+    }
     if let Some(expiry) = now.certificate_expiry {
         family(
             "tls_certificate_expiry_seconds",
@@ -350,8 +379,11 @@ mod tests {
             uptime_seconds: 9,
             certificate_expiry: Some(-1),
             shutting_down: false,
+            cluster: Some((true, ClusterStats { events: 4, ..ClusterStats::default() }, 1)),
         };
         let text = encode(&stats, &now);
+        assert!(text.contains("ragnarok_cluster_up 1\n"), "{text}");
+        assert!(text.contains("ragnarok_cluster_events_total 4\n"), "{text}");
         assert!(text.contains("ragnarok_rate_limited_total 3\n"), "{text}");
         assert!(text.contains("ragnarok_deliveries_total{type=\"Broadcast\"} 10\n"));
         assert!(text.contains("ragnarok_connections{phase=\"chatting\"} 2\n"));

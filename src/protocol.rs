@@ -41,6 +41,10 @@ pub enum ErrorCode {
     KeyTooLarge,
     TooManyAttempts,
     TooManyConnections,
+    /// A node of a cluster cannot reach Redis: what needs the cluster waits.
+    ClusterUnavailable,
+    /// A node lost messages of the cluster (its link broke or was cut).
+    MessagesLost,
 }
 
 impl ErrorCode {
@@ -62,6 +66,8 @@ impl ErrorCode {
             ErrorCode::KeyTooLarge => "key_too_large",
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::MessagesLost => "messages_lost",
         }
     }
 }
@@ -76,6 +82,15 @@ pub struct Rejection {
 impl Rejection {
     pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
         Rejection { code, text: text.into() }
+    }
+
+    /// What a login or message that needs the cluster gets while it is away.
+    pub fn cluster_unavailable() -> Self {
+        Rejection::new(
+            ErrorCode::ClusterUnavailable,
+            "this server has lost its link to the rest of the room: \
+             not sent; try again in a moment",
+        )
     }
 
     pub fn to_json(&self) -> String {
@@ -147,8 +162,14 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
 
 /// The `code` of a serialized `Error` (for counting refusals).
 pub fn code_of(json: &str) -> &'static str {
-    const CODES: [ErrorCode; 3] =
-        [ErrorCode::UserOffline, ErrorCode::KeyTooLarge, ErrorCode::InvalidField];
+    const CODES: [ErrorCode; 6] = [
+        ErrorCode::UserOffline,
+        ErrorCode::KeyTooLarge,
+        ErrorCode::InvalidField,
+        ErrorCode::ClusterUnavailable,
+        ErrorCode::MessagesLost,
+        ErrorCode::NameTaken,
+    ];
     CODES
         .into_iter()
         .map(ErrorCode::as_str)

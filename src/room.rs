@@ -1,6 +1,6 @@
 //! The chatroom: who is online, login rules, presence, and routing of
-//! messages. It knows nothing about sockets: every call returns the messages
-//! to send as `Outbound` values, which the server delivers.
+//! messages. It knows nothing about sockets or Redis: every call returns the
+//! messages to send as `Outbound` values (and, in a cluster, `Proposal`s).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
@@ -23,7 +23,7 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub enum To {
     One(ConnId),
     Many(Vec<ConnId>),
-    /// Every user online at the moment of delivery.
+    /// Every local user online at the moment of delivery.
     Everyone,
 }
 
@@ -34,18 +34,66 @@ pub struct Outbound {
     pub json: String,
 }
 
+/// In a cluster, what a local user asked that the whole room must see in
+/// one order: the server publishes it, and it takes effect (`say`,
+/// `set_public_key`, `deliver_private`) when it comes back from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub from: ConnId,
+    pub what: Proposed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposed {
+    Say { name: Rc<str>, text: String },
+    PublicKey { name_key: Rc<str>, key: String },
+    Private { to_key: Rc<str>, from: Rc<str>, text: String },
+}
+
+/// A user online on another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUser {
+    pub node: Rc<str>,
+    pub name: String,
+    pub key: Option<String>,
+}
+
+/// A user of this node, as the cluster registers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub name_key: Rc<str>,
+    pub name: Rc<str>,
+    /// The public key, if published.
+    pub key: Option<Box<str>>,
+}
+
+/// Standalone, or one node of a cluster whose link to the others is up or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Standalone,
+    Clustered { up: bool },
+}
+
+/// An online user, here or on another node.
 struct Member {
     /// The display name (NFC), as everyone sees it.
     name: Rc<str>,
-    /// Its comparison key (`names::Name::key`): this member's entry in
-    /// `Room::keys`.
-    name_key: Rc<str>,
-    /// Index of this member in `Room::order`.
-    slot: usize,
     /// The public key the user published, relayed as an opaque string.
     key: Option<Box<str>>,
-    /// The part of the room's state this member still has to receive.
-    snapshot: Option<Snapshot>,
+    at: At,
+}
+
+enum At {
+    Local {
+        id: ConnId,
+        /// Index of this member in `Room::order`.
+        slot: usize,
+        /// The part of the room's state this member still has to receive.
+        snapshot: Option<Snapshot>,
+    },
+    Remote {
+        node: Rc<str>,
+    },
 }
 
 /// Where a member's snapshot of the room (the user list, then the keys)
@@ -64,18 +112,22 @@ enum Snapshot {
 pub struct Room {
     title: String,
     password: String,
-    members: HashMap<ConnId, Member>,
-    /// Online connections, for delivery to everyone without hashing.
-    order: Vec<ConnId>,
-    /// Online names (display form, NFC), sorted, for `OnlineUsers` lists.
-    names: BTreeMap<Rc<str>, ConnId>,
-    /// Online users by the comparison key of their name (`names::check`):
+    mode: Mode,
+    /// Everyone online by the comparison key of their name (`names::check`):
     /// one user per key, so that no two online names look alike. Logins and
-    /// private-message targets are looked up here. (Lists stay sorted by
-    /// display name: in key order "mary" would sort as "rnary".)
-    keys: HashMap<Rc<str>, ConnId>,
-    /// Presence changes not yet announced (see `flush_presence`).
+    /// private-message targets are looked up here.
+    users: HashMap<Rc<str>, Member>,
+    /// Local users: connection → comparison key.
+    local: HashMap<ConnId, Rc<str>>,
+    /// Local connections, for delivery to everyone without hashing.
+    order: Vec<ConnId>,
+    /// Online names (display form, NFC) → comparison key, sorted, for
+    /// `OnlineUsers` lists. (In key order "mary" would sort as "rnary".)
+    names: BTreeMap<Rc<str>, Rc<str>>,
+    /// Presence changes not yet announced (see `flush_presence`): local
+    /// joiners (who get the welcome), other nodes' joiners, leavers.
     joined: Vec<ConnId>,
+    joined_remote: Vec<Rc<str>>,
     left: Vec<Rc<str>>,
     /// The last broadcasts, serialized as replays, for joiners: at most
     /// `history_size` of them and `history_budget` bytes (so that a replay
@@ -84,10 +136,12 @@ pub struct Room {
     history_bytes: usize,
     history_size: usize,
     history_budget: usize,
-    /// Members whose snapshot is not finished.
+    /// Local members whose snapshot is not finished.
     receiving: Vec<ConnId>,
     /// Most bytes of one snapshot part.
     part_budget: usize,
+    /// What local users asked of the cluster, for the server to publish.
+    proposals: Vec<Proposal>,
 }
 
 impl Room {
@@ -99,11 +153,13 @@ impl Room {
         Room {
             title: title.to_owned(),
             password: password.to_owned(),
-            members: HashMap::new(),
+            mode: Mode::Standalone,
+            users: HashMap::new(),
+            local: HashMap::new(),
             order: Vec::new(),
             names: BTreeMap::new(),
-            keys: HashMap::new(),
             joined: Vec::new(),
+            joined_remote: Vec::new(),
             left: Vec::new(),
             history: VecDeque::new(),
             history_bytes: 0,
@@ -111,6 +167,28 @@ impl Room {
             history_budget: outbound_limit / 2,
             receiving: Vec::new(),
             part_budget: (outbound_limit / 8).clamp(2048, 128 * 1024),
+            proposals: Vec::new(),
+        }
+    }
+
+    /// Makes this room one node of a cluster (link down until `set_up`).
+    pub fn cluster(&mut self) {
+        self.mode = Mode::Clustered { up: false };
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.mode != Mode::Standalone
+    }
+
+    /// Standalone, or a cluster node whose link is up.
+    pub fn is_up(&self) -> bool {
+        self.mode != Mode::Clustered { up: false }
+    }
+
+    /// The link to the cluster came up or went down.
+    pub fn set_up(&mut self, up: bool) {
+        if self.is_clustered() {
+            self.mode = Mode::Clustered { up };
         }
     }
 
@@ -119,77 +197,92 @@ impl Room {
         self.password.is_empty() || constant_time_eq(given.as_bytes(), self.password.as_bytes())
     }
 
+    /// Everyone online, on every node.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.users.len()
     }
 
+    /// The local users, for delivery to everyone.
     pub fn members(&self) -> &[ConnId] {
         &self.order
     }
 
     pub fn name_of(&self, id: ConnId) -> Option<&str> {
-        self.members.get(&id).map(|m| &*m.name)
+        self.member(id).map(|m| &*m.name)
     }
 
-    /// Who is online under `name`, compared as login names are: "Alice"
-    /// finds "alice"; a string that could not be a name finds nobody. Used
-    /// for private-message targets.
-    pub fn find(&self, name: &str) -> Option<ConnId> {
-        let key = names::check(name).ok()?.key;
-        self.keys.get(key.as_str()).copied()
+    fn member(&self, id: ConnId) -> Option<&Member> {
+        self.users.get(self.local.get(&id)?)
     }
 
-    /// Adds a user. The welcome (`ServerName`, `OnlineUsers`) and the news
-    /// for everyone else go out with the next `flush_presence`.
+    fn member_mut(&mut self, id: ConnId) -> Option<&mut Member> {
+        self.users.get_mut(self.local.get(&id)?)
+    }
+
+    /// The comparison key of local user `id`'s name.
+    pub fn name_key_of(&self, id: ConnId) -> Option<Rc<str>> {
+        self.local.get(&id).cloned()
+    }
+
+    /// Whether `name` may log in as far as this node knows: the checked
+    /// name, or why not. (In a cluster Redis has the last word.)
+    pub fn check_name(&self, name: &str) -> Result<Name, Rejection> {
+        let name = names::check(name)?;
+        let Some(online) = self.users.get(name.key.as_str()) else {
+            return Ok(name);
+        };
+        let (display, online) = (&name.display, &online.name);
+        let text = if **online == **display {
+            format!("the name {display:?} is already online")
+        } else {
+            format!(
+                "the name {display:?} is taken: it looks like {online:?}, who is online \
+                 (names are compared ignoring case and look-alike characters)"
+            )
+        };
+        Err(Rejection::new(ErrorCode::NameTaken, text))
+    }
+
+    /// Adds a local user. The welcome (`ServerName`, `OnlineUsers`) and the
+    /// news for everyone else go out with the next `flush_presence`.
     /// The name is checked and normalized by `names::check`; it is taken
     /// when an online name has the same comparison key ("Alice", "аlice"
     /// with a Cyrillic "а" and "alice" are one name).
     pub fn join(&mut self, id: ConnId, name: &str) -> Result<(), Rejection> {
-        let Name { display, key } = names::check(name)?;
-        if let Some(online) = self.keys.get(key.as_str()).and_then(|&other| self.name_of(other)) {
-            let text = if online == display {
-                format!("the name {display:?} is already online")
-            } else {
-                format!(
-                    "the name {display:?} is taken: it looks like {online:?}, who is online \
-                     (names are compared ignoring case and look-alike characters)"
-                )
-            };
-            return Err(Rejection::new(ErrorCode::NameTaken, text));
-        }
+        let Name { display, key } = self.check_name(name)?;
         let name: Rc<str> = Rc::from(display);
         let name_key: Rc<str> = Rc::from(key);
-        self.names.insert(name.clone(), id);
-        self.keys.insert(name_key.clone(), id);
-        let member = Member {
-            name: name.clone(),
-            name_key,
-            slot: self.order.len(),
-            key: None,
-            snapshot: None,
-        };
-        self.members.insert(id, member);
+        let at = At::Local { id, slot: self.order.len(), snapshot: None };
+        self.insert(name_key.clone(), Member { name: name.clone(), key: None, at });
+        self.local.insert(id, name_key);
         self.order.push(id);
         // Left and came back before anyone heard: nobody needs to hear either.
-        if let Some(i) = self.left.iter().position(|n| *n == name) {
-            self.left.swap_remove(i);
-        }
+        self.left.retain(|n| *n != name);
         self.joined.push(id);
         Ok(())
     }
 
-    /// Removes a user and returns their name (`None` for a connection that
-    /// never joined).
+    fn insert(&mut self, name_key: Rc<str>, member: Member) {
+        self.names.insert(member.name.clone(), name_key.clone());
+        self.users.insert(name_key, member);
+    }
+
+    /// Removes a local user and returns their name (`None` for a
+    /// connection that never joined).
     pub fn leave(&mut self, id: ConnId) -> Option<Rc<str>> {
-        let member = self.members.remove(&id)?;
+        let name_key = self.local.remove(&id)?;
+        let member = self.users.remove(&name_key)?;
         self.names.remove(&member.name);
-        self.keys.remove(&member.name_key);
-        self.order.swap_remove(member.slot);
-        if let Some(m) = self.order.get(member.slot).and_then(|id| self.members.get_mut(id)) {
-            m.slot = member.slot;
-        }
-        if member.snapshot.is_some() {
-            self.receiving.retain(|&r| r != id);
+        if let At::Local { slot, snapshot, .. } = member.at {
+            self.order.swap_remove(slot);
+            if let Some(&moved) = self.order.get(slot)
+                && let Some(At::Local { slot: s, .. }) = self.member_mut(moved).map(|m| &mut m.at)
+            {
+                *s = slot;
+            }
+            if snapshot.is_some() {
+                self.receiving.retain(|&r| r != id);
+            }
         }
         match self.joined.iter().position(|&j| j == id) {
             Some(i) => {
@@ -200,50 +293,154 @@ impl Room {
         Some(member.name)
     }
 
+    /// A user of another node came online. `Err(id)`: a local user holds
+    /// that name (the cluster says they lost it).
+    pub fn add_remote(&mut self, user: RemoteUser) -> Result<(), ConnId> {
+        let Ok(Name { display, key }) = names::check(&user.name) else {
+            return Ok(()); // not a name this node would accept: nobody to show
+        };
+        if let Some(At::Local { id, .. }) = self.users.get(key.as_str()).map(|m| &m.at) {
+            return Err(*id);
+        }
+        let name_key: Rc<str> = Rc::from(key);
+        self.remove_remote(&name_key);
+        let name: Rc<str> = Rc::from(display);
+        match self.left.iter().position(|n| *n == name) {
+            Some(i) => {
+                self.left.swap_remove(i);
+            }
+            None => self.joined_remote.push(name.clone()),
+        }
+        let key = user.key.map(String::into_boxed_str);
+        self.insert(name_key, Member { name, key, at: At::Remote { node: user.node } });
+        Ok(())
+    }
+
+    /// A user of another node went offline; their name if they were known.
+    pub fn remove_remote(&mut self, name_key: &str) -> Option<Rc<str>> {
+        if !matches!(self.users.get(name_key)?.at, At::Remote { .. }) {
+            return None;
+        }
+        let member = self.users.remove(name_key)?;
+        self.names.remove(&member.name);
+        match self.joined_remote.iter().position(|n| *n == member.name) {
+            Some(i) => {
+                self.joined_remote.remove(i);
+            }
+            None => self.left.push(member.name.clone()),
+        }
+        Some(member.name)
+    }
+
+    /// Forgets every user of `node` (it died or resynced); how many.
+    pub fn remove_node(&mut self, node: &str) -> usize {
+        let gone: Vec<Rc<str>> = self
+            .users
+            .iter()
+            .filter(|(_, m)| matches!(&m.at, At::Remote { node: n } if **n == *node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &gone {
+            self.remove_remote(key);
+        }
+        gone.len()
+    }
+
+    /// The other nodes' users as the cluster has them now: the view is made
+    /// equal to `users`, and the differences are announced. Returns local
+    /// users whose names the cluster gave to someone else.
+    pub fn resync(&mut self, users: Vec<RemoteUser>) -> Vec<ConnId> {
+        let wanted: HashMap<String, RemoteUser> =
+            users.into_iter().filter_map(|u| Some((names::check(&u.name).ok()?.key, u))).collect();
+        let stale: Vec<Rc<str>> = self
+            .users
+            .iter()
+            .filter(|(k, m)| match (&m.at, wanted.get(&***k)) {
+                (At::Remote { .. }, None) => true,
+                (At::Remote { node }, Some(u)) => {
+                    *node != u.node || *m.name != *u.name || m.key.as_deref() != u.key.as_deref()
+                }
+                (At::Local { .. }, _) => false,
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &stale {
+            self.remove_remote(key);
+        }
+        let mut conflicts = Vec::new();
+        for (key, user) in wanted {
+            if !self.users.contains_key(key.as_str())
+                && let Err(id) = self.add_remote(user)
+            {
+                conflicts.push(id);
+            }
+        }
+        conflicts
+    }
+
+    /// The local users, as the cluster should have them.
+    pub fn local_users(&self) -> Vec<LocalUser> {
+        let user = |k: &Rc<str>| {
+            let m = self.users.get(k)?;
+            Some(LocalUser { name_key: k.clone(), name: m.name.clone(), key: m.key.clone() })
+        };
+        self.local.values().filter_map(user).collect()
+    }
+
+    /// What local users asked of the cluster since the last call.
+    pub fn take_proposals(&mut self) -> Vec<Proposal> {
+        std::mem::take(&mut self.proposals)
+    }
+
     /// Routes one request from a logged-in user.
     pub fn handle(&mut self, from: ConnId, request: Request, out: &mut Vec<Outbound>) {
         // Everyone must know about a user before hearing from them.
         self.flush_presence(out);
-        let Some(sender) = self.members.get(&from) else {
+        let Some(sender) = self.member(from) else {
             return;
         };
+        let name = sender.name.clone();
+        let unavailable = !self.is_up();
+        let refuse = |out: &mut Vec<Outbound>, why: Rejection| {
+            out.push(Outbound { to: To::One(from), json: why.to_json() });
+        };
+        let cluster_down = Rejection::cluster_unavailable;
         match request {
-            Request::Broadcast { text } => {
-                let json = Reply::Broadcast { source: &sender.name, text: &text, history: false }
-                    .to_json();
-                out.push(Outbound { to: To::Everyone, json });
-                if self.history_size > 0 {
-                    let replay =
-                        Reply::Broadcast { source: &sender.name, text: &text, history: true };
-                    let replay = replay.to_json().into_boxed_str();
-                    self.history_bytes += replay.len();
-                    self.history.push_back(replay);
-                    while self.history.len() > self.history_size
-                        || self.history_bytes > self.history_budget
-                    {
-                        let Some(old) = self.history.pop_front() else { break };
-                        self.history_bytes -= old.len();
+            Request::Broadcast { .. } | Request::PublicKey { .. } if unavailable => {
+                refuse(out, cluster_down());
+            }
+            Request::Broadcast { text } => match self.mode {
+                Mode::Standalone => self.say(&name, &text, out),
+                Mode::Clustered { .. } => {
+                    self.proposals.push(Proposal { from, what: Proposed::Say { name, text } })
+                }
+            },
+            Request::PrivateMessage { target, text } => {
+                let found = names::check(&target).ok().and_then(|n| {
+                    let (key, member) = self.users.get_key_value(n.key.as_str())?;
+                    Some((key.clone(), matches!(member.at, At::Local { .. })))
+                });
+                match found {
+                    Some((key, true)) => self.deliver_private(&key, &name, &text, out),
+                    Some(_) if unavailable => refuse(out, cluster_down()),
+                    Some((to_key, false)) => self.proposals.push(Proposal {
+                        from,
+                        what: Proposed::Private { to_key, from: name, text },
+                    }),
+                    None => {
+                        let target = shortened(&target);
+                        let text =
+                            format!("{target:?} is not online; the message was not delivered");
+                        let json = Reply::Error {
+                            code: ErrorCode::UserOffline.as_str(),
+                            text: &text,
+                            target: Some(&target),
+                        }
+                        .to_json();
+                        out.push(Outbound { to: To::One(from), json });
                     }
                 }
             }
-            Request::PrivateMessage { target, text } => match self.find(&target) {
-                Some(to) => {
-                    let json =
-                        Reply::PrivateMessage { source: &sender.name, text: &text }.to_json();
-                    out.push(Outbound { to: To::One(to), json });
-                }
-                None => {
-                    let target = shortened(&target);
-                    let text = format!("{target:?} is not online; the message was not delivered");
-                    let json = Reply::Error {
-                        code: ErrorCode::UserOffline.as_str(),
-                        text: &text,
-                        target: Some(&target),
-                    }
-                    .to_json();
-                    out.push(Outbound { to: To::One(from), json });
-                }
-            },
             Request::OnlineUsers => {
                 let first = Snapshot::Users { after: Rc::from("") };
                 let (json, rest) = self.part(&first, true);
@@ -253,26 +450,79 @@ impl Room {
                 }
             }
             Request::PublicKey { key } => {
-                let refused = if key.is_empty() {
-                    Some(Rejection::new(ErrorCode::InvalidField, "field \"key\" must not be empty"))
-                } else if key.len() > MAX_KEY_BYTES {
-                    Some(Rejection::new(
-                        ErrorCode::KeyTooLarge,
-                        format!("a public key may have at most {MAX_KEY_BYTES} bytes"),
-                    ))
-                } else {
-                    None
-                };
-                if let Some(why) = refused {
-                    out.push(Outbound { to: To::One(from), json: why.to_json() });
-                    return;
+                if key.is_empty() {
+                    let why = "field \"key\" must not be empty";
+                    return refuse(out, Rejection::new(ErrorCode::InvalidField, why));
                 }
-                let json = Reply::PublicKey { source: &sender.name, key: &key }.to_json();
-                out.push(Outbound { to: To::Everyone, json });
-                if let Some(member) = self.members.get_mut(&from) {
-                    member.key = Some(key.into_boxed_str());
+                if key.len() > MAX_KEY_BYTES {
+                    let why = format!("a public key may have at most {MAX_KEY_BYTES} bytes");
+                    return refuse(out, Rejection::new(ErrorCode::KeyTooLarge, why));
+                }
+                let Some(name_key) = self.local.get(&from).cloned() else { return };
+                match self.mode {
+                    Mode::Standalone => self.set_public_key(&name_key, &key, out),
+                    Mode::Clustered { .. } => self
+                        .proposals
+                        .push(Proposal { from, what: Proposed::PublicKey { name_key, key } }),
                 }
             }
+        }
+    }
+
+    /// A broadcast takes effect: to every local user, and into the history.
+    pub fn say(&mut self, name: &str, text: &str, out: &mut Vec<Outbound>) {
+        self.flush_presence(out);
+        let json = Reply::Broadcast { source: name, text, history: false }.to_json();
+        out.push(Outbound { to: To::Everyone, json });
+        if self.history_size > 0 {
+            let replay = Reply::Broadcast { source: name, text, history: true };
+            self.remember(replay.to_json().into_boxed_str());
+        }
+    }
+
+    fn remember(&mut self, replay: Box<str>) {
+        self.history_bytes += replay.len();
+        self.history.push_back(replay);
+        while self.history.len() > self.history_size || self.history_bytes > self.history_budget {
+            let Some(old) = self.history.pop_front() else { break };
+            self.history_bytes -= old.len();
+        }
+    }
+
+    /// The history as the cluster has it, oldest first: (name, text).
+    pub fn set_history(&mut self, broadcasts: &[(String, String)]) {
+        self.history.clear();
+        self.history_bytes = 0;
+        if self.history_size == 0 {
+            return;
+        }
+        for (name, text) in broadcasts {
+            let replay = Reply::Broadcast { source: name, text, history: true };
+            self.remember(replay.to_json().into_boxed_str());
+        }
+    }
+
+    /// A public key takes effect: kept for joiners, relayed to every local user.
+    pub fn set_public_key(&mut self, name_key: &str, key: &str, out: &mut Vec<Outbound>) {
+        self.flush_presence(out);
+        let Some(member) = self.users.get_mut(name_key) else { return };
+        member.key = Some(key.into());
+        let json = Reply::PublicKey { source: &member.name, key }.to_json();
+        out.push(Outbound { to: To::Everyone, json });
+    }
+
+    /// A private message to `to_key`, if that user is here.
+    pub fn deliver_private(
+        &mut self,
+        to_key: &str,
+        from: &str,
+        text: &str,
+        out: &mut Vec<Outbound>,
+    ) {
+        self.flush_presence(out);
+        if let Some(At::Local { id, .. }) = self.users.get(to_key).map(|m| &m.at) {
+            let json = Reply::PrivateMessage { source: from, text }.to_json();
+            out.push(Outbound { to: To::One(*id), json });
         }
     }
 
@@ -281,10 +531,11 @@ impl Room {
     /// and the recent history; the others get the full list in a small
     /// room, or one `UsersJoined` / `UsersLeft` delta in a large one.
     pub fn flush_presence(&mut self, out: &mut Vec<Outbound>) {
-        if self.joined.is_empty() && self.left.is_empty() {
+        if self.joined.is_empty() && self.left.is_empty() && self.joined_remote.is_empty() {
             return;
         }
         let joined = std::mem::take(&mut self.joined);
+        let joined_remote = std::mem::take(&mut self.joined_remote);
         let left = std::mem::take(&mut self.left);
         let small = self.len() <= FULL_LIST_MAX;
         if !joined.is_empty() {
@@ -324,8 +575,9 @@ impl Room {
             let users = left.iter().map(|n| &**n).collect();
             out.push(Outbound { to: To::Everyone, json: Reply::UsersLeft { users }.to_json() });
         }
-        if !joined.is_empty() {
-            let users = joined.iter().filter_map(|&id| self.name_of(id)).collect();
+        if !joined.is_empty() || !joined_remote.is_empty() {
+            let local = joined.iter().filter_map(|&id| self.name_of(id));
+            let users = local.chain(joined_remote.iter().map(|n| &**n)).collect();
             out.push(Outbound { to: To::Everyone, json: Reply::UsersJoined { users }.to_json() });
         }
     }
@@ -333,8 +585,11 @@ impl Room {
     /// Members with a snapshot still to receive (those that finished since
     /// the last call are dropped here, once per call rather than once each).
     pub fn receiving(&mut self) -> &[ConnId] {
-        let members = &self.members;
-        self.receiving.retain(|id| members.get(id).is_some_and(|m| m.snapshot.is_some()));
+        let (users, local) = (&self.users, &self.local);
+        self.receiving.retain(|id| {
+            let at = local.get(id).and_then(|k| users.get(k)).map(|m| &m.at);
+            matches!(at, Some(At::Local { snapshot: Some(_), .. }))
+        });
         &self.receiving
     }
 
@@ -343,14 +598,20 @@ impl Room {
         self.part_budget
     }
 
+    fn snapshot_mut(&mut self, id: ConnId) -> Option<&mut Option<Snapshot>> {
+        match &mut self.member_mut(id)?.at {
+            At::Local { snapshot, .. } => Some(snapshot),
+            At::Remote { .. } => None,
+        }
+    }
+
     /// The next part of `id`'s snapshot, or `None` once it has everything.
     pub fn next_snapshot_part(&mut self, id: ConnId) -> Option<String> {
         loop {
-            let from = self.members.get_mut(&id)?.snapshot.take();
-            let from = from?;
+            let from = self.snapshot_mut(id)?.take()?;
             let (json, rest) = self.part(&from, false);
-            if let Some(member) = self.members.get_mut(&id) {
-                member.snapshot = rest;
+            if let Some(snapshot) = self.snapshot_mut(id) {
+                *snapshot = rest;
             }
             if json.is_some() {
                 return json;
@@ -359,8 +620,8 @@ impl Room {
     }
 
     fn resume_snapshot(&mut self, id: ConnId, from: Snapshot) {
-        let Some(member) = self.members.get_mut(&id) else { return };
-        if member.snapshot.replace(from).is_none() {
+        let Some(snapshot) = self.snapshot_mut(id) else { return };
+        if snapshot.replace(from).is_none() {
             self.receiving.push(id);
         }
     }
@@ -397,9 +658,9 @@ impl Room {
         }
     }
 
-    /// Members after the name key `after` ("" = from the start), as many
-    /// as fit `part_budget` by `cost` (`None`: skip the member), and the key
-    /// of the last one taken if any are left.
+    /// Members after the display name `after` ("" = from the start), as
+    /// many as fit `part_budget` by `cost` (`None`: skip the member), and
+    /// the name of the last one taken if any are left.
     fn take_part(
         &self,
         after: &str,
@@ -409,21 +670,21 @@ impl Room {
         let mut taken = Vec::new();
         let mut used = 64;
         let mut last: Option<&Rc<str>> = None;
-        for (key, id) in self.names.range::<str, _>((start, Bound::Unbounded)) {
-            let Some(member) = self.members.get(id) else { continue };
+        for (name, key) in self.names.range::<str, _>((start, Bound::Unbounded)) {
+            let Some(member) = self.users.get(key) else { continue };
             let Some(cost) = cost(member) else { continue };
             if !taken.is_empty() && used + cost > self.part_budget {
                 return (taken, last.cloned());
             }
             used += cost;
             taken.push(member);
-            last = Some(key);
+            last = Some(name);
         }
         (taken, None)
     }
 
     fn online_users_json(&self) -> String {
-        let users = self.names.values().filter_map(|id| self.name_of(*id)).collect();
+        let users = self.names.keys().map(|n| &**n).collect();
         Reply::OnlineUsers { users, more: false }.to_json()
     }
 }
@@ -771,5 +1032,98 @@ mod tests {
         assert_eq!(parse(&out[0]), json!({"ServerName": "Ks"}));
         assert_eq!(parse(&out[1])["msgType"], "OnlineUsers");
         assert_eq!(parse(&out[2])["msgType"], "Broadcast");
+    }
+
+    fn remote(node: &str, name: &str) -> RemoteUser {
+        RemoteUser { node: Rc::from(node), name: name.into(), key: None }
+    }
+
+    #[test]
+    fn a_clustered_room_proposes_what_the_cluster_must_order() {
+        let mut room = Room::new("Ks", "", 5, 1 << 20);
+        room.cluster();
+        room.set_up(true);
+        joined(&mut room, 1, "alice");
+        room.add_remote(remote("n2", "bob")).unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        room.handle(1, Request::Broadcast { text: "hi".into() }, &mut out);
+        room.handle(1, Request::PublicKey { key: "KA".into() }, &mut out);
+        let pm = |target: &str| Request::PrivateMessage { target: target.into(), text: "s".into() };
+        room.handle(1, pm("BOB"), &mut out);
+        room.handle(1, pm("alice"), &mut out);
+        // Nothing but the private message to a local user takes effect now.
+        assert_eq!(out.iter().filter(|o| o.json.contains("Broadcast")).count(), 0);
+        assert!(out.iter().all(|o| !o.json.contains("KA")));
+        assert_eq!(out.last().unwrap().to, To::One(1));
+        assert!(out.last().unwrap().json.contains("PrivateMessage"));
+        let proposed: Vec<Proposed> = room.take_proposals().into_iter().map(|p| p.what).collect();
+        assert_eq!(
+            proposed,
+            [
+                Proposed::Say { name: Rc::from("alice"), text: "hi".into() },
+                Proposed::PublicKey { name_key: Rc::from("alice"), key: "KA".into() },
+                Proposed::Private {
+                    to_key: Rc::from("bob"),
+                    from: Rc::from("alice"),
+                    text: "s".into()
+                },
+            ]
+        );
+        // They take effect when the cluster hands them back.
+        let mut out = Vec::new();
+        room.say("alice", "hi", &mut out);
+        assert_eq!(out[0].to, To::Everyone);
+        assert!(joined(&mut room, 2, "carol").iter().any(|o| o.json.contains("\"history\":true")));
+
+        room.set_up(false);
+        let mut out = Vec::new();
+        room.handle(1, Request::Broadcast { text: "lost?".into() }, &mut out);
+        room.handle(1, pm("bob"), &mut out);
+        room.handle(1, pm("carol"), &mut out);
+        assert_eq!(parse(&out[0])["code"], "cluster_unavailable");
+        assert_eq!(parse(&out[1])["code"], "cluster_unavailable");
+        assert_eq!(out[2].to, To::One(2), "a local user is reached without the cluster");
+        assert!(room.take_proposals().is_empty());
+    }
+
+    #[test]
+    fn other_nodes_users_are_listed_announced_and_resynced() {
+        let mut room = Room::new("Ks", "", 0, 1 << 20);
+        room.cluster();
+        room.set_up(true);
+        joined(&mut room, 1, "alice");
+        for name in ["bob", "carol"] {
+            room.add_remote(remote("n2", name)).unwrap();
+        }
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&out[0])["Users"], json!(["alice", "bob", "carol"]));
+        assert_eq!((room.len(), room.members()), (3, &[1][..]));
+        assert_eq!(room.check_name("Bob").unwrap_err().code, ErrorCode::NameTaken);
+        // A remote claim of a local user's name is a conflict for the server.
+        assert_eq!(room.add_remote(remote("n3", "ALICE")), Err(1));
+
+        // Resync: carol is gone, dave came, bob moved to another node.
+        let conflicts = room.resync(vec![remote("n3", "bob"), remote("n2", "dave")]);
+        assert!(conflicts.is_empty());
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&out[0])["Users"], json!(["alice", "bob", "dave"]));
+        assert_eq!(
+            room.resync(vec![remote("n3", "bob"), remote("n2", "dave")]),
+            Vec::<ConnId>::new()
+        );
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert!(out.is_empty(), "the same view again announces nothing: {out:?}");
+
+        assert_eq!(room.remove_node("n3"), 1);
+        assert_eq!(room.remove_remote("alice"), None, "a local user is not removed as remote");
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&out[0])["Users"], json!(["alice", "dave"]));
+        let local = room.local_users();
+        assert_eq!(local.len(), 1);
+        assert_eq!((&*local[0].name_key, &*local[0].name), ("alice", "alice"));
     }
 }

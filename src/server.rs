@@ -17,7 +17,10 @@ use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
 use slab::Slab;
 
+mod node;
+
 use crate::addresses::{Addresses, Peer};
+use crate::cluster::{self, Cluster, Origin};
 use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::close_code;
 use crate::connection::{Connection, Flush, Input};
@@ -81,6 +84,8 @@ struct Client<S> {
     conn: Connection<S>,
     session: Session,
     charged: Option<IpAddr>,
+    /// Tells this connection from a later one under the same slab key.
+    serial: u64,
 }
 
 pub struct Server<S = TcpStream> {
@@ -124,6 +129,9 @@ pub struct Server<S = TcpStream> {
     cert_not_after: Option<u64>,
     /// The health and metrics listener, when `metrics_addr` is set.
     metrics: Option<metrics::Endpoint>,
+    /// The link to the other nodes, when `redis_url` is set.
+    cluster: Option<Cluster>,
+    next_serial: u64,
 }
 
 impl Server<TcpStream> {
@@ -283,6 +291,8 @@ impl<S: Socket + Source> Server<S> {
             grown_since_trim: false,
             cert_not_after: config.tls.as_ref().and_then(|files| tls::not_after(&files.cert)),
             metrics: None,
+            cluster: None,
+            next_serial: 0,
         })
     }
 
@@ -331,7 +341,9 @@ impl<S: Socket + Source> Server<S> {
         debug!("{peer}: connected ({} connections)", self.clients.len() + 1);
         self.stats.connections_accepted += 1;
         let conn = Connection::new(transport, peer, self.limits.max_outbound_bytes, now);
-        self.clients.insert(Client { conn, session: Session::new(), charged });
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        self.clients.insert(Client { conn, session: Session::new(), charged, serial });
         Ok(key)
     }
 
@@ -385,6 +397,12 @@ impl<S: Socket + Source> Server<S> {
                     if let Some(endpoint) = &mut self.metrics {
                         endpoint.accept(self.poll.registry(), METRICS_REQUESTS, now);
                     }
+                }
+                cluster::COMMANDS | cluster::SUBSCRIPTION => {
+                    if let Some(cluster) = &mut self.cluster {
+                        cluster.on_ready(self.poll.registry(), now);
+                    }
+                    self.on_cluster(now);
                 }
                 Token(key) if key >= METRICS_REQUESTS => {
                     self.answer_metrics(key - METRICS_REQUESTS)
@@ -503,6 +521,10 @@ impl<S: Socket + Source> Server<S> {
             info!("{n} more handshakes timed out in the last minute");
         }
         self.addresses.sweep(now);
+        if let Some(cluster) = &mut self.cluster {
+            cluster.tick(self.poll.registry(), now);
+            self.on_cluster(now);
+        }
         if let Some(endpoint) = &mut self.metrics {
             endpoint.expire(self.poll.registry(), now);
         }
@@ -550,6 +572,7 @@ impl<S: Socket + Source> Server<S> {
                     };
                     let action = client.session.on_message(message, &mut cx);
                     self.apply(key, action, now);
+                    self.propose(now);
                     self.deliver(now);
                 }
                 Input::Progress => {}
@@ -594,6 +617,13 @@ impl<S: Socket + Source> Server<S> {
                 conn.close(code, reason, why.as_ref(), now);
                 self.end_session(key, reason);
             }
+            Action::Claim { name, key: name_key } => {
+                let origin = Origin { id: key, serial: client.serial };
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.claim(origin, &name_key, &name, now);
+                }
+                self.on_cluster(now);
+            }
         }
         if let Some(client) = self.clients.get_mut(key) {
             schedule(&mut self.to_flush, client, key);
@@ -609,8 +639,12 @@ impl<S: Socket + Source> Server<S> {
         if let (true, Some(ip)) = (client.session.end(), client.charged) {
             self.addresses.handshake_done(ip);
         }
+        let name_key = self.room.name_key_of(key);
         if let Some(name) = self.room.leave(key) {
             info!("{}: {name:?} left: {why} ({} online)", client.conn.peer, self.room.len());
+        }
+        if let (Some(cluster), Some(name_key)) = (&mut self.cluster, name_key) {
+            cluster.leave(&name_key, Instant::now());
         }
     }
 
@@ -623,7 +657,7 @@ impl<S: Socket + Source> Server<S> {
             let recipients = match &to {
                 To::One(_) => 1,
                 To::Many(ids) => ids.len(),
-                To::Everyone => self.room.len(),
+                To::Everyone => self.room.members().len(),
             };
             Stats::count(&mut self.stats.delivered, kind, recipients as u64);
             if kind == "Error" {
@@ -693,6 +727,10 @@ impl<S: Socket + Source> Server<S> {
     /// messages in the same write: fuller writes, and new messages start
     /// out sooner.
     pub fn finish_round(&mut self, events: &mut Events) -> io::Result<()> {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.flush(self.poll.registry(), Instant::now());
+            self.on_cluster(Instant::now());
+        }
         loop {
             self.room.flush_presence(&mut self.out);
             let now = Instant::now();
@@ -779,6 +817,10 @@ impl<S: Socket + Source> Server<S> {
             uptime_seconds: self.started.elapsed().as_secs(),
             certificate_expiry: self.cert_not_after.map(|t| t as i64 - unix_now as i64),
             shutting_down: matches!(self.phase, Phase::Stopping { .. }),
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|c| (c.is_up(), c.stats.clone(), self.room.members().len())),
         };
         metrics::encode(&self.stats, &snapshot)
     }

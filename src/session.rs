@@ -25,6 +25,11 @@ pub enum Action {
     Ping,
     /// The user is in the room: full-size messages from now on.
     LoggedIn,
+    /// Claim this name on the cluster (`Session::claimed` when it is ours).
+    Claim {
+        name: String,
+        key: String,
+    },
     /// Send the `Error` (if any) and a Close with `code`; the session is over.
     Close {
         code: u16,
@@ -63,6 +68,10 @@ enum Phase {
     AwaitingName {
         since: Instant,
     },
+    /// In a cluster: the name was asked of Redis, the answer is awaited.
+    Claiming {
+        since: Instant,
+    },
     Chatting {
         ping_sent: Option<Instant>,
     },
@@ -91,7 +100,10 @@ impl Session {
     pub fn is_unauthenticated(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Connecting | Phase::AwaitingPassword { .. } | Phase::AwaitingName { .. }
+            Phase::Connecting
+                | Phase::AwaitingPassword { .. }
+                | Phase::AwaitingName { .. }
+                | Phase::Claiming { .. }
         )
     }
 
@@ -136,21 +148,17 @@ impl Session {
                 let since = *since;
                 self.on_password(strip_line_end(&text), since, cx)
             }
-            (Message::Text(text), Phase::AwaitingName { .. }) => {
+            (Message::Text(text), Phase::AwaitingName { since }) => {
                 let name = strip_line_end(&text);
-                match cx.room.join(cx.id, name) {
-                    Ok(()) => {
-                        info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.len());
-                        self.phase = Phase::Chatting { ping_sent: None };
-                        self.bucket = (cx.limits.rate_limit_per_sec > 0).then(|| {
-                            let l = cx.limits;
-                            TokenBucket::new(l.rate_limit_per_sec, l.rate_limit_burst, cx.now)
-                        });
-                        Action::LoggedIn
-                    }
-                    Err(why) => {
-                        info!("{}: login refused: {}", cx.peer, why.code.as_str());
-                        Action::policy("login refused", why)
+                if !cx.room.is_clustered() {
+                    return self.join(name, cx);
+                }
+                match cx.room.check_name(name) {
+                    Err(why) => refused_login(why, cx),
+                    Ok(_) if !cx.room.is_up() => self.refuse(Rejection::cluster_unavailable(), cx),
+                    Ok(checked) => {
+                        self.phase = Phase::Claiming { since: *since };
+                        Action::Claim { name: checked.display, key: checked.key }
                     }
                 }
             }
@@ -175,7 +183,12 @@ impl Session {
                 ),
                 cx,
             ),
-            (Message::Binary(_), Phase::AwaitingPassword { .. } | Phase::AwaitingName { .. }) => {
+            (
+                Message::Binary(_),
+                Phase::AwaitingPassword { .. }
+                | Phase::AwaitingName { .. }
+                | Phase::Claiming { .. },
+            ) => {
                 let why = Rejection::new(
                     ErrorCode::BinaryUnsupported,
                     "log in with two text frames: the password, then the username",
@@ -187,6 +200,46 @@ impl Session {
                 }
             }
             _ => Action::Nothing,
+        }
+    }
+
+    /// The cluster gave us the name asked for in `Action::Claim`.
+    pub fn claimed(&mut self, name: &str, cx: &mut Cx) -> Action {
+        match self.phase {
+            Phase::Claiming { .. } => self.join(name, cx),
+            _ => Action::Nothing,
+        }
+    }
+
+    /// The cluster refused the claim (`name_taken`) or could not be asked.
+    pub fn claim_failed(&mut self, why: Rejection, cx: &mut Cx) -> Action {
+        let Phase::Claiming { since } = self.phase else {
+            return Action::Nothing;
+        };
+        if why.code == ErrorCode::NameTaken {
+            return refused_login(why, cx);
+        }
+        self.phase = Phase::AwaitingName { since };
+        self.refuse(why, cx)
+    }
+
+    /// Whether an `Action::Claim` is awaiting its answer.
+    pub fn is_claiming(&self) -> bool {
+        matches!(self.phase, Phase::Claiming { .. })
+    }
+
+    fn join(&mut self, name: &str, cx: &mut Cx) -> Action {
+        match cx.room.join(cx.id, name) {
+            Ok(()) => {
+                info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.len());
+                self.phase = Phase::Chatting { ping_sent: None };
+                self.bucket = (cx.limits.rate_limit_per_sec > 0).then(|| {
+                    let l = cx.limits;
+                    TokenBucket::new(l.rate_limit_per_sec, l.rate_limit_burst, cx.now)
+                });
+                Action::LoggedIn
+            }
+            Err(why) => refused_login(why, cx),
         }
     }
 
@@ -226,7 +279,9 @@ impl Session {
     ) -> Action {
         self.refusals.tick(peer, now);
         match &mut self.phase {
-            Phase::AwaitingPassword { since } | Phase::AwaitingName { since }
+            Phase::AwaitingPassword { since }
+            | Phase::AwaitingName { since }
+            | Phase::Claiming { since }
                 if now.saturating_duration_since(*since) >= limits.login_timeout =>
             {
                 info!("{peer}: login timeout");
@@ -256,6 +311,11 @@ impl Session {
             _ => Action::Nothing,
         }
     }
+}
+
+fn refused_login(why: Rejection, cx: &Cx) -> Action {
+    info!("{}: login refused: {}", cx.peer, why.code.as_str());
+    Action::policy("login refused", why)
 }
 
 /// Refused inputs, logged within a budget: the first of an interval at
@@ -324,6 +384,55 @@ mod tests {
             };
             session.on_message(Message::text(text), &mut cx)
         }
+
+        fn with(&mut self, id: ConnId, f: impl FnOnce(&mut Cx) -> Action) -> Action {
+            let mut cx = Cx {
+                room: &mut self.room,
+                out: &mut self.out,
+                addresses: &mut self.addresses,
+                stats: &mut self.stats,
+                limits: &self.limits,
+                id,
+                peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
+                now: self.now,
+            };
+            f(&mut cx)
+        }
+    }
+
+    #[test]
+    fn in_a_cluster_the_name_is_claimed_first() {
+        let mut w = World::new("");
+        w.room.cluster();
+        let mut s = Session::new();
+        s.opened(w.now);
+        w.send(&mut s, 1, "");
+        // The link is down: the login waits, the connection stays.
+        assert_eq!(code(w.send(&mut s, 1, "alice")), Some(ErrorCode::ClusterUnavailable));
+        w.room.set_up(true);
+        let claim = w.send(&mut s, 1, "A\u{30A}lice");
+        assert_eq!(claim, Action::Claim { name: "\u{C5}lice".into(), key: "a\u{30A}lice".into() });
+        assert!(s.is_claiming() && s.is_unauthenticated());
+        assert_eq!(w.room.name_of(1), None, "not in the room until the cluster says so");
+        // The cluster could not be asked: back to choosing a name.
+        let why = Rejection::cluster_unavailable();
+        assert_eq!(
+            code(w.with(1, |cx| s.claim_failed(why, cx))),
+            Some(ErrorCode::ClusterUnavailable)
+        );
+        assert!(matches!(w.send(&mut s, 1, "bob"), Action::Claim { .. }));
+        assert_eq!(w.with(1, |cx| s.claimed("bob", cx)), Action::LoggedIn);
+        assert_eq!(w.room.name_of(1), Some("bob"));
+        assert_eq!(w.with(1, |cx| s.claimed("bob", cx)), Action::Nothing, "once");
+
+        // Another node has the name: refused as a local holder would be.
+        let mut t = Session::new();
+        t.opened(w.now);
+        w.send(&mut t, 2, "");
+        assert!(matches!(w.send(&mut t, 2, "carol"), Action::Claim { .. }));
+        let taken = Rejection::new(ErrorCode::NameTaken, "taken");
+        let action = w.with(2, |cx| t.claim_failed(taken, cx));
+        assert!(matches!(action, Action::Close { code: close_code::POLICY, .. }), "{action:?}");
     }
 
     fn code(action: Action) -> Option<ErrorCode> {

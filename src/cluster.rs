@@ -1,0 +1,832 @@
+//! One room across processes: this node's link to the others through Redis.
+//! It publishes what local users propose, turns the subscription back into
+//! events in the room's one order, keeps this node's users registered, and
+//! reconnects and resyncs after a break. The server applies the events.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+use mio::{Registry, Token};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::config;
+use crate::redis::{Conn, RedisUrl, Value};
+use crate::room::{ConnId, LocalUser, Proposed, RemoteUser};
+
+/// The command connection's token and the subscription's.
+pub const COMMANDS: Token = Token(usize::MAX - 3);
+pub const SUBSCRIPTION: Token = Token(usize::MAX - 4);
+
+/// A node refreshes its lease this often...
+const LEASE_EVERY: Duration = Duration::from_secs(2);
+/// ...and is dead to the others once it has not for this long: its users
+/// are announced as left within `LEASE_TTL + LEASE_EVERY` (12 s).
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// Redis not answering a command for this long means the link is down.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connecting, subscribing and syncing must be done in this time.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A broadcast not published within this time is not published at all
+/// (its sender was told `cluster_unavailable`; see the `say` script).
+const SAY_DEADLINE: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most bytes queued to Redis before proposals are refused.
+const MAX_QUEUED: usize = 16 << 20;
+
+/// The Lua scripts. Each changes the room's state on Redis, numbers the
+/// change (`seq`) and publishes it in one atomic step, so that every node
+/// sees every change once and in one order, and notices a gap.
+mod scripts {
+    pub const CLAIM: &str = r#"
+local p, node, key = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('HGET', p .. 'users', key)
+if cur then
+  local owner, name = string.match(cur, '^([^\n]*)\n(.*)$')
+  if owner == node or redis.call('EXISTS', p .. 'node:' .. owner) == 1 then
+    return name
+  end
+end
+redis.call('HSET', p .. 'users', key, node .. '\n' .. ARGV[4])
+redis.call('HDEL', p .. 'pubkeys', key)
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[5])
+return 1
+"#;
+    pub const LEAVE: &str = r#"
+local p, node, key = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('HGET', p .. 'users', key)
+if cur and string.sub(cur, 1, #node + 1) == node .. '\n' then
+  redis.call('HDEL', p .. 'users', key)
+  redis.call('HDEL', p .. 'pubkeys', key)
+  local seq = redis.call('INCR', p .. 'seq')
+  redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[4])
+  return 1
+end
+return 0
+"#;
+    pub const SAY: &str = r#"
+local p = ARGV[1]
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[2]) then
+  return 0
+end
+local n = tonumber(ARGV[3])
+if n > 0 then
+  redis.call('RPUSH', p .. 'history', ARGV[4])
+  redis.call('LTRIM', p .. 'history', -n, -1)
+end
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[4])
+return 1
+"#;
+    pub const PUBLIC_KEY: &str = r#"
+local p, node, key = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('HGET', p .. 'users', key)
+if cur and string.sub(cur, 1, #node + 1) == node .. '\n' then
+  redis.call('HSET', p .. 'pubkeys', key, ARGV[4])
+  local seq = redis.call('INCR', p .. 'seq')
+  redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[5])
+  return 1
+end
+return 0
+"#;
+    pub const PUBLISH: &str = r#"
+local seq = redis.call('INCR', ARGV[1] .. 'seq')
+redis.call('PUBLISH', ARGV[1] .. 'events', seq .. ' ' .. ARGV[2])
+return 1
+"#;
+    pub const LEASE: &str = r#"
+local p, node = ARGV[1], ARGV[2]
+redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
+local forgotten = redis.call('SADD', p .. 'nodes', node)
+for _, other in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
+  if other ~= node and redis.call('EXISTS', p .. 'node:' .. other) == 0 then
+    local users = redis.call('HGETALL', p .. 'users')
+    for i = 1, #users, 2 do
+      if string.sub(users[i + 1], 1, #other + 1) == other .. '\n' then
+        redis.call('HDEL', p .. 'users', users[i])
+        redis.call('HDEL', p .. 'pubkeys', users[i])
+      end
+    end
+    redis.call('SREM', p .. 'nodes', other)
+    local seq = redis.call('INCR', p .. 'seq')
+    redis.call('PUBLISH', p .. 'events', seq .. ' {"e":"dead","node":"' .. other .. '"}')
+  end
+end
+return forgotten
+"#;
+    pub const SYNC: &str = r#"
+local p, node = ARGV[1], ARGV[2]
+redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
+redis.call('SADD', p .. 'nodes', node)
+local mine = {}
+for i = 4, #ARGV, 3 do mine[ARGV[i]] = true end
+local all = redis.call('HGETALL', p .. 'users')
+for i = 1, #all, 2 do
+  if string.sub(all[i + 1], 1, #node + 1) == node .. '\n' and not mine[all[i]] then
+    redis.call('HDEL', p .. 'users', all[i])
+    redis.call('HDEL', p .. 'pubkeys', all[i])
+  end
+end
+local conflicts, accepted = {}, {}
+for i = 4, #ARGV, 3 do
+  local key, name, pk = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local cur = redis.call('HGET', p .. 'users', key)
+  local owner = cur and string.match(cur, '^([^\n]*)\n')
+  if owner and owner ~= node and redis.call('EXISTS', p .. 'node:' .. owner) == 1 then
+    table.insert(conflicts, key)
+  else
+    redis.call('HSET', p .. 'users', key, node .. '\n' .. name)
+    if pk ~= '' then
+      redis.call('HSET', p .. 'pubkeys', key, pk)
+    else
+      redis.call('HDEL', p .. 'pubkeys', key)
+    end
+    table.insert(accepted, {key, name, pk})
+  end
+end
+local seq = redis.call('INCR', p .. 'seq')
+local event = cjson.encode({e = 'node', node = node, users = accepted})
+redis.call('PUBLISH', p .. 'events', seq .. ' ' .. event)
+return {seq, conflicts, redis.call('HGETALL', p .. 'users'),
+        redis.call('HGETALL', p .. 'pubkeys'), redis.call('LRANGE', p .. 'history', 0, -1)}
+"#;
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Script {
+    Claim,
+    Leave,
+    Say,
+    PublicKey,
+    Publish,
+    Lease,
+    Sync,
+}
+
+const SCRIPTS: [(Script, &str); 7] = [
+    (Script::Claim, scripts::CLAIM),
+    (Script::Leave, scripts::LEAVE),
+    (Script::Say, scripts::SAY),
+    (Script::PublicKey, scripts::PUBLIC_KEY),
+    (Script::Publish, scripts::PUBLISH),
+    (Script::Lease, scripts::LEASE),
+    (Script::Sync, scripts::SYNC),
+];
+
+/// A local connection that asked something, by slab key and the serial
+/// that tells it from a later connection under the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub id: ConnId,
+    pub serial: u64,
+}
+
+/// An event of the room, as every node sees it, in one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "lowercase")]
+pub enum Event {
+    /// `node` gave `name` (comparison key `key`) to one of its connections
+    /// (`conn`: "id.serial", meaningful to `node` only).
+    Join {
+        node: String,
+        conn: String,
+        key: String,
+        name: String,
+    },
+    Leave {
+        node: String,
+        key: String,
+    },
+    Say {
+        name: String,
+        text: String,
+    },
+    #[serde(rename = "pubkey")]
+    PublicKey {
+        node: String,
+        key: String,
+        pk: String,
+    },
+    #[serde(rename = "pm")]
+    Private {
+        to: String,
+        from: String,
+        text: String,
+    },
+    /// `node` (re)registered: these are all its users now.
+    Node {
+        node: String,
+        users: Json,
+    },
+    /// `node` stopped renewing its lease: its users are gone.
+    Dead {
+        node: String,
+    },
+}
+
+impl Event {
+    /// The users of a `Node` event: (key, name, public key).
+    pub fn node_users(users: &Json) -> Vec<(String, String, Option<String>)> {
+        let Some(list) = users.as_array() else { return Vec::new() }; // cjson: {} = []
+        list.iter()
+            .filter_map(|u| {
+                let u = u.as_array()?;
+                let s = |i: usize| u.get(i).and_then(Json::as_str).map(str::to_owned);
+                Some((s(0)?, s(1)?, s(2).filter(|k| !k.is_empty())))
+            })
+            .collect()
+    }
+}
+
+/// What the server must act on.
+#[derive(Debug)]
+pub enum Note {
+    Event(Event),
+    /// The claim of `origin` was refused: `holder` has the name.
+    Taken {
+        origin: Origin,
+        holder: String,
+    },
+    /// What `origin` asked was not done: the cluster is unreachable.
+    Unavailable(Origin),
+    /// The link is up (again): the room as the cluster has it now.
+    /// `conflicts`: comparison keys of local users whose names are
+    /// another node's.
+    Synced {
+        users: Vec<RemoteUser>,
+        history: Vec<(String, String)>,
+        conflicts: Vec<String>,
+    },
+    /// The link broke; it is being mended. Events may have been missed.
+    Down {
+        why: String,
+    },
+}
+
+/// What a command's reply answers.
+#[derive(Debug)]
+enum Pending {
+    Load,
+    Claim(Origin),
+    Asked(Origin),
+    Leave,
+    Lease,
+    Sync,
+}
+
+/// The two connections of a link: commands, and the subscription.
+struct Links {
+    cmd: Conn,
+    sub: Conn,
+    /// One entry per command sent, in order, with when it was sent.
+    pending: VecDeque<(Pending, Instant)>,
+}
+
+enum Link {
+    Down {
+        retry_at: Instant,
+    },
+    /// Connected or connecting: subscribing, then registering and reading
+    /// the room (`sync`); events that arrive meanwhile wait in `early`.
+    Joining {
+        links: Links,
+        since: Instant,
+        subscribed: bool,
+        sync_sent: bool,
+        early: Vec<(u64, Event)>,
+    },
+    Up {
+        links: Links,
+        lease_due: Instant,
+    },
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterStats {
+    pub events: u64,
+    pub published: u64,
+    pub unavailable: u64,
+    pub link_downs: u64,
+    pub syncs: u64,
+    pub connect_attempts: u64,
+    pub dead_nodes: u64,
+}
+
+pub struct Cluster {
+    url: RedisUrl,
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// This node's id: random, new at every start.
+    node: Rc<str>,
+    /// Key prefix on Redis: `ragnarok:<cluster_name>:`.
+    prefix: String,
+    history_size: usize,
+    link: Link,
+    backoff: Duration,
+    /// The last event applied.
+    seq: u64,
+    shas: Vec<String>,
+    notes: VecDeque<Note>,
+    failures: u32,
+    pub stats: ClusterStats,
+}
+
+impl Cluster {
+    /// `addr`: `config.redis` resolved (by the startup check).
+    pub fn new(
+        config: &config::Cluster,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        history_size: usize,
+        now: Instant,
+    ) -> Cluster {
+        let shas = SCRIPTS.iter().map(|(_, text)| sha1_hex(text)).collect();
+        Cluster {
+            url: config.redis.clone(),
+            addr,
+            tls,
+            node: Rc::from(node_id()),
+            prefix: format!("ragnarok:{}:", config.name),
+            history_size,
+            link: Link::Down { retry_at: now },
+            backoff: BACKOFF_MIN,
+            seq: 0,
+            shas,
+            notes: VecDeque::new(),
+            failures: 0,
+            stats: ClusterStats::default(),
+        }
+    }
+
+    pub fn node(&self) -> &Rc<str> {
+        &self.node
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.link, Link::Up { .. })
+    }
+
+    /// What happened since the last call, in order.
+    pub fn take_notes(&mut self) -> VecDeque<Note> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Readiness of one of the link's sockets.
+    pub fn on_ready(&mut self, registry: &Registry, now: Instant) {
+        if let Err(why) = self.pump(now) {
+            self.down(registry, why, now);
+        }
+    }
+
+    /// Timers: reconnecting, the lease, and Redis not answering.
+    pub fn tick(&mut self, registry: &Registry, now: Instant) {
+        match &mut self.link {
+            Link::Down { retry_at } if now >= *retry_at => self.connect(registry, now),
+            Link::Down { .. } => {}
+            Link::Joining { since, .. }
+                if now.saturating_duration_since(*since) >= LINK_TIMEOUT =>
+            {
+                let why = format!("Redis did not answer within {} s", LINK_TIMEOUT.as_secs());
+                self.down(registry, why, now);
+            }
+            Link::Joining { .. } => {}
+            Link::Up { links, lease_due } => {
+                if let Some((_, sent)) = links.pending.front()
+                    && now.saturating_duration_since(*sent) >= REPLY_TIMEOUT
+                {
+                    let why = format!("Redis did not answer for {} s", REPLY_TIMEOUT.as_secs());
+                    return self.down(registry, why, now);
+                }
+                if now >= *lease_due {
+                    *lease_due = now + LEASE_EVERY;
+                    let (node, ttl) = (self.node.clone(), LEASE_TTL.as_millis().to_string());
+                    let args = [node.as_bytes(), ttl.as_bytes()];
+                    self.eval(Script::Lease, &args, Pending::Lease, now);
+                }
+            }
+        }
+        if let Err(why) = self.pump(now) {
+            self.down(registry, why, now);
+        }
+    }
+
+    /// After a round: writes what was queued.
+    pub fn flush(&mut self, registry: &Registry, now: Instant) {
+        if let Link::Joining { links, .. } | Link::Up { links, .. } = &mut self.link
+            && (links.cmd.queued() > 0 || links.sub.queued() > 0)
+            && let Err(why) = self.pump(now)
+        {
+            self.down(registry, why, now);
+        }
+    }
+
+    /// Waiting to send the node's users: the server answers with `sync`.
+    pub fn wants_sync(&self) -> bool {
+        matches!(&self.link, Link::Joining { subscribed: true, sync_sent: false, .. })
+    }
+
+    /// Registers this node's users (comparison key, name, public key) and
+    /// asks for the room as it is.
+    pub fn sync(&mut self, users: &[LocalUser], now: Instant) {
+        let Link::Joining { sync_sent, .. } = &mut self.link else { return };
+        *sync_sent = true;
+        let (node, ttl) = (self.node.clone(), LEASE_TTL.as_millis().to_string());
+        let mut args: Vec<&[u8]> = vec![node.as_bytes(), ttl.as_bytes()];
+        for u in users {
+            let key = u.key.as_deref().unwrap_or("");
+            args.extend([u.name_key.as_bytes(), u.name.as_bytes(), key.as_bytes()]);
+        }
+        self.eval(Script::Sync, &args, Pending::Sync, now);
+    }
+
+    /// Asks for `name` for `origin`: `Event::Join` when it is ours,
+    /// `Note::Taken` or `Note::Unavailable` when not.
+    pub fn claim(&mut self, origin: Origin, key: &str, name: &str, now: Instant) {
+        if !self.can_send() {
+            return self.unavailable(origin);
+        }
+        let conn = format!("{}.{}", origin.id, origin.serial);
+        let event =
+            Event::Join { node: self.node.to_string(), conn, key: key.into(), name: name.into() };
+        let json = to_json(&event);
+        let node = self.node.clone();
+        let args = [node.as_bytes(), key.as_bytes(), name.as_bytes(), json.as_bytes()];
+        self.eval(Script::Claim, &args, Pending::Claim(origin), now);
+    }
+
+    /// A local user left (or a claim came back for a connection that is
+    /// gone): the name is free. While the link is down there is nothing to
+    /// do: the next `sync` drops it.
+    pub fn leave(&mut self, key: &str, now: Instant) {
+        if !self.is_up() {
+            return;
+        }
+        let json = to_json(&Event::Leave { node: self.node.to_string(), key: key.into() });
+        let node = self.node.clone();
+        let args = [node.as_bytes(), key.as_bytes(), json.as_bytes()];
+        self.eval(Script::Leave, &args, Pending::Leave, now);
+    }
+
+    /// Publishes what a local user asked; it takes effect on every node
+    /// (this one too) when it comes back as an event.
+    pub fn propose(&mut self, origin: Origin, what: Proposed, now: Instant) {
+        if !self.can_send() {
+            return self.unavailable(origin);
+        }
+        match what {
+            Proposed::Say { name, text } => {
+                let json = to_json(&Event::Say { name: name.to_string(), text });
+                let deadline = unix_millis() + SAY_DEADLINE.as_millis() as u64;
+                let (deadline, size) = (deadline.to_string(), self.history_size.to_string());
+                let args = [deadline.as_bytes(), size.as_bytes(), json.as_bytes()];
+                self.eval(Script::Say, &args, Pending::Asked(origin), now);
+            }
+            Proposed::PublicKey { name_key, key } => {
+                let event = Event::PublicKey {
+                    node: self.node.to_string(),
+                    key: name_key.to_string(),
+                    pk: key.clone(),
+                };
+                let json = to_json(&event);
+                let node = self.node.clone();
+                let args = [node.as_bytes(), name_key.as_bytes(), key.as_bytes(), json.as_bytes()];
+                self.eval(Script::PublicKey, &args, Pending::Asked(origin), now);
+            }
+            Proposed::Private { to_key, from, text } => {
+                let event = Event::Private { to: to_key.to_string(), from: from.to_string(), text };
+                let json = to_json(&event);
+                self.eval(Script::Publish, &[json.as_bytes()], Pending::Asked(origin), now);
+            }
+        }
+        self.stats.published += 1;
+    }
+
+    fn can_send(&self) -> bool {
+        match &self.link {
+            Link::Up { links, .. } => links.cmd.queued() < MAX_QUEUED,
+            _ => false,
+        }
+    }
+
+    fn unavailable(&mut self, origin: Origin) {
+        self.stats.unavailable += 1;
+        self.notes.push_back(Note::Unavailable(origin));
+    }
+
+    /// EVALSHA of `script` with the key prefix as the first argument.
+    fn eval(&mut self, script: Script, args: &[&[u8]], pending: Pending, now: Instant) {
+        let (Link::Joining { links, .. } | Link::Up { links, .. }) = &mut self.link else {
+            return;
+        };
+        let sha = self.shas[script as usize].as_bytes();
+        let mut command: Vec<&[u8]> = vec![b"EVALSHA", sha, b"0", self.prefix.as_bytes()];
+        command.extend_from_slice(args);
+        links.cmd.command(&command);
+        links.pending.push_back((pending, now));
+    }
+
+    fn connect(&mut self, registry: &Registry, now: Instant) {
+        self.stats.connect_attempts += 1;
+        let open = |token| Conn::connect(self.addr, &self.url, self.tls.clone(), registry, token);
+        let (mut cmd, sub) = match (open(COMMANDS), open(SUBSCRIPTION)) {
+            (Ok(cmd), Ok(sub)) => (cmd, sub),
+            (cmd, sub) => {
+                for mut conn in [cmd, sub].into_iter().flatten() {
+                    conn.deregister(registry);
+                }
+                let why = "cannot open a socket to Redis".to_owned();
+                return self.down(registry, why, now);
+            }
+        };
+        let mut pending = VecDeque::new();
+        for (_, text) in SCRIPTS {
+            cmd.command(&[b"SCRIPT", b"LOAD", text.as_bytes()]);
+            pending.push_back((Pending::Load, now));
+        }
+        self.link = Link::Joining {
+            links: Links { cmd, sub, pending },
+            since: now,
+            subscribed: false,
+            sync_sent: false,
+            early: Vec::new(),
+        };
+        let channel = format!("{}events", self.prefix);
+        if let Link::Joining { links, .. } = &mut self.link {
+            links.sub.command(&[b"SUBSCRIBE", channel.as_bytes()]);
+        }
+    }
+
+    /// Breaks the link: what was asked and not answered is refused, the
+    /// server is told, and a reconnect is scheduled.
+    fn down(&mut self, registry: &Registry, why: String, now: Instant) {
+        let was = std::mem::replace(&mut self.link, Link::Down { retry_at: now + self.backoff });
+        let was_up = matches!(was, Link::Up { .. });
+        if let Link::Joining { links, .. } | Link::Up { links, .. } = was {
+            let Links { mut cmd, mut sub, pending } = links;
+            cmd.deregister(registry);
+            sub.deregister(registry);
+            for (pending, _) in pending {
+                if let Pending::Claim(origin) | Pending::Asked(origin) = pending {
+                    self.unavailable(origin);
+                }
+            }
+        }
+        if was_up {
+            self.stats.link_downs += 1;
+            self.failures = 0;
+            warn!("cluster: lost the link to {} ({why}); reconnecting", self.url);
+            self.notes.push_back(Note::Down { why });
+        } else {
+            self.failures += 1;
+            // Every failure until the backoff is at its longest, then one a minute.
+            let per_minute = (60 / BACKOFF_MAX.as_secs().max(1)) as u32;
+            if self.backoff < BACKOFF_MAX || self.failures % per_minute == 1 {
+                warn!(
+                    "cluster: cannot reach {} ({why}); retrying in {} ms ({} attempts)",
+                    self.url,
+                    self.backoff.as_millis(),
+                    self.failures
+                );
+            }
+        }
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Writes, reads, and handles every reply and message that came.
+    fn pump(&mut self, now: Instant) -> Result<(), String> {
+        let (Link::Joining { links, .. } | Link::Up { links, .. }) = &mut self.link else {
+            return Ok(());
+        };
+        links.cmd.pump().map_err(|e| format!("commands: {e}"))?;
+        links.sub.pump().map_err(|e| format!("subscription: {e}"))?;
+        loop {
+            let (Link::Joining { links, .. } | Link::Up { links, .. }) = &mut self.link else {
+                return Ok(());
+            };
+            if let Some(reply) = links.cmd.next() {
+                let Some((pending, _)) = links.pending.pop_front() else {
+                    return Err("Redis sent a reply to nothing".into());
+                };
+                self.on_reply(pending, reply, now)?;
+            } else if let Some(message) = links.sub.next() {
+                self.on_message(message)?;
+            } else {
+                break;
+            }
+        }
+        // What the replies queued (a resync's commands) goes out now.
+        if let Link::Joining { links, .. } | Link::Up { links, .. } = &mut self.link {
+            links.cmd.pump().map_err(|e| format!("commands: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn on_reply(&mut self, pending: Pending, reply: Value, now: Instant) -> Result<(), String> {
+        if let Value::Error(e) = &reply {
+            // A script error is a bug or a Redis that cannot run scripts.
+            return Err(format!("Redis refused a command: {e}"));
+        }
+        match pending {
+            Pending::Load | Pending::Leave => {}
+            Pending::Claim(origin) => {
+                if let Value::Bytes(holder) = reply {
+                    let holder = String::from_utf8_lossy(&holder).into_owned();
+                    self.notes.push_back(Note::Taken { origin, holder });
+                }
+            }
+            Pending::Asked(origin) => {
+                if reply == Value::Int(0) {
+                    self.unavailable(origin);
+                }
+            }
+            Pending::Lease => {
+                if reply == Value::Int(1) {
+                    return Err("the other nodes declared this one dead".into());
+                }
+            }
+            Pending::Sync => self.on_synced(reply, now)?,
+        }
+        Ok(())
+    }
+
+    fn on_synced(&mut self, reply: Value, now: Instant) -> Result<(), String> {
+        let bad = || "Redis answered the sync with something else".to_owned();
+        let Value::Array(parts) = reply else { return Err(bad()) };
+        let [
+            Value::Int(seq),
+            Value::Array(conflicts),
+            Value::Array(users),
+            Value::Array(keys),
+            Value::Array(history),
+        ] = &parts[..]
+        else {
+            return Err(bad());
+        };
+        let text = |v: &Value| match v {
+            Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        let keys: std::collections::HashMap<String, String> =
+            keys.chunks(2).filter_map(|kv| Some((text(kv.first()?), text(kv.get(1)?)))).collect();
+        let mut remote = Vec::new();
+        for kv in users.chunks(2) {
+            let (Some(key), Some(value)) = (kv.first(), kv.get(1)) else { continue };
+            let (key, value) = (text(key), text(value));
+            let Some((node, name)) = value.split_once('\n') else { continue };
+            if node != &*self.node {
+                let key = keys.get(&key).cloned();
+                remote.push(RemoteUser { node: Rc::from(node), name: name.to_owned(), key });
+            }
+        }
+        let history = history
+            .iter()
+            .filter_map(|h| match serde_json::from_str(&text(h)) {
+                Ok(Event::Say { name, text }) => Some((name, text)),
+                _ => None,
+            })
+            .collect();
+        let conflicts = conflicts.iter().map(text).collect();
+        let Link::Joining { links, early, .. } =
+            std::mem::replace(&mut self.link, Link::Down { retry_at: now })
+        else {
+            return Err(bad());
+        };
+        self.seq = *seq as u64;
+        self.link = Link::Up { links, lease_due: now + LEASE_EVERY };
+        self.stats.syncs += 1;
+        self.backoff = BACKOFF_MIN;
+        self.failures = 0;
+        info!(
+            "cluster: joined {} as node {} ({} users on other nodes)",
+            self.url,
+            self.node,
+            remote.len()
+        );
+        self.notes.push_back(Note::Synced { users: remote, history, conflicts });
+        for (seq, event) in early {
+            self.on_event(seq, event)?;
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, message: Value) -> Result<(), String> {
+        let Value::Array(parts) = message else {
+            return Err("the subscription sent something else than a message".into());
+        };
+        match parts.first() {
+            Some(Value::Bytes(kind)) if kind == b"message" => {}
+            Some(Value::Bytes(kind)) if kind == b"subscribe" => {
+                if let Link::Joining { subscribed, .. } = &mut self.link {
+                    *subscribed = true;
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+        let Some(Value::Bytes(payload)) = parts.get(2) else { return Ok(()) };
+        let payload = String::from_utf8_lossy(payload);
+        let parsed = payload.split_once(' ').and_then(|(seq, json)| {
+            Some((seq.parse::<u64>().ok()?, serde_json::from_str::<Event>(json).ok()?))
+        });
+        let Some((seq, event)) = parsed else {
+            // From a newer version, or not ours: the order is still whole.
+            warn!("cluster: ignored an event this node does not understand");
+            return Ok(());
+        };
+        match &mut self.link {
+            Link::Joining { early, .. } => {
+                early.push((seq, event));
+                Ok(())
+            }
+            _ => self.on_event(seq, event),
+        }
+    }
+
+    fn on_event(&mut self, seq: u64, event: Event) -> Result<(), String> {
+        if seq <= self.seq {
+            return Ok(()); // in the snapshot already
+        }
+        if seq != self.seq + 1 {
+            return Err(format!("missed events {} to {}", self.seq + 1, seq - 1));
+        }
+        self.seq = seq;
+        self.stats.events += 1;
+        if let Event::Dead { node } = &event {
+            if *node == *self.node {
+                return Err("the other nodes declared this one dead".into());
+            }
+            self.stats.dead_nodes += 1;
+        }
+        self.notes.push_back(Note::Event(event));
+        Ok(())
+    }
+}
+
+fn to_json(event: &Event) -> String {
+    serde_json::to_string(event).unwrap_or_default()
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 16 random hex digits.
+fn node_id() -> String {
+    let mut bytes = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        let seed = unix_millis() ^ u64::from(std::process::id()).rotate_left(32);
+        bytes = seed.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `SCRIPT LOAD` answers for `text`, so EVALSHA can follow at once.
+fn sha1_hex(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_cjson_lists_parse() {
+        let e = Event::Join {
+            node: "n".into(),
+            conn: "3.7".into(),
+            key: "bob".into(),
+            name: "Bob".into(),
+        };
+        let json = to_json(&e);
+        assert_eq!(json, r#"{"e":"join","node":"n","conn":"3.7","key":"bob","name":"Bob"}"#);
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        let node: Event = serde_json::from_str(
+            r#"{"e":"node","node":"n","users":[["bob","Bob",""],["al","Al","K"]]}"#,
+        )
+        .unwrap();
+        let Event::Node { users, .. } = node else { panic!() };
+        assert_eq!(
+            Event::node_users(&users),
+            [("bob".into(), "Bob".into(), None), ("al".into(), "Al".into(), Some("K".into()))]
+        );
+        assert!(Event::node_users(&serde_json::json!({})).is_empty(), "cjson's empty list");
+        let dead: Event = serde_json::from_str(r#"{"e":"dead","node":"x"}"#).unwrap();
+        assert_eq!(dead, Event::Dead { node: "x".into() });
+    }
+
+    #[test]
+    fn script_digests_are_what_redis_computes() {
+        // SHA-1 of "return 1", as `redis-cli SCRIPT LOAD "return 1"` prints.
+        assert_eq!(sha1_hex("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        assert_eq!(node_id().len(), 16);
+    }
+}

@@ -1,0 +1,224 @@
+//! The server as one node of a cluster: what it hands the cluster (claims,
+//! proposals, its users) and what it does with the cluster's notes (events
+//! applied to the room in the cluster's order, refusals, resyncs).
+
+use std::time::Instant;
+
+use log::{info, warn};
+use mio::event::Source;
+
+use super::{Client, Server};
+use crate::cluster::{Cluster, Event, Note, Origin};
+use crate::connection::close_code;
+use crate::protocol::{ErrorCode, Rejection, Reply};
+use crate::room::{ConnId, Outbound, RemoteUser, To};
+use crate::session::{self, Action};
+use crate::transport::Socket;
+
+impl<S: Socket + Source> Server<S> {
+    /// Makes this server one node of the cluster: it connects at once and
+    /// serves its users meanwhile (what needs the cluster waits for it).
+    pub fn join_cluster(&mut self, mut cluster: Cluster) {
+        self.room.cluster();
+        cluster.tick(self.poll.registry(), Instant::now());
+        self.cluster = Some(cluster);
+    }
+
+    /// Hands the room's proposals to the cluster.
+    pub(super) fn propose(&mut self, now: Instant) {
+        let Some(cluster) = &mut self.cluster else { return };
+        for proposal in self.room.take_proposals() {
+            let Some(client) = self.clients.get(proposal.from) else { continue };
+            let origin = Origin { id: proposal.from, serial: client.serial };
+            cluster.propose(origin, proposal.what, now);
+        }
+        self.on_cluster(now);
+    }
+
+    /// Acts on everything the cluster has noted.
+    pub(super) fn on_cluster(&mut self, now: Instant) {
+        loop {
+            let Some(cluster) = &mut self.cluster else { return };
+            if cluster.wants_sync() {
+                cluster.sync(&self.room.local_users(), now);
+            }
+            let notes = cluster.take_notes();
+            if notes.is_empty() {
+                return;
+            }
+            for note in notes {
+                self.on_note(note, now);
+            }
+        }
+    }
+
+    fn on_note(&mut self, note: Note, now: Instant) {
+        let me = match &self.cluster {
+            Some(cluster) => cluster.node().clone(),
+            None => return,
+        };
+        match note {
+            Note::Event(Event::Join { node, conn, key, name }) if *node == *me => {
+                let origin = conn.split_once('.').and_then(|(id, serial)| {
+                    Some(Origin { id: id.parse().ok()?, serial: serial.parse().ok()? })
+                });
+                let claiming = origin.filter(|o| {
+                    self.clients
+                        .get(o.id)
+                        .is_some_and(|c| c.serial == o.serial && c.session.is_claiming())
+                });
+                match claiming {
+                    Some(origin) => {
+                        // Redis gave it: a stale holder from a dead node goes.
+                        self.room.remove_remote(&key);
+                        self.with_session(origin.id, now, |session, cx| session.claimed(&name, cx));
+                    }
+                    // Claimed for a connection that has gone since.
+                    None => {
+                        if let Some(cluster) = &mut self.cluster {
+                            cluster.leave(&key, now);
+                        }
+                    }
+                }
+            }
+            Note::Event(Event::Join { node, name, .. }) => {
+                self.add_remote(RemoteUser { node: node.into(), name, key: None }, now);
+            }
+            Note::Event(Event::Leave { node, key }) => {
+                if *node != *me {
+                    self.room.remove_remote(&key);
+                }
+            }
+            Note::Event(Event::Say { name, text }) => self.room.say(&name, &text, &mut self.out),
+            Note::Event(Event::PublicKey { key, pk, .. }) => {
+                self.room.set_public_key(&key, &pk, &mut self.out)
+            }
+            Note::Event(Event::Private { to, from, text }) => {
+                self.room.deliver_private(&to, &from, &text, &mut self.out)
+            }
+            Note::Event(Event::Node { node, users }) => {
+                if *node == *me {
+                    return;
+                }
+                self.room.remove_node(&node);
+                let node: std::rc::Rc<str> = node.into();
+                for (_, name, key) in Event::node_users(&users) {
+                    self.add_remote(RemoteUser { node: node.clone(), name, key }, now);
+                }
+            }
+            Note::Event(Event::Dead { node }) => {
+                let gone = self.room.remove_node(&node);
+                info!("cluster: node {node} stopped renewing its lease: {gone} of its users left");
+            }
+            Note::Taken { origin, holder } => {
+                let why = Rejection::new(
+                    ErrorCode::NameTaken,
+                    format!(
+                        "the name is taken: {holder:?} is online on another server of this room"
+                    ),
+                );
+                self.with_origin(origin, now, |session, cx| session.claim_failed(why, cx));
+            }
+            Note::Unavailable(origin) => {
+                self.with_origin(origin, now, |session, cx| {
+                    if session.is_claiming() {
+                        session.claim_failed(Rejection::cluster_unavailable(), cx)
+                    } else {
+                        Action::Refuse(Rejection::cluster_unavailable())
+                    }
+                });
+            }
+            Note::Synced { users, history, conflicts } => {
+                self.room.set_up(true);
+                self.room.set_history(&history);
+                let mut lost = self.room.resync(users);
+                let local = self.room.local_users();
+                for key in conflicts {
+                    if let Some(id) = self
+                        .clients
+                        .iter()
+                        .map(|(id, _)| id)
+                        .find(|&id| self.room.name_key_of(id).is_some_and(|k| *k == *key))
+                    {
+                        lost.push(id);
+                    }
+                }
+                info!(
+                    "cluster: {} local users registered, {} online in all",
+                    local.len(),
+                    self.room.len()
+                );
+                for id in lost {
+                    self.lost_name(id, now);
+                }
+            }
+            Note::Down { why } => {
+                self.room.set_up(false);
+                let text = format!(
+                    "this server lost its link to the rest of the room ({why}): messages sent \
+                     on other servers meanwhile may be missing; sending is paused until it is back"
+                );
+                let json = Reply::Error {
+                    code: ErrorCode::MessagesLost.as_str(),
+                    text: &text,
+                    target: None,
+                }
+                .to_json();
+                self.out.push(Outbound { to: To::Everyone, json });
+            }
+        }
+    }
+
+    fn add_remote(&mut self, user: RemoteUser, now: Instant) {
+        if let Err(id) = self.room.add_remote(user) {
+            self.lost_name(id, now);
+        }
+    }
+
+    /// The cluster gave a local user's name to someone else (they were
+    /// cut off from it meanwhile): that user is logged out.
+    fn lost_name(&mut self, id: ConnId, now: Instant) {
+        let Some(name) = self.room.name_of(id).map(str::to_owned) else { return };
+        warn!("cluster: {name:?} is online on another node: logging out the user here");
+        let why = Rejection::new(
+            ErrorCode::NameTaken,
+            format!("{name:?} logged in on another server of this room while this one was cut off"),
+        );
+        let action =
+            Action::Close { code: close_code::POLICY, reason: "name taken", why: Some(why) };
+        self.apply(id, action, now);
+    }
+
+    fn with_origin(
+        &mut self,
+        origin: Origin,
+        now: Instant,
+        f: impl FnOnce(&mut session::Session, &mut session::Cx) -> Action,
+    ) {
+        if self.clients.get(origin.id).is_some_and(|c| c.serial == origin.serial) {
+            self.with_session(origin.id, now, f);
+        }
+    }
+
+    /// Runs `f` on a session with what it may touch, and does what it says.
+    fn with_session(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        f: impl FnOnce(&mut session::Session, &mut session::Cx) -> Action,
+    ) {
+        let Some(Client { conn, session, .. }) = self.clients.get_mut(id) else { return };
+        let mut cx = session::Cx {
+            room: &mut self.room,
+            out: &mut self.out,
+            addresses: &mut self.addresses,
+            stats: &mut self.stats,
+            limits: &self.limits,
+            id,
+            peer: conn.peer,
+            now,
+        };
+        let action = f(session, &mut cx);
+        self.apply(id, action, now);
+    }
+}
