@@ -28,7 +28,7 @@ fn a_redis_restart_is_survived() {
 
     // Every user sends a numbered broadcast each round, until each has
     // received one sent after the restart from each of the others.
-    // `cluster_unavailable` answers are allowed meanwhile; a disconnect
+    // `cluster_unavailable` and `messages_lost` are allowed meanwhile; a disconnect
     // is not (`next` panics on one).
     let mut heard: BTreeSet<(String, String)> = BTreeSet::new();
     let wanted = who.len() * (who.len() - 1);
@@ -53,9 +53,7 @@ fn a_redis_restart_is_survived() {
                             heard.insert((user.name.clone(), src));
                         }
                     }
-                    Some("Error") => {
-                        assert_eq!(m["code"], "cluster_unavailable", "{}: {m}", user.name)
-                    }
+                    Some("Error") => only_trouble_errors(&user.name, &m),
                     _ => {}
                 }
             }

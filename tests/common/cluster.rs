@@ -268,6 +268,16 @@ pub fn try_login(server: &TestServer, name: &str, deadline: Instant) -> Result<U
     Ok(user)
 }
 
+/// Fails unless `m` is no `Error` or one of those a cluster in trouble may
+/// send: `cluster_unavailable` (something was refused) or `messages_lost`
+/// (the node lost its link for a while).
+pub fn only_trouble_errors(who: &str, m: &Value) {
+    if m["msgType"] == "Error" {
+        let code = m["code"].as_str().unwrap_or("");
+        assert!(["cluster_unavailable", "messages_lost"].contains(&code), "{who}: {m}");
+    }
+}
+
 /// The names of an `OnlineUsers` / `UsersJoined` / `UsersLeft` message.
 pub fn names(v: &Value) -> BTreeSet<String> {
     v["Users"]
