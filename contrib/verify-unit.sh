@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Checks contrib/ragnarok.service the way systemd will read it:
+# Checks contrib/ragnarok.service and the template contrib/ragnarok@.service
+# (as its instance ragnarok@1.service) the way systemd will read them:
 #   1. `systemd-analyze verify` prints nothing (no error, no warning: an
 #      unknown key is only a warning and exit code 0, so any output fails);
 #   2. `systemd-analyze security --offline=true` scores it, and fails if the
 #      exposure is above THRESHOLD tenths (default 20, i.e. 2.0 on the 0-10
-#      scale systemd prints; the unit scores 1.5 with systemd 252).
+#      scale systemd prints; both units score 1.5 with systemd 252);
+#   the template's SystemCallFilter= and RestrictAddressFamilies= lines are
+#   the unit's (so that step 3 holds for both);
 #
 #   3. if strace is installed: the server's own system calls and socket
 #      families, in a session of every kind (--check-config, a wss login and
-#      broadcast, the page, plain http to the TLS port, /healthz and /metrics
-#      when the build has metrics_addr, SIGHUP with a new certificate,
-#      SIGTERM), are all allowed by the unit's SystemCallFilter= and
+#      broadcast on a reuse_port listener, the page, plain http to the TLS
+#      port, /healthz and /metrics when the build has metrics_addr, SIGHUP
+#      with a new certificate, SIGTERM), are all allowed by the unit's SystemCallFilter= and
 #      RestrictAddressFamilies= (a call outside them would fail with EPERM
 #      under systemd, a failure no test outside systemd would see).
 #
@@ -39,24 +42,39 @@ BIN=$(realpath "$BIN")
 work=$(mktemp -d)
 server=
 trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
-# Same file name (the unit's name is part of what is checked), binary swapped.
-sed "s#/usr/local/bin/ragnarok#$BIN#g" contrib/ragnarok.service > "$work/ragnarok.service"
+# Same file names (the unit's name is part of what is checked), binary
+# swapped. The template is checked as an instance: systemd-analyze loads
+# ragnarok@.service from the same folder for ragnarok@1.service.
+for unit in ragnarok.service ragnarok@.service; do
+    sed "s#/usr/local/bin/ragnarok#$BIN#g" "contrib/$unit" > "$work/$unit"
+done
 
 status=0
-if output=$(systemd-analyze verify "$work/ragnarok.service" 2>&1) && [ -z "$output" ]; then
-    echo "ok   systemd-analyze verify: no errors, no warnings"
-else
-    echo "FAIL systemd-analyze verify:"
-    printf '%s\n' "$output" | sed 's/^/    /'
-    status=1
-fi
+for unit in ragnarok.service ragnarok@1.service; do
+    if output=$(systemd-analyze verify "$work/$unit" 2>&1) && [ -z "$output" ]; then
+        echo "ok   systemd-analyze verify $unit: no errors, no warnings"
+    else
+        echo "FAIL systemd-analyze verify $unit:"
+        printf '%s\n' "$output" | sed 's/^/    /'
+        status=1
+    fi
 
-if score=$(systemd-analyze security --offline=true --threshold="$THRESHOLD" \
-        "$work/ragnarok.service" 2>&1); then
-    echo "ok   systemd-analyze security: $(printf '%s\n' "$score" | grep -o 'exposure level.*' )"
+    if score=$(systemd-analyze security --offline=true --threshold="$THRESHOLD" \
+            "$work/$unit" 2>&1); then
+        echo "ok   systemd-analyze security $unit: $(printf '%s\n' "$score" | grep -o 'exposure level.*' )"
+    else
+        echo "FAIL systemd-analyze security $unit (exposure above $THRESHOLD tenths):"
+        printf '%s\n' "$score" | grep -v '^✓' | sed 's/^/    /'
+        status=1
+    fi
+done
+
+filters() { grep -E '^(SystemCallFilter|SystemCallErrorNumber|RestrictAddressFamilies)=' "$1"; }
+if [ "$(filters contrib/ragnarok.service)" = "$(filters contrib/ragnarok@.service)" ]; then
+    echo "ok   ragnarok@.service has the system call and socket filters of ragnarok.service"
 else
-    echo "FAIL systemd-analyze security (exposure above $THRESHOLD tenths):"
-    printf '%s\n' "$score" | grep -v '^✓' | sed 's/^/    /'
+    echo "FAIL ragnarok@.service and ragnarok.service differ in their filters:"
+    diff <(filters contrib/ragnarok.service) <(filters contrib/ragnarok@.service) | sed 's/^/    /'
     status=1
 fi
 
@@ -90,12 +108,20 @@ cert() {
 }
 cert a && cert b
 cp a.crt live.crt && cp a.pem live.pem
-metrics=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf '{"SSL": true, "SSL_Cert": "live.crt", "SSL_Key": "live.pem", "server_ip": "127.0.0.1", "server_port": 0%s}\n' \
-    ", \"metrics_addr\": \"127.0.0.1:$metrics\"" > config.json
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+metrics=$(free_port)
+# A Redis, so that the cluster's calls (connecting out, the lease timer) are
+# traced too.
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+trap 'kill "$(cat "$work/redis.pid" 2>/dev/null)" 2>/dev/null; if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+printf '{"SSL": true, "SSL_Cert": "live.crt", "SSL_Key": "live.pem", "server_ip": "127.0.0.1", "server_port": 0, "reuse_port": true%s}\n' \
+    ", \"metrics_addr\": \"127.0.0.1:$metrics\", \"redis_url\": \"redis://127.0.0.1:$redis_port\"" > config.json
 if ! "$BIN" --config config.json --check-config >/dev/null 2>&1; then
     metrics=
-    printf '{"SSL": true, "SSL_Cert": "live.crt", "SSL_Key": "live.pem", "server_ip": "127.0.0.1", "server_port": 0}\n' > config.json
+    printf '{"SSL": true, "SSL_Cert": "live.crt", "SSL_Key": "live.pem", "server_ip": "127.0.0.1", "server_port": 0, "reuse_port": true}\n' > config.json
 fi
 strace -f -qq -o check.trace "$BIN" --config config.json --check-config > /dev/null
 # In a subshell that ends normally: strace dies of the signal its tracee

@@ -10,6 +10,7 @@ mod connection;
 pub mod echo;
 pub mod fdlimit;
 pub mod http;
+mod listen;
 mod metrics;
 mod names;
 mod outbox;

@@ -219,6 +219,14 @@ impl Room {
         self.users.get_mut(self.local.get(&id)?)
     }
 
+    /// The local user whose name has comparison key `name_key`.
+    pub fn local_id(&self, name_key: &str) -> Option<ConnId> {
+        match self.users.get(name_key)?.at {
+            At::Local { id, .. } => Some(id),
+            At::Remote { .. } => None,
+        }
+    }
+
     /// The comparison key of local user `id`'s name.
     pub fn name_key_of(&self, id: ConnId) -> Option<Rc<str>> {
         self.local.get(&id).cloned()

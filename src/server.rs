@@ -141,7 +141,7 @@ impl Server<TcpStream> {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
-        let mut listener = TcpListener::bind(addr)?;
+        let mut listener = crate::listen::listen(addr, config.reuse_port)?;
         let mut server = Server::detached(config, tls)?;
         server.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         server.local_addr = Some(listener.local_addr()?);

@@ -132,22 +132,9 @@ impl<S: Socket + Source> Server<S> {
                 self.room.set_up(true);
                 self.room.set_history(&history);
                 let mut lost = self.room.resync(users);
-                let local = self.room.local_users();
-                for key in conflicts {
-                    if let Some(id) = self
-                        .clients
-                        .iter()
-                        .map(|(id, _)| id)
-                        .find(|&id| self.room.name_key_of(id).is_some_and(|k| *k == *key))
-                    {
-                        lost.push(id);
-                    }
-                }
-                info!(
-                    "cluster: {} local users registered, {} online in all",
-                    local.len(),
-                    self.room.len()
-                );
+                lost.extend(conflicts.iter().filter_map(|key| self.room.local_id(key)));
+                let here = self.room.members().len() - lost.len();
+                info!("cluster: {here} local users registered, {} online in all", self.room.len());
                 for id in lost {
                     self.lost_name(id, now);
                 }
