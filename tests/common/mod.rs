@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
+/// Several nodes on one Redis (the `cluster_*` tests).
+pub mod cluster;
+
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub const PASSWORD: &str = "963";
 
