@@ -366,6 +366,11 @@ enum Link {
     Up {
         links: Links,
         lease_due: Instant,
+        /// The sequence number of this node's own sync, until it comes
+        /// back on the subscription: the events before it are in the
+        /// snapshot already (commands and subscription are two connections,
+        /// so they may still arrive after the sync's reply).
+        marker: Option<(u64, Instant)>,
     },
 }
 
@@ -485,7 +490,13 @@ impl Cluster {
                 if let Err(why) = self.pump(now) {
                     return self.down(registry, why, now);
                 }
-                let Link::Up { links, lease_due } = &mut self.link else { return };
+                let Link::Up { links, lease_due, marker } = &mut self.link else { return };
+                if let Some((_, since)) = marker
+                    && now.saturating_duration_since(*since) >= LINK_TIMEOUT
+                {
+                    let why = "this node's registration did not come back on the subscription";
+                    return self.down(registry, why.into(), now);
+                }
                 if let Some((_, sent)) = links.pending.front()
                     && now.saturating_duration_since(*sent) >= REPLY_TIMEOUT
                 {
@@ -864,7 +875,7 @@ impl Cluster {
             return Err(bad());
         };
         self.seq = *seq as u64;
-        self.link = Link::Up { links, lease_due: now + LEASE_EVERY };
+        self.link = Link::Up { links, lease_due: now + LEASE_EVERY, marker: Some((self.seq, now)) };
         self.stats.syncs += 1;
         self.backoff = BACKOFF_MIN;
         self.failures = 0;
@@ -879,9 +890,7 @@ impl Cluster {
             self.leave(&key, now);
         }
         for (seq, event) in early {
-            if seq > self.seq {
-                self.on_event(seq, event)?;
-            }
+            self.on_event(seq, event)?;
         }
         Ok(())
     }
@@ -922,6 +931,16 @@ impl Cluster {
     /// The next event of the room's order; a gap, or the order starting
     /// over (Redis flushed), breaks the link so that the room is read again.
     fn on_event(&mut self, seq: u64, event: Event) -> Result<(), String> {
+        if let Link::Up { marker: Some((at, _)), .. } = &mut self.link {
+            if seq < *at {
+                return Ok(());
+            }
+            if seq == *at {
+                self.link_marker_seen();
+                return Ok(());
+            }
+            return Err(format!("events after {} came before it", *at));
+        }
         if seq != self.seq + 1 {
             return Err(if seq > self.seq {
                 format!("missed events {} to {}", self.seq + 1, seq - 1)
@@ -948,6 +967,14 @@ impl Cluster {
         }
         self.notes.push_back(Note::Event(event));
         Ok(())
+    }
+}
+
+impl Cluster {
+    fn link_marker_seen(&mut self) {
+        if let Link::Up { marker, .. } = &mut self.link {
+            *marker = None;
+        }
     }
 }
 
