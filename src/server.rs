@@ -416,6 +416,12 @@ impl<S: Socket + Source> Server<S> {
                 ),
             }
         }
+        // What this round asked of the cluster goes out now, not after
+        // the flush pass (a round's proposals share one write to Redis).
+        if let Some(cluster) = &mut self.cluster {
+            cluster.flush(self.poll.registry(), now);
+            self.on_cluster(now);
+        }
         Ok(())
     }
 

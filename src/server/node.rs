@@ -131,7 +131,8 @@ impl<S: Socket + Source> Server<S> {
                 self.room.set_up(false);
                 let text = format!(
                     "this server lost its link to the rest of the room ({why}): messages sent \
-                     on other servers meanwhile may be missing; sending is paused until it is back"
+                     meanwhile may be missing (yours too, if no copy of it came back); sending \
+                     is paused until the link is back"
                 );
                 let json = Reply::Error {
                     code: ErrorCode::MessagesLost.as_str(),

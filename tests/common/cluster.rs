@@ -120,6 +120,21 @@ impl Redis {
     }
 
     /// `redis://127.0.0.1:PORT`.
+    /// Runs one command (inline form) on a connection of its own and
+    /// returns the first line of the reply.
+    pub fn command(&self, command: &str) -> String {
+        let port = self.url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap();
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") && tcp.read(&mut byte).unwrap_or(0) == 1 {
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -491,4 +506,40 @@ pub fn run_to_exit(overrides: Value, wait: Duration) -> (ExitStatus, String) {
     let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     (status, stderr)
+}
+
+/// Has `a` and `b` (users on different nodes) send numbered broadcasts
+/// until each has heard the other, within `within`; `check` sees every
+/// message read meanwhile.
+pub fn until_broadcasts_cross(
+    a: &mut User,
+    b: &mut User,
+    within: Duration,
+    mut check: impl FnMut(&str, &Value),
+) -> Duration {
+    let start = Instant::now();
+    let deadline = start + within;
+    let (mut a_heard, mut b_heard) = (false, false);
+    let (a_name, b_name) = (a.name.clone(), b.name.clone());
+    let mut round = 0;
+    while !(a_heard && b_heard) {
+        assert!(
+            Instant::now() < deadline,
+            "broadcasts do not cross nodes within {within:?} \
+             ({a_name} heard {b_name}: {a_heard}, {b_name} heard {a_name}: {b_heard})"
+        );
+        a.send(json!({"msgType": "Broadcast", "text": format!("round {round}")}));
+        b.send(json!({"msgType": "Broadcast", "text": format!("round {round}")}));
+        round += 1;
+        for (user, heard, other) in
+            [(&mut *a, &mut a_heard, &b_name), (&mut *b, &mut b_heard, &a_name)]
+        {
+            let window = after(Duration::from_millis(150)).min(deadline);
+            while let Some(m) = user.next(window) {
+                check(&user.name, &m);
+                *heard |= m["msgType"] == "Broadcast" && m["SrcUser"] == **other;
+            }
+        }
+    }
+    start.elapsed()
 }
