@@ -190,14 +190,16 @@ capacity_run() {  # $held users logged in across both nodes, held idle
     local base=("$(rss "${node_pids[0]}")" "$(rss "${node_pids[1]}")" "$(rss "$redis_pid")")
     t0=$(date +%s.%N)
     for p in a b; do
-        taskset -c 1 "$bin/ragnarok-load" idle --prefix $p -n $half -t 60 \
+        # -t 240: its deadline (120 s + 2 × 240) outlasts the logins, which
+        # take minutes (every joiner gets the whole list: quadratic).
+        taskset -c 1 "$bin/ragnarok-load" idle --prefix $p -n $half -t 240 \
             --addr "127.0.0.1:${node_ports[0]}" --addr "127.0.0.1:${node_ports[1]}" \
             --pid "${node_pids[0]}" --pid "${node_pids[1]}" --pid "$redis_pid" >"$work/idle-$p.out" 2>&1 &
         lg+=($!)
     done
     # Until both nodes count every user online (each node's OnlineUsers
     # lists the whole room) and hold their half of the sockets.
-    for _ in $(seq 1200); do
+    for _ in $(seq 6000); do
         if [ "$(metric 0 users_online)" = "$held" ] && [ "$(metric 1 users_online)" = "$held" ] &&
            [ $(( $(orNull "$(metric 0 cluster_local_users)" | tr -c -d 0-9) + $(orNull "$(metric 1 cluster_local_users)" | tr -c -d 0-9) + 0 )) = "$held" ]; then
             all=true; break
@@ -214,8 +216,8 @@ capacity_run() {  # $held users logged in across both nodes, held idle
         echo "\"redis\":{\"rss_kib\":$(rss "$redis_pid"),\"rss_before_kib\":${base[2]}},"
         echo "\"machine_load\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}"
     } | tr -d '\n' > "$work/capacity.json"
-    for p in "${lg[@]}"; do wait "$p" || true; done
-    for p in a b; do echo "-- load generator $p:" >&2; cat "$work/idle-$p.out" >&2; done
+    # Counted: stop holding (the load generators print nothing when ended so).
+    for p in "${lg[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     cat "$work/capacity.json" >&2; echo >&2
     stop_cluster
 }
@@ -230,6 +232,6 @@ done
 if [ "$capacity" = true ]; then capacity_run; fi
 echo "machine load after the runs: $(uptime)" >&2
 args=("$work/results.jsonl" "$command_line")
-[ "$capacity" = true ] && args+=("$work/capacity.json" "$work/idle-a.out" "$work/idle-b.out")
+[ "$capacity" = true ] && args+=("$work/capacity.json")
 [ -s "$work/results.jsonl" ] || : > "$work/results.jsonl"
 scripts/bench_cluster_report.py "${args[@]}"

@@ -3,7 +3,7 @@
 nodes + Redis at the same offered loads, the ratios and the latency Redis
 adds, and the capacity run.
 
-Usage: bench_cluster_report.py RESULTS.jsonl COMMAND_LINE [CAPACITY.json IDLE_A.out IDLE_B.out]
+Usage: bench_cluster_report.py RESULTS.jsonl COMMAND_LINE [CAPACITY.json]
 RESULTS.jsonl holds one line per run: {"setup": "standalone"|"cluster", "tls": bool,
 "offered": N, "load": "1m 5m 15m", "result": <ragnarok-load's JSON line>}; in the
 cluster runs the result's "procs" are node 0, node 1 and redis-server, in that order.
@@ -100,7 +100,7 @@ def comparison(runs):
     return out
 
 
-def capacity(cap_path, idle_paths):
+def capacity(cap_path):
     cap = json.load(open(cap_path))
     out = [f'Capacity: {cap["held"]:,} users logged in across the two nodes '
            f'({"all in" if cap["all_in"] else "NOT all in"} after {cap["seconds_to_all_in"]:.1f} s; '
@@ -114,15 +114,6 @@ def capacity(cap_path, idle_paths):
                    f'| {n["rss_before_kib"]:,} | {f(per, "{:.2f}")} |')
     rd = cap["redis"]
     out.append(f'| redis-server | — | — | {rd["rss_kib"]:,} | {rd["rss_before_kib"]:,} | — |')
-    out.append("")
-    for p in idle_paths:
-        try:
-            line = [l for l in open(p) if l.startswith("{")][-1]
-            x = json.loads(line)
-            out.append(f'- load generator `{os.path.basename(p)}`: {x["logged_in"]:,} of {x["users"]:,} '
-                       f'logged in, {x["dropped"]} dropped, held {x["seconds"]:.0f} s')
-        except (OSError, IndexError, ValueError, KeyError) as e:
-            out.append(f"- `{os.path.basename(p)}`: no result ({e})")
     return out
 
 
@@ -140,15 +131,15 @@ def report(runs, command_line, cap=None):
             "processes together; Redis's own work is per message):", ""]
     out += comparison(runs)
     if cap:
-        out += [""] + capacity(cap[0], cap[1:])
+        out += [""] + capacity(cap)
     return "\n".join(out)
 
 
 def main(argv):
-    if len(argv) not in (3, 6):
+    if len(argv) not in (3, 4):
         sys.exit(__doc__)
     runs = [json.loads(line) for line in open(argv[1])]
-    print(report(runs, argv[2], argv[3:] if len(argv) == 6 else None))
+    print(report(runs, argv[2], argv[3] if len(argv) == 4 else None))
 
 
 if __name__ == "__main__":
