@@ -102,7 +102,7 @@ def comparison(runs):
 
 def capacity(cap_path):
     cap = json.load(open(cap_path))
-    out = [f'Capacity: {cap["held"]:,} users logged in across the two nodes '
+    out = [f'Capacity: {cap["held"]:,} users logging in across the two nodes '
            f'({"all in" if cap["all_in"] else "NOT all in"} after {cap["seconds_to_all_in"]:.1f} s; '
            f'machine load {cap["machine_load"]}):', "",
            "| process | users online (its /metrics) | its own users | RSS KiB | RSS before KiB | KiB per own user |",
