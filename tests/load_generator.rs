@@ -92,3 +92,65 @@ fn open_loop_fanout_keeps_its_rate_and_loses_nothing() {
         assert!(r["loadgen_cpu_pct"].as_f64().is_some(), "{r}");
     }
 }
+
+#[test]
+fn several_addresses_spread_the_users_and_several_pids_are_reported_each() {
+    // Two separate servers (not a cluster): user i goes to the (i mod 2)-th,
+    // so each holds half; both processes are sampled, each and in total.
+    let overrides = json!({"max_connections_per_ip": 0, "max_handshakes_per_ip": 0});
+    let (a, b) = (TestServer::start(overrides.clone()), TestServer::start(overrides));
+    let (pa, pb) = (a.pid().to_string(), b.pid().to_string());
+    let (aa, ab) = (a.addr.to_string(), b.addr.to_string());
+    let args = [
+        "idle",
+        "-n",
+        "30",
+        "-t",
+        "1",
+        "--addr",
+        &aa,
+        "--addr",
+        &ab,
+        "--pid",
+        &pa,
+        "--pid",
+        &pb,
+        "--prefix",
+        "x",
+        "--password",
+        &a.password,
+    ];
+    let output = Command::new(env!("CARGO_BIN_EXE_ragnarok-load")).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!((r["logged_in"].as_u64(), r["dropped"].as_u64()), (Some(30), Some(0)), "{r}");
+    let procs = r["procs"].as_array().expect("one entry per --pid");
+    assert_eq!(procs.len(), 2, "{r}");
+    assert_eq!(procs[0]["pid"].as_u64(), Some(u64::from(a.pid())), "{r}");
+    assert_eq!(procs[1]["pid"].as_u64(), Some(u64::from(b.pid())), "{r}");
+    let each: u64 = procs.iter().map(|p| p["rss_kib"].as_u64().unwrap()).sum();
+    assert_eq!(r["rss_kib"].as_u64(), Some(each), "the total is the sum: {r}");
+    // Both servers saw their half log in, under the prefix's names.
+    a.wait_log("\"x0\" logged in");
+    b.wait_log("\"x1\" logged in");
+    assert!(!a.log().iter().any(|l| l.contains("\"x1\" logged in")), "x1 went to the second");
+
+    // One --pid: no per-process list (the output is as before).
+    let output = Command::new(env!("CARGO_BIN_EXE_ragnarok-load"))
+        .args(["idle", "-n", "4", "-t", "1", "--addr", &aa, "--pid", &pa])
+        .args(["--password", &a.password])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(r.get("procs").is_none(), "{r}");
+    assert_eq!(r["logged_in"].as_u64(), Some(4), "{r}");
+
+    // Several addresses where only one makes sense are refused.
+    let output = Command::new(env!("CARGO_BIN_EXE_ragnarok-load"))
+        .args(["private", "--addr", &aa, "--addr", &ab])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+}

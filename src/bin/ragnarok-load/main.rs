@@ -38,7 +38,9 @@ Scenarios:
              and RSS after each cycle; exits non-zero on any fault
 
 Options:
-  --addr HOST:PORT   server address (default 127.0.0.1:12345)
+  --addr HOST:PORT   server address (default 127.0.0.1:12345); fanout, idle and
+                     joinstorm take it several times (a cluster's nodes): user i
+                     connects to the (i mod n)-th
   --password P       room password (default empty)
   -n N               users (default 1000; soak 200)
   -c C               senders in fanout (default 10)
@@ -48,8 +50,12 @@ Options:
   --rate R           fanout open loop: each sender sends R messages/s whatever
                      comes back (C x R offered in all, phases spread evenly)
   --tls CA_PEM       use wss, trusting this certificate (name: localhost)
-  --pid PID          sample this server process's CPU time and memory
+  --pid PID          sample this server process's CPU time and memory; several
+                     times: each process (a cluster's nodes, redis-server) and
+                     their total
   --concurrency M    handshakes in flight at once (default 1024, the server's listen backlog)
+  --prefix P         fanout, idle, joinstorm: users are named P0, P1, ... (default u);
+                     two load generators in one room need different prefixes
 
 Soak options:
   --rate R               broadcasts per second, all users together (default 50)
@@ -60,19 +66,27 @@ Soak options:
 
 struct Options {
     scenario: String,
+    /// The first of `addrs` (the only one outside fanout, idle, joinstorm).
     addr: SocketAddr,
+    /// Every `--addr`, in order: user i connects to `addrs[i % n]`.
+    addrs: Vec<SocketAddr>,
     password: String,
     users: usize,
     senders: usize,
     pairs: usize,
     duration: Duration,
     size: usize,
+    /// The first of `pids` (for the scenarios that sample one process).
     pid: Option<u32>,
+    /// Every `--pid`, in order: sampled each, reported each and in total.
+    pids: Vec<u32>,
     concurrency: usize,
     tls: Option<Arc<rustls::ClientConfig>>,
     soak: soak::Settings,
     /// fanout: messages per second per sender (open loop); None = closed loop.
     rate: Option<f64>,
+    /// Users are named `{prefix}{i}`.
+    prefix: String,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -80,6 +94,7 @@ fn parse_options() -> Result<Options, String> {
     let mut o = Options {
         scenario: String::new(),
         addr: "127.0.0.1:12345".parse().unwrap(),
+        addrs: Vec::new(),
         password: String::new(),
         users: 1000,
         senders: 10,
@@ -87,10 +102,12 @@ fn parse_options() -> Result<Options, String> {
         duration: Duration::from_secs(10),
         size: 60,
         pid: None,
+        pids: Vec::new(),
         concurrency: 1024,
         tls: None,
         soak: soak::Settings::default(),
         rate: None,
+        prefix: "u".into(),
     };
     let mut users = None;
     while let Some(arg) = args.next() {
@@ -98,7 +115,7 @@ fn parse_options() -> Result<Options, String> {
         let number = |v: String| v.parse::<usize>().map_err(|e| format!("{v}: {e}"));
         match arg.as_str() {
             "-h" | "--help" => return Err(HELP.into()),
-            "--addr" => o.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
+            "--addr" => o.addrs.push(value()?.parse().map_err(|e| format!("--addr: {e}"))?),
             "--password" => o.password = value()?,
             "-n" => users = Some(number(value()?)?),
             "-c" => o.senders = number(value()?)?,
@@ -106,8 +123,13 @@ fn parse_options() -> Result<Options, String> {
             "-t" => o.duration = Duration::from_secs_f64(number(value()?)? as f64),
             "-s" => o.size = number(value()?)?,
             "--tls" => o.tls = Some(tls_config(&value()?)?),
-            "--pid" => o.pid = Some(number(value()?)? as u32),
+            "--pid" => {
+                let v = value()?;
+                let pid = v.parse::<u32>().map_err(|e| format!("--pid {v}: {e}"))?;
+                o.pids.push(pid);
+            }
             "--concurrency" => o.concurrency = number(value()?)?.max(1),
+            "--prefix" => o.prefix = value()?,
             // The soak's own options (its --rate too) follow its name.
             a if o.scenario == "soak" && soak::Settings::takes(a) => o.soak.set(a, &value()?)?,
             "--rate" => {
@@ -134,6 +156,21 @@ fn parse_options() -> Result<Options, String> {
     if o.rate.is_some() && o.scenario != "fanout" {
         return Err("--rate is for fanout only".into());
     }
+    if o.addrs.len() > 1 && !matches!(o.scenario.as_str(), "fanout" | "idle" | "joinstorm") {
+        return Err("several --addr are for fanout, idle and joinstorm only".into());
+    }
+    if o.pids.len() > 1 && !matches!(o.scenario.as_str(), "fanout" | "idle" | "joinstorm") {
+        return Err("several --pid are for fanout, idle and joinstorm only".into());
+    }
+    if o.prefix != "u" && !matches!(o.scenario.as_str(), "fanout" | "idle" | "joinstorm") {
+        return Err("--prefix is for fanout, idle and joinstorm only".into());
+    }
+    if let Some(&first) = o.addrs.first() {
+        o.addr = first;
+    } else {
+        o.addrs.push(o.addr);
+    }
+    o.pid = o.pids.first().copied();
     o.senders = o.senders.min(o.users);
     Ok(o)
 }
@@ -191,6 +228,79 @@ fn sample(pid: Option<u32>) -> Option<ProcSample> {
         rss_kib: kib("VmRSS:")?,
         peak_kib: kib("VmHWM:")?,
     })
+}
+
+/// Every `--pid` sampled at one moment, in the order given.
+#[derive(Clone, Default)]
+struct Procs {
+    pids: Vec<u32>,
+    each: Vec<ProcSample>,
+}
+
+impl Procs {
+    /// The processes together (CPU times and memory added up).
+    fn total(&self) -> ProcSample {
+        self.each.iter().fold(ProcSample::default(), |t, p| ProcSample {
+            cpu: t.cpu + p.cpu,
+            sys: t.sys + p.sys,
+            rss_kib: t.rss_kib + p.rss_kib,
+            peak_kib: t.peak_kib + p.peak_kib,
+        })
+    }
+}
+
+/// Samples every process of `pids`; `None` if there are none or one of
+/// them could not be read (it has exited).
+fn sample_all(pids: &[u32]) -> Option<Procs> {
+    if pids.is_empty() {
+        return None;
+    }
+    let each = pids.iter().map(|&p| sample(Some(p))).collect::<Option<Vec<_>>>()?;
+    Some(Procs { pids: pids.to_vec(), each })
+}
+
+/// Each process's share of a window, when several were sampled: its CPU
+/// in % of one core over `wall` seconds and per delivery (of all the
+/// room's deliveries), and its RSS at the end. One line each for the
+/// human-readable report, and a JSON array (`,"procs":[...]`, empty with
+/// one process so that its output stays as it was).
+fn per_process(
+    before: Option<&Procs>,
+    after: Option<&Procs>,
+    wall: f64,
+    deliveries: u64,
+) -> (Vec<String>, String) {
+    let Some(after) = after.filter(|a| a.each.len() > 1) else {
+        return (Vec::new(), String::new());
+    };
+    let (mut lines, mut json) = (Vec::new(), Vec::new());
+    for (k, (&pid, a)) in after.pids.iter().zip(&after.each).enumerate() {
+        let b = before.and_then(|b| b.each.get(k));
+        let cpu = b.map(|b| a.cpu.saturating_sub(b.cpu).as_secs_f64());
+        let sys = b.map(|b| a.sys.saturating_sub(b.sys).as_secs_f64());
+        let pct = cpu.map(|c| c * 100.0 / wall.max(1e-9));
+        let per = cpu.filter(|_| deliveries > 0).map(|c| c * 1e6 / deliveries as f64);
+        let sys_per = sys.filter(|_| deliveries > 0).map(|c| c * 1e6 / deliveries as f64);
+        let mut line = format!("  pid {pid:<8}  RSS {} KiB (peak {} KiB)", a.rss_kib, a.peak_kib);
+        if let (Some(pct), Some(per), Some(k)) = (pct, per, sys_per) {
+            line += &format!(
+                "; CPU {pct:.1} % of one core = {per:.3} us per delivery ({k:.3} in the kernel)"
+            );
+        } else if let Some(pct) = pct {
+            line += &format!("; CPU {pct:.1} % of one core");
+        }
+        lines.push(line);
+        let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
+        json.push(format!(
+            "{{\"pid\":{pid},\"cpu_pct\":{},\"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"rss_kib\":{},\"peak_rss_kib\":{}}}",
+            opt(pct),
+            opt(per),
+            opt(sys_per),
+            a.rss_kib,
+            a.peak_kib
+        ));
+    }
+    (lines, format!(",\"procs\":[{}]", json.join(",")))
 }
 
 /// The load generator's own CPU over a stretch of wall time. Near 100 % of
@@ -384,7 +494,8 @@ impl Load {
                 Token(i),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
-            c.outbox.extend(upgrade_request(self.o.addr).as_bytes());
+            let addr = self.o.addrs[i % self.o.addrs.len()];
+            c.outbox.extend(upgrade_request(addr).as_bytes());
             c.phase = Phase::Upgrading;
             self.next_to_connect += 1;
             self.handshaking += 1;
@@ -772,12 +883,12 @@ fn run(o: Options) -> io::Result<()> {
             None => None,
         };
         clients.push(Client {
-            socket: TcpStream::connect(o.addr)?,
+            socket: TcpStream::connect(o.addrs[i % o.addrs.len()])?,
             tls,
             phase: Phase::Connecting,
             inbox: Vec::new(),
             outbox: VecDeque::new(),
-            name: format!("u{i}"),
+            name: format!("{}{i}", o.prefix),
             seq: 0,
             last_seen: if o.scenario == "fanout" { vec![u64::MAX; senders] } else { Vec::new() },
         });
@@ -785,7 +896,7 @@ fn run(o: Options) -> io::Result<()> {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    let before = sample(o.pid);
+    let before = sample_all(&o.pids);
     let mut own = OwnCpu::start();
     let mut own_percent = None;
     let mut load = Load {
@@ -809,7 +920,7 @@ fn run(o: Options) -> io::Result<()> {
     load.connect_more()?;
     let mut events = Events::with_capacity(4096);
     let mut login_done: Option<Instant> = None;
-    let mut measure_start: Option<(Instant, Option<ProcSample>)> = None;
+    let mut measure_start: Option<(Instant, Option<Procs>)> = None;
     let deadline = Instant::now() + Duration::from_secs(120) + load.o.duration * 2;
     loop {
         load.poll_events(&mut events, Some(Duration::from_millis(50)))?;
@@ -849,7 +960,7 @@ fn run(o: Options) -> io::Result<()> {
                 load.stats = Stats { logged_in: load.stats.logged_in, ..Stats::default() };
                 load.sending_until = Some(Instant::now() + load.o.duration);
             }
-            measure_start = Some((Instant::now(), sample(load.o.pid)));
+            measure_start = Some((Instant::now(), sample_all(&load.o.pids)));
             if load.o.scenario != "joinstorm" {
                 own = OwnCpu::start();
             }
@@ -869,7 +980,9 @@ fn run(o: Options) -> io::Result<()> {
         let quiet = now.duration_since(load.last_activity) > Duration::from_millis(300);
         let done = match load.o.scenario.as_str() {
             "joinstorm" => login_done.is_some() && quiet,
-            "idle" => measure_start.is_some_and(|(t, _)| now.duration_since(t) >= load.o.duration),
+            "idle" => measure_start
+                .as_ref()
+                .is_some_and(|(t, _)| now.duration_since(*t) >= load.o.duration),
             _ => load.sending_until.is_some_and(|t| now >= t + Duration::from_millis(500)) && quiet,
         };
         let done = load.open_loop_done(now).unwrap_or(done);
@@ -896,8 +1009,8 @@ fn run(o: Options) -> io::Result<()> {
 
 fn report(
     load: &Load,
-    before: Option<ProcSample>,
-    measure_start: Option<(Instant, Option<ProcSample>)>,
+    before_all: Option<Procs>,
+    measure_start: Option<(Instant, Option<Procs>)>,
     login_done: Option<Instant>,
     own_percent: Option<f64>,
 ) {
@@ -905,9 +1018,12 @@ fn report(
         return openloop::report(load, open, measure_start, own_percent);
     }
     let o = &load.o;
-    let after = sample(o.pid);
+    let after_all = sample_all(&o.pids);
+    let after = after_all.as_ref().map(Procs::total);
+    let before = before_all.as_ref().map(Procs::total);
     let s = &load.stats;
-    let (t0, at_start) = measure_start.unwrap_or((Instant::now(), None));
+    let (t0, at_start_all) = measure_start.unwrap_or((Instant::now(), None));
+    let at_start = at_start_all.as_ref().map(Procs::total);
     let elapsed = match o.scenario.as_str() {
         "joinstorm" => login_done.map_or(0.0, |t| t.duration_since(load.start).as_secs_f64()),
         "idle" => t0.elapsed().as_secs_f64(),
@@ -928,6 +1044,9 @@ fn report(
     };
     let cpu_per = per_delivery(|p| p.cpu);
     let sys_per = per_delivery(|p| p.sys);
+    let window_start = if o.scenario == "joinstorm" { &before_all } else { &at_start_all };
+    let (proc_lines, procs_json) =
+        per_process(window_start.as_ref(), after_all.as_ref(), elapsed, s.deliveries);
     let kib_per_user = match (before, after) {
         (Some(b), Some(a)) if load.o.users > 0 => {
             Some((a.rss_kib as f64 - b.rss_kib as f64) / load.stats.logged_in.max(1) as f64)
@@ -956,6 +1075,9 @@ fn report(
     if let Some(a) = after {
         println!("server RSS      {} KiB (peak {} KiB)", a.rss_kib, a.peak_kib);
     }
+    for line in &proc_lines {
+        println!("{line}");
+    }
     if let Some(k) = kib_per_user {
         println!("RSS per user    {k:.2} KiB");
     }
@@ -966,7 +1088,7 @@ fn report(
     }
     let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
     println!(
-        "{{\"scenario\":\"{}\",\"users\":{},\"logged_in\":{},\"dropped\":{},\"seconds\":{elapsed:.4},\"deliveries\":{},\"per_sec\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{},\"reordered\":{},\"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"rss_kib\":{},\"peak_rss_kib\":{},\"kib_per_user\":{},\"loadgen_cpu_pct\":{}}}",
+        "{{\"scenario\":\"{}\",\"users\":{},\"logged_in\":{},\"dropped\":{},\"seconds\":{elapsed:.4},\"deliveries\":{},\"per_sec\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{},\"reordered\":{},\"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"rss_kib\":{},\"peak_rss_kib\":{},\"kib_per_user\":{},\"loadgen_cpu_pct\":{}{procs_json}}}",
         o.scenario,
         o.users,
         s.logged_in,

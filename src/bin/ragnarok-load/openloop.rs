@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-use crate::{Load, Phase, ProcSample, percentile, sample};
+use crate::{Load, Phase, ProcSample, Procs, per_process, percentile, sample_all};
 
 /// The timerfd's token (client tokens are their indices).
 pub const TIMER: Token = Token(usize::MAX - 1);
@@ -162,7 +162,7 @@ pub struct OpenLoop {
     skipped: u64,
     /// At the end of the sending window: when, the deliveries so far and
     /// the server's CPU.
-    window_end: Option<(Instant, u64, Option<ProcSample>)>,
+    window_end: Option<(Instant, u64, Option<Procs>)>,
     /// When every user had logged in (the join traffic then settles).
     all_in: Option<Instant>,
     /// The whole machine's busy CPU time at the start and the end of the
@@ -306,7 +306,7 @@ impl Load {
     /// The sending window is over: note the deliveries and the server's CPU.
     pub(crate) fn end_of_sending(&mut self) {
         let deliveries = self.stats.deliveries;
-        let server = sample(self.o.pid);
+        let server = sample_all(&self.o.pids);
         if let Some(open) = self.open.as_mut()
             && open.window_end.is_none()
         {
@@ -382,16 +382,18 @@ fn machine_times() -> Option<MachineTimes> {
 pub fn report(
     load: &Load,
     open: &OpenLoop,
-    measure_start: Option<(Instant, Option<ProcSample>)>,
+    measure_start: Option<(Instant, Option<Procs>)>,
     own_percent: Option<f64>,
 ) {
     let o = &load.o;
     let s = &load.stats;
     let senders = o.senders;
     let offered = open.schedule.offered_per_sec();
-    let (t0, at_start) = measure_start.unwrap_or((Instant::now(), None));
-    let (t1, window_deliveries, at_end) =
-        open.window_end.unwrap_or((Instant::now(), s.deliveries, sample(o.pid)));
+    let (t0, at_start_all) = measure_start.unwrap_or((Instant::now(), None));
+    let (t1, window_deliveries, at_end_all) =
+        open.window_end.clone().unwrap_or((Instant::now(), s.deliveries, sample_all(&o.pids)));
+    let at_start = at_start_all.as_ref().map(Procs::total);
+    let at_end = at_end_all.as_ref().map(Procs::total);
     let wall = t1.duration_since(t0).as_secs_f64().max(1e-9);
     let sent_per_sec = s.sent as f64 / o.duration.as_secs_f64().max(1e-9);
     let per_sec = window_deliveries as f64 / wall;
@@ -419,6 +421,8 @@ pub fn report(
     };
     let cpu_per = per_delivery(cpu(|p| p.cpu));
     let sys_per = per_delivery(cpu(|p| p.sys));
+    let (proc_lines, procs_json) =
+        per_process(at_start_all.as_ref(), at_end_all.as_ref(), wall, window_deliveries);
     let mut lat = s.latencies_us.clone();
     lat.sort_unstable();
     let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
@@ -461,6 +465,9 @@ pub fn report(
     if let Some(a) = load.o.pid.and(at_end) {
         println!("server RSS      {} KiB (peak {} KiB)", a.rss_kib, a.peak_kib);
     }
+    for line in &proc_lines {
+        println!("{line}");
+    }
     if let Some(p) = own_percent {
         println!(
             "load generator  {p:.0} % of its core (near 100 %: its ceiling, not the server's)"
@@ -474,7 +481,7 @@ pub fn report(
     }
     let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
     println!(
-        "{{\"scenario\":\"fanout\",\"mode\":\"open\",\"users\":{},\"logged_in\":{},\"dropped\":{},\"senders\":{senders},\"rate_per_sender\":{},\"offered_per_sec\":{offered:.1},\"scheduled\":{},\"sent\":{},\"sent_per_sec\":{sent_per_sec:.1},\"late_sends\":{},\"late_woken\":{},\"max_late_ms\":{max_late_ms:.3},\"seconds\":{wall:.4},\"deliveries\":{window_deliveries},\"per_sec\":{per_sec:.1},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"max_ms\":{max:.3},\"lost\":{},\"reordered\":{},\"drained\":{},\"undelivered\":{},\"server_cpu_pct\":{},\"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"rss_kib\":{},\"peak_rss_kib\":{},\"loadgen_cpu_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{}}}",
+        "{{\"scenario\":\"fanout\",\"mode\":\"open\",\"users\":{},\"logged_in\":{},\"dropped\":{},\"senders\":{senders},\"rate_per_sender\":{},\"offered_per_sec\":{offered:.1},\"scheduled\":{},\"sent\":{},\"sent_per_sec\":{sent_per_sec:.1},\"late_sends\":{},\"late_woken\":{},\"max_late_ms\":{max_late_ms:.3},\"seconds\":{wall:.4},\"deliveries\":{window_deliveries},\"per_sec\":{per_sec:.1},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"max_ms\":{max:.3},\"lost\":{},\"reordered\":{},\"drained\":{},\"undelivered\":{},\"server_cpu_pct\":{},\"cpu_us_per_delivery\":{},\"sys_us_per_delivery\":{},\"rss_kib\":{},\"peak_rss_kib\":{},\"loadgen_cpu_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{}{procs_json}}}",
         o.users,
         s.logged_in,
         s.dead,
