@@ -22,10 +22,11 @@
 # Between the two, (c) one node + Redis, all users on it: the Redis round
 # trip alone, without a second node taking turns on the core.
 #
-# Usage: scripts/bench-cluster.sh [--quick] [--tls] [--loads "10 100 1000 3000"] [--users N] [--no-capacity] [--no-one-node] [--capacity-only]
+# Usage: scripts/bench-cluster.sh [--quick] [--tls] [--loads "10 100 1000 3000"] [--room N] [--users N] [--no-capacity] [--no-one-node] [--capacity-only]
 #   --quick        3-second runs instead of 10, a smoke test
 #   --tls          also run every load over wss
 #   --loads        the offered loads, messages/s in all
+#   --room N       users in the open-loop room (default 1000)
 #   --users N      users held in the capacity run (default 30000)
 #   --no-capacity  skip the capacity run
 #   --no-one-node  skip the one-node + Redis runs
@@ -36,12 +37,13 @@ quiet=${QUIET:-25}
 peers=() secs=10 loads="10 100 1000 3000" senders=10 users=1000 transports=false
 held=30000 capacity=true setups="standalone one-node cluster"
 command_line="scripts/bench-cluster.sh $*"
-usage="usage: scripts/bench-cluster.sh [--quick] [--tls] [--loads \"10 100 1000 3000\"] [--users N] [--no-capacity] [--no-one-node] [--capacity-only]"
+usage="usage: scripts/bench-cluster.sh [--quick] [--tls] [--loads \"10 100 1000 3000\"] [--room N] [--users N] [--no-capacity] [--no-one-node] [--capacity-only]"
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) secs=3;;
         --tls) transports="false true";;
         --loads) shift; [[ ${1:-} =~ ^[0-9]+( [0-9]+)*$ ]] || { echo "--loads needs numbers, e.g. \"10 100\"" >&2; exit 64; }; loads=$1;;
+        --room) shift; [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || { echo "--room needs a count" >&2; exit 64; }; users=$1;;
         --users) shift; [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || { echo "--users needs a count" >&2; exit 64; }; held=$1;;
         --no-capacity) capacity=false;;
         --no-one-node) setups="standalone cluster";;

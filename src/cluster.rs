@@ -931,15 +931,17 @@ impl Cluster {
     /// The next event of the room's order; a gap, or the order starting
     /// over (Redis flushed), breaks the link so that the room is read again.
     fn on_event(&mut self, seq: u64, event: Event) -> Result<(), String> {
-        if let Link::Up { marker: Some((at, _)), .. } = &mut self.link {
-            if seq < *at {
-                return Ok(());
-            }
-            if seq == *at {
-                self.link_marker_seen();
-                return Ok(());
-            }
-            return Err(format!("events after {} came before it", *at));
+        if let Link::Up { marker, .. } = &mut self.link
+            && let Some((at, _)) = *marker
+        {
+            return match seq.cmp(&at) {
+                std::cmp::Ordering::Less => Ok(()), // in the snapshot
+                std::cmp::Ordering::Equal => {
+                    *marker = None;
+                    Ok(())
+                }
+                std::cmp::Ordering::Greater => Err(format!("events after {at} came before it")),
+            };
         }
         if seq != self.seq + 1 {
             return Err(if seq > self.seq {
@@ -967,14 +969,6 @@ impl Cluster {
         }
         self.notes.push_back(Note::Event(event));
         Ok(())
-    }
-}
-
-impl Cluster {
-    fn link_marker_seen(&mut self) {
-        if let Link::Up { marker, .. } = &mut self.link {
-            *marker = None;
-        }
     }
 }
 
