@@ -119,7 +119,6 @@ impl Redis {
         panic!("redis-server on port {port} did not answer PING within 10 s");
     }
 
-    /// `redis://127.0.0.1:PORT`.
     /// Runs one command (inline form) on a connection of its own and
     /// returns the first line of the reply.
     pub fn command(&self, command: &str) -> String {
@@ -135,6 +134,7 @@ impl Redis {
         String::from_utf8_lossy(&reply).trim_end().to_owned()
     }
 
+    /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
