@@ -625,10 +625,11 @@ impl<S: Socket + Source> Server<S> {
             }
             Action::Claim { name, key: name_key } => {
                 let origin = Origin { id: key, serial: client.serial };
+                // What the cluster notes about it is handled by the caller's
+                // `on_cluster` (never from here: no re-entry into its loop).
                 if let Some(cluster) = &mut self.cluster {
                     cluster.claim(origin, &name_key, &name, now);
                 }
-                self.on_cluster(now);
             }
         }
         if let Some(client) = self.clients.get_mut(key) {
