@@ -22,11 +22,14 @@
 # Between the two, (c) one node + Redis, all users on it: the Redis round
 # trip alone, without a second node taking turns on the core.
 #
-# Usage: scripts/bench-cluster.sh [--quick] [--tls] [--loads "10 100 1000 3000"] [--room N] [--users N] [--no-capacity] [--no-one-node] [--capacity-only]
+# Usage: scripts/bench-cluster.sh [--quick] [--tls] [--loads "10 100 1000 3000"] [--room N] [--redis-core C] [--users N] [--no-capacity] [--no-one-node] [--capacity-only]
 #   --quick        3-second runs instead of 10, a smoke test
 #   --tls          also run every load over wss
 #   --loads        the offered loads, messages/s in all
 #   --room N       users in the open-loop room (default 1000)
+#   --redis-core C run redis-server on core C (default 0, with the nodes; 1
+#                  puts it beside the load generator: Redis with a core of
+#                  its own, more or less, as on a bigger machine)
 #   --users N      users held in the capacity run (default 30000)
 #   --no-capacity  skip the capacity run
 #   --no-one-node  skip the one-node + Redis runs
@@ -35,14 +38,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 quiet=${QUIET:-25}
 peers=() secs=10 loads="10 100 1000 3000" senders=10 users=1000 transports=false
-held=30000 capacity=true setups="standalone one-node cluster"
+redis_core=0 held=30000 capacity=true setups="standalone one-node cluster"
 command_line="scripts/bench-cluster.sh $*"
-usage="usage: scripts/bench-cluster.sh [--quick] [--tls] [--loads \"10 100 1000 3000\"] [--room N] [--users N] [--no-capacity] [--no-one-node] [--capacity-only]"
+usage="usage: scripts/bench-cluster.sh [--quick] [--tls] [--loads \"10 100 1000 3000\"] [--room N] [--redis-core C] [--users N] [--no-capacity] [--no-one-node] [--capacity-only]"
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) secs=3;;
         --tls) transports="false true";;
         --loads) shift; [[ ${1:-} =~ ^[0-9]+( [0-9]+)*$ ]] || { echo "--loads needs numbers, e.g. \"10 100\"" >&2; exit 64; }; loads=$1;;
+        --redis-core) shift; [[ ${1:-} =~ ^[0-9]+$ ]] || { echo "--redis-core needs a core number" >&2; exit 64; }; redis_core=$1;;
         --room) shift; [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || { echo "--room needs a count" >&2; exit 64; }; users=$1;;
         --users) shift; [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || { echo "--users needs a count" >&2; exit 64; }; held=$1;;
         --no-capacity) capacity=false;;
@@ -104,7 +108,7 @@ start_cluster() {  # start_cluster TLS [NODES]: a fresh (empty) redis-server and
     for p in $redis_port "${node_ports[@]}"; do
         listening "$p" && { echo "port $p is already in use: stop whatever listens there first" >&2; exit 1; }
     done
-    taskset -c 0 redis-server --port $redis_port --bind 127.0.0.1 --save '' --appendonly no \
+    taskset -c "$redis_core" redis-server --port $redis_port --bind 127.0.0.1 --save '' --appendonly no \
         --loglevel warning >>"$work/redis.log" 2>&1 &
     redis_pid=$!
     wait_listening $redis_port redis-server
