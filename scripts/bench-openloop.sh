@@ -34,25 +34,6 @@ done
 port=23457
 source scripts/bench-setup.sh
 
-busy() {  # the whole machine's busy CPU over 2 s, in % of one core
-    local a b
-    a=$(head -n1 /proc/stat); sleep 2; b=$(head -n1 /proc/stat)
-    python3 -c "
-a, b = '$a'.split()[1:], '$b'.split()[1:]
-d = [int(y) - int(x) for x, y in zip(a, b)]
-busy = d[0] + d[1] + d[2] + d[5] + d[6] + d[7]
-print(round(busy * 100 * $(nproc) / max(sum(d[:8]), 1)))"
-}
-
-wait_quiet() {
-    local b waited=0
-    while b=$(busy); [ "$b" -gt "$quiet" ]; do
-        [ "$waited" -ge 600 ] && { echo "   the machine is still busy ($b % of a core): running anyway" >&2; return; }
-        [ $((waited % 60)) -eq 0 ] && echo "   waiting for a quiet machine: $b % of a core busy; $(uptime | sed 's/.*load/load/')" >&2
-        sleep 8; waited=$((waited + 10))
-    done
-}
-
 attempt() {  # attempt SERVER TLS OFFERED: one run; its JSON line on stdout
     local server=$1 tls=$2 offered=$3 tlsarg=() out rate
     [ "$tls" = true ] && tlsarg=(--tls "$work/cert.pem")

@@ -1,8 +1,10 @@
-# Sourced by scripts/bench.sh and scripts/bench-openloop.sh after they read
+# Sourced by scripts/bench.sh, scripts/bench-openloop.sh and scripts/bench-cluster.sh after they read
 # their options (`peers`, `port`): builds Ragnarok and the peers, makes a
 # work folder (removed on exit), a certificate and Ragnarok's configs, and
 # defines `start SERVER TLS` (server pinned to core 0, waits until it
-# listens) and `stop`.
+# listens) and `stop`; and `busy` / `wait_quiet` (waits until the rest of
+# the machine uses less than `$quiet` % of a core), for the open-loop
+# scripts.
 cargo build --release --quiet
 bin=${CARGO_TARGET_DIR:-target}/release
 for p in "${peers[@]}"; do
@@ -48,3 +50,22 @@ start() {  # start SERVER TLS
     echo "$1 did not start" >&2; cat "$work/server.log" >&2; exit 1
 }
 stop() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; server_pid=; sleep 0.3; }
+
+busy() {  # the whole machine's busy CPU over 2 s, in % of one core
+    local a b
+    a=$(head -n1 /proc/stat); sleep 2; b=$(head -n1 /proc/stat)
+    python3 -c "
+a, b = '$a'.split()[1:], '$b'.split()[1:]
+d = [int(y) - int(x) for x, y in zip(a, b)]
+busy = d[0] + d[1] + d[2] + d[5] + d[6] + d[7]
+print(round(busy * 100 * $(nproc) / max(sum(d[:8]), 1)))"
+}
+
+wait_quiet() {
+    local b waited=0
+    while b=$(busy); [ "$b" -gt "$quiet" ]; do
+        [ "$waited" -ge 600 ] && { echo "   the machine is still busy ($b % of a core): running anyway" >&2; return; }
+        [ $((waited % 60)) -eq 0 ] && echo "   waiting for a quiet machine: $b % of a core busy; $(uptime | sed 's/.*load/load/')" >&2
+        sleep 8; waited=$((waited + 10))
+    done
+}

@@ -53,6 +53,22 @@ const CLAIM_RETRIES: u8 = 3;
 /// change (`seq`) and publishes it in one atomic step, so that every node
 /// sees every change once and in one order, and notices a gap.
 mod scripts {
+    /// A proposal's script (what a user asked: SAY, PUBLIC_KEY, PRIVATE)
+    /// first checks its deadline, ARGV[2] in ms of Redis's clock: past it,
+    /// it does nothing and answers -1.
+    macro_rules! proposal {
+        ($body:literal) => {
+            concat!(
+                r#"
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[2]) then
+  return -1
+end"#,
+                $body
+            )
+        };
+    }
+
     pub const CLAIM: &str = r#"
 local p, node, key = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', p .. 'users', key)
@@ -84,12 +100,9 @@ end
 return 0
 "#;
     /// ARGV: prefix, deadline (ms, Redis's clock), history count, event.
-    pub const SAY: &str = r#"
+    pub const SAY: &str = proposal!(
+        r#"
 local p = ARGV[1]
-local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[2]) then
-  return -1
-end
 local n = tonumber(ARGV[3])
 if n > 0 then
   redis.call('RPUSH', p .. 'history', ARGV[4])
@@ -100,14 +113,12 @@ end
 local seq = redis.call('INCR', p .. 'seq')
 redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[4])
 return 1
-"#;
+"#
+    );
     /// ARGV: prefix, deadline, node, name key, public key, event.
-    pub const PUBLIC_KEY: &str = r#"
+    pub const PUBLIC_KEY: &str = proposal!(
+        r#"
 local p, node, key = ARGV[1], ARGV[3], ARGV[4]
-local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[2]) then
-  return -1
-end
 local cur = redis.call('HGET', p .. 'users', key)
 if cur and string.sub(cur, 1, #node + 1) == node .. '\n' then
   redis.call('HSET', p .. 'pubkeys', key, ARGV[5])
@@ -116,21 +127,20 @@ if cur and string.sub(cur, 1, #node + 1) == node .. '\n' then
   return 1
 end
 return 0
-"#;
+"#
+    );
     /// ARGV: prefix, deadline, the target's name key, event.
-    pub const PRIVATE: &str = r#"
+    pub const PRIVATE: &str = proposal!(
+        r#"
 local p = ARGV[1]
-local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[2]) then
-  return -1
-end
 if redis.call('HEXISTS', p .. 'users', ARGV[3]) == 0 then
   return 0
 end
 local seq = redis.call('INCR', p .. 'seq')
 redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[4])
 return 1
-"#;
+"#
+    );
     pub const LEASE: &str = r#"
 local p, node = ARGV[1], ARGV[2]
 redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
@@ -348,6 +358,17 @@ struct Links {
     pending: VecDeque<(Pending, Instant)>,
 }
 
+/// Where mending a link stands, after connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joining {
+    /// SUBSCRIBE sent, not confirmed yet.
+    Subscribing,
+    /// Subscribed: the server is to hand over its users (`sync`).
+    Subscribed,
+    /// SYNC sent; its reply makes the link `Up`.
+    Syncing,
+}
+
 enum Link {
     Down {
         retry_at: Instant,
@@ -358,8 +379,7 @@ enum Link {
     Joining {
         links: Links,
         since: Instant,
-        subscribed: bool,
-        sync_sent: bool,
+        step: Joining,
         early: Vec<(u64, Event)>,
         left: Vec<String>,
     },
@@ -533,13 +553,15 @@ impl Cluster {
 
     /// Waiting to send the node's users: the server answers with `sync`.
     pub fn wants_sync(&self) -> bool {
-        matches!(&self.link, Link::Joining { subscribed: true, sync_sent: false, .. })
+        matches!(&self.link, Link::Joining { step: Joining::Subscribed, .. })
     }
 
     /// Registers this node's users and asks for the room as it is.
     pub fn sync(&mut self, users: &[LocalUser], now: Instant) {
-        let Link::Joining { sync_sent, .. } = &mut self.link else { return };
-        *sync_sent = true;
+        let Link::Joining { step: step @ Joining::Subscribed, .. } = &mut self.link else {
+            return;
+        };
+        *step = Joining::Syncing;
         let (node, ttl) = (self.node.clone(), LEASE_TTL.as_millis().to_string());
         let (count, bytes) = (self.history_size.to_string(), self.history_bytes.to_string());
         let mut args: Vec<&[u8]> =
@@ -687,8 +709,7 @@ impl Cluster {
         self.link = Link::Joining {
             links: Links { cmd, sub, pending },
             since: now,
-            subscribed: false,
-            sync_sent: false,
+            step: Joining::Subscribing,
             early: Vec::new(),
             left: Vec::new(),
         };
@@ -902,8 +923,8 @@ impl Cluster {
         match parts.first() {
             Some(Value::Bytes(kind)) if kind == b"message" => {}
             Some(Value::Bytes(kind)) if kind == b"subscribe" => {
-                if let Link::Joining { subscribed, .. } = &mut self.link {
-                    *subscribed = true;
+                if let Link::Joining { step: step @ Joining::Subscribing, .. } = &mut self.link {
+                    *step = Joining::Subscribed;
                 }
                 return Ok(());
             }

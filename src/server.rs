@@ -566,18 +566,7 @@ impl<S: Socket + Source> Server<S> {
             match input {
                 Input::Opened => self.opened(key, now),
                 Input::Message(message) => {
-                    let mut cx = session::Cx {
-                        room: &mut self.room,
-                        out: &mut self.out,
-                        addresses: &mut self.addresses,
-                        stats: &mut self.stats,
-                        limits: &self.limits,
-                        id: key,
-                        peer: client.conn.peer,
-                        now,
-                    };
-                    let action = client.session.on_message(message, &mut cx);
-                    self.apply(key, action, now);
+                    self.with_session(key, now, |session, cx| session.on_message(message, cx));
                     self.propose(now);
                     self.deliver(now);
                 }
@@ -598,6 +587,28 @@ impl<S: Socket + Source> Server<S> {
             }
         }
         self.again.push(key);
+    }
+
+    /// Runs `f` on a session with what it may touch, and does what it says.
+    fn with_session(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        f: impl FnOnce(&mut session::Session, &mut session::Cx) -> Action,
+    ) {
+        let Some(Client { conn, session, .. }) = self.clients.get_mut(id) else { return };
+        let mut cx = session::Cx {
+            room: &mut self.room,
+            out: &mut self.out,
+            addresses: &mut self.addresses,
+            stats: &mut self.stats,
+            limits: &self.limits,
+            id,
+            peer: conn.peer,
+            now,
+        };
+        let action = f(session, &mut cx);
+        self.apply(id, action, now);
     }
 
     /// Does what a session asked of its connection.

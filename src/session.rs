@@ -372,17 +372,7 @@ mod tests {
         }
 
         fn send(&mut self, session: &mut Session, id: ConnId, text: &str) -> Action {
-            let mut cx = Cx {
-                room: &mut self.room,
-                out: &mut self.out,
-                addresses: &mut self.addresses,
-                stats: &mut self.stats,
-                limits: &self.limits,
-                id,
-                peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
-                now: self.now,
-            };
-            session.on_message(Message::text(text), &mut cx)
+            self.with(id, |cx| session.on_message(Message::text(text), cx))
         }
 
         fn with(&mut self, id: ConnId, f: impl FnOnce(&mut Cx) -> Action) -> Action {
@@ -495,18 +485,9 @@ mod tests {
         s.opened(w.now);
         w.send(&mut s, 1, "");
         assert_eq!(w.send(&mut s, 1, "bob"), Action::LoggedIn);
-        let mut cx = Cx {
-            room: &mut w.room,
-            out: &mut w.out,
-            addresses: &mut w.addresses,
-            stats: &mut w.stats,
-            limits: &w.limits,
-            id: 1,
-            peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
-            now: w.now,
-        };
-        let codes: Vec<_> =
-            (0..8).map(|_| code(s.on_message(Message::binary(vec![1u8]), &mut cx))).collect();
+        let codes: Vec<_> = (0..8)
+            .map(|_| code(w.with(1, |cx| s.on_message(Message::binary(vec![1u8]), cx))))
+            .collect();
         use ErrorCode::*;
         assert_eq!(codes[..5], [Some(BinaryUnsupported); 5]);
         assert_eq!(codes[5..], [Some(RateLimited); 3]);

@@ -6,7 +6,7 @@
 
 mod common;
 use common::cluster::*;
-use common::{TestServer, broadcast, temp_dir};
+use common::{TestServer, broadcast, ca_signed, temp_dir};
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,36 +20,11 @@ impl Drop for TlsRedis {
     }
 }
 
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "Ragnarok cluster test CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, &ca_key);
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let path = |name: &str, pem: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).unwrap();
-        p.display().to_string()
-    };
-    (
-        path("ca.pem", ca_cert.pem()),
-        path("cert.pem", cert.pem()),
-        path("key.pem", key.serialize_pem()),
-    )
-}
-
 #[test]
 fn two_nodes_are_one_room_over_rediss() {
     let dir = temp_dir("rediss");
-    let (ca, cert, key) = certificates(&dir);
+    let certs = ca_signed(&dir);
+    let [ca, cert, key] = [&certs.ca, &certs.cert, &certs.key].map(|p| p.display().to_string());
     let port = free_port();
     let child = Command::new("redis-server")
         .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])

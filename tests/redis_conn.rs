@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 use ragnarok::redis::conn::{check, tls_config};
 use ragnarok::redis::{Conn, ConnError, RedisUrl, Value};
+
+mod common;
+use common::{CaCerts, ca_signed};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -31,7 +34,7 @@ impl Redis {
     }
 
     /// TLS only, with the certificate files in `certs`.
-    fn start_tls(certs: &Certs, extra: &[&str]) -> Redis {
+    fn start_tls(certs: &CaCerts, extra: &[&str]) -> Redis {
         let args = |port: u16| {
             let mut args: Vec<String> =
                 ["--port", "0", "--tls-port", &port.to_string()].map(String::from).to_vec();
@@ -331,36 +334,6 @@ fn check_and_connect_against_a_closed_port_fail_fast() {
     assert!(e.ends_with("/99: SELECT refused: ERR DB index is out of range"), "{e}");
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files.
-struct Certs {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_certs(dir: &Path) -> Certs {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "Ragnarok test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, &ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "redis test server");
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let certs =
-        Certs { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
-    std::fs::write(&certs.ca, ca_cert.pem()).unwrap();
-    std::fs::write(&certs.cert, cert.pem()).unwrap();
-    std::fs::write(&certs.key, key.serialize_pem()).unwrap();
-    certs
-}
-
 /// Whether this redis-server was built with TLS (Debian's is): asked for
 /// a TLS port without a certificate, one built with TLS says it needs a
 /// certificate and exits at once (before binding anything).
@@ -404,7 +377,7 @@ fn rediss_against_a_tls_redis() {
     }
     let dir = std::env::temp_dir().join(format!("ragnarok-redis-certs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let certs = make_certs(&dir);
+    let certs = ca_signed(&dir);
     let redis = Redis::start_tls(&certs, &["--requirepass", "s3cret"]);
     let tls = tls_config(Some(&certs.ca)).unwrap();
     let url = RedisUrl::parse(&format!("rediss://:s3cret@127.0.0.1:{}/2", redis.port)).unwrap();

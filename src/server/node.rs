@@ -7,7 +7,7 @@ use std::time::Instant;
 use log::{info, warn};
 use mio::event::Source;
 
-use super::{Client, Server};
+use super::Server;
 use crate::cluster::{Cluster, Event, Note, Origin};
 use crate::connection::close_code;
 use crate::protocol::{ErrorCode, Rejection, Reply};
@@ -174,27 +174,5 @@ impl<S: Socket + Source> Server<S> {
         if self.clients.get(origin.id).is_some_and(|c| c.serial == origin.serial) {
             self.with_session(origin.id, now, f);
         }
-    }
-
-    /// Runs `f` on a session with what it may touch, and does what it says.
-    fn with_session(
-        &mut self,
-        id: ConnId,
-        now: Instant,
-        f: impl FnOnce(&mut session::Session, &mut session::Cx) -> Action,
-    ) {
-        let Some(Client { conn, session, .. }) = self.clients.get_mut(id) else { return };
-        let mut cx = session::Cx {
-            room: &mut self.room,
-            out: &mut self.out,
-            addresses: &mut self.addresses,
-            stats: &mut self.stats,
-            limits: &self.limits,
-            id,
-            peer: conn.peer,
-            now,
-        };
-        let action = f(session, &mut cx);
-        self.apply(id, action, now);
     }
 }

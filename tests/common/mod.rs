@@ -505,3 +505,34 @@ pub fn write_until_stalled(
 pub fn broadcast(text: &str) -> Value {
     json!({"msgType": "Broadcast", "text": text})
 }
+
+/// A CA and a certificate for 127.0.0.1 and localhost signed by it, as PEM
+/// files in `dir` (for a server the test starts with TLS, e.g. Redis).
+pub struct CaCerts {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn ca_signed(dir: &std::path::Path) -> CaCerts {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "Ragnarok test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "test server");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let certs =
+        CaCerts { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+    std::fs::write(&certs.ca, ca_cert.pem()).unwrap();
+    std::fs::write(&certs.cert, cert.pem()).unwrap();
+    std::fs::write(&certs.key, key.serialize_pem()).unwrap();
+    certs
+}
