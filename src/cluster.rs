@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
-use mio::{Registry, Token};
+use mio::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -19,10 +19,7 @@ use crate::protocol::{ErrorCode, Rejection};
 use crate::ratelimit::LogBudget;
 use crate::redis::{Conn, RedisUrl, Value};
 use crate::room::{ConnId, LocalUser, Proposed, RemoteUser};
-
-/// The command connection's token and the subscription's.
-pub const COMMANDS: Token = Token(usize::MAX - 3);
-pub const SUBSCRIPTION: Token = Token(usize::MAX - 4);
+use crate::tokens::{REDIS_COMMANDS, REDIS_SUBSCRIPTION};
 
 /// A node refreshes its lease this often...
 const LEASE_EVERY: Duration = Duration::from_secs(2);
@@ -689,7 +686,7 @@ impl Cluster {
     fn connect(&mut self, registry: &Registry, now: Instant) {
         self.stats.connect_attempts += 1;
         let open = |token| Conn::connect(self.addr, &self.url, self.tls.clone(), registry, token);
-        let (mut cmd, mut sub) = match (open(COMMANDS), open(SUBSCRIPTION)) {
+        let (mut cmd, mut sub) = match (open(REDIS_COMMANDS), open(REDIS_SUBSCRIPTION)) {
             (Ok(cmd), Ok(sub)) => (cmd, sub),
             (cmd, sub) => {
                 for mut conn in [cmd, sub].into_iter().flatten() {

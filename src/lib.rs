@@ -21,4 +21,5 @@ mod room;
 pub mod server;
 mod session;
 pub mod tls;
+mod tokens;
 pub mod transport;

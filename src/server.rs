@@ -20,7 +20,7 @@ use slab::Slab;
 mod node;
 
 use crate::addresses::{Addresses, Peer};
-use crate::cluster::{self, Cluster, Origin};
+use crate::cluster::{Cluster, Origin};
 use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::close_code;
 use crate::connection::{Connection, Flush, Input};
@@ -33,17 +33,13 @@ use crate::ratelimit::LogBudget;
 use crate::room::{ConnId, Outbound, Room, To};
 use crate::session::{self, Action, Session};
 use crate::tls;
+use crate::tokens::{LISTENER, METRICS, METRICS_REQUESTS, SIGNALS, Target};
 use crate::transport::{Socket, Transport};
 
 /// Bytes a connection may have queued above `max_outbound_bytes` for control
 /// frames and last words.
 pub const OUTPUT_RESERVE: usize = outbox::RESERVE;
 
-const LISTENER: Token = Token(usize::MAX);
-const SIGNALS: Token = Token(usize::MAX - 1);
-const METRICS: Token = Token(usize::MAX - 2);
-/// Tokens of requests on the metrics listener start here (slab key + this).
-const METRICS_REQUESTS: usize = usize::MAX / 2;
 /// Timers (handshake, login and idle timeouts, pings) are checked this often.
 const TICK: Duration = Duration::from_secs(1);
 /// Messages read from one connection before giving the others a turn.
@@ -390,24 +386,22 @@ impl<S: Socket + Source> Server<S> {
         }
         let now = Instant::now();
         for event in events.iter() {
-            match event.token() {
-                LISTENER => self.accept = Accept::Ready,
-                SIGNALS => self.on_signal(now),
-                METRICS => {
+            match Target::of(event.token()) {
+                Target::Listener => self.accept = Accept::Ready,
+                Target::Signals => self.on_signal(now),
+                Target::Metrics => {
                     if let Some(endpoint) = &mut self.metrics {
                         endpoint.accept(self.poll.registry(), METRICS_REQUESTS, now);
                     }
                 }
-                cluster::COMMANDS | cluster::SUBSCRIPTION => {
+                Target::Redis => {
                     if let Some(cluster) = &mut self.cluster {
                         cluster.on_ready(self.poll.registry(), now);
                     }
                     self.on_cluster(now);
                 }
-                Token(key) if key >= METRICS_REQUESTS => {
-                    self.answer_metrics(key - METRICS_REQUESTS)
-                }
-                Token(key) => self.on_ready(
+                Target::MetricsRequest(key) => self.answer_metrics(key),
+                Target::Connection(key) => self.on_ready(
                     key,
                     event.is_readable() || event.is_read_closed() || event.is_error(),
                     event.is_read_closed() || event.is_error(),
