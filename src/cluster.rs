@@ -18,7 +18,6 @@ use crate::config;
 use crate::protocol::{ErrorCode, Rejection};
 use crate::ratelimit::LogBudget;
 use crate::redis::{Conn, RedisUrl, Value};
-use crate::room::{ConnId, LocalUser, Proposed, RemoteUser};
 use crate::tokens::{REDIS_COMMANDS, REDIS_SUBSCRIPTION};
 
 /// A node refreshes its lease this often...
@@ -232,11 +231,38 @@ const SCRIPTS: [(Script, &str); 7] = [
     (Script::Sync, scripts::SYNC),
 ];
 
+/// What a local user asked that the whole room must see in one order: the
+/// server publishes it, and it takes effect (`say`, `set_public_key`,
+/// `deliver_private`) when it comes back from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposed {
+    Say { name: Rc<str>, text: String },
+    PublicKey { name_key: Rc<str>, key: String },
+    Private { to_key: Rc<str>, to_name: Rc<str>, from: Rc<str>, text: String },
+}
+
+/// A user online on another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUser {
+    pub node: Rc<str>,
+    pub name: String,
+    pub key: Option<String>,
+}
+
+/// A user of this node, as the cluster registers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub name_key: Rc<str>,
+    pub name: Rc<str>,
+    /// The public key, if published.
+    pub key: Option<Box<str>>,
+}
+
 /// A local connection that asked something, by slab key and the serial
 /// that tells it from a later connection under the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
-    pub id: ConnId,
+    pub id: usize,
     pub serial: u64,
 }
 
@@ -834,8 +860,7 @@ impl Cluster {
             Pending::Say(_) | Pending::PublicKey(_) => {}
             Pending::Private { origin, target } => {
                 if reply == Value::Int(0) {
-                    let text = format!("{target:?} is not online; the message was not delivered");
-                    self.refuse(origin, Rejection::new(ErrorCode::UserOffline, text));
+                    self.refuse(origin, Rejection::user_offline(&target));
                 }
             }
             Pending::Lease => {

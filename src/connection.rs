@@ -15,7 +15,7 @@ use tungstenite::{Error as WsError, Message};
 use crate::addresses::Peer;
 use crate::http::{self, HttpPolicy, Parsed};
 use crate::outbox::{self, Outbox, Overflow, SharedFrame};
-use crate::protocol::{ErrorCode, Rejection};
+use crate::protocol::{ErrorCode, Rejection, close_code};
 use crate::transport::{Flushed, Socket, Transport};
 
 /// How long a closing connection may take to flush and hear the peer close.
@@ -26,17 +26,6 @@ pub const LOGIN_FRAME_BYTES: usize = 4096;
 /// allocated for every connection: 1 KiB keeps an idle user near 1.5 KiB of
 /// RSS (4 KiB gave 4.5 KiB), at the price of more reads for large messages.
 const WS_READ_BUFFER: usize = 1024;
-
-/// WebSocket close codes (RFC 6455, section 7.4.1).
-pub mod close_code {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL_ERROR: u16 = 1011;
-}
 
 /// The WebSocket settings every connection starts with: small frames until
 /// login (`allow_messages` raises the limit), tungstenite's own write

@@ -16,9 +16,10 @@ use slab::Slab;
 use tungstenite::Message;
 
 use crate::addresses::Peer;
-use crate::connection::{Connection, Flush, Input, close_code};
+use crate::connection::{Connection, Flush, Input};
 use crate::http::HttpPolicy;
 use crate::outbox;
+use crate::protocol::close_code;
 use crate::transport::Transport;
 
 const LISTENER: Token = Token(usize::MAX);

@@ -8,6 +8,7 @@ mod connection;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod echo;
+mod effect;
 pub mod fdlimit;
 pub mod http;
 mod listen;

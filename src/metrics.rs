@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::ClusterStats;
+use crate::effect::Count;
+use crate::protocol::{ErrorCode, Kind};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -46,6 +48,22 @@ impl Stats {
     pub fn count(map: &mut BTreeMap<&'static str, u64>, key: &'static str, n: u64) {
         *map.entry(key).or_insert(0) += n;
     }
+
+    /// An `Error` with this code was sent.
+    pub fn refused(&mut self, code: ErrorCode) {
+        Self::count(&mut self.refusals, code.as_str(), 1);
+    }
+
+    /// A message of this kind was queued to `recipients` connections.
+    pub fn delivered(&mut self, kind: Kind, recipients: u64) {
+        Self::count(&mut self.delivered, kind.as_str(), recipients);
+    }
+
+    pub fn record(&mut self, count: Count) {
+        match count {
+            Count::Received(kind) => Self::count(&mut self.received, kind.unwrap_or("refused"), 1),
+        }
+    }
 }
 
 /// What only the event loop knows at the moment of a scrape.
@@ -59,30 +77,15 @@ pub struct Snapshot {
     /// Seconds until the certificate expires (negative: expired).
     pub certificate_expiry: Option<i64>,
     pub shutting_down: bool,
-    /// A cluster node: whether its link is up, its counters, its own users.
-    pub cluster: Option<(bool, ClusterStats, usize)>,
+    pub cluster: Option<ClusterView>,
 }
 
-/// The type of a serialized server message (its `msgType`, which the
-/// serializer writes first, or `ServerName`), for counting deliveries.
-pub fn kind_of(json: &str) -> &'static str {
-    const KINDS: [&str; 9] = [
-        "Broadcast",
-        "PrivateMessage",
-        "OnlineUsers",
-        "UsersJoined",
-        "UsersLeft",
-        "PublicKeys",
-        "PublicKey",
-        "Error",
-        "ServerName",
-    ];
-    let name = json
-        .strip_prefix("{\"msgType\":\"")
-        .or_else(|| json.strip_prefix("{\""))
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or("");
-    KINDS.into_iter().find(|k| *k == name).unwrap_or("other")
+/// A cluster node as the metrics show it.
+pub struct ClusterView {
+    pub up: bool,
+    pub stats: ClusterStats,
+    /// Users logged in on this node.
+    pub local_users: usize,
 }
 
 /// The Prometheus text (format 0.0.4) for a scrape.
@@ -171,7 +174,7 @@ pub fn encode(stats: &Stats, now: &Snapshot) -> String {
         "Bytes sent (before TLS).",
         &one(stats.bytes_out + now.bytes_out),
     );
-    if let Some((up, c, local)) = &now.cluster {
+    if let Some(ClusterView { up, stats: c, local_users: local }) = &now.cluster {
         let counters = [
             (
                 "events_total",
@@ -359,14 +362,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_are_read_off_the_serialized_message() {
-        assert_eq!(kind_of(r#"{"msgType":"Broadcast","SrcUser":"a","text":"x"}"#), "Broadcast");
-        assert_eq!(kind_of(r#"{"msgType":"PublicKeys","Keys":{}}"#), "PublicKeys");
-        assert_eq!(kind_of(r#"{"ServerName":"Ks"}"#), "ServerName");
-        assert_eq!(kind_of(r#"{"msgType":"Dance"}"#), "other");
-    }
-
-    #[test]
     fn every_family_has_help_and_type_before_its_samples() {
         let mut stats = Stats::default();
         Stats::count(&mut stats.refusals, "rate_limited", 3);
@@ -379,7 +374,11 @@ mod tests {
             uptime_seconds: 9,
             certificate_expiry: Some(-1),
             shutting_down: false,
-            cluster: Some((true, ClusterStats { events: 4, ..ClusterStats::default() }, 1)),
+            cluster: Some(ClusterView {
+                up: true,
+                stats: ClusterStats { events: 4, ..ClusterStats::default() },
+                local_users: 1,
+            }),
         };
         let text = encode(&stats, &now);
         assert!(text.contains("ragnarok_cluster_up 1\n"), "{text}");

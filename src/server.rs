@@ -19,19 +19,19 @@ use slab::Slab;
 
 mod node;
 
+mod apply;
 use crate::addresses::{Addresses, Peer};
-use crate::cluster::{Cluster, Origin};
+use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
-use crate::connection::close_code;
 use crate::connection::{Connection, Flush, Input};
+use crate::effect::{ConnId, Effects, Ending};
 use crate::http::HttpPolicy;
 use crate::metrics::{self, Stats};
-use crate::outbox::{self, SharedFrame};
-use crate::protocol;
+use crate::outbox;
 use crate::protocol::{ErrorCode, Rejection};
 use crate::ratelimit::LogBudget;
-use crate::room::{ConnId, Outbound, Room, To};
-use crate::session::{self, Action, Session};
+use crate::room::Room;
+use crate::session::{Cx, Session};
 use crate::tls;
 use crate::tokens::{LISTENER, METRICS, METRICS_REQUESTS, SIGNALS, Target};
 use crate::transport::{Socket, Transport};
@@ -97,8 +97,11 @@ pub struct Server<S = TcpStream> {
     limits: Limits,
     http: HttpPolicy,
     addresses: Addresses,
-    /// What the room asked to send, not yet delivered.
-    out: Vec<Outbound>,
+    /// What the sessions, the room and the cluster's notes decided, not
+    /// yet carried out (`settle`).
+    effects: Effects,
+    /// The batch being carried out (kept between batches for its memory).
+    applying: Effects,
     /// Connections with output queued this round.
     to_flush: Vec<ConnId>,
     /// The pass being flushed (`to_flush` as it was when the pass began);
@@ -273,7 +276,8 @@ impl<S: Socket + Source> Server<S> {
                 trusted_proxies: config.trusted_proxies.clone(),
             },
             limits,
-            out: Vec::new(),
+            effects: Vec::new(),
+            applying: Vec::new(),
             to_flush: Vec::new(),
             flushing: Vec::new(),
             again: Vec::new(),
@@ -343,9 +347,9 @@ impl<S: Socket + Source> Server<S> {
         Ok(key)
     }
 
-    /// A connection over a socket made elsewhere (tests and fuzzing), under
-    /// the same limits as an accepted one.
-    pub fn connect(&mut self, socket: S, addr: SocketAddr, now: Instant) -> io::Result<ConnId> {
+    /// Adopts a connection over a socket made elsewhere (tests and
+    /// fuzzing), under the same limits as an accepted one.
+    pub fn adopt(&mut self, socket: S, addr: SocketAddr, now: Instant) -> io::Result<ConnId> {
         let peer = Peer::direct(addr);
         let charged = self
             .admit(peer, now)
@@ -353,8 +357,8 @@ impl<S: Socket + Source> Server<S> {
         self.add(socket, peer, charged, now)
     }
 
-    /// The WebSocket opened: a client named by a trusted proxy is charged
-    /// to its own address now.
+    /// The WebSocket opened: the login clock starts, and a client named by
+    /// a trusted proxy is charged to its own address now.
     fn opened(&mut self, key: ConnId, now: Instant) {
         let Some(client) = self.clients.get_mut(key) else { return };
         client.session.opened(now);
@@ -369,10 +373,8 @@ impl<S: Socket + Source> Server<S> {
                     warn!("{peer}: connection refused: {refused}");
                 }
                 Stats::count(&mut self.stats.connections_refused, refused.reason(), 1);
-                Stats::count(&mut self.stats.refusals, ErrorCode::TooManyConnections.as_str(), 1);
                 let why = Rejection::new(ErrorCode::TooManyConnections, refused.to_string());
-                client.conn.close(close_code::POLICY, "too many connections", Some(&why), now);
-                self.end_session(key, "refused");
+                self.end(key, Ending::policy("too many connections", why), now);
             }
         }
     }
@@ -398,7 +400,7 @@ impl<S: Socket + Source> Server<S> {
                     if let Some(cluster) = &mut self.cluster {
                         cluster.on_ready(self.poll.registry(), now);
                     }
-                    self.on_cluster(now);
+                    self.settle(now);
                 }
                 Target::MetricsRequest(key) => self.answer_metrics(key),
                 Target::Connection(key) => self.on_ready(
@@ -414,8 +416,8 @@ impl<S: Socket + Source> Server<S> {
         // the flush pass (a round's proposals share one write to Redis).
         if let Some(cluster) = &mut self.cluster {
             cluster.flush(self.poll.registry(), now);
-            self.on_cluster(now);
         }
+        self.settle(now);
         Ok(())
     }
 
@@ -471,14 +473,13 @@ impl<S: Socket + Source> Server<S> {
             self.phase = Phase::Stopping { deadline: now + SHUTDOWN_GRACE };
             let keys: Vec<ConnId> = self.clients.iter().map(|(key, _)| key).collect();
             for key in keys {
-                let Some(client) = self.clients.get_mut(key) else { continue };
-                if client.conn.shut_down(now) {
-                    schedule(&mut self.to_flush, client, key);
-                    self.end_session(key, "server shutting down");
-                } else {
-                    self.remove(key, now);
+                match self.clients.get(key) {
+                    Some(client) if client.conn.is_handshaking() => self.remove(key, now),
+                    Some(_) => self.end(key, Ending::ShutDown, now),
+                    None => {}
                 }
             }
+            self.settle(now);
         }
     }
 
@@ -523,7 +524,6 @@ impl<S: Socket + Source> Server<S> {
         self.addresses.sweep(now);
         if let Some(cluster) = &mut self.cluster {
             cluster.tick(self.poll.registry(), now);
-            self.on_cluster(now);
         }
         if let Some(endpoint) = &mut self.metrics {
             endpoint.expire(self.poll.registry(), now);
@@ -541,14 +541,15 @@ impl<S: Socket + Source> Server<S> {
                 self.remove(key, now);
                 continue;
             }
-            let Client { conn, session, .. } = client;
-            let action = session.tick(conn.last_heard(), conn.peer, &self.limits, now);
-            self.apply(key, action, now);
+            let last_heard = client.conn.last_heard();
+            self.with_session(key, now, |session, cx| session.tick(last_heard, cx));
         }
+        self.settle(now);
     }
 
-    /// Handles input on one connection, delivering after every message so
-    /// that everything goes out in the order the server accepted it.
+    /// Handles input on one connection, carrying out what each message
+    /// decides before reading the next, so that everything goes out in the
+    /// order the server accepted it.
     fn read(&mut self, key: ConnId, now: Instant) {
         for _ in 0..MAX_STEPS_PER_EVENT {
             let Some(client) = self.clients.get_mut(key) else {
@@ -561,175 +562,43 @@ impl<S: Socket + Source> Server<S> {
                 Input::Opened => self.opened(key, now),
                 Input::Message(message) => {
                     self.with_session(key, now, |session, cx| session.on_message(message, cx));
-                    self.propose(now);
-                    self.deliver(now);
                 }
                 Input::Progress => {}
                 Input::Idle => return,
                 Input::Ended { why, refused } => {
                     if let Some(code) = refused {
-                        Stats::count(&mut self.stats.refusals, code.as_str(), 1);
+                        self.stats.refused(code);
                     }
-                    self.end_session(key, &why);
+                    self.end(key, Ending::Lost(why), now);
                 }
                 Input::Finished => {
                     if client.conn.is_handshaking() {
                         self.stats.handshake_failures += 1;
                     }
-                    return self.remove(key, now);
+                    self.remove(key, now);
+                    return self.settle(now);
                 }
             }
+            self.settle(now);
         }
         self.again.push(key);
     }
 
-    /// Runs `f` on a session with what it may touch, and does what it says.
-    fn with_session(
-        &mut self,
-        id: ConnId,
-        now: Instant,
-        f: impl FnOnce(&mut session::Session, &mut session::Cx) -> Action,
-    ) {
-        let Some(Client { conn, session, .. }) = self.clients.get_mut(id) else { return };
-        let mut cx = session::Cx {
+    /// Runs `f` on a session with what it may touch; what it decides waits
+    /// in `effects` for `settle`.
+    fn with_session(&mut self, id: ConnId, now: Instant, f: impl FnOnce(&mut Session, &mut Cx)) {
+        let Some(Client { conn, session, charged, .. }) = self.clients.get_mut(id) else { return };
+        let mut cx = Cx {
             room: &mut self.room,
-            out: &mut self.out,
+            out: &mut self.effects,
             addresses: &mut self.addresses,
-            stats: &mut self.stats,
             limits: &self.limits,
             id,
             peer: conn.peer,
+            charged: *charged,
             now,
         };
-        let action = f(session, &mut cx);
-        self.apply(id, action, now);
-    }
-
-    /// Does what a session asked of its connection.
-    fn apply(&mut self, key: ConnId, action: Action, now: Instant) {
-        let Some(client) = self.clients.get_mut(key) else {
-            return;
-        };
-        let conn = &mut client.conn;
-        if let Action::Refuse(why) | Action::Close { why: Some(why), .. } = &action {
-            Stats::count(&mut self.stats.refusals, why.code.as_str(), 1);
-        }
-        match action {
-            Action::Nothing => return,
-            Action::Refuse(why) => conn.send_error(&why, now),
-            Action::Ping => conn.send_control(outbox::ping_frame(), now),
-            Action::LoggedIn => {
-                conn.allow_messages(self.limits.max_message_bytes);
-                if let Some(ip) = client.charged {
-                    self.addresses.handshake_done(ip);
-                }
-            }
-            Action::Close { code, reason, why } => {
-                conn.close(code, reason, why.as_ref(), now);
-                self.end_session(key, reason);
-            }
-            Action::Claim { name, key: name_key } => {
-                let origin = Origin { id: key, serial: client.serial };
-                // What the cluster notes about it is handled by the caller's
-                // `on_cluster` (never from here: no re-entry into its loop).
-                if let Some(cluster) = &mut self.cluster {
-                    cluster.claim(origin, &name_key, &name, now);
-                }
-            }
-        }
-        if let Some(client) = self.clients.get_mut(key) {
-            schedule(&mut self.to_flush, client, key);
-        }
-    }
-
-    /// The one place a session ends: the user leaves the room (announced
-    /// with the next presence flush) and the address's count is updated.
-    fn end_session(&mut self, key: ConnId, why: &str) {
-        let Some(client) = self.clients.get_mut(key) else {
-            return;
-        };
-        if let (true, Some(ip)) = (client.session.end(), client.charged) {
-            self.addresses.handshake_done(ip);
-        }
-        let name_key = self.room.name_key_of(key);
-        if let Some(name) = self.room.leave(key) {
-            info!("{}: {name:?} left: {why} ({} online)", client.conn.peer, self.room.len());
-        }
-        if let (Some(cluster), Some(name_key)) = (&mut self.cluster, name_key) {
-            cluster.leave(&name_key, Instant::now());
-        }
-    }
-
-    /// Frames each outbound message once and queues it to its recipients;
-    /// readers over their limit are cut off.
-    fn deliver(&mut self, now: Instant) {
-        let mut slow = Vec::new();
-        for Outbound { to, json } in self.out.drain(..) {
-            let kind = metrics::kind_of(&json);
-            let recipients = match &to {
-                To::One(_) => 1,
-                To::Many(ids) => ids.len(),
-                To::Everyone => self.room.members().len(),
-            };
-            Stats::count(&mut self.stats.delivered, kind, recipients as u64);
-            if kind == "Error" {
-                Stats::count(&mut self.stats.refusals, protocol::code_of(&json), 1);
-            }
-            let frame = outbox::text_frame(&json);
-            let clients = &mut self.clients;
-            let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut slow, id, &frame);
-            match to {
-                To::One(id) => send(id),
-                To::Many(ids) => ids.into_iter().for_each(send),
-                To::Everyone => self.room.members().iter().copied().for_each(send),
-            }
-        }
-        for id in slow {
-            self.cut_off(id, now);
-        }
-    }
-
-    fn cut_off(&mut self, id: ConnId, now: Instant) {
-        let Some(client) = self.clients.get_mut(id) else { return };
-        if !client.session.is_chatting() {
-            return;
-        }
-        warn!(
-            "{}: slow reader over {} queued bytes, disconnecting",
-            client.conn.peer,
-            client.conn.queued()
-        );
-        client.conn.cut_off(now);
-        Stats::count(&mut self.stats.refusals, ErrorCode::SlowReader.as_str(), 1);
-        self.end_session(id, "too slow");
-    }
-
-    /// Queues the next parts of joiners' snapshots while their queues are
-    /// short, so a snapshot flows as fast as its reader takes it.
-    fn feed_snapshots(&mut self, now: Instant) {
-        if self.room.receiving().is_empty() {
-            return;
-        }
-        let low_water = self.room.part_budget();
-        for id in self.room.receiving().to_vec() {
-            let Some(client) = self.clients.get_mut(id) else { continue };
-            let mut fed = false;
-            let mut overflow = false;
-            while client.conn.queued() < low_water {
-                let Some(json) = self.room.next_snapshot_part(id) else { break };
-                fed = true;
-                if client.conn.send(&outbox::text_frame(&json)).is_err() {
-                    overflow = true;
-                    break;
-                }
-            }
-            if fed {
-                schedule(&mut self.to_flush, client, id);
-            }
-            if overflow {
-                self.cut_off(id, now);
-            }
-        }
+        f(session, &mut cx);
     }
 
     /// End of a round: announce presence changes, feed snapshots, and write
@@ -741,12 +610,11 @@ impl<S: Socket + Source> Server<S> {
     pub fn finish_round(&mut self, events: &mut Events) -> io::Result<()> {
         if let Some(cluster) = &mut self.cluster {
             cluster.flush(self.poll.registry(), Instant::now());
-            self.on_cluster(Instant::now());
         }
         loop {
-            self.room.flush_presence(&mut self.out);
             let now = Instant::now();
-            self.deliver(now);
+            self.room.flush_presence(&mut self.effects);
+            self.settle(now);
             self.feed_snapshots(now);
             if self.to_flush.is_empty() {
                 return Ok(());
@@ -758,7 +626,6 @@ impl<S: Socket + Source> Server<S> {
                 if i % FLUSHES_PER_POLL == FLUSHES_PER_POLL - 1 && i + 1 < batch.len() {
                     // (Presence waits for the end of the pass, to stay batched.)
                     self.poll_and_dispatch(events, Duration::ZERO)?;
-                    self.deliver(Instant::now());
                 }
             }
             batch.clear();
@@ -787,8 +654,10 @@ impl<S: Socket + Source> Server<S> {
         }
     }
 
+    /// The socket is done with: the session ends (if it had not), the
+    /// address's count drops, the slab slot is freed.
     fn remove(&mut self, key: ConnId, now: Instant) {
-        self.end_session(key, "connection closed");
+        self.end(key, Ending::Lost("connection closed".into()), now);
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
@@ -806,33 +675,29 @@ impl<S: Socket + Source> Server<S> {
         let mut phases = [("handshaking", 0), ("logging_in", 0), ("chatting", 0), ("closing", 0)];
         let (mut bytes_in, mut bytes_out) = (0, 0);
         for (_, client) in &self.clients {
-            let phase = if client.conn.is_handshaking() {
-                0
-            } else if client.conn.is_closing() {
-                3
-            } else if client.session.is_chatting() {
-                2
-            } else {
-                1
-            };
-            phases[phase].1 += 1;
+            let phase =
+                if client.conn.is_closing() { "closing" } else { client.session.phase_name() };
+            if let Some(entry) = phases.iter_mut().find(|(name, _)| *name == phase) {
+                entry.1 += 1;
+            }
             let (received, sent) = client.conn.traffic();
             bytes_in += received;
             bytes_out += sent;
         }
         let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let snapshot = metrics::Snapshot {
-            users_online: self.room.len(),
+            users_online: self.room.online(),
             phases,
             bytes_in,
             bytes_out,
             uptime_seconds: self.started.elapsed().as_secs(),
             certificate_expiry: self.cert_not_after.map(|t| t as i64 - unix_now as i64),
             shutting_down: matches!(self.phase, Phase::Stopping { .. }),
-            cluster: self
-                .cluster
-                .as_ref()
-                .map(|c| (c.is_up(), c.stats.clone(), self.room.members().len())),
+            cluster: self.cluster.as_ref().map(|c| metrics::ClusterView {
+                up: c.is_up(),
+                stats: c.stats.clone(),
+                local_users: self.room.local_members().len(),
+            }),
         };
         metrics::encode(&self.stats, &snapshot)
     }
@@ -855,7 +720,7 @@ impl<S: Socket + Source> Server<S> {
     }
 
     pub fn users_online(&self) -> usize {
-        self.room.len()
+        self.room.online()
     }
 }
 
@@ -876,24 +741,4 @@ fn schedule<S>(to_flush: &mut Vec<ConnId>, client: &mut Client<S>, key: ConnId) 
         client.conn.flush_scheduled = true;
         to_flush.push(key);
     }
-}
-
-fn enqueue<S: Socket>(
-    clients: &mut Slab<Client<S>>,
-    to_flush: &mut Vec<ConnId>,
-    slow: &mut Vec<ConnId>,
-    id: ConnId,
-    frame: &SharedFrame,
-) {
-    let Some(client) = clients.get_mut(id) else {
-        return;
-    };
-    // Frames for anyone not (or no longer) in the room are dropped.
-    if !client.session.is_chatting() {
-        return;
-    }
-    if client.conn.send(frame).is_err() {
-        slow.push(id);
-    }
-    schedule(to_flush, client, id);
 }

@@ -1,7 +1,9 @@
-//! The chat policy of one connection, free of I/O: logging in (password,
-//! then name), then chatting under the rate limit and the keep-alive. It
-//! turns messages into room calls and tells the connection what to do.
+//! One connection's chat session, free of I/O, and the owner of its life:
+//! handshaking → logging in (password, name, in a cluster the claim) →
+//! chatting → ended. The connection reports what happened; the session
+//! decides, under the rate limit and the keep-alive, and pushes `Effect`s.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use log::{info, warn};
@@ -9,73 +11,52 @@ use tungstenite::Message;
 
 use crate::addresses::{Addresses, Peer};
 use crate::config::Limits;
-use crate::connection::close_code;
-use crate::metrics::Stats;
-use crate::protocol::{ErrorCode, Rejection, Request, parse_request};
+use crate::effect::{ClusterCall, ConnId, Count, Effect, Effects, Ending, Push};
+use crate::protocol::{ErrorCode, Rejection, Request, close_code, parse_request};
 use crate::ratelimit::{LogBudget, TokenBucket, Verdict};
-use crate::room::{ConnId, Outbound, Room};
-
-/// What a session hands back to the event loop for its connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    Nothing,
-    /// Send this `Error`; the connection stays open.
-    Refuse(Rejection),
-    /// Send a WebSocket Ping.
-    Ping,
-    /// The user is in the room: full-size messages from now on.
-    LoggedIn,
-    /// Claim this name on the cluster (`Session::claimed` when it is ours).
-    Claim {
-        name: String,
-        key: String,
-    },
-    /// Send the `Error` (if any) and a Close with `code`; the session is over.
-    Close {
-        code: u16,
-        reason: &'static str,
-        why: Option<Rejection>,
-    },
-}
-
-impl Action {
-    /// Close 1008 after this `Error`: a policy refused the client.
-    fn policy(reason: &'static str, why: Rejection) -> Action {
-        Action::Close { code: close_code::POLICY, reason, why: Some(why) }
-    }
-}
+use crate::room::Room;
 
 /// What a session may touch besides itself.
 pub struct Cx<'a> {
     pub room: &'a mut Room,
-    pub out: &'a mut Vec<Outbound>,
+    pub out: &'a mut Effects,
     pub addresses: &'a mut Addresses,
-    pub stats: &'a mut Stats,
     pub limits: &'a Limits,
     pub id: ConnId,
     /// The client's address, for the log and the per-address limits.
     pub peer: Peer,
+    /// The address this connection is charged to (`None`: a trusted proxy
+    /// that has not named its client yet).
+    pub charged: Option<IpAddr>,
     pub now: Instant,
+}
+
+impl Cx<'_> {
+    fn end(&mut self, how: Ending) {
+        self.out.push(Effect::End { conn: self.id, how });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Login {
+    Password,
+    Name,
+    /// In a cluster: the name was asked of Redis, the answer is awaited.
+    Claiming,
 }
 
 #[derive(Debug)]
 enum Phase {
     /// TLS and HTTP handshake: no WebSocket yet.
-    Connecting,
-    AwaitingPassword {
-        since: Instant,
-    },
-    AwaitingName {
-        since: Instant,
-    },
-    /// In a cluster: the name was asked of Redis, the answer is awaited.
-    Claiming {
+    Handshaking,
+    LoggingIn {
+        step: Login,
         since: Instant,
     },
     Chatting {
         ping_sent: Option<Instant>,
     },
-    /// Logged out or refused; the connection is closing.
+    /// Logged out, refused or disconnected: the connection is closing.
     Ended,
 }
 
@@ -87,39 +68,77 @@ pub struct Session {
     refusals: RefusalLog,
 }
 
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Session {
     pub fn new() -> Self {
-        Session { phase: Phase::Connecting, bucket: None, refusals: RefusalLog::default() }
+        Session { phase: Phase::Handshaking, bucket: None, refusals: RefusalLog::default() }
     }
 
     pub fn is_chatting(&self) -> bool {
         matches!(self.phase, Phase::Chatting { .. })
     }
 
+    /// For the metrics: handshaking, logging_in, chatting or ended.
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Handshaking => "handshaking",
+            Phase::LoggingIn { .. } => "logging_in",
+            Phase::Chatting { .. } => "chatting",
+            Phase::Ended => "closing",
+        }
+    }
+
     /// Not logged in yet (and not ended): counts as a handshake of its address.
-    pub fn is_unauthenticated(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Connecting
-                | Phase::AwaitingPassword { .. }
-                | Phase::AwaitingName { .. }
-                | Phase::Claiming { .. }
-        )
+    #[cfg(test)]
+    fn is_unauthenticated(&self) -> bool {
+        matches!(self.phase, Phase::Handshaking | Phase::LoggingIn { .. })
+    }
+
+    /// Whether a claim of a name is awaiting the cluster's answer.
+    pub fn is_claiming(&self) -> bool {
+        matches!(self.phase, Phase::LoggingIn { step: Login::Claiming, .. })
     }
 
     /// The WebSocket opened: the login clock starts.
     pub fn opened(&mut self, now: Instant) {
-        self.phase = Phase::AwaitingPassword { since: now };
+        if let Phase::Handshaking = self.phase {
+            self.phase = Phase::LoggingIn { step: Login::Password, since: now };
+        }
     }
 
-    /// Ends the session; `true` if it had not logged in.
-    pub fn end(&mut self) -> bool {
-        let unauthenticated = self.is_unauthenticated();
-        self.phase = Phase::Ended;
-        unauthenticated
+    /// The one way a session ends (`Effect::End` asks the server to call
+    /// it): the user leaves the room, the cluster is told the name is free,
+    /// and an unauthenticated connection stops counting as a handshake.
+    /// `false` if it had ended already.
+    pub fn end(&mut self, how: &Ending, cx: &mut Cx) -> bool {
+        let was = std::mem::replace(&mut self.phase, Phase::Ended);
+        match was {
+            Phase::Ended => return false,
+            Phase::Handshaking | Phase::LoggingIn { .. } => {
+                if let Some(ip) = cx.charged {
+                    cx.addresses.handshake_done(ip);
+                }
+            }
+            Phase::Chatting { .. } => {}
+        }
+        let name_key = cx.room.name_key_of(cx.id);
+        if let Some(name) = cx.room.leave(cx.id) {
+            let why = how.reason();
+            info!("{}: {name:?} left: {why} ({} online)", cx.peer, cx.room.online());
+        }
+        if let (true, Some(name_key)) = (cx.room.is_clustered(), name_key) {
+            let name_key = name_key.to_string();
+            cx.out.push(Effect::Cluster(ClusterCall::Release { name_key }));
+        }
+        true
     }
 
-    pub fn on_message(&mut self, message: Message, cx: &mut Cx) -> Action {
+    pub fn on_message(&mut self, message: Message, cx: &mut Cx) {
         if let Phase::Chatting { ping_sent } = &mut self.phase {
             *ping_sent = None;
         }
@@ -133,117 +152,114 @@ impl Session {
                 );
                 return self.refuse(why, cx);
             }
-            Verdict::Refuse => return Action::Nothing,
+            Verdict::Refuse => return,
             Verdict::Flood => {
                 warn!("{}: flooding past the rate limit, disconnecting", cx.peer);
                 let why = Rejection::new(
                     ErrorCode::RateLimited,
                     "kept flooding past the rate limit: disconnected",
                 );
-                return Action::policy("rate limit exceeded", why);
+                return cx.end(Ending::policy("rate limit exceeded", why));
             }
         }
-        match (message, &self.phase) {
-            (Message::Text(text), Phase::AwaitingPassword { since }) => {
-                let since = *since;
+        let login = match self.phase {
+            Phase::LoggingIn { step, since } => Some((step, since)),
+            _ => None,
+        };
+        match (message, login) {
+            (Message::Text(text), Some((Login::Password, since))) => {
                 self.on_password(strip_line_end(&text), since, cx)
             }
-            (Message::Text(text), Phase::AwaitingName { since }) => {
+            (Message::Text(text), Some((Login::Name, since))) => {
                 let name = strip_line_end(&text);
                 if !cx.room.is_clustered() {
                     return self.join(name, cx);
                 }
                 match cx.room.check_name(name) {
                     Err(why) => refused_login(why, cx),
-                    Ok(_) if !cx.room.is_up() => self.refuse(Rejection::cluster_unavailable(), cx),
+                    Ok(_) if !cx.room.reaches_everyone() => {
+                        self.refuse(Rejection::cluster_unavailable(), cx)
+                    }
                     Ok(checked) => {
-                        self.phase = Phase::Claiming { since: *since };
-                        Action::Claim { name: checked.display, key: checked.key }
+                        self.phase = Phase::LoggingIn { step: Login::Claiming, since };
+                        let (name, key) = (checked.display, checked.key);
+                        cx.out.push(Effect::Cluster(ClusterCall::Claim { conn: cx.id, name, key }));
                     }
                 }
             }
-            (Message::Text(text), Phase::Chatting { .. }) => match parse_request(&text) {
+            (Message::Text(text), None) if self.is_chatting() => match parse_request(&text) {
                 Ok(request) => {
-                    Stats::count(&mut cx.stats.received, request.kind(), 1);
+                    cx.out.push(Effect::Count(Count::Received(Some(request.kind()))));
                     if let (Request::OnlineUsers, Some(bucket)) = (&request, &mut self.bucket) {
                         // The list of a large room is up to 128 KiB: it costs
                         // a token per 256 users, up to a whole burst.
-                        let extra = (cx.room.len() / 256) as u32;
+                        let extra = (cx.room.online() / 256) as u32;
                         bucket.charge(extra.min(bucket.burst()));
                     }
                     cx.room.handle(cx.id, request, cx.out);
-                    Action::Nothing
                 }
                 Err(why) => self.refuse(why, cx),
             },
-            (Message::Binary(_), Phase::Chatting { .. }) => self.refuse(
+            (Message::Binary(_), None) if self.is_chatting() => self.refuse(
                 Rejection::new(
                     ErrorCode::BinaryUnsupported,
                     "binary frames are not supported: send JSON in text frames",
                 ),
                 cx,
             ),
-            (
-                Message::Binary(_),
-                Phase::AwaitingPassword { .. }
-                | Phase::AwaitingName { .. }
-                | Phase::Claiming { .. },
-            ) => {
+            (Message::Binary(_), Some(_)) => {
                 let why = Rejection::new(
                     ErrorCode::BinaryUnsupported,
                     "log in with two text frames: the password, then the username",
                 );
-                Action::Close {
+                cx.end(Ending::Close {
                     code: close_code::UNSUPPORTED_DATA,
                     reason: "text frames only",
                     why: Some(why),
-                }
+                });
             }
-            _ => Action::Nothing,
+            _ => {}
         }
     }
 
-    /// The cluster gave us the name asked for in `Action::Claim`.
-    pub fn claimed(&mut self, name: &str, cx: &mut Cx) -> Action {
-        match self.phase {
-            Phase::Claiming { .. } => self.join(name, cx),
-            _ => Action::Nothing,
+    /// The cluster gave us the name asked for in `ClusterCall::Claim`.
+    pub fn claimed(&mut self, name: &str, cx: &mut Cx) {
+        if self.is_claiming() {
+            self.join(name, cx);
         }
     }
 
     /// The cluster refused the claim (`name_taken`) or could not be asked.
-    pub fn claim_failed(&mut self, why: Rejection, cx: &mut Cx) -> Action {
-        let Phase::Claiming { since } = self.phase else {
-            return Action::Nothing;
+    pub fn claim_failed(&mut self, why: Rejection, cx: &mut Cx) {
+        let Phase::LoggingIn { step: Login::Claiming, since } = self.phase else {
+            return;
         };
         if why.code == ErrorCode::NameTaken {
             return refused_login(why, cx);
         }
-        self.phase = Phase::AwaitingName { since };
+        self.phase = Phase::LoggingIn { step: Login::Name, since };
         self.refuse(why, cx)
     }
 
-    /// Whether an `Action::Claim` is awaiting its answer.
-    pub fn is_claiming(&self) -> bool {
-        matches!(self.phase, Phase::Claiming { .. })
-    }
-
-    fn join(&mut self, name: &str, cx: &mut Cx) -> Action {
+    fn join(&mut self, name: &str, cx: &mut Cx) {
         match cx.room.join(cx.id, name) {
             Ok(()) => {
-                info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.len());
+                info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.online());
                 self.phase = Phase::Chatting { ping_sent: None };
                 self.bucket = (cx.limits.rate_limit_per_sec > 0).then(|| {
                     let l = cx.limits;
                     TokenBucket::new(l.rate_limit_per_sec, l.rate_limit_burst, cx.now)
                 });
-                Action::LoggedIn
+                if let Some(ip) = cx.charged {
+                    cx.addresses.handshake_done(ip);
+                }
+                cx.out.push(Effect::LoggedIn(cx.id));
             }
             Err(why) => refused_login(why, cx),
         }
     }
 
-    fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) -> Action {
+    fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) {
         let ip = cx.peer.ip;
         if !cx.addresses.may_try_password(ip, cx.now) {
             info!("{}: too many wrong passwords from this address, refused unchecked", cx.peer);
@@ -251,71 +267,62 @@ impl Session {
                 ErrorCode::TooManyAttempts,
                 "too many wrong passwords from your address: wait a minute and try again",
             );
-            return Action::policy("too many attempts", why);
+            return cx.end(Ending::policy("too many attempts", why));
         }
         if cx.room.check_password(given) {
-            self.phase = Phase::AwaitingName { since };
-            return Action::Nothing;
+            self.phase = Phase::LoggingIn { step: Login::Name, since };
+            return;
         }
         cx.addresses.wrong_password(ip, cx.now);
         info!("{}: wrong password", cx.peer);
         let why = Rejection::new(ErrorCode::WrongPassword, "wrong password");
-        Action::policy("wrong password", why)
+        cx.end(Ending::policy("wrong password", why));
     }
 
-    fn refuse(&mut self, why: Rejection, cx: &mut Cx) -> Action {
-        Stats::count(&mut cx.stats.received, "refused", 1);
+    fn refuse(&mut self, why: Rejection, cx: &mut Cx) {
+        cx.out.push(Effect::Count(Count::Received(None)));
         self.refusals.note(cx.peer, why.code, cx.now);
-        Action::Refuse(why)
+        cx.out.refuse(cx.id, why);
     }
 
     /// Timers, about once a second: the login deadline and keep-alive pings.
-    pub fn tick(
-        &mut self,
-        last_heard: Instant,
-        peer: Peer,
-        limits: &Limits,
-        now: Instant,
-    ) -> Action {
+    pub fn tick(&mut self, last_heard: Instant, cx: &mut Cx) {
+        let (peer, now) = (cx.peer, cx.now);
         self.refusals.tick(peer, now);
         match &mut self.phase {
-            Phase::AwaitingPassword { since }
-            | Phase::AwaitingName { since }
-            | Phase::Claiming { since }
-                if now.saturating_duration_since(*since) >= limits.login_timeout =>
+            Phase::LoggingIn { since, .. }
+                if now.saturating_duration_since(*since) >= cx.limits.login_timeout =>
             {
                 info!("{peer}: login timeout");
                 let why = Rejection::new(ErrorCode::LoginTimeout, "login took too long");
-                Action::policy("login timeout", why)
+                cx.end(Ending::policy("login timeout", why));
             }
             Phase::Chatting { ping_sent } => {
-                let Some(idle) = limits.idle_timeout else {
-                    return Action::Nothing;
-                };
+                let Some(idle) = cx.limits.idle_timeout else { return };
                 match *ping_sent {
                     None if now.saturating_duration_since(last_heard) >= idle => {
                         *ping_sent = Some(now);
-                        Action::Ping
+                        cx.out.push(Effect::Ping(cx.id));
                     }
                     Some(sent) if now.saturating_duration_since(sent) >= idle => {
                         info!("{peer}: no answer to ping, disconnecting");
-                        Action::Close {
+                        cx.end(Ending::Close {
                             code: close_code::GOING_AWAY,
                             reason: "idle timeout",
                             why: None,
-                        }
+                        });
                     }
-                    _ => Action::Nothing,
+                    _ => {}
                 }
             }
-            _ => Action::Nothing,
+            _ => {}
         }
     }
 }
 
-fn refused_login(why: Rejection, cx: &Cx) -> Action {
+fn refused_login(why: Rejection, cx: &mut Cx) {
     info!("{}: login refused: {}", cx.peer, why.code.as_str());
-    Action::policy("login refused", why)
+    cx.end(Ending::policy("login refused", why));
 }
 
 /// Refused inputs, logged within a budget: the first of an interval at
@@ -349,11 +356,25 @@ mod tests {
     use crate::config::Config;
     use std::time::Duration;
 
+    use crate::effect::Outbound;
+    use crate::room::{Link, Mode};
+
+    /// What a session asked for its own connection in one step, read off
+    /// its effects (room traffic goes to `World::out`).
+    #[derive(Debug, PartialEq, Eq)]
+    enum Action {
+        Nothing,
+        Refuse(Rejection),
+        Ping,
+        LoggedIn,
+        Claim { name: String, key: String },
+        Close { code: u16, reason: &'static str, why: Option<Rejection> },
+    }
+
     struct World {
         room: Room,
         out: Vec<Outbound>,
         addresses: Addresses,
-        stats: Stats,
         limits: Limits,
         now: Instant,
     }
@@ -365,7 +386,6 @@ mod tests {
                 room: Room::new("t", password, 0, 1 << 20),
                 out: Vec::new(),
                 addresses: Addresses::new(&config.limits),
-                stats: Stats::default(),
                 limits: config.limits,
                 now: Instant::now(),
             }
@@ -375,31 +395,62 @@ mod tests {
             self.with(id, |cx| session.on_message(Message::text(text), cx))
         }
 
-        fn with(&mut self, id: ConnId, f: impl FnOnce(&mut Cx) -> Action) -> Action {
+        fn tick(&mut self, session: &mut Session, last_heard: Instant, at: Instant) -> Action {
+            let now = std::mem::replace(&mut self.now, at);
+            let action = self.with(1, |cx| session.tick(last_heard, cx));
+            self.now = now;
+            action
+        }
+
+        fn with(&mut self, id: ConnId, f: impl FnOnce(&mut Cx)) -> Action {
+            let mut effects = Effects::new();
             let mut cx = Cx {
                 room: &mut self.room,
-                out: &mut self.out,
+                out: &mut effects,
                 addresses: &mut self.addresses,
-                stats: &mut self.stats,
                 limits: &self.limits,
                 id,
                 peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
+                charged: None,
                 now: self.now,
             };
-            f(&mut cx)
+            f(&mut cx);
+            let mut action = Action::Nothing;
+            for effect in effects {
+                let this = match effect {
+                    Effect::Send(message) => {
+                        self.out.push(message);
+                        continue;
+                    }
+                    Effect::Count(_) | Effect::Cluster(ClusterCall::Release { .. }) => continue,
+                    Effect::Refuse { why, .. } => Action::Refuse(why),
+                    Effect::Ping(_) => Action::Ping,
+                    Effect::LoggedIn(_) => Action::LoggedIn,
+                    Effect::Cluster(ClusterCall::Claim { name, key, .. }) => {
+                        Action::Claim { name, key }
+                    }
+                    Effect::End { how: Ending::Close { code, reason, why }, .. } => {
+                        Action::Close { code, reason, why }
+                    }
+                    other => panic!("not a session's effect: {other:?}"),
+                };
+                assert_eq!(action, Action::Nothing, "one action per step, then {this:?}");
+                action = this;
+            }
+            action
         }
     }
 
     #[test]
     fn in_a_cluster_the_name_is_claimed_first() {
         let mut w = World::new("");
-        w.room.cluster();
+        w.room.set_mode(Mode::Node(Link::Down));
         let mut s = Session::new();
         s.opened(w.now);
         w.send(&mut s, 1, "");
         // The link is down: the login waits, the connection stays.
         assert_eq!(code(w.send(&mut s, 1, "alice")), Some(ErrorCode::ClusterUnavailable));
-        w.room.set_up(true);
+        w.room.set_mode(Mode::Node(Link::Up));
         let claim = w.send(&mut s, 1, "A\u{30A}lice");
         assert_eq!(claim, Action::Claim { name: "\u{C5}lice".into(), key: "a\u{30A}lice".into() });
         assert!(s.is_claiming() && s.is_unauthenticated());
@@ -453,7 +504,7 @@ mod tests {
         assert_eq!(code(w.send(&mut s, 1, "{")), Some(ErrorCode::BadJson));
         assert_eq!(w.send(&mut s, 1, r#"{"msgType":"Broadcast","text":"hi"}"#), Action::Nothing);
         assert!(w.out.iter().any(|o| o.json.contains("\"hi\"")));
-        assert!(!s.end());
+        assert!(!s.is_unauthenticated());
     }
 
     #[test]
@@ -514,20 +565,19 @@ mod tests {
     #[test]
     fn login_times_out_and_idle_users_are_pinged() {
         let mut w = World::new("");
-        let peer = Peer::direct("192.0.2.1:5000".parse().unwrap());
         let mut s = Session::new();
         s.opened(w.now);
         let late = w.now + w.limits.login_timeout;
-        assert_eq!(code(s.tick(w.now, peer, &w.limits, late)), Some(ErrorCode::LoginTimeout));
+        assert_eq!(code(w.tick(&mut s, w.now, late)), Some(ErrorCode::LoginTimeout));
 
         let mut s = Session::new();
         s.opened(w.now);
         w.send(&mut s, 1, "");
         w.send(&mut s, 1, "carol");
         let idle = w.limits.idle_timeout.unwrap();
-        assert_eq!(s.tick(w.now, peer, &w.limits, w.now + idle), Action::Ping);
+        assert_eq!(w.tick(&mut s, w.now, w.now + idle), Action::Ping);
         assert!(matches!(
-            s.tick(w.now, peer, &w.limits, w.now + idle * 2),
+            w.tick(&mut s, w.now, w.now + idle * 2),
             Action::Close { code: close_code::GOING_AWAY, .. }
         ));
     }

@@ -128,7 +128,7 @@ impl World {
         for i in 0..4u8 {
             let socket = MemSocket(Rc::new(RefCell::new(Pipe { client_window: 1 << 20, ..Pipe::default() })));
             let addr = format!("192.0.2.{}:4000", i + 1).parse().unwrap();
-            let key = world.server.connect(socket.clone(), addr, world.now).expect("connect");
+            let key = world.server.adopt(socket.clone(), addr, world.now).expect("connect");
             world.clients.push((key, socket));
             if i < 3 {
                 let login = [UPGRADE, &frame(1, b"pw"), &frame(1, format!("user{i}").as_bytes())].concat();

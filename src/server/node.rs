@@ -1,6 +1,7 @@
 //! The server as one node of a cluster: what it hands the cluster (claims,
-//! proposals, its users) and what it does with the cluster's notes (events
-//! applied to the room in the cluster's order, refusals, resyncs).
+//! proposals, releases, its users) and what it does with the cluster's
+//! notes (events applied to the room in the cluster's order, refusals,
+//! resyncs), which decide effects like any other input.
 
 use std::time::Instant;
 
@@ -9,47 +10,56 @@ use mio::event::Source;
 
 use super::Server;
 use crate::cluster::{Cluster, Event, Note, Origin};
-use crate::connection::close_code;
+use crate::effect::{ClusterCall, ConnId, Ending, Push, To};
 use crate::protocol::{ErrorCode, Rejection, Reply};
-use crate::room::{ConnId, Outbound, RemoteUser, To};
-use crate::session::{self, Action};
+use crate::room::{Link, Mode, RemoteUser};
+use crate::session::{Cx, Session};
 use crate::transport::Socket;
 
 impl<S: Socket + Source> Server<S> {
     /// Makes this server one node of the cluster: it connects at once and
     /// serves its users meanwhile (what needs the cluster waits for it).
     pub fn join_cluster(&mut self, mut cluster: Cluster) {
-        self.room.cluster();
+        self.room.set_mode(Mode::Node(Link::Down));
         cluster.tick(self.poll.registry(), Instant::now());
         self.cluster = Some(cluster);
     }
 
-    /// Hands the room's proposals to the cluster.
-    pub(super) fn propose(&mut self, now: Instant) {
+    /// Carries out what a local connection asks of the cluster. (What the
+    /// cluster notes about it is taken by `settle`, never from here.)
+    pub(super) fn call_cluster(&mut self, call: ClusterCall, now: Instant) {
+        let origin = |id: ConnId| Some(Origin { id, serial: self.clients.get(id)?.serial });
         let Some(cluster) = &mut self.cluster else { return };
-        for proposal in self.room.take_proposals() {
-            let Some(client) = self.clients.get(proposal.from) else { continue };
-            let origin = Origin { id: proposal.from, serial: client.serial };
-            cluster.propose(origin, proposal.what, now);
+        match call {
+            ClusterCall::Claim { conn, name, key } => {
+                if let Some(origin) = origin(conn) {
+                    cluster.claim(origin, &key, &name, now);
+                }
+            }
+            ClusterCall::Propose { from, what } => {
+                if let Some(origin) = origin(from) {
+                    cluster.propose(origin, what, now);
+                }
+            }
+            ClusterCall::Release { name_key } => cluster.leave(&name_key, now),
         }
-        self.on_cluster(now);
     }
 
-    /// Acts on everything the cluster has noted.
-    pub(super) fn on_cluster(&mut self, now: Instant) {
-        loop {
-            let Some(cluster) = &mut self.cluster else { return };
-            if cluster.wants_sync() {
-                cluster.sync(&self.room.local_users(), now);
-            }
-            let notes = cluster.take_notes();
-            if notes.is_empty() {
-                return;
-            }
-            for note in notes {
-                self.on_note(note, now);
-            }
+    /// Acts on what the cluster has noted since the last call (and hands it
+    /// this node's users when it asks for them); `false` if nothing.
+    pub(super) fn take_cluster_notes(&mut self, now: Instant) -> bool {
+        let Some(cluster) = &mut self.cluster else { return false };
+        if cluster.wants_sync() {
+            cluster.sync(&self.room.local_users(), now);
         }
+        let notes = cluster.take_notes();
+        if notes.is_empty() {
+            return false;
+        }
+        for note in notes {
+            self.on_note(note, now);
+        }
+        true
     }
 
     fn on_note(&mut self, note: Note, now: Instant) {
@@ -57,6 +67,7 @@ impl<S: Socket + Source> Server<S> {
             Some(cluster) => cluster.node().clone(),
             None => return,
         };
+        let out = &mut self.effects;
         match note {
             Note::Event(Event::Join { node, conn, key, name }) if *node == *me => {
                 let claiming = Origin::parse(&conn).filter(|o| {
@@ -86,12 +97,12 @@ impl<S: Socket + Source> Server<S> {
                     self.room.remove_remote(&key);
                 }
             }
-            Note::Event(Event::Say { name, text }) => self.room.say(&name, &text, &mut self.out),
+            Note::Event(Event::Say { name, text }) => self.room.say(&name, &text, out),
             Note::Event(Event::PublicKey { key, pk, .. }) => {
-                self.room.set_public_key(&key, &pk, &mut self.out)
+                self.room.set_public_key(&key, &pk, out)
             }
             Note::Event(Event::Private { to, from, text }) => {
-                self.room.deliver_private(&to, &from, &text, &mut self.out)
+                self.room.deliver_private(&to, &from, &text, out)
             }
             Note::Event(Event::Node { node, users }) => {
                 if *node == *me {
@@ -112,35 +123,37 @@ impl<S: Socket + Source> Server<S> {
                     if session.is_claiming() {
                         session.claim_failed(why, cx)
                     } else {
-                        Action::Refuse(why)
+                        cx.out.refuse(cx.id, why)
                     }
                 });
             }
             Note::Synced { users, history, conflicts } => {
-                self.room.set_up(true);
+                self.room.set_mode(Mode::Node(Link::Up));
                 self.room.set_history(&history);
                 let mut lost = self.room.resync(users);
                 lost.extend(conflicts.iter().filter_map(|key| self.room.local_id(key)));
-                let here = self.room.members().len() - lost.len();
-                info!("cluster: {here} local users registered, {} online in all", self.room.len());
+                let here = self.room.local_members().len() - lost.len();
+                info!(
+                    "cluster: {here} local users registered, {} online in all",
+                    self.room.online()
+                );
                 for id in lost {
                     self.lost_name(id, now);
                 }
             }
             Note::Down { why } => {
-                self.room.set_up(false);
+                self.room.set_mode(Mode::Node(Link::Down));
                 let text = format!(
                     "this server lost its link to the rest of the room ({why}): messages sent \
                      meanwhile may be missing (yours too, if no copy of it came back); sending \
                      is paused until the link is back"
                 );
-                let json = Reply::Error {
-                    code: ErrorCode::MessagesLost.as_str(),
-                    text: &text,
-                    target: None,
-                }
-                .to_json();
-                self.out.push(Outbound { to: To::Everyone, json });
+                let code = ErrorCode::MessagesLost;
+                self.stats.refused(code);
+                out.send(
+                    To::Everyone,
+                    &Reply::Error { code: code.as_str(), text: &text, target: None },
+                );
             }
         }
     }
@@ -160,17 +173,10 @@ impl<S: Socket + Source> Server<S> {
             ErrorCode::NameTaken,
             format!("{name:?} logged in on another server of this room while this one was cut off"),
         );
-        let action =
-            Action::Close { code: close_code::POLICY, reason: "name taken", why: Some(why) };
-        self.apply(id, action, now);
+        self.end(id, Ending::policy("name taken", why), now);
     }
 
-    fn with_origin(
-        &mut self,
-        origin: Origin,
-        now: Instant,
-        f: impl FnOnce(&mut session::Session, &mut session::Cx) -> Action,
-    ) {
+    fn with_origin(&mut self, origin: Origin, now: Instant, f: impl FnOnce(&mut Session, &mut Cx)) {
         if self.clients.get(origin.id).is_some_and(|c| c.serial == origin.serial) {
             self.with_session(origin.id, now, f);
         }

@@ -1,0 +1,137 @@
+//! What the room, the sessions and the cluster's notes ask the event loop to
+//! do, as data. They decide; `Server::apply` (server.rs) carries each effect
+//! out, in the order asked, and is the only code that touches a socket.
+
+use crate::cluster::Proposed;
+use crate::protocol::{ErrorCode, Kind, Rejection, Reply};
+
+/// Identifies a connection; the server uses its slab key.
+pub type ConnId = usize;
+
+/// Who receives a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum To {
+    One(ConnId),
+    Many(Vec<ConnId>),
+    /// Every local user online at the moment of delivery.
+    Everyone,
+}
+
+/// One message of room traffic: serialized once, whatever the number of
+/// recipients, and framed once by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub to: To,
+    pub kind: Kind,
+    pub json: String,
+}
+
+impl Outbound {
+    pub fn new(to: To, reply: &Reply) -> Self {
+        Outbound { to, kind: reply.kind(), json: reply.to_json() }
+    }
+}
+
+/// How a session ends, and so what its connection does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// A policy ended it: the `Error` (if any), then a Close with `code`.
+    Close { code: u16, reason: &'static str, why: Option<Rejection> },
+    /// A reader past its output limit: what it had not started is dropped,
+    /// and it is told `slow_reader`.
+    TooSlow,
+    /// The server is shutting down: Close 1001.
+    ShutDown,
+    /// The connection ended it (the peer closed, or broke the protocol):
+    /// the connection is closing already; `why` is for the log.
+    Lost(String),
+}
+
+/// What a local connection asks of the cluster (in a cluster only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterCall {
+    /// Ask Redis for this name; the session logs in when its `Join` comes back.
+    Claim { conn: ConnId, name: String, key: String },
+    /// What the whole room must see in one order: it takes effect when it
+    /// comes back from Redis.
+    Propose { from: ConnId, what: Proposed },
+    /// A local user left: the name is free.
+    Release { name_key: String },
+}
+
+/// Something to count for `/metrics` that only a decision knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// A message from a logged-in user, by `msgType` (`None`: refused).
+    Received(Option<&'static str>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Room traffic to chatting users, within their output limits; a reader
+    /// past its limit is cut off (`Ending::TooSlow`).
+    Send(Outbound),
+    /// An `Error` to one connection, from the reserve above its limit; the
+    /// connection stays open.
+    Refuse {
+        conn: ConnId,
+        why: Rejection,
+    },
+    /// A WebSocket Ping (keep-alive).
+    Ping(ConnId),
+    /// The user is in the room: messages up to `max_message_bytes` from now on.
+    LoggedIn(ConnId),
+    /// End the session on `conn` (any connection, not only the one that
+    /// asked): it leaves the room, and its connection closes as `how` says.
+    End {
+        conn: ConnId,
+        how: Ending,
+    },
+    Cluster(ClusterCall),
+    Count(Count),
+}
+
+/// The effects of one step, in order.
+pub type Effects = Vec<Effect>;
+
+/// Shorthands for the decisions that push effects.
+pub trait Push {
+    fn send(&mut self, to: To, reply: &Reply);
+    fn refuse(&mut self, conn: ConnId, why: Rejection);
+}
+
+impl Push for Effects {
+    fn send(&mut self, to: To, reply: &Reply) {
+        self.push(Effect::Send(Outbound::new(to, reply)));
+    }
+
+    fn refuse(&mut self, conn: ConnId, why: Rejection) {
+        self.push(Effect::Refuse { conn, why });
+    }
+}
+
+impl Ending {
+    /// Close 1008 after this `Error`: a policy refused the client.
+    pub fn policy(reason: &'static str, why: Rejection) -> Ending {
+        Ending::Close { code: crate::protocol::close_code::POLICY, reason, why: Some(why) }
+    }
+
+    /// The `Error` code the client is sent, if any.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Ending::Close { why: Some(why), .. } => Some(why.code),
+            Ending::TooSlow => Some(ErrorCode::SlowReader),
+            _ => None,
+        }
+    }
+
+    /// For the log line saying why the user left.
+    pub fn reason(&self) -> &str {
+        match self {
+            Ending::Close { reason, .. } => reason,
+            Ending::TooSlow => "too slow",
+            Ending::ShutDown => "server shutting down",
+            Ending::Lost(why) => why,
+        }
+    }
+}

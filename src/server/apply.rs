@@ -1,0 +1,160 @@
+//! Where effects are carried out: the one place that acts on what the
+//! sessions, the room and the cluster's notes decided. Messages are framed
+//! once and queued to every recipient; sessions end here, whoever asked.
+
+use std::time::Instant;
+
+use log::warn;
+use mio::event::Source;
+use slab::Slab;
+
+use super::{Client, Server, schedule};
+use crate::effect::{ConnId, Effect, Ending, Outbound, To};
+use crate::outbox::{self, SharedFrame};
+use crate::transport::Socket;
+
+impl<S: Socket + Source> Server<S> {
+    /// Carries out every effect decided so far, in order, and acts on what
+    /// the cluster noted meanwhile (its notes are input too: they may
+    /// decide more). Every entry point of the loop ends with this.
+    pub(super) fn settle(&mut self, now: Instant) {
+        loop {
+            if self.effects.is_empty() && !self.take_cluster_notes(now) {
+                return;
+            }
+            let mut batch = std::mem::take(&mut self.applying);
+            std::mem::swap(&mut batch, &mut self.effects);
+            for effect in batch.drain(..) {
+                self.apply(effect, now);
+            }
+            self.applying = batch;
+        }
+    }
+
+    fn apply(&mut self, effect: Effect, now: Instant) {
+        match effect {
+            Effect::Send(message) => self.deliver(message, now),
+            Effect::Refuse { conn, why } => {
+                self.stats.refused(why.code);
+                if let Some(client) = self.clients.get_mut(conn) {
+                    client.conn.send_error(&why, now);
+                    schedule(&mut self.to_flush, client, conn);
+                }
+            }
+            Effect::Ping(conn) => {
+                if let Some(client) = self.clients.get_mut(conn) {
+                    client.conn.send_control(outbox::ping_frame(), now);
+                    schedule(&mut self.to_flush, client, conn);
+                }
+            }
+            Effect::LoggedIn(conn) => {
+                if let Some(client) = self.clients.get_mut(conn) {
+                    client.conn.allow_messages(self.limits.max_message_bytes);
+                }
+            }
+            Effect::End { conn, how } => self.end(conn, how, now),
+            Effect::Cluster(call) => self.call_cluster(call, now),
+            Effect::Count(count) => self.stats.record(count),
+        }
+    }
+
+    /// The one place a session ends, whoever asked (the session itself, the
+    /// connection, a slow read, the cluster, shutdown): the session leaves
+    /// the room, then its connection closes as `how` says.
+    pub(super) fn end(&mut self, id: ConnId, how: Ending, now: Instant) {
+        let mut ended = false;
+        self.with_session(id, now, |session, cx| ended = session.end(&how, cx));
+        let Some(client) = self.clients.get_mut(id).filter(|_| ended) else { return };
+        if let Some(code) = how.code() {
+            self.stats.refused(code);
+        }
+        let conn = &mut client.conn;
+        match how {
+            Ending::Close { code, reason, why } => conn.close(code, reason, why.as_ref(), now),
+            Ending::TooSlow => {
+                warn!(
+                    "{}: slow reader over {} queued bytes, disconnecting",
+                    conn.peer,
+                    conn.queued()
+                );
+                conn.cut_off(now);
+            }
+            Ending::ShutDown => {
+                conn.shut_down(now);
+            }
+            Ending::Lost(_) => {}
+        }
+        schedule(&mut self.to_flush, client, id);
+    }
+
+    /// Frames a message once and queues it to its recipients; readers over
+    /// their limit are cut off.
+    fn deliver(&mut self, Outbound { to, kind, json }: Outbound, now: Instant) {
+        let recipients = match &to {
+            To::One(_) => 1,
+            To::Many(ids) => ids.len(),
+            To::Everyone => self.room.local_members().len(),
+        };
+        self.stats.delivered(kind, recipients as u64);
+        let frame = outbox::text_frame(&json);
+        let mut slow = Vec::new();
+        let clients = &mut self.clients;
+        let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut slow, id, &frame);
+        match to {
+            To::One(id) => send(id),
+            To::Many(ids) => ids.into_iter().for_each(send),
+            To::Everyone => self.room.local_members().iter().copied().for_each(send),
+        }
+        for id in slow {
+            self.end(id, Ending::TooSlow, now);
+        }
+    }
+
+    /// Queues the next parts of joiners' snapshots while their queues are
+    /// short, so a snapshot flows as fast as its reader takes it.
+    pub(super) fn feed_snapshots(&mut self, now: Instant) {
+        if self.room.receiving().is_empty() {
+            return;
+        }
+        let low_water = self.room.part_budget();
+        for id in self.room.receiving().to_vec() {
+            let Some(client) = self.clients.get_mut(id) else { continue };
+            let mut fed = false;
+            let mut overflow = false;
+            while client.conn.queued() < low_water {
+                let Some(json) = self.room.next_snapshot_part(id) else { break };
+                fed = true;
+                if client.conn.send(&outbox::text_frame(&json)).is_err() {
+                    overflow = true;
+                    break;
+                }
+            }
+            if fed {
+                schedule(&mut self.to_flush, client, id);
+            }
+            if overflow {
+                self.end(id, Ending::TooSlow, now);
+            }
+        }
+    }
+}
+
+fn enqueue<S: Socket>(
+    clients: &mut Slab<Client<S>>,
+    to_flush: &mut Vec<ConnId>,
+    slow: &mut Vec<ConnId>,
+    id: ConnId,
+    frame: &SharedFrame,
+) {
+    let Some(client) = clients.get_mut(id) else {
+        return;
+    };
+    // Frames for anyone not (or no longer) in the room are dropped.
+    if !client.session.is_chatting() {
+        return;
+    }
+    if client.conn.send(frame).is_err() {
+        slow.push(id);
+    }
+    schedule(to_flush, client, id);
+}
