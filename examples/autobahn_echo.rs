@@ -1,13 +1,14 @@
-//! The Autobahn testsuite's endpoint: an echo server built from the chat
-//! server's own transport, connection and outbox (`ragnarok::echo`, feature
-//! `testing`). Driven by `scripts/autobahn.sh`.
+//! The Autobahn testsuite's endpoint: the chat server's own event loop in
+//! echo mode (`Server::echo_mode`, feature `testing`): the same transport,
+//! connection, outbox and effects, with every message sent back to its
+//! sender. Driven by `scripts/autobahn.sh`.
 //!
 //! Usage: autobahn_echo --port P [--tls CERT KEY]   (prints the URL)
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use ragnarok::config::TlsFiles;
+use ragnarok::config::{Config, TlsFiles};
+use ragnarok::server::Server;
 
 /// Autobahn's section 9 sends messages of up to 16 MiB.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -32,11 +33,26 @@ fn main() -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    match ragnarok::echo::serve(addr, tls, MAX_MESSAGE_BYTES) {
+    let mut config =
+        Config { server_ip: "127.0.0.1".into(), server_port: port, ..Config::default() };
+    let limits = &mut config.limits;
+    limits.max_message_bytes = MAX_MESSAGE_BYTES;
+    // Reads pause past the high-water mark, so one echoed message (plus
+    // what was queued before it) always fits.
+    limits.max_outbound_bytes = MAX_MESSAGE_BYTES + 64 * 1024;
+    limits.rate_limit_per_sec = 0;
+    limits.idle_timeout = None;
+    limits.max_connections_per_ip = 0;
+    limits.max_handshakes_per_ip = 0;
+    let served = Server::bind(&config, tls).and_then(|mut server| {
+        server.echo_mode();
+        println!("{}", server.url());
+        server.run()
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{addr}: {e}");
+            eprintln!("127.0.0.1:{port}: {e}");
             ExitCode::from(69)
         }
     }

@@ -89,6 +89,13 @@ pub enum Effect {
     },
     Cluster(ClusterCall),
     Count(Count),
+    /// The Autobahn echo endpoint (feature `testing`): this message back to
+    /// its sender, as it came (text or binary).
+    #[cfg(feature = "testing")]
+    Echo {
+        conn: ConnId,
+        message: tungstenite::Message,
+    },
 }
 
 /// The effects of one step, in order.

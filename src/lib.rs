@@ -5,9 +5,6 @@ mod addresses;
 pub mod cluster;
 pub mod config;
 mod connection;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod echo;
 mod effect;
 pub mod fdlimit;
 pub mod http;

@@ -131,6 +131,9 @@ pub struct Server<S = TcpStream> {
     /// The link to the other nodes, when `redis_url` is set.
     cluster: Option<Cluster>,
     next_serial: u64,
+    /// The Autobahn echo endpoint (feature `testing`): every session echoes.
+    #[cfg(feature = "testing")]
+    echo: bool,
 }
 
 impl Server<TcpStream> {
@@ -156,6 +159,15 @@ impl Server<TcpStream> {
         }
         server.phase = Phase::Running { listener: Some(listener) };
         Ok(server)
+    }
+
+    /// Makes this server the Autobahn testsuite's echo endpoint (feature
+    /// `testing`, never the chat server): no login, every text or binary
+    /// message goes back to its sender as one frame; pings, closes, limits
+    /// and protocol errors are handled exactly as in the chat.
+    #[cfg(feature = "testing")]
+    pub fn echo_mode(&mut self) {
+        self.echo = true;
     }
 
     pub fn url(&self) -> String {
@@ -293,6 +305,8 @@ impl<S: Socket + Source> Server<S> {
             metrics: None,
             cluster: None,
             next_serial: 0,
+            #[cfg(feature = "testing")]
+            echo: false,
         })
     }
 
@@ -360,6 +374,10 @@ impl<S: Socket + Source> Server<S> {
     /// The WebSocket opened: the login clock starts, and a client named by
     /// a trusted proxy is charged to its own address now.
     fn opened(&mut self, key: ConnId, now: Instant) {
+        #[cfg(feature = "testing")]
+        if self.echo {
+            return self.with_session(key, now, |session, cx| session.echo(cx));
+        }
         let Some(client) = self.clients.get_mut(key) else { return };
         client.session.opened(now);
         let peer = client.conn.peer;

@@ -58,6 +58,10 @@ enum Phase {
     },
     /// Logged out, refused or disconnected: the connection is closing.
     Ended,
+    /// The Autobahn echo endpoint (feature `testing`): no login, every
+    /// message goes back to its sender.
+    #[cfg(feature = "testing")]
+    Echoing,
 }
 
 #[derive(Debug)]
@@ -90,6 +94,8 @@ impl Session {
             Phase::LoggingIn { .. } => "logging_in",
             Phase::Chatting { .. } => "chatting",
             Phase::Ended => "closing",
+            #[cfg(feature = "testing")]
+            Phase::Echoing => "chatting",
         }
     }
 
@@ -111,6 +117,14 @@ impl Session {
         }
     }
 
+    /// A session of the Autobahn echo endpoint: once open, every message
+    /// (of up to `max_message_bytes`) goes back to its sender.
+    #[cfg(feature = "testing")]
+    pub fn echo(&mut self, cx: &mut Cx) {
+        self.phase = Phase::Echoing;
+        cx.out.push(Effect::LoggedIn(cx.id));
+    }
+
     /// The one way a session ends (`Effect::End` asks the server to call
     /// it): the user leaves the room, the cluster is told the name is free,
     /// and an unauthenticated connection stops counting as a handshake.
@@ -119,6 +133,8 @@ impl Session {
         let was = std::mem::replace(&mut self.phase, Phase::Ended);
         match was {
             Phase::Ended => return false,
+            #[cfg(feature = "testing")]
+            Phase::Echoing => return true,
             Phase::Handshaking | Phase::LoggingIn { .. } => {
                 if let Some(ip) = cx.charged {
                     cx.addresses.handshake_done(ip);
@@ -139,6 +155,10 @@ impl Session {
     }
 
     pub fn on_message(&mut self, message: Message, cx: &mut Cx) {
+        #[cfg(feature = "testing")]
+        if let (Phase::Echoing, Message::Text(_) | Message::Binary(_)) = (&self.phase, &message) {
+            return cx.out.push(Effect::Echo { conn: cx.id, message });
+        }
         if let Phase::Chatting { ping_sent } = &mut self.phase {
             *ping_sent = None;
         }

@@ -55,6 +55,19 @@ impl<S: Socket + Source> Server<S> {
             Effect::End { conn, how } => self.end(conn, how, now),
             Effect::Cluster(call) => self.call_cluster(call, now),
             Effect::Count(count) => self.stats.record(count),
+            #[cfg(feature = "testing")]
+            Effect::Echo { conn, message } => {
+                let frame = match &message {
+                    tungstenite::Message::Binary(data) => outbox::binary_frame(data),
+                    other => outbox::text_frame(other.to_text().unwrap_or_default()),
+                };
+                let Some(client) = self.clients.get_mut(conn) else { return };
+                let overflow = client.conn.send(&frame).is_err();
+                schedule(&mut self.to_flush, client, conn);
+                if overflow {
+                    self.end(conn, Ending::TooSlow, now);
+                }
+            }
         }
     }
 
