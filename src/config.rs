@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
-use crate::addresses::Cidr;
+use crate::addresses::{Cidr, PerAddressLimits};
 use crate::redis::RedisUrl;
 use serde_json::{Map, Value};
 
@@ -92,6 +92,17 @@ impl Default for Limits {
             max_connections_per_ip: 64,
             max_handshakes_per_ip: 16,
             login_attempts_per_minute: 10,
+        }
+    }
+}
+
+/// The per-address part, for `Addresses::new(&limits)`.
+impl From<&Limits> for PerAddressLimits {
+    fn from(l: &Limits) -> Self {
+        PerAddressLimits {
+            connections: l.max_connections_per_ip,
+            handshakes: l.max_handshakes_per_ip,
+            wrong_passwords_per_minute: l.login_attempts_per_minute,
         }
     }
 }
