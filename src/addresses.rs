@@ -8,8 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::config::Limits;
-
 /// An address as the limits see it: IPv4 whole, IPv6 by its /64 prefix
 /// (one host usually holds a whole /64). IPv4-mapped IPv6 counts as IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,32 +145,37 @@ struct Entry {
     wrong_since: Option<Instant>,
 }
 
+/// What one address may hold; 0 = no limit. From the config's `Limits`
+/// (`max_connections_per_ip` and the next two keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerAddressLimits {
+    /// Open connections.
+    pub connections: u32,
+    /// Connections not logged in yet.
+    pub handshakes: u32,
+    pub wrong_passwords_per_minute: u32,
+}
+
 pub struct Addresses {
     entries: HashMap<AddrKey, Entry>,
-    max_connections: u32,
-    max_handshakes: u32,
-    attempts_per_minute: u32,
+    limits: PerAddressLimits,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 impl Addresses {
-    pub fn new(limits: &Limits) -> Self {
-        Addresses {
-            entries: HashMap::new(),
-            max_connections: limits.max_connections_per_ip,
-            max_handshakes: limits.max_handshakes_per_ip,
-            attempts_per_minute: limits.login_attempts_per_minute,
-        }
+    /// `Addresses::new(&config.limits)` works: config.rs has the `From`.
+    pub fn new(limits: impl Into<PerAddressLimits>) -> Self {
+        Addresses { entries: HashMap::new(), limits: limits.into() }
     }
 
     /// A new connection from `ip`, counted as a handshake until it logs in.
     pub fn open(&mut self, ip: IpAddr) -> Result<(), Refused> {
         let entry = self.entries.entry(AddrKey::of(ip)).or_default();
-        if self.max_connections > 0 && entry.connections >= self.max_connections {
+        if self.limits.connections > 0 && entry.connections >= self.limits.connections {
             return Err(Refused::TooManyConnections);
         }
-        if self.max_handshakes > 0 && entry.handshakes >= self.max_handshakes {
+        if self.limits.handshakes > 0 && entry.handshakes >= self.limits.handshakes {
             return Err(Refused::TooManyHandshakes);
         }
         entry.connections += 1;
@@ -201,12 +204,12 @@ impl Addresses {
 
     /// Whether `ip` may have a password checked now.
     pub fn may_try_password(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.attempts_per_minute == 0 {
+        if self.limits.wrong_passwords_per_minute == 0 {
             return true;
         }
         let entry = self.entries.entry(AddrKey::of(ip)).or_default();
         entry.forget_old_failures(now);
-        entry.wrong < self.attempts_per_minute
+        entry.wrong < self.limits.wrong_passwords_per_minute
     }
 
     pub fn wrong_password(&mut self, ip: IpAddr, now: Instant) {
@@ -244,13 +247,8 @@ impl Entry {
 mod tests {
     use super::*;
 
-    fn limits(connections: u32, handshakes: u32, attempts: u32) -> Limits {
-        Limits {
-            max_connections_per_ip: connections,
-            max_handshakes_per_ip: handshakes,
-            login_attempts_per_minute: attempts,
-            ..Limits::default()
-        }
+    fn limits(connections: u32, handshakes: u32, attempts: u32) -> PerAddressLimits {
+        PerAddressLimits { connections, handshakes, wrong_passwords_per_minute: attempts }
     }
 
     #[test]
@@ -291,7 +289,7 @@ mod tests {
     #[test]
     fn connections_and_handshakes_are_capped_per_address() {
         let now = Instant::now();
-        let mut addrs = Addresses::new(&limits(3, 2, 0));
+        let mut addrs = Addresses::new(limits(3, 2, 0));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         addrs.open(ip).unwrap();
@@ -311,7 +309,7 @@ mod tests {
     #[test]
     fn wrong_passwords_are_remembered_for_a_minute() {
         let now = Instant::now();
-        let mut addrs = Addresses::new(&limits(0, 0, 2));
+        let mut addrs = Addresses::new(limits(0, 0, 2));
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         addrs.open(ip).unwrap();
         assert!(addrs.may_try_password(ip, now));

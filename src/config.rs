@@ -1,16 +1,16 @@
-//! `config.json`: the original server's keys plus optional limits, checked
-//! key by key so that every mistake is reported with the key's name. Paths
-//! are resolved against the config file's folder.
+//! `config.json`: the original server's keys plus optional limits. Every key
+//! is declared once, in [`KEYS`] (name, default, how it is checked, a line
+//! of doc); mistakes are reported naming the key (and the file).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use log::LevelFilter;
-
-use crate::addresses::Cidr;
-use crate::redis::RedisUrl;
 use serde_json::{Map, Value};
+
+use crate::addresses::{Cidr, PerAddressLimits};
+use crate::redis::RedisUrl;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -46,7 +46,7 @@ pub struct Cluster {
     pub redis_ca_file: Option<PathBuf>,
 }
 
-/// `cluster_name` when the config has none.
+/// `cluster_name` when the config has none (the default in [`KEYS`] says the same).
 pub const DEFAULT_CLUSTER_NAME: &str = "ragnarok";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,284 +78,287 @@ pub struct Limits {
     pub login_attempts_per_minute: u32,
 }
 
+/// The defaults of [`KEYS`].
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_connections: 16384,
-            max_message_bytes: 65536,
-            max_outbound_bytes: 1 << 20,
-            handshake_timeout: Duration::from_secs(10),
-            login_timeout: Duration::from_secs(60),
-            idle_timeout: Some(Duration::from_secs(60)),
-            rate_limit_per_sec: 20,
-            rate_limit_burst: 40,
-            max_connections_per_ip: 64,
-            max_handshakes_per_ip: 16,
-            login_attempts_per_minute: 10,
-        }
+        Config::default().limits
     }
 }
 
+/// The defaults of [`KEYS`].
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            tls: None,
-            server_ip: "127.0.0.1".into(),
-            server_port: 12345,
-            server_name: "Ragnarok".into(),
-            server_password: String::new(),
-            limits: Limits::default(),
-            history_size: 50,
-            log_level: LevelFilter::Info,
-            allowed_origins: Vec::new(),
-            metrics_addr: None,
-            trusted_proxies: Vec::new(),
-            cluster: None,
-            reuse_port: false,
+        Draft::defaults().config
+    }
+}
+
+/// The per-address part, for `Addresses::new(&limits)`.
+impl From<&Limits> for PerAddressLimits {
+    fn from(l: &Limits) -> Self {
+        PerAddressLimits {
+            connections: l.max_connections_per_ip,
+            handshakes: l.max_handshakes_per_ip,
+            wrong_passwords_per_minute: l.login_attempts_per_minute,
         }
     }
 }
 
-#[derive(Debug)]
-pub enum ConfigError {
-    Read { path: PathBuf, source: std::io::Error },
-    Syntax { path: PathBuf, message: String },
-    UnknownKey { key: String, suggestion: Option<&'static str> },
-    BadValue { key: &'static str, message: String },
+/// One key of `config.json`.
+pub struct Key {
+    pub name: &'static str,
+    /// The value when the key is absent, as JSON text, exactly as README's
+    /// table shows it; `None`: off, or nothing (README says which).
+    pub default: Option<&'static str>,
+    /// What the key is for, in one line (README has the details).
+    pub doc: &'static str,
+    kind: Kind,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Read { path, source } => {
-                write!(f, "cannot read config file {}: {source}", path.display())
-            }
-            ConfigError::Syntax { path, message } => {
-                write!(f, "config file {} is not valid JSON: {message}", path.display())
-            }
-            ConfigError::UnknownKey { key, suggestion: Some(s) } => {
-                write!(f, "config: unknown key {key:?} (did you mean {s:?}?)")
-            }
-            ConfigError::UnknownKey { key, suggestion: None } => {
-                write!(f, "config: unknown key {key:?}")
-            }
-            ConfigError::BadValue { key, message } => write!(f, "config: {key:?} {message}"),
-        }
-    }
+/// What a key's value must be, and where it goes. A setter's `Err` is a
+/// message that follows the key's name ("must be ...").
+enum Kind {
+    Bool(fn(&mut Draft, bool)),
+    /// A whole number from `min` to `max`.
+    Int {
+        min: u64,
+        max: u64,
+        set: fn(&mut Draft, u64),
+    },
+    Text(fn(&mut Draft, String)),
+    CheckedText(fn(&mut Draft, String) -> Result<(), String>),
+    List(fn(&mut Draft, Vec<String>) -> Result<(), String>),
 }
 
-impl std::error::Error for ConfigError {}
+use Kind::{Bool, CheckedText, Int, List, Text};
 
-const KEYS: &[&str] = &[
-    "SSL",
-    "SSL_Cert",
-    "SSL_Key",
-    "server_ip",
-    "server_port",
-    "server_name",
-    "server_password",
-    "max_connections",
-    "max_message_bytes",
-    "max_outbound_bytes",
-    "handshake_timeout_secs",
-    "login_timeout_secs",
-    "idle_timeout_secs",
-    "rate_limit_per_sec",
-    "rate_limit_burst",
-    "history_size",
-    "log_level",
-    "max_connections_per_ip",
-    "max_handshakes_per_ip",
-    "login_attempts_per_minute",
-    "allowed_origins",
-    "metrics_addr",
-    "trusted_proxies",
-    "redis_url",
-    "cluster_name",
-    "redis_ca_file",
-    "reuse_port",
+/// Every key `config.json` may hold: the original's, then the optional ones.
+/// Parsing, the defaults, the unknown-key suggestions and README's table
+/// (checked by a test) all come from here.
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "SSL",
+        default: Some("false"),
+        doc: "serve wss:// (true) or ws://",
+        kind: Bool(|d, on| d.ssl = on),
+    },
+    Key {
+        name: "SSL_Cert",
+        default: None,
+        doc: "PEM certificate chain, needed when SSL is true",
+        kind: Text(|d, path| d.ssl_cert = Some(path)),
+    },
+    Key {
+        name: "SSL_Key",
+        default: None,
+        doc: "PEM private key, needed when SSL is true",
+        kind: Text(|d, path| d.ssl_key = Some(path)),
+    },
+    Key {
+        name: "server_ip",
+        default: Some(r#""127.0.0.1""#),
+        doc: "address to bind, IPv4 or IPv6",
+        kind: CheckedText(server_ip),
+    },
+    Key {
+        name: "server_port",
+        default: Some("12345"),
+        doc: "port to bind; 0 picks a free one",
+        kind: Int { min: 0, max: u16::MAX as u64, set: |d, n| d.config.server_port = n as u16 },
+    },
+    Key {
+        name: "server_name",
+        default: Some(r#""Ragnarok""#),
+        doc: "the room's title, sent at login",
+        kind: Text(|d, name| d.config.server_name = name),
+    },
+    Key {
+        name: "server_password",
+        default: Some(r#""""#),
+        doc: "room password; empty = public room",
+        kind: Text(|d, password| d.config.server_password = password),
+    },
+    Key {
+        name: "max_connections",
+        default: Some("16384"),
+        doc: "open sockets, handshakes included",
+        kind: Int {
+            min: 1,
+            max: 1 << 24,
+            set: |d, n| d.config.limits.max_connections = n as usize,
+        },
+    },
+    Key {
+        name: "max_connections_per_ip",
+        default: Some("64"),
+        doc: "open connections from one address; 0 = no limit",
+        kind: Int {
+            min: 0,
+            max: 1 << 24,
+            set: |d, n| d.config.limits.max_connections_per_ip = n as u32,
+        },
+    },
+    Key {
+        name: "max_handshakes_per_ip",
+        default: Some("16"),
+        doc: "connections from one address not logged in yet; 0 = no limit",
+        kind: Int {
+            min: 0,
+            max: 1 << 24,
+            set: |d, n| d.config.limits.max_handshakes_per_ip = n as u32,
+        },
+    },
+    Key {
+        name: "login_attempts_per_minute",
+        default: Some("10"),
+        doc: "wrong passwords from one address per minute; 0 = no limit",
+        kind: Int {
+            min: 0,
+            max: 1_000_000,
+            set: |d, n| d.config.limits.login_attempts_per_minute = n as u32,
+        },
+    },
+    Key {
+        name: "max_message_bytes",
+        default: Some("65536"),
+        doc: "largest incoming message",
+        kind: Int {
+            min: 64,
+            max: 64 << 20,
+            set: |d, n| d.config.limits.max_message_bytes = n as usize,
+        },
+    },
+    Key {
+        name: "max_outbound_bytes",
+        default: Some("1048576"),
+        doc: "output queued for one user before they count as a slow reader",
+        kind: Int {
+            min: 4096,
+            max: 1 << 32,
+            set: |d, n| d.config.limits.max_outbound_bytes = n as usize,
+        },
+    },
+    Key {
+        name: "handshake_timeout_secs",
+        default: Some("10"),
+        doc: "seconds from accept to the WebSocket opening",
+        kind: Int {
+            min: 1,
+            max: 3600,
+            set: |d, n| d.config.limits.handshake_timeout = Duration::from_secs(n),
+        },
+    },
+    Key {
+        name: "login_timeout_secs",
+        default: Some("60"),
+        doc: "seconds from the WebSocket opening to the name",
+        kind: Int {
+            min: 1,
+            max: 3600,
+            set: |d, n| d.config.limits.login_timeout = Duration::from_secs(n),
+        },
+    },
+    Key {
+        name: "idle_timeout_secs",
+        default: Some("60"),
+        doc: "seconds of silence before a ping; 0 = off",
+        kind: Int {
+            min: 0,
+            max: 86400,
+            set: |d, n| d.config.limits.idle_timeout = (n > 0).then(|| Duration::from_secs(n)),
+        },
+    },
+    Key {
+        name: "rate_limit_per_sec",
+        default: Some("20"),
+        doc: "messages per second per user; 0 = off",
+        kind: Int {
+            min: 0,
+            max: 1_000_000,
+            set: |d, n| d.config.limits.rate_limit_per_sec = n as u32,
+        },
+    },
+    Key {
+        name: "rate_limit_burst",
+        default: Some("40"),
+        doc: "messages a user may send at once",
+        kind: Int {
+            min: 0,
+            max: 1_000_000,
+            set: |d, n| d.config.limits.rate_limit_burst = n as u32,
+        },
+    },
+    Key {
+        name: "history_size",
+        default: Some("50"),
+        doc: "recent broadcasts replayed to joiners; 0 = off",
+        kind: Int { min: 0, max: 10_000, set: |d, n| d.config.history_size = n as usize },
+    },
+    Key {
+        name: "allowed_origins",
+        default: None,
+        doc: "web origins allowed to open a WebSocket; none = any",
+        kind: List(allowed_origins),
+    },
+    Key {
+        name: "trusted_proxies",
+        default: None,
+        doc: "addresses or networks of reverse proxies whose X-Forwarded-For counts",
+        kind: List(trusted_proxies),
+    },
+    Key {
+        name: "metrics_addr",
+        default: None,
+        doc: "host:port of the /healthz and /metrics listener; none = off",
+        kind: CheckedText(metrics_addr),
+    },
+    Key {
+        name: "reuse_port",
+        default: Some("false"),
+        doc: "share server_port with other processes (SO_REUSEPORT)",
+        kind: Bool(|d, on| d.config.reuse_port = on),
+    },
+    Key {
+        name: "log_level",
+        default: Some(r#""info""#),
+        doc: "error, warn, info, debug, trace or off",
+        kind: CheckedText(log_level),
+    },
+    Key {
+        name: "redis_url",
+        default: None,
+        doc: "redis:// or rediss:// URL: one room across processes; none = standalone",
+        kind: CheckedText(redis_url),
+    },
+    Key {
+        name: "cluster_name",
+        default: Some(r#""ragnarok""#),
+        doc: "the room's name on Redis",
+        kind: CheckedText(cluster_name),
+    },
+    Key {
+        name: "redis_ca_file",
+        default: None,
+        doc: "PEM CA certificates for rediss://; none = the system's",
+        kind: Text(|d, path| d.redis_ca_file = Some(path)),
+    },
 ];
 
-impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => {
-                ConfigError::Syntax { path: path.to_owned(), message }
-            }
-            other => other,
-        })
+fn server_ip(d: &mut Draft, ip: String) -> Result<(), String> {
+    if ip.trim().is_empty() {
+        return Err("must not be empty".into());
     }
+    d.config.server_ip = ip;
+    Ok(())
+}
 
-    /// Parses config text; relative certificate paths are taken from `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| ConfigError::Syntax { path: PathBuf::new(), message: e.to_string() })?;
-        let Value::Object(map) = value else {
-            return Err(ConfigError::Syntax {
-                path: PathBuf::new(),
-                message: "the top level must be an object".into(),
-            });
-        };
-        for key in map.keys() {
-            if !KEYS.contains(&key.as_str()) {
-                let suggestion = KEYS.iter().copied().find(|k| {
-                    k.eq_ignore_ascii_case(key) || k.replace('_', "") == key.replace('_', "")
-                });
-                return Err(ConfigError::UnknownKey { key: key.clone(), suggestion });
-            }
-        }
-        let keys = Keys(&map);
-        let mut c = Config::default();
-        let ssl = keys.bool("SSL")?.unwrap_or(false);
-        let cert = keys.string("SSL_Cert")?;
-        let key = keys.string("SSL_Key")?;
-        if ssl {
-            let cert = cert.filter(|s| !s.is_empty()).ok_or(ConfigError::BadValue {
-                key: "SSL_Cert",
-                message: "must name the certificate file when \"SSL\" is true".into(),
-            })?;
-            let key = key.filter(|s| !s.is_empty()).ok_or(ConfigError::BadValue {
-                key: "SSL_Key",
-                message: "must name the private key file when \"SSL\" is true".into(),
-            })?;
-            c.tls = Some(TlsFiles { cert: base.join(cert), key: base.join(key) });
-        }
-        if let Some(ip) = keys.string("server_ip")? {
-            if ip.trim().is_empty() {
-                return Err(bad("server_ip", "must not be empty"));
-            }
-            c.server_ip = ip;
-        }
-        if let Some(port) = keys.int("server_port", 0, u16::MAX as u64)? {
-            c.server_port = port as u16;
-        }
-        if let Some(name) = keys.string("server_name")? {
-            c.server_name = name;
-        }
-        if let Some(password) = keys.string("server_password")? {
-            c.server_password = password;
-        }
-        let l = &mut c.limits;
-        if let Some(n) = keys.int("max_connections", 1, 1 << 24)? {
-            l.max_connections = n as usize;
-        }
-        if let Some(n) = keys.int("max_message_bytes", 64, 64 << 20)? {
-            l.max_message_bytes = n as usize;
-        }
-        if let Some(n) = keys.int("max_outbound_bytes", 4096, 1 << 32)? {
-            l.max_outbound_bytes = n as usize;
-        }
-        if let Some(n) = keys.int("handshake_timeout_secs", 1, 3600)? {
-            l.handshake_timeout = Duration::from_secs(n);
-        }
-        if let Some(n) = keys.int("login_timeout_secs", 1, 3600)? {
-            l.login_timeout = Duration::from_secs(n);
-        }
-        if let Some(n) = keys.int("idle_timeout_secs", 0, 86400)? {
-            l.idle_timeout = (n > 0).then(|| Duration::from_secs(n));
-        }
-        if let Some(n) = keys.int("rate_limit_per_sec", 0, 1_000_000)? {
-            l.rate_limit_per_sec = n as u32;
-        }
-        if let Some(n) = keys.int("rate_limit_burst", 0, 1_000_000)? {
-            l.rate_limit_burst = n as u32;
-        }
-        if let Some(n) = keys.int("max_connections_per_ip", 0, 1 << 24)? {
-            l.max_connections_per_ip = n as u32;
-        }
-        if let Some(n) = keys.int("max_handshakes_per_ip", 0, 1 << 24)? {
-            l.max_handshakes_per_ip = n as u32;
-        }
-        if let Some(n) = keys.int("login_attempts_per_minute", 0, 1_000_000)? {
-            l.login_attempts_per_minute = n as u32;
-        }
-        if l.rate_limit_per_sec > 0 && l.rate_limit_burst == 0 {
-            return Err(bad("rate_limit_burst", "must be at least 1 when rate limiting is on"));
-        }
-        if let Some(n) = keys.int("history_size", 0, 10_000)? {
-            c.history_size = n as usize;
-        }
-        if let Some(origins) = keys.strings("allowed_origins")? {
-            for origin in &origins {
-                if !valid_origin(origin) {
-                    return Err(bad(
-                        "allowed_origins",
-                        &format!(
-                            "has {origin:?}: an origin looks like \"https://chat.example.org\" (scheme, host, optional port; no path)"
-                        ),
-                    ));
-                }
-            }
-            c.allowed_origins = origins;
-        }
-        if let Some(proxies) = keys.strings("trusted_proxies")? {
-            c.trusted_proxies = proxies
-                .iter()
-                .map(|p| p.parse::<Cidr>().map_err(|e| bad("trusted_proxies", &format!("has {e}"))))
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(addr) = keys.string("metrics_addr")? {
-            let port = addr.rsplit_once(':').and_then(|(host, port)| {
-                (!host.is_empty()).then_some(())?;
-                port.parse::<u16>().ok()
-            });
-            if port.is_none() {
-                return Err(bad(
-                    "metrics_addr",
-                    &format!("{addr:?} must be host:port, e.g. \"127.0.0.1:9898\""),
-                ));
-            }
-            c.metrics_addr = (!addr.is_empty()).then_some(addr);
-        }
-        let name = keys.string("cluster_name")?;
-        let ca_file = keys.string("redis_ca_file")?;
-        match keys.string("redis_url")?.filter(|u| !u.is_empty()) {
-            Some(url) => {
-                let redis = RedisUrl::parse(&url).map_err(|e| bad("redis_url", &e))?;
-                let name = name.unwrap_or_else(|| DEFAULT_CLUSTER_NAME.into());
-                if name.is_empty()
-                    || name.len() > 64
-                    || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                {
-                    return Err(bad(
-                        "cluster_name",
-                        "must be 1 to 64 characters of letters, digits, '-', '_' and '.'",
-                    ));
-                }
-                if ca_file.is_some() && !redis.tls {
-                    return Err(bad("redis_ca_file", "is for rediss:// (TLS) URLs only"));
-                }
-                let redis_ca_file = ca_file.map(|f| base.join(f));
-                c.cluster = Some(Cluster { redis, name, redis_ca_file });
-            }
-            None if name.is_some() || ca_file.is_some() => {
-                let key = if name.is_some() { "cluster_name" } else { "redis_ca_file" };
-                return Err(bad(key, "needs \"redis_url\" (it is a cluster setting)"));
-            }
-            None => {}
-        }
-        c.reuse_port = keys.bool("reuse_port")?.unwrap_or(false);
-        if let Some(level) = keys.string("log_level")? {
-            c.log_level = match level.to_ascii_lowercase().as_str() {
-                "off" => LevelFilter::Off,
-                "error" => LevelFilter::Error,
-                "warn" => LevelFilter::Warn,
-                "info" => LevelFilter::Info,
-                "debug" => LevelFilter::Debug,
-                "trace" => LevelFilter::Trace,
-                _ => {
-                    return Err(bad(
-                        "log_level",
-                        "must be one of \"error\", \"warn\", \"info\", \"debug\", \"trace\", \"off\"",
-                    ));
-                }
-            };
-        }
-        Ok(c)
+fn allowed_origins(d: &mut Draft, origins: Vec<String>) -> Result<(), String> {
+    if let Some(origin) = origins.iter().find(|o| !valid_origin(o)) {
+        return Err(format!(
+            "has {origin:?}: an origin looks like \"https://chat.example.org\" (scheme, host, optional port; no path)"
+        ));
     }
+    d.config.allowed_origins = origins;
+    Ok(())
 }
 
 /// `scheme://host[:port]`, as browsers send in `Origin`.
@@ -369,55 +372,344 @@ fn valid_origin(origin: &str) -> bool {
         && !rest.contains(['/', '?', '#', ' '])
 }
 
-fn bad(key: &'static str, message: &str) -> ConfigError {
-    ConfigError::BadValue { key, message: message.into() }
+fn trusted_proxies(d: &mut Draft, proxies: Vec<String>) -> Result<(), String> {
+    d.config.trusted_proxies = proxies
+        .iter()
+        .map(|p| p.parse::<Cidr>().map_err(|e| format!("has {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(())
 }
 
-/// Typed access to the config object, with errors that name the key.
-struct Keys<'a>(&'a Map<String, Value>);
-
-impl Keys<'_> {
-    fn bool(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(bad(key, &format!("must be true or false, not {other}"))),
-        }
+fn metrics_addr(d: &mut Draft, addr: String) -> Result<(), String> {
+    let port = addr.rsplit_once(':').and_then(|(host, port)| {
+        (!host.is_empty()).then_some(())?;
+        port.parse::<u16>().ok()
+    });
+    if port.is_none() {
+        return Err(format!("{addr:?} must be host:port, e.g. \"127.0.0.1:9898\""));
     }
+    d.config.metrics_addr = Some(addr);
+    Ok(())
+}
 
-    fn string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(bad(key, &format!("must be a string, not {other}"))),
+fn log_level(d: &mut Draft, level: String) -> Result<(), String> {
+    d.config.log_level = match level.to_ascii_lowercase().as_str() {
+        "off" => LevelFilter::Off,
+        "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
+        "info" => LevelFilter::Info,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        _ => {
+            return Err(
+                "must be one of \"error\", \"warn\", \"info\", \"debug\", \"trace\", \"off\""
+                    .into(),
+            );
         }
-    }
+    };
+    Ok(())
+}
 
-    fn strings(&self, key: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| match item {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(bad(key, &format!("must be a list of strings, not hold {other}"))),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(other) => Err(bad(key, &format!("must be a list of strings, not {other}"))),
-        }
-    }
+/// An empty URL is no URL (standalone).
+fn redis_url(d: &mut Draft, url: String) -> Result<(), String> {
+    d.redis = if url.is_empty() { None } else { Some(RedisUrl::parse(&url)?) };
+    Ok(())
+}
 
-    fn int(&self, key: &'static str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-                _ => Err(bad(key, &format!("must be a whole number from {min} to {max}, not {n}"))),
+fn cluster_name(d: &mut Draft, name: String) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err("must be 1 to 64 characters of letters, digits, '-', '_' and '.'".into());
+    }
+    d.cluster_name = name;
+    Ok(())
+}
+
+/// The keys' values on their way into a [`Config`]. Keys that only make
+/// sense together wait here until [`Draft::finish`] checks them as a whole.
+struct Draft {
+    config: Config,
+    ssl: bool,
+    ssl_cert: Option<String>,
+    ssl_key: Option<String>,
+    redis: Option<RedisUrl>,
+    cluster_name: String,
+    redis_ca_file: Option<String>,
+}
+
+impl Draft {
+    /// Every key at its default. The values written here are placeholders:
+    /// each is either overwritten by a default from [`KEYS`] or means "off".
+    fn defaults() -> Draft {
+        let mut d = Draft {
+            config: Config {
+                tls: None,
+                server_ip: String::new(),
+                server_port: 0,
+                server_name: String::new(),
+                server_password: String::new(),
+                limits: Limits {
+                    max_connections: 0,
+                    max_message_bytes: 0,
+                    max_outbound_bytes: 0,
+                    handshake_timeout: Duration::ZERO,
+                    login_timeout: Duration::ZERO,
+                    idle_timeout: None,
+                    rate_limit_per_sec: 0,
+                    rate_limit_burst: 0,
+                    max_connections_per_ip: 0,
+                    max_handshakes_per_ip: 0,
+                    login_attempts_per_minute: 0,
+                },
+                history_size: 0,
+                log_level: LevelFilter::Off,
+                allowed_origins: Vec::new(),
+                trusted_proxies: Vec::new(),
+                metrics_addr: None,
+                cluster: None,
+                reuse_port: false,
             },
-            Some(other) => Err(bad(key, &format!("must be a number, not {other}"))),
+            ssl: false,
+            ssl_cert: None,
+            ssl_key: None,
+            redis: None,
+            cluster_name: String::new(),
+            redis_ca_file: None,
+        };
+        for key in KEYS {
+            if let Some(text) = key.default {
+                // The defaults are ours, not the operator's: a unit test
+                // applies them all, so this cannot fail at run time.
+                let value = serde_json::from_str(text).expect("a default in KEYS is JSON");
+                d.set(key, &value).expect("a default in KEYS passes its own check");
+            }
+        }
+        d
+    }
+
+    /// Checks one key's value and stores it.
+    fn set(&mut self, key: &Key, value: &Value) -> Result<(), String> {
+        let must_be = |what: &str| Err(format!("must be {what}, not {value}"));
+        match (&key.kind, value) {
+            (Bool(set), Value::Bool(b)) => set(self, *b),
+            (Int { min, max, set }, Value::Number(n)) => match n.as_u64() {
+                Some(v) if (*min..=*max).contains(&v) => set(self, v),
+                _ => return must_be(&format!("a whole number from {min} to {max}")),
+            },
+            (Text(set), Value::String(s)) => set(self, s.clone()),
+            (CheckedText(set), Value::String(s)) => set(self, s.clone())?,
+            (List(set), Value::Array(items)) => {
+                let strings = items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(s) => Ok(s.clone()),
+                        other => Err(format!("must be a list of strings, not hold {other}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+                set(self, strings)?
+            }
+            (Bool(_), _) => return must_be("true or false"),
+            (Int { .. }, _) => return must_be("a number"),
+            (Text(_) | CheckedText(_), _) => return must_be("a string"),
+            (List(_), _) => return must_be("a list of strings"),
+        }
+        Ok(())
+    }
+
+    /// The checks across keys; relative paths are taken from `base`.
+    /// `given` is the config file's object (what was set, not defaulted).
+    fn finish(self, base: &Path, given: &Map<String, Value>) -> Result<Config, ConfigError> {
+        let mut c = self.config;
+        if self.ssl {
+            let cert = self.ssl_cert.filter(|s| !s.is_empty()).ok_or_else(|| {
+                bad("SSL_Cert", "must name the certificate file when \"SSL\" is true")
+            })?;
+            let key = self.ssl_key.filter(|s| !s.is_empty()).ok_or_else(|| {
+                bad("SSL_Key", "must name the private key file when \"SSL\" is true")
+            })?;
+            c.tls = Some(TlsFiles { cert: base.join(cert), key: base.join(key) });
+        }
+        if c.limits.rate_limit_per_sec > 0 && c.limits.rate_limit_burst == 0 {
+            return Err(bad("rate_limit_burst", "must be at least 1 when rate limiting is on"));
+        }
+        match self.redis {
+            Some(redis) => {
+                if self.redis_ca_file.is_some() && !redis.tls {
+                    return Err(bad("redis_ca_file", "is for rediss:// (TLS) URLs only"));
+                }
+                let redis_ca_file = self.redis_ca_file.map(|f| base.join(f));
+                c.cluster = Some(Cluster { redis, name: self.cluster_name, redis_ca_file });
+            }
+            None => {
+                for key in ["cluster_name", "redis_ca_file"] {
+                    if given.contains_key(key) {
+                        return Err(bad(key, "needs \"redis_url\" (it is a cluster setting)"));
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Syntax {
+        path: PathBuf,
+        message: String,
+    },
+    /// `path` is empty until [`Config::load`] names the file (as for the next).
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        suggestion: Option<&'static str>,
+    },
+    BadValue {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn in_file(self, file: &Path) -> ConfigError {
+        let file = file.to_owned();
+        match self {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: file, message },
+            ConfigError::UnknownKey { key, suggestion, .. } => {
+                ConfigError::UnknownKey { path: file, key, suggestion }
+            }
+            ConfigError::BadValue { key, message, .. } => {
+                ConfigError::BadValue { path: file, key, message }
+            }
+            read @ ConfigError::Read { .. } => read,
         }
     }
+}
+
+/// "config file PATH", or "config" when no file was named.
+struct Place<'a>(&'a Path);
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_os_str().is_empty() {
+            true => f.write_str("config"),
+            false => write!(f, "config file {}", self.0.display()),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config file {}: {source}", path.display())
+            }
+            ConfigError::Syntax { path, message } => {
+                write!(f, "{} is not valid JSON: {message}", Place(path))
+            }
+            ConfigError::UnknownKey { path, key, suggestion: Some(s) } => {
+                write!(f, "{}: unknown key {key:?} (did you mean {s:?}?)", Place(path))
+            }
+            ConfigError::UnknownKey { path, key, suggestion: None } => {
+                write!(f, "{}: unknown key {key:?}", Place(path))
+            }
+            ConfigError::BadValue { path, key, message } => {
+                write!(f, "{}: {key:?} {message}", Place(path))
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: &'static str, message: &str) -> ConfigError {
+    ConfigError::BadValue { path: PathBuf::new(), key, message: message.into() }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| e.in_file(path))
+    }
+
+    /// Parses config text; relative certificate paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: PathBuf::new(), message: e.to_string() })?;
+        let Value::Object(map) = value else {
+            return Err(ConfigError::Syntax {
+                path: PathBuf::new(),
+                message: "the top level must be an object".into(),
+            });
+        };
+        if let Some(key) = map.keys().find(|k| !KEYS.iter().any(|known| known.name == *k)) {
+            let suggestion = suggest(key);
+            return Err(ConfigError::UnknownKey {
+                path: PathBuf::new(),
+                key: key.clone(),
+                suggestion,
+            });
+        }
+        let mut draft = Draft::defaults();
+        for key in KEYS {
+            if let Some(value) = map.get(key.name) {
+                draft.set(key, value).map_err(|message| bad(key.name, &message))?;
+            }
+        }
+        draft.finish(base, &map)
+    }
+}
+
+/// The known key an unknown one was probably meant to be: the same but for
+/// case, '_' and '-', or a typo or two away (a letter wrong, missing, extra,
+/// or two neighbours swapped), within 1 for keys of up to 4 letters.
+fn suggest(unknown: &str) -> Option<&'static str> {
+    let wanted = normalise(unknown);
+    let within = if wanted.len() <= 4 { 1 } else { 2 };
+    KEYS.iter()
+        .map(|key| (normalise(key.name), key.name))
+        // Lengths further apart than `within` are further apart than that.
+        .filter(|(known, _)| known.len().abs_diff(wanted.len()) <= within)
+        .map(|(known, name)| (edit_distance(&wanted, &known), name))
+        .filter(|&(distance, _)| distance <= within)
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, name)| name)
+}
+
+fn normalise(key: &str) -> Vec<char> {
+    key.chars().filter(|c| !matches!(c, '_' | '-')).flat_map(char::to_lowercase).collect()
+}
+
+/// Edits that turn `a` into `b`, each of: a character inserted, removed,
+/// replaced, or two neighbours swapped (the optimal string alignment
+/// distance, Damerau's variant of Levenshtein's).
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    // Three rows of the table: for a's prefixes of length i-2, i-1 and i.
+    let mut before = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut row = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        row[0] = i;
+        for j in 1..=b.len() {
+            let replace = prev[j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            row[j] = replace.min(prev[j] + 1).min(row[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                row[j] = row[j].min(before[j - 2] + 1);
+            }
+        }
+        std::mem::swap(&mut before, &mut prev);
+        std::mem::swap(&mut prev, &mut row);
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -515,5 +807,110 @@ mod tests {
             let message = parse(text).unwrap_err().to_string();
             assert!(message.contains(expected), "{text}: {message}");
         }
+    }
+
+    #[test]
+    fn the_defaults_are_the_keys_defaults() {
+        assert_eq!(parse("{}").unwrap(), Config::default());
+        let c = Config::default();
+        assert_eq!((c.server_ip.as_str(), c.server_port), ("127.0.0.1", 12345));
+        assert_eq!((c.history_size, c.log_level), (50, LevelFilter::Info));
+        let l = Limits::default();
+        assert_eq!((l.max_connections, l.max_outbound_bytes), (16384, 1 << 20));
+        assert_eq!(l.idle_timeout, Some(Duration::from_secs(60)));
+        let cluster = parse(r#"{"redis_url": "redis://h"}"#).unwrap().cluster.unwrap();
+        assert_eq!(cluster.name, DEFAULT_CLUSTER_NAME);
+    }
+
+    /// README's two config tables list exactly the keys of `KEYS`, with
+    /// the same defaults: a literal in backticks, or a word for "none".
+    #[test]
+    fn readme_lists_every_key_with_its_default() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("\n## config.json").expect("README has a config.json section");
+        let section = &readme[start + 1..];
+        let section = &section[..section[1..].find("\n## ").map_or(section.len(), |end| end + 1)];
+        let mut listed = Vec::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`');
+            let default = cells[2].strip_prefix('`').and_then(|d| d.strip_suffix('`'));
+            let key = KEYS.iter().find(|k| k.name == name);
+            let key = key.unwrap_or_else(|| panic!("README lists {name:?}, which is no key"));
+            assert_eq!(default, key.default, "README's default for {name:?}");
+            listed.push(name);
+        }
+        for key in KEYS {
+            let times = listed.iter().filter(|&&n| n == key.name).count();
+            assert_eq!(times, 1, "README lists {:?} {times} times", key.name);
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_gets_the_nearest_known_one() {
+        for (typo, meant) in [
+            ("server_prot", Some("server_port")),
+            ("server_pasword", Some("server_password")),
+            ("max_conections", Some("max_connections")),
+            ("SSL_cert", Some("SSL_Cert")),
+            ("ssl-key", Some("SSL_Key")),
+            ("reuseport", Some("reuse_port")),
+            ("Rate_Limit_Burts", Some("rate_limit_burst")),
+            ("ssh", Some("SSL")),
+            ("port", None),
+            ("colour", None),
+            ("", None),
+        ] {
+            assert_eq!(suggest(typo), meant, "{typo:?}");
+        }
+        let e = parse(r#"{"server_prot": 1}"#).unwrap_err().to_string();
+        assert_eq!(e, "config: unknown key \"server_prot\" (did you mean \"server_port\"?)");
+        // A huge key costs no more than its length.
+        assert_eq!(suggest(&"x".repeat(1 << 20)), None);
+    }
+
+    #[test]
+    fn no_two_keys_are_one_typo_apart() {
+        for (i, a) in KEYS.iter().enumerate() {
+            for b in &KEYS[i + 1..] {
+                let d = edit_distance(&normalise(a.name), &normalise(b.name));
+                assert!(
+                    d > 2,
+                    "{} and {} are {d} apart: a typo would be ambiguous",
+                    a.name,
+                    b.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn edit_distances() {
+        let d = |a: &str, b: &str| {
+            edit_distance(&a.chars().collect::<Vec<_>>(), &b.chars().collect::<Vec<_>>())
+        };
+        assert_eq!(d("kitten", "sitting"), 3);
+        assert_eq!(d("port", "prot"), 1);
+        assert_eq!(d("", "abc"), 3);
+        assert_eq!(d("abc", ""), 3);
+        assert_eq!(d("ca", "abc"), 3, "no edit of a swapped pair (optimal string alignment)");
+        assert_eq!(d("same", "same"), 0);
+    }
+
+    #[test]
+    fn loaded_errors_name_the_file() {
+        let path =
+            std::env::temp_dir().join(format!("ragnarok-config-{}.json", std::process::id()));
+        for (text, expected) in [
+            (r#"{"server_pasword": ""}"#, "unknown key \"server_pasword\" (did you mean"),
+            (r#"{"server_port": -1}"#, "\"server_port\" must be a whole number"),
+            (r#"{"SSL": true}"#, "\"SSL_Cert\" must name"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let message = Config::load(&path).unwrap_err().to_string();
+            let place = format!("config file {}: ", path.display());
+            assert!(message.starts_with(&place) && message.contains(expected), "{message}");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -213,6 +213,8 @@ fn sample(pid: Option<u32>) -> Option<ProcSample> {
     let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
     let user: u64 = fields.get(11)?.parse().ok()?;
     let sys: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf takes a plain integer, touches no memory of ours and
+    // has no preconditions; its -1 (unknown) is clamped to 1 below.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / hz);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -113,11 +113,14 @@ struct Timer(OwnedFd);
 impl Timer {
     fn new(registry: &Registry) -> io::Result<Timer> {
         let flags = libc::TFD_NONBLOCK | libc::TFD_CLOEXEC;
+        // SAFETY: plain integer arguments, no pointers; the result is a new
+        // descriptor or -1, checked next.
         let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: a new descriptor that nothing else owns.
+        // SAFETY: `fd` is open (not -1: checked above) and new, so nothing
+        // else owns or will close it; the OwnedFd becomes its only owner.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         registry.register(&mut SourceFd(&fd.as_raw_fd()), TIMER, Interest::READABLE)?;
         Ok(Timer(fd))
@@ -133,12 +136,21 @@ impl Timer {
                 tv_nsec: after.subsec_nanos() as libc::c_long,
             },
         };
+        // SAFETY: the descriptor is the timerfd `self.0` owns, open while
+        // `self` is borrowed; `&spec` points to an initialised itimerspec
+        // that outlives the call, which only reads it; a null `old_value` is
+        // allowed (timerfd_settime(2)) and means nothing is written back.
         unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
     }
 
     /// Consumes the expiry, so that the next one is a new edge.
     fn clear(&self) {
         let mut ticks = [0u8; 8];
+        // SAFETY: the descriptor is the timerfd `self.0` owns, open while
+        // `self` is borrowed; read writes at most `ticks.len()` bytes through
+        // the pointer, and `ticks` is a live local buffer of exactly that
+        // many (8: what a timerfd read needs). The result is not needed: an
+        // error (EAGAIN, no expiry yet) leaves nothing to consume.
         unsafe { libc::read(self.0.as_raw_fd(), ticks.as_mut_ptr().cast(), ticks.len()) };
     }
 }
@@ -373,6 +385,8 @@ fn machine_times() -> Option<MachineTimes> {
     let ticks: Vec<u64> =
         stat.lines().next()?.split_whitespace().skip(1).map_while(|v| v.parse().ok()).collect();
     let sum = |fields: &[usize]| fields.iter().map(|&i| ticks.get(i).copied().unwrap_or(0)).sum();
+    // SAFETY: sysconf takes a plain integer, touches no memory of ours and
+    // has no preconditions; its -1 (unknown) is clamped to 1 below.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let time = |t: u64| Duration::from_micros(t * 1_000_000 / hz);
     Some(MachineTimes { busy: time(sum(&[0, 1, 2, 5, 6, 7])), steal: time(sum(&[7])) })
