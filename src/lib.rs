@@ -5,6 +5,7 @@ mod addresses;
 pub mod cluster;
 pub mod config;
 mod connection;
+mod drain;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod echo;
