@@ -43,29 +43,7 @@ pub struct Proposal {
     pub what: Proposed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Proposed {
-    Say { name: Rc<str>, text: String },
-    PublicKey { name_key: Rc<str>, key: String },
-    Private { to_key: Rc<str>, to_name: Rc<str>, from: Rc<str>, text: String },
-}
-
-/// A user online on another node of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteUser {
-    pub node: Rc<str>,
-    pub name: String,
-    pub key: Option<String>,
-}
-
-/// A user of this node, as the cluster registers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalUser {
-    pub name_key: Rc<str>,
-    pub name: Rc<str>,
-    /// The public key, if published.
-    pub key: Option<Box<str>>,
-}
+pub use crate::cluster::{LocalUser, Proposed, RemoteUser};
 
 /// Standalone, or one node of a cluster whose link to the others is up or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
