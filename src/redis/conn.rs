@@ -1,7 +1,6 @@
-//! One non-blocking Redis connection driven by the server's poll loop: a
-//! `mio` socket, rustls driven by hand (`read_tls` / `process_new_packets` /
-//! `write_tls`, never `StreamOwned`) for `rediss://`, the AUTH / SELECT
-//! handshake, commands queued and replies decoded (`resp`) as they arrive.
+//! One non-blocking Redis connection on the server's poll loop: a `mio`
+//! socket, rustls driven by hand for `rediss://` (never `StreamOwned`), the
+//! AUTH / SELECT handshake, commands out and replies decoded as they come.
 
 use std::collections::VecDeque;
 use std::fmt;

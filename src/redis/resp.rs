@@ -1,14 +1,6 @@
 //! RESP2, the bytes Redis speaks: commands encoded as arrays of bulk
 //! strings (`Command`), and a resumable decoder for replies and pushed
 //! messages (`Decoder`), bounded in depth and size and never recursive.
-//!
-//! The decoder is written here rather than taken from `redis-protocol`: that
-//! crate's decoder recurses once per nesting level with no limit (400 KB of
-//! `*1\r\n` overflows the stack and aborts the process) and starts again from
-//! the first byte on every call (quadratic for a large array that arrives in
-//! many reads). This one keeps the arrays it is filling on a stack of its
-//! own, bounded in depth, and drops each byte from its buffer once it has
-//! been decoded, so a reply split across any number of reads costs one pass.
 
 use std::fmt;
 use std::io::Write;
@@ -111,6 +103,15 @@ fn put_bulk(out: &mut Vec<u8>, arg: &[u8]) {
 
 /// A resumable RESP2 decoder: feed it bytes as they come, take values out
 /// as they complete.
+///
+/// Written here rather than taken from `redis-protocol`: that crate's
+/// decoder recurses once per nesting level with no limit (400 KB of
+/// `*1\r\n` overflows the stack and aborts the process) and starts again
+/// from the first byte on every call (quadratic for a large array that
+/// arrives in many reads). This one keeps the arrays it is filling on a
+/// stack of its own, bounded in depth, and drops each byte from its buffer
+/// once it has been decoded, so a reply split across any number of reads
+/// costs one pass.
 #[derive(Default)]
 pub struct Decoder {
     /// Bytes not decoded yet start at `buf[pos]`.
