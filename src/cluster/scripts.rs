@@ -185,12 +185,8 @@ mod tests {
     }
 
     fn script_of(command: &Command) -> Script {
-        let sha = &argv_sha(command);
-        Script::ALL.into_iter().find(|s| s.sha() == sha).expect("a known script")
-    }
-
-    fn argv_sha(command: &Command) -> String {
-        String::from_utf8(command.args()[1].clone()).unwrap()
+        let sha = &command.args()[1];
+        Script::ALL.into_iter().find(|s| s.sha().as_bytes() == sha).expect("a known script")
     }
 
     /// sync.lua's arguments before the users, and per user.
@@ -239,6 +235,8 @@ mod tests {
     fn script_digests_are_what_redis_computes() {
         // SHA-1 of "return 1", as `redis-cli SCRIPT LOAD "return 1"` prints.
         assert_eq!(sha1_hex("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        // `sha` indexes by discriminant: ALL lists the scripts in that order.
+        assert!(Script::ALL.iter().enumerate().all(|(i, s)| *s as usize == i));
         let shas: BTreeSet<_> = Script::ALL.iter().map(|s| s.sha()).collect();
         assert_eq!(shas.len(), Script::ALL.len());
         assert_eq!(load(Script::Lease).args()[2], Script::Lease.text().as_bytes());
