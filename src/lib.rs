@@ -5,6 +5,7 @@ mod addresses;
 pub mod cluster;
 pub mod config;
 mod connection;
+mod drain;
 mod effect;
 pub mod fdlimit;
 pub mod http;

@@ -10,10 +10,11 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::ClusterStats;
+use crate::drain::{self, Drained};
 use crate::effect::Count;
 use crate::protocol::{ErrorCode, Kind};
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -344,16 +345,8 @@ impl Request {
             }
         }
         let Some((answer, written)) = &mut self.answer else { return true };
-        while *written < answer.len() {
-            match self.socket.write(&answer[*written..]) {
-                Ok(0) => return true,
-                Ok(n) => *written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            }
-        }
-        true
+        // Finished once all is written, or on an error.
+        !matches!(drain::buffer(&mut self.socket, answer, written), Ok(Drained::Blocked))
     }
 }
 

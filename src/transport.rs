@@ -10,6 +10,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
 
+use crate::drain::{self, Drained};
 use crate::outbox::Outbox;
 
 /// Plaintext rustls may hold for sending, on top of our own queue.
@@ -184,16 +185,11 @@ fn write_plain<S: Write>(
     outbox: &mut Outbox,
     scratch: &mut Vec<u8>,
 ) -> io::Result<Flushed> {
-    while !outbox.is_empty() {
-        match socket.write(outbox.next_write(scratch)) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => outbox.consume(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Flushed::All)
+    let drained = drain::drain(|| {
+        let written = (!outbox.is_empty()).then(|| socket.write(outbox.next_write(scratch)))?;
+        Some(written.inspect(|n| outbox.consume(*n)))
+    })?;
+    Ok(drained.into())
 }
 
 impl<S: Socket> TlsStream<S> {
@@ -257,16 +253,16 @@ impl<S: Socket> TlsStream<S> {
     }
 
     fn write_tls(&mut self) -> io::Result<Flushed> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut OneRecord(&mut self.socket)) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        Ok(drain::tls(&mut self.tls, &mut OneRecord(&mut self.socket))?.into())
+    }
+}
+
+impl From<Drained> for Flushed {
+    fn from(drained: Drained) -> Flushed {
+        match drained {
+            Drained::All => Flushed::All,
+            Drained::Blocked => Flushed::Blocked,
         }
-        Ok(Flushed::All)
     }
 }
 

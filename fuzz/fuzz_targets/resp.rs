@@ -1,4 +1,4 @@
-//! Arbitrary bytes into the RESP decoder (`redis::conn::Decoder`), which reads
+//! Arbitrary bytes into the RESP decoder (`redis::resp::Decoder`), which reads
 //! everything Redis sends a cluster node.
 //!
 //! Checks: no panic, no unbounded work; the values decoded from the input fed
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ragnarok::redis::conn::{Decoder, Value};
+use ragnarok::redis::resp::{Decoder, Value};
 
 fn decode(chunks: &[&[u8]]) -> (Vec<Value>, bool) {
     let mut decoder = Decoder::new();

@@ -1,0 +1,186 @@
+//! What nodes tell each other through Redis (`Event`, and its JSON, which
+//! nodes of every version must read alike), and what the server and the
+//! cluster hand each other about users (`Origin`, `Proposed`, the users).
+
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// A local connection that asked something, by slab key and the serial
+/// that tells it from a later connection under the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub id: usize,
+    pub serial: u64,
+}
+
+impl Origin {
+    /// "id.serial", as a `Join` event carries it.
+    pub fn parse(conn: &str) -> Option<Origin> {
+        let (id, serial) = conn.split_once('.')?;
+        Some(Origin { id: id.parse().ok()?, serial: serial.parse().ok()? })
+    }
+
+    /// The inverse of `parse`.
+    pub fn to_conn(self) -> String {
+        format!("{}.{}", self.id, self.serial)
+    }
+}
+
+/// In a cluster, what a local user asked that the whole room must see in
+/// one order: the server publishes it, and it takes effect when it comes
+/// back from Redis as an `Event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposed {
+    Say { name: Rc<str>, text: String },
+    PublicKey { name_key: Rc<str>, key: String },
+    Private { to_key: Rc<str>, to_name: Rc<str>, from: Rc<str>, text: String },
+}
+
+/// A user online on another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUser {
+    pub node: Rc<str>,
+    pub name: String,
+    pub key: Option<String>,
+}
+
+/// A user of this node, as the cluster registers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub name_key: Rc<str>,
+    pub name: Rc<str>,
+    /// The public key, if published.
+    pub key: Option<Box<str>>,
+}
+
+/// An event of the room, as every node sees it, in one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "lowercase")]
+pub enum Event {
+    /// `node` gave `name` (comparison key `key`) to one of its connections
+    /// (`conn`: "id.serial", meaningful to `node` only).
+    Join {
+        node: String,
+        conn: String,
+        key: String,
+        name: String,
+    },
+    Leave {
+        node: String,
+        key: String,
+    },
+    Say {
+        name: String,
+        text: String,
+    },
+    #[serde(rename = "pubkey")]
+    PublicKey {
+        node: String,
+        key: String,
+        pk: String,
+    },
+    #[serde(rename = "pm")]
+    Private {
+        to: String,
+        from: String,
+        text: String,
+    },
+    /// `node` (re)registered: these are all its users now.
+    Node {
+        node: String,
+        users: Json,
+    },
+    /// `node` stopped renewing its lease: its users are gone.
+    Dead {
+        node: String,
+    },
+}
+
+impl Event {
+    /// The users of a `Node` event: (key, name, public key).
+    pub fn node_users(users: &Json) -> Vec<(String, String, Option<String>)> {
+        let Some(list) = users.as_array() else { return Vec::new() }; // cjson: {} = []
+        list.iter()
+            .filter_map(|u| {
+                let u = u.as_array()?;
+                let s = |i: usize| u.get(i).and_then(Json::as_str).map(str::to_owned);
+                Some((s(0)?, s(1)?, s(2).filter(|k| !k.is_empty())))
+            })
+            .collect()
+    }
+
+    /// The event as published.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A published message, `<seq> <event>`; `None` when it is not one this
+    /// version understands.
+    pub fn parse_published(payload: &str) -> Option<(u64, Event)> {
+        let (seq, json) = payload.split_once(' ')?;
+        Some((seq.parse().ok()?, serde_json::from_str(json).ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_cjson_lists_parse() {
+        let e = Event::Join {
+            node: "n".into(),
+            conn: Origin { id: 3, serial: 7 }.to_conn(),
+            key: "bob".into(),
+            name: "Bob".into(),
+        };
+        let json = e.to_json();
+        assert_eq!(json, r#"{"e":"join","node":"n","conn":"3.7","key":"bob","name":"Bob"}"#);
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        assert_eq!(Origin::parse("3.7"), Some(Origin { id: 3, serial: 7 }));
+        assert_eq!(Origin::parse("3"), None);
+        let node: Event = serde_json::from_str(
+            r#"{"e":"node","node":"n","users":[["bob","Bob",""],["al","Al","K"]]}"#,
+        )
+        .unwrap();
+        let Event::Node { users, .. } = node else { panic!() };
+        assert_eq!(
+            Event::node_users(&users),
+            [("bob".into(), "Bob".into(), None), ("al".into(), "Al".into(), Some("K".into()))]
+        );
+        assert!(Event::node_users(&serde_json::json!({})).is_empty(), "cjson's empty list");
+        let dead: Event = serde_json::from_str(r#"{"e":"dead","node":"x"}"#).unwrap();
+        assert_eq!(dead, Event::Dead { node: "x".into() });
+    }
+
+    #[test]
+    fn the_wire_is_what_every_version_reads() {
+        let events = [
+            (
+                Event::Leave { node: "n".into(), key: "k".into() },
+                r#"{"e":"leave","node":"n","key":"k"}"#,
+            ),
+            (
+                Event::Say { name: "A".into(), text: "t".into() },
+                r#"{"e":"say","name":"A","text":"t"}"#,
+            ),
+            (
+                Event::PublicKey { node: "n".into(), key: "k".into(), pk: "P".into() },
+                r#"{"e":"pubkey","node":"n","key":"k","pk":"P"}"#,
+            ),
+            (
+                Event::Private { to: "b".into(), from: "A".into(), text: "t".into() },
+                r#"{"e":"pm","to":"b","from":"A","text":"t"}"#,
+            ),
+            (Event::Dead { node: "n".into() }, r#"{"e":"dead","node":"n"}"#),
+        ];
+        for (event, json) in events {
+            assert_eq!(event.to_json(), json);
+            assert_eq!(Event::parse_published(&format!("12 {json}")), Some((12, event)));
+        }
+        assert_eq!(Event::parse_published(r#"x {"e":"dead","node":"n"}"#), None);
+        assert_eq!(Event::parse_published(r#"3 {"e":"future"}"#), None);
+    }
+}

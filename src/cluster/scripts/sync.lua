@@ -1,0 +1,52 @@
+-- SYNC: (re)registers this node and all its users, and reads the room back.
+-- ARGV: 1 prefix, 2 node, 3 lease in ms, 4 history count, 5 history bytes,
+-- then 3 per user from 6 on: name key, name, public key or ''.
+-- Answers {seq of its Node event, conflicting name keys, users (HGETALL),
+-- public keys (HGETALL), history (oldest first), Redis's clock in ms}.
+local p, node = ARGV[1], ARGV[2]
+redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
+redis.call('SADD', p .. 'nodes', node)
+local mine = {}
+for i = 6, #ARGV, 3 do mine[ARGV[i]] = true end
+local all = redis.call('HGETALL', p .. 'users')
+for i = 1, #all, 2 do
+  if string.sub(all[i + 1], 1, #node + 1) == node .. '\n' and not mine[all[i]] then
+    redis.call('HDEL', p .. 'users', all[i])
+    redis.call('HDEL', p .. 'pubkeys', all[i])
+  end
+end
+local conflicts, accepted = {}, {}
+for i = 6, #ARGV, 3 do
+  local key, name, pk = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local cur = redis.call('HGET', p .. 'users', key)
+  local owner = cur and string.match(cur, '^([^\n]*)\n')
+  if owner and owner ~= node and redis.call('EXISTS', p .. 'node:' .. owner) == 1 then
+    table.insert(conflicts, key)
+  else
+    redis.call('HSET', p .. 'users', key, node .. '\n' .. name)
+    if pk ~= '' then
+      redis.call('HSET', p .. 'pubkeys', key, pk)
+    else
+      redis.call('HDEL', p .. 'pubkeys', key)
+    end
+    table.insert(accepted, {key, name, pk})
+  end
+end
+local seq = redis.call('INCR', p .. 'seq')
+local event = cjson.encode({e = 'node', node = node, users = accepted})
+redis.call('PUBLISH', p .. 'events', seq .. ' ' .. event)
+-- The newest history entries that fit both the count and the byte budget.
+local history, bytes = {}, 0
+local count = tonumber(ARGV[4])
+if count > 0 then
+  local newest = redis.call('LRANGE', p .. 'history', -count, -1)
+  for i = #newest, 1, -1 do
+    bytes = bytes + #newest[i]
+    if bytes > tonumber(ARGV[5]) then break end
+    table.insert(history, 1, newest[i])
+  end
+end
+local t = redis.call('TIME')
+return {seq, conflicts, redis.call('HGETALL', p .. 'users'),
+        redis.call('HGETALL', p .. 'pubkeys'), history,
+        tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
