@@ -14,28 +14,28 @@ pub enum Verdict {
     Flood,
 }
 
+/// The rate and the burst are the config's (`Limits`), passed in rather
+/// than kept in every connection's bucket.
 #[derive(Debug)]
 pub struct TokenBucket {
-    per_sec: f64,
-    burst: f64,
     /// Goes below zero while messages are refused; `-burst` means flooding.
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
-    pub fn new(per_sec: u32, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst);
-        TokenBucket { per_sec: f64::from(per_sec), burst, tokens: burst, last: now }
+    pub fn new(burst: u32, now: Instant) -> Self {
+        TokenBucket { tokens: f64::from(burst), last: now }
     }
 
-    pub fn take(&mut self, now: Instant) -> Verdict {
+    pub fn take(&mut self, now: Instant, per_sec: u32, burst: u32) -> Verdict {
+        let (per_sec, burst) = (f64::from(per_sec), f64::from(burst));
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst) - 1.0;
+        self.tokens = (self.tokens + elapsed * per_sec).min(burst) - 1.0;
         if self.tokens >= 0.0 {
             Verdict::Allow
-        } else if self.tokens > -self.burst {
+        } else if self.tokens > -burst {
             Verdict::Refuse
         } else {
             Verdict::Flood
@@ -47,10 +47,6 @@ impl TokenBucket {
     /// goes below empty this way, so this alone never makes a flood.
     pub fn charge(&mut self, extra: u32) {
         self.tokens = (self.tokens - f64::from(extra)).max(0.0);
-    }
-
-    pub fn burst(&self) -> u32 {
-        self.burst as u32
     }
 }
 
@@ -110,38 +106,45 @@ mod tests {
     #[test]
     fn burst_then_refuse_then_flood_then_recover() {
         let t0 = Instant::now();
-        let mut bucket = TokenBucket::new(10, 3, t0);
-        let verdicts: Vec<_> = (0..7).map(|_| bucket.take(t0)).collect();
+        let (rate, burst) = (10, 3);
+        let mut bucket = TokenBucket::new(burst, t0);
+        let verdicts: Vec<_> = (0..7).map(|_| bucket.take(t0, rate, burst)).collect();
         use Verdict::*;
         assert_eq!(verdicts, [Allow, Allow, Allow, Refuse, Refuse, Flood, Flood]);
 
-        let mut bucket = TokenBucket::new(10, 3, t0);
+        let (rate, burst) = (10, 3);
+        let mut bucket = TokenBucket::new(burst, t0);
         for _ in 0..4 {
-            bucket.take(t0);
+            bucket.take(t0, rate, burst);
         }
         // 0.5 s at 10/s refills the bucket to its burst, no further.
         let later = t0 + Duration::from_millis(500);
-        let verdicts: Vec<_> = (0..4).map(|_| bucket.take(later)).collect();
+        let verdicts: Vec<_> = (0..4).map(|_| bucket.take(later, rate, burst)).collect();
         assert_eq!(verdicts, [Allow, Allow, Allow, Refuse]);
     }
 
     #[test]
     fn a_charge_makes_what_follows_wait() {
         let t0 = Instant::now();
-        let mut bucket = TokenBucket::new(10, 5, t0);
-        assert_eq!(bucket.take(t0), Verdict::Allow);
+        let (rate, burst) = (10, 5);
+        let mut bucket = TokenBucket::new(burst, t0);
+        assert_eq!(bucket.take(t0, rate, burst), Verdict::Allow);
         bucket.charge(100);
-        assert_eq!(bucket.take(t0), Verdict::Refuse, "emptied, not a flood");
+        assert_eq!(bucket.take(t0, rate, burst), Verdict::Refuse, "emptied, not a flood");
         let later = t0 + Duration::from_millis(300);
-        assert_eq!(bucket.take(later), Verdict::Allow, "refilled at 10/s");
+        assert_eq!(bucket.take(later, rate, burst), Verdict::Allow, "refilled at 10/s");
     }
 
     #[test]
     fn steady_rate_is_allowed() {
         let t0 = Instant::now();
-        let mut bucket = TokenBucket::new(20, 1, t0);
+        let (rate, burst) = (20, 1);
+        let mut bucket = TokenBucket::new(burst, t0);
         for i in 1..100 {
-            assert_eq!(bucket.take(t0 + Duration::from_millis(50 * i)), Verdict::Allow);
+            assert_eq!(
+                bucket.take(t0 + Duration::from_millis(50 * i), rate, burst),
+                Verdict::Allow
+            );
         }
     }
 }

@@ -73,13 +73,14 @@ enum Phase {
     },
 }
 
-/// A connection, the chat session on it, and the address it is charged to
-/// for the per-address limits (`None` for a trusted proxy until it names
-/// the client).
+/// A connection, the chat session on it, and whether its address is
+/// charged for the per-address limits.
 struct Client<S> {
     conn: Connection<S>,
     session: Session,
-    charged: Option<IpAddr>,
+    /// Charged to `conn.peer.ip` (false only for a trusted proxy that has
+    /// not named its client yet).
+    charged: bool,
     /// Tells this connection from a later one under the same slab key.
     serial: u64,
 }
@@ -357,6 +358,7 @@ impl<S: Socket + Source> Server<S> {
         let conn = Connection::new(transport, peer, self.limits.max_outbound_bytes, now);
         self.next_serial += 1;
         let serial = self.next_serial;
+        let charged = charged.is_some();
         self.clients.insert(Client { conn, session: Session::new(), charged, serial });
         Ok(key)
     }
@@ -381,11 +383,11 @@ impl<S: Socket + Source> Server<S> {
         let Some(client) = self.clients.get_mut(key) else { return };
         client.session.opened(now);
         let peer = client.conn.peer;
-        if client.charged.is_some() || !peer.is_proxied() {
+        if client.charged || !peer.is_proxied() {
             return;
         }
         match self.addresses.open(peer.ip) {
-            Ok(()) => client.charged = Some(peer.ip),
+            Ok(()) => client.charged = true,
             Err(refused) => {
                 if self.refused_log.allow(now) {
                     warn!("{peer}: connection refused: {refused}");
@@ -613,7 +615,7 @@ impl<S: Socket + Source> Server<S> {
             limits: &self.limits,
             id,
             peer: conn.peer,
-            charged: *charged,
+            charged: charged.then_some(conn.peer.ip),
             now,
         };
         f(session, &mut cx);
@@ -679,7 +681,8 @@ impl<S: Socket + Source> Server<S> {
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
-        if let Some(ip) = client.charged {
+        if client.charged {
+            let ip = client.conn.peer.ip;
             self.addresses.close(ip, now);
         }
         let (received, sent) = client.conn.traffic();

@@ -163,7 +163,8 @@ impl Session {
             *ping_sent = None;
         }
         let data = matches!(message, Message::Text(_) | Message::Binary(_));
-        match self.bucket.as_mut().map_or(Verdict::Allow, |b| b.take(cx.now)) {
+        let (rate, burst) = (cx.limits.rate_limit_per_sec, cx.limits.rate_limit_burst);
+        match self.bucket.as_mut().map_or(Verdict::Allow, |b| b.take(cx.now, rate, burst)) {
             Verdict::Allow => {}
             Verdict::Refuse if data => {
                 let why = Rejection::new(
@@ -214,7 +215,7 @@ impl Session {
                         // The list of a large room is up to 128 KiB: it costs
                         // a token per 256 users, up to a whole burst.
                         let extra = (cx.room.online() / 256) as u32;
-                        bucket.charge(extra.min(bucket.burst()));
+                        bucket.charge(extra.min(cx.limits.rate_limit_burst));
                     }
                     cx.room.handle(cx.id, request, cx.out);
                 }
@@ -266,10 +267,8 @@ impl Session {
             Ok(()) => {
                 info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.online());
                 self.phase = Phase::Chatting { ping_sent: None };
-                self.bucket = (cx.limits.rate_limit_per_sec > 0).then(|| {
-                    let l = cx.limits;
-                    TokenBucket::new(l.rate_limit_per_sec, l.rate_limit_burst, cx.now)
-                });
+                self.bucket = (cx.limits.rate_limit_per_sec > 0)
+                    .then(|| TokenBucket::new(cx.limits.rate_limit_burst, cx.now));
                 if let Some(ip) = cx.charged {
                     cx.addresses.handshake_done(ip);
                 }
@@ -346,19 +345,21 @@ fn refused_login(why: Rejection, cx: &mut Cx) {
 }
 
 /// Refused inputs, logged within a budget: the first of an interval at
-/// once, the rest as one count when it ends.
+/// once, the rest as one count when it ends. (Boxed on the first refusal:
+/// most sessions never have one, and every byte of a session is paid
+/// per user.)
 #[derive(Debug, Default)]
-struct RefusalLog(LogBudget);
+struct RefusalLog(Option<Box<LogBudget>>);
 
 impl RefusalLog {
     fn note(&mut self, peer: Peer, code: ErrorCode, now: Instant) {
-        if self.0.allow(now) {
+        if self.0.get_or_insert_default().allow(now) {
             info!("{peer}: refused a message: {}", code.as_str());
         }
     }
 
     fn tick(&mut self, peer: Peer, now: Instant) {
-        if let Some(n) = self.0.unlogged(now) {
+        if let Some(n) = self.0.as_mut().and_then(|log| log.unlogged(now)) {
             info!("{peer}: refused {n} more messages in the last minute");
         }
     }
