@@ -5,8 +5,7 @@
 //!
 //! Usage: e2e_peer URL PASSWORD NAME [CA_CERT_PEM]
 
-#[path = "../tests/common/e2e.rs"]
-mod e2e;
+use ragnarok_testkit::e2e;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

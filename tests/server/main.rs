@@ -1,0 +1,35 @@
+//! One `ragnarok` server over real sockets (ws and wss): login, broadcast,
+//! presence, history, private messages, the web page, metrics, certificate
+//! reload, shutdown, and the hostile tests (floods, slow readers, limits,
+//! malformed input). Each module was a test binary of its own; see
+//! TESTING.md. The harness is `ragnarok-testkit` (tests/support).
+
+mod binary_flood;
+mod broadcast;
+mod cert_reload;
+mod eof_with_last_message;
+mod flood;
+mod garbage;
+mod history;
+mod idle;
+mod key_relay;
+mod log_budget;
+mod login;
+mod login_frames;
+mod login_throttle;
+mod malformed;
+mod metrics;
+mod names;
+mod origins;
+mod per_address_limits;
+mod ping_flood;
+mod plain_http_on_tls;
+mod presence;
+mod private_message;
+mod protocol_violations;
+mod shutdown;
+mod slow_reader;
+mod stalled_handshake;
+mod trusted_proxies;
+mod web_page;
+mod welcome_at_scale;
