@@ -2,7 +2,8 @@
 # Fuzz the parsers with cargo-fuzz (libFuzzer) on the nightly toolchain.
 #
 #   scripts/fuzz.sh TARGET SECONDS    one target, e.g. scripts/fuzz.sh protocol 600
-#   scripts/fuzz.sh all SECONDS       every target in turn, SECONDS each
+#   scripts/fuzz.sh all SECONDS       every target, SECONDS each, as many at
+#                                     once as there are cores (FUZZ_JOBS)
 #
 # Targets live in fuzz/fuzz_targets/. Each run starts from the hand-made
 # seeds (fuzz/seeds/TARGET, tracked) plus the working corpus
@@ -13,7 +14,8 @@
 # run at all.
 #
 # Environment: FUZZ_SANITIZER (default: address, cargo-fuzz's default),
-# FUZZ_NICE (default: 10; the fuzzer runs under `nice -n FUZZ_NICE`).
+# FUZZ_NICE (default: 10; the fuzzer runs under `nice -n FUZZ_NICE`),
+# FUZZ_JOBS (default: the number of cores; each libFuzzer run uses one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -62,6 +64,7 @@ else
 fi
 SANITIZER=${FUZZ_SANITIZER:-address}
 NICE=${FUZZ_NICE:-10}
+JOBS=${FUZZ_JOBS:-$(nproc)}
 
 # Tools: the nightly toolchain (cargo-fuzz needs -Z flags) and cargo-fuzz.
 if ! cargo +nightly --version >/dev/null 2>&1; then
@@ -82,9 +85,13 @@ for t in "${TARGETS[@]}"; do
 done
 
 mkdir -p fuzz/logs
-summaries=()
-failed=0
-for t in "${TARGETS[@]}"; do
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+
+# fuzz_one TARGET: one libFuzzer run; its summary line goes to
+# $results/TARGET, and $results/TARGET.failed marks a finding or a failure.
+fuzz_one() {
+    local t=$1
     corpus=$ROOT/fuzz/corpus/$t
     seeds=$ROOT/fuzz/seeds/$t
     artifacts=$ROOT/fuzz/artifacts/$t
@@ -111,9 +118,9 @@ for t in "${TARGETS[@]}"; do
         \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | sort)
     rm -f "$marker"
 
-    line="fuzz $t: ${SECONDS_EACH}s, ${execs:-?} execs (${speed:-?}/s), cov ${cov:-?} ft ${ft:-?}, corpus ${corp:-?} (libFuzzer entries/bytes; $files files in fuzz/corpus/$t), findings ${#found[@]}"
+    local line="fuzz $t: ${SECONDS_EACH}s, ${execs:-?} execs (${speed:-?}/s), cov ${cov:-?} ft ${ft:-?}, corpus ${corp:-?} (libFuzzer entries/bytes; $files files in fuzz/corpus/$t), findings ${#found[@]}"
     if ((${#found[@]} > 0)) || ((status != 0)); then
-        failed=1
+        touch "$results/$t.failed"
         echo "---- last lines of fuzz/logs/$t.log ----" >&2
         tail -n 60 "$log" >&2
         echo "----" >&2
@@ -122,8 +129,24 @@ for t in "${TARGETS[@]}"; do
         done
         ((${#found[@]} > 0)) || line+=" (libFuzzer exited with status $status)"
     fi
-    summaries+=("$line")
+    echo "$line" >"$results/$t"
     echo "$line"
+}
+
+# At most JOBS runs at once, each for its full time.
+for t in "${TARGETS[@]}"; do
+    while (($(jobs -rp | wc -l) >= JOBS)); do
+        wait -n || true
+    done
+    fuzz_one "$t" &
+done
+wait
+
+summaries=()
+failed=0
+for t in "${TARGETS[@]}"; do
+    summaries+=("$(cat "$results/$t" 2>/dev/null || echo "fuzz $t: did not report")")
+    [[ -f $results/$t.failed || ! -f $results/$t ]] && failed=1
 done
 
 if ((${#TARGETS[@]} > 1)); then
