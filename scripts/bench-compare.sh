@@ -10,6 +10,7 @@
 # Usage: scripts/bench-compare.sh BEFORE_DIR AFTER_DIR [ROUNDS]
 #   each DIR holds release builds of `ragnarok` (and BEFORE_DIR's
 #   `ragnarok-load` is the load generator for both); ROUNDS defaults to 3.
+#   ONLY=REGEX runs only the scenarios whose name matches (e.g. ONLY='ws 100').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 before=$1 after=$2 rounds=${3:-3}
@@ -45,6 +46,7 @@ stop() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true;
 run() {  # run LABEL BIN SCENARIO TLS ARGS...
     local label=$1 bin=$2 name=$3 tls=$4 tlsarg=()
     shift 4
+    [[ $name =~ ${ONLY:-.} ]] || return 0
     [ "$tls" = true ] && tlsarg=(--tls "$work/cert.pem")
     start "$bin" "$tls"
     local out
