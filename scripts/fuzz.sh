@@ -4,6 +4,8 @@
 #   scripts/fuzz.sh TARGET SECONDS    one target, e.g. scripts/fuzz.sh protocol 600
 #   scripts/fuzz.sh all SECONDS       every target, SECONDS each, as many at
 #                                     once as there are cores (FUZZ_JOBS)
+#   scripts/fuzz.sh build             only build every target (CI starts the
+#                                     build early, beside checks that wait)
 #
 # Targets live in fuzz/fuzz_targets/. Each run starts from the hand-made
 # seeds (fuzz/seeds/TARGET, tracked) plus the working corpus
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 usage() {
-    echo "usage: scripts/fuzz.sh TARGET|all SECONDS   (targets: ${ALL_TARGETS[*]})" >&2
+    echo "usage: scripts/fuzz.sh TARGET|all SECONDS | scripts/fuzz.sh build   (targets: ${ALL_TARGETS[*]})" >&2
     exit 2
 }
 
@@ -50,9 +52,17 @@ target_options() {
     esac
 }
 
+if [[ $# -eq 1 && $1 == build ]]; then
+    set -- all build
+fi
 [[ $# -eq 2 ]] || usage
 TARGET=$1
 SECONDS_EACH=$2
+BUILD_ONLY=false
+if [[ $SECONDS_EACH == build ]]; then
+    BUILD_ONLY=true
+    SECONDS_EACH=1
+fi
 [[ $SECONDS_EACH =~ ^[1-9][0-9]*$ ]] || usage
 if [[ $TARGET == all ]]; then
     TARGETS=("${ALL_TARGETS[@]}")
@@ -83,6 +93,9 @@ echo "fuzz.sh: building ${TARGETS[*]} (sanitizer: $SANITIZER)" >&2
 for t in "${TARGETS[@]}"; do
     nice -n "$NICE" cargo +nightly fuzz build --sanitizer "$SANITIZER" "$t"
 done
+if $BUILD_ONLY; then
+    exit 0
+fi
 
 mkdir -p fuzz/logs
 results=$(mktemp -d)
