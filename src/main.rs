@@ -159,8 +159,8 @@ fn run() -> Result<(), Fatal> {
         // misconfigured more often than unlucky.
         let addr = redis::conn::check(&cluster.redis, tls.clone(), Duration::from_secs(5))
             .map_err(Fatal::Unavailable)?;
-        // The history a joiner may be sent: as the room keeps it (room.rs).
-        let history = (config.history_size, config.limits.max_outbound_bytes / 2);
+        // The history a joiner may be sent: as the room keeps it (history.rs).
+        let history = server.history_limits();
         server.join_cluster(Cluster::new(cluster, addr, tls, history, Instant::now()));
         info!("cluster {:?} through {}", cluster.name, cluster.redis);
     }

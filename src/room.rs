@@ -2,7 +2,7 @@
 //! routing of messages. It knows nothing about sockets or Redis: every call
 //! pushes what is to be sent (and, in a cluster, proposed) as `Effect`s.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::rc::Rc;
 
@@ -10,6 +10,7 @@ use crate::cluster::Proposed;
 pub use crate::cluster::{LocalUser, RemoteUser};
 use crate::effect::{ClusterCall, Effect, Effects, Outbound, Push};
 pub use crate::effect::{ConnId, To};
+use crate::history::History;
 use crate::names::{self, Name};
 use crate::protocol::{ErrorCode, Kind, Rejection, Reply, Request, server_name_json};
 
@@ -89,13 +90,8 @@ pub struct Room {
     joined: Vec<ConnId>,
     joined_remote: Vec<Rc<str>>,
     left: Vec<Rc<str>>,
-    /// The last broadcasts, serialized as replays, for joiners: at most
-    /// `history_size` of them and `history_budget` bytes (so that a replay
-    /// always fits a joiner's output limit).
-    history: VecDeque<Box<str>>,
-    history_bytes: usize,
-    history_size: usize,
-    history_budget: usize,
+    /// The last broadcasts, for joiners.
+    history: History,
     /// Local members whose snapshot is not finished.
     receiving: Vec<ConnId>,
     /// Most bytes of one snapshot part.
@@ -119,10 +115,7 @@ impl Room {
             joined: Vec::new(),
             joined_remote: Vec::new(),
             left: Vec::new(),
-            history: VecDeque::new(),
-            history_bytes: 0,
-            history_size,
-            history_budget: outbound_limit / 2,
+            history: History::new(history_size, outbound_limit),
             receiving: Vec::new(),
             part_budget: (outbound_limit / 8).clamp(2048, 128 * 1024),
         }
@@ -418,32 +411,16 @@ impl Room {
     pub fn say(&mut self, name: &str, text: &str, out: &mut Effects) {
         let reply = Reply::Broadcast { source: name, text, history: false };
         self.emit(out, Outbound::new(To::Everyone, &reply));
-        if self.history_size > 0 {
-            let replay = Reply::Broadcast { source: name, text, history: true };
-            self.remember(replay.to_json().into_boxed_str());
-        }
-    }
-
-    fn remember(&mut self, replay: Box<str>) {
-        self.history_bytes += replay.len();
-        self.history.push_back(replay);
-        while self.history.len() > self.history_size || self.history_bytes > self.history_budget {
-            let Some(old) = self.history.pop_front() else { break };
-            self.history_bytes -= old.len();
-        }
+        self.history.remember(name, text);
     }
 
     /// The history as the cluster has it, oldest first: (name, text).
     pub fn set_history(&mut self, broadcasts: &[(String, String)]) {
-        self.history.clear();
-        self.history_bytes = 0;
-        if self.history_size == 0 {
-            return;
-        }
-        for (name, text) in broadcasts {
-            let replay = Reply::Broadcast { source: name, text, history: true };
-            self.remember(replay.to_json().into_boxed_str());
-        }
+        self.history.replace(broadcasts);
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// A public key takes effect: kept for joiners, relayed to every local user.
@@ -496,8 +473,8 @@ impl Room {
                 part.into_iter().for_each(|part| send(to(), part));
                 next = rest;
             }
-            for replay in &self.history {
-                send(to(), (Kind::Broadcast, replay.to_string()));
+            for replay in self.history.replays() {
+                send(to(), (Kind::Broadcast, replay.to_owned()));
             }
             if let Some(rest) = next {
                 for &id in &joined {

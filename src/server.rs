@@ -740,6 +740,11 @@ impl<S: Socket + Source> Server<S> {
         open.map(|(_, c)| c.conn.queued()).max().unwrap_or(0)
     }
 
+    /// The most broadcasts and bytes of history a joiner is sent.
+    pub fn history_limits(&self) -> (usize, usize) {
+        self.room.history().limits()
+    }
+
     pub fn users_online(&self) -> usize {
         self.room.online()
     }

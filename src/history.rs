@@ -1,0 +1,58 @@
+//! The last broadcasts, kept for joiners: at most `history_size` of them and
+//! at most half of a joiner's output limit in bytes, so that a replay always
+//! fits beside the welcome. In memory only; the one place its rules live.
+
+use std::collections::VecDeque;
+
+use crate::protocol::Reply;
+
+pub struct History {
+    /// Serialized as replays (`"history": true`), oldest first.
+    replays: VecDeque<Box<str>>,
+    bytes: usize,
+    /// Most broadcasts kept (`history_size`; 0 = none).
+    size: usize,
+    /// Most bytes kept.
+    budget: usize,
+}
+
+impl History {
+    /// `outbound_limit`: what each user may have queued (`max_outbound_bytes`).
+    pub fn new(size: usize, outbound_limit: usize) -> Self {
+        History { replays: VecDeque::new(), bytes: 0, size, budget: outbound_limit / 2 }
+    }
+
+    /// The most broadcasts and bytes a joiner is sent (what the cluster
+    /// asks Redis for).
+    pub fn limits(&self) -> (usize, usize) {
+        (self.size, self.budget)
+    }
+
+    /// A broadcast took effect.
+    pub fn remember(&mut self, name: &str, text: &str) {
+        if self.size == 0 {
+            return;
+        }
+        let replay = Reply::Broadcast { source: name, text, history: true }.to_json();
+        self.bytes += replay.len();
+        self.replays.push_back(replay.into_boxed_str());
+        while self.replays.len() > self.size || self.bytes > self.budget {
+            let Some(old) = self.replays.pop_front() else { break };
+            self.bytes -= old.len();
+        }
+    }
+
+    /// The history as the cluster has it, oldest first: (name, text).
+    pub fn replace(&mut self, broadcasts: &[(String, String)]) {
+        self.replays.clear();
+        self.bytes = 0;
+        for (name, text) in broadcasts {
+            self.remember(name, text);
+        }
+    }
+
+    /// The replays, oldest first, each as it is sent.
+    pub fn replays(&self) -> impl Iterator<Item = &str> {
+        self.replays.iter().map(|r| &**r)
+    }
+}
