@@ -3,14 +3,15 @@
 
 use std::fmt;
 use std::io;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use ragnarok::cluster::Cluster;
-use ragnarok::config::{Config, ConfigError};
+use ragnarok::config::{Cluster as ClusterConfig, Config, ConfigError};
 use ragnarok::redis;
 use ragnarok::server::Server;
 use ragnarok::tls;
@@ -22,7 +23,7 @@ A self-hosted WebSocket chatroom server.
 
 Options:
   -c, --config PATH   config file (default: config.json)
-      --check-config  validate the config, certificate and key, then exit
+      --check-config  validate the config, certificate and key (and reach Redis), then exit
   -h, --help          show this help
   -V, --version       show the version
 
@@ -128,6 +129,11 @@ fn run() -> Result<(), Fatal> {
     };
     if check_only {
         check_addresses(&config)?;
+        // Redis as a real start reaches it: the same line and exit code
+        // for a wrong password, an unknown host or no Redis at all.
+        if let Some(cluster) = &config.cluster {
+            reach_redis(cluster)?;
+        }
         say(&format!("{}: OK", path.display()));
         return Ok(());
     }
@@ -148,17 +154,7 @@ fn run() -> Result<(), Fatal> {
         _ => Fatal::Unavailable(format!("cannot listen on {address}: {e}")),
     })?;
     if let Some(cluster) = &config.cluster {
-        let tls = match cluster.redis.tls {
-            true => Some(
-                redis::conn::tls_config(cluster.redis_ca_file.as_deref())
-                    .map_err(|e| Fatal::Config(format!("config: \"redis_ca_file\": {e}")))?,
-            ),
-            false => None,
-        };
-        // The one wait for Redis: a node that cannot reach it at start is
-        // misconfigured more often than unlucky.
-        let addr = redis::conn::check(&cluster.redis, tls.clone(), Duration::from_secs(5))
-            .map_err(Fatal::Unavailable)?;
+        let (addr, tls) = reach_redis(cluster)?;
         // The history a joiner may be sent: as the room keeps it (history.rs).
         let history = server.history_limits();
         server.join_cluster(Cluster::new(cluster, addr, tls, history, Instant::now()));
@@ -168,6 +164,24 @@ fn run() -> Result<(), Fatal> {
     let access = if config.server_password.is_empty() { "public" } else { "password protected" };
     info!("Ragnarok listening on {} (room {:?}, {access})", server.url(), config.server_name);
     server.run().map_err(|e| Fatal::Software(format!("event loop failed: {e}")))
+}
+
+/// The one wait for Redis, at start and on `--check-config`: resolve,
+/// connect, TLS, AUTH, SELECT, PING. A node that cannot reach it at start is
+/// misconfigured more often than unlucky.
+fn reach_redis(
+    cluster: &ClusterConfig,
+) -> Result<(SocketAddr, Option<Arc<rustls::ClientConfig>>), Fatal> {
+    let tls = match cluster.redis.tls {
+        true => Some(
+            redis::conn::tls_config(cluster.redis_ca_file.as_deref())
+                .map_err(|e| Fatal::Config(format!("config: \"redis_ca_file\": {e}")))?,
+        ),
+        false => None,
+    };
+    let addr = redis::conn::check(&cluster.redis, tls.clone(), Duration::from_secs(5))
+        .map_err(Fatal::Unavailable)?;
+    Ok((addr, tls))
 }
 
 /// Prints a line on stdout; a closed pipe (`--help | head -1`) is no error.

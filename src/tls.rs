@@ -18,7 +18,9 @@ pub enum TlsError {
     Read { path: PathBuf, source: io::Error },
     /// A file was read but holds nothing usable.
     Invalid { path: PathBuf, message: String },
-    /// rustls refused the pair (for example, the key does not match).
+    /// The key is not the certificate's.
+    Mismatch { cert: PathBuf, key: PathBuf },
+    /// rustls refused the pair for another reason.
     Rejected(String),
 }
 
@@ -35,6 +37,12 @@ impl fmt::Display for TlsError {
                 write!(f, "cannot read {}: {source}", path.display())
             }
             TlsError::Invalid { path, message } => write!(f, "{}: {message}", path.display()),
+            TlsError::Mismatch { cert, key } => write!(
+                f,
+                "the key in {} does not match the certificate in {}",
+                key.display(),
+                cert.display()
+            ),
             TlsError::Rejected(message) => write!(f, "TLS certificate and key: {message}"),
         }
     }
@@ -51,7 +59,12 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(|e| TlsError::Rejected(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Rejected(e.to_string()))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                TlsError::Mismatch { cert: files.cert.clone(), key: files.key.clone() }
+            }
+            other => TlsError::Rejected(other.to_string()),
+        })?;
     Ok(Arc::new(config))
 }
 
@@ -156,6 +169,28 @@ fn pem_error(path: &Path, e: pem::Error) -> TlsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_of_another_certificate_is_named_with_both_files() {
+        let dir = std::env::temp_dir().join(format!("ragnarok-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let ours = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&cert, ours.cert.pem()).unwrap();
+        std::fs::write(&key, other.signing_key.serialize_pem()).unwrap();
+        let files = TlsFiles { cert: cert.clone(), key: key.clone() };
+        let text = load(&files).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            text,
+            format!(
+                "the key in {} does not match the certificate in {}",
+                key.display(),
+                cert.display()
+            )
+        );
+    }
 
     #[test]
     fn reads_the_expiry_of_a_certificate() {

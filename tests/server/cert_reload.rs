@@ -29,6 +29,15 @@ fn sighup_swaps_the_certificate_without_dropping_anyone() {
     server.signal("HUP");
     let line = server.wait_log("SIGHUP: kept the old certificate");
     assert!(line.contains("key.pem") && line.contains("ERROR"), "{line}");
+    // A key that does not match the certificate: one line naming both files.
+    std::fs::write(server.dir.join("key.pem"), TestCert::new().key_pem).unwrap();
+    server.signal("HUP");
+    let line = server.wait_log(&format!(
+        "the key in {} does not match the certificate in {}",
+        server.dir.join("key.pem").display(),
+        server.dir.join("cert.pem").display()
+    ));
+    assert!(line.contains("SIGHUP: kept the old certificate"), "{line}");
     let mut dave = server.login("dave");
     dave.send_json(broadcast("after the bad reload"));
     assert_eq!(dave.recv_type("Broadcast")["text"], "after the bad reload");

@@ -90,9 +90,18 @@ fn config_mistakes_name_the_culprit() {
     let cert = TestCert::new();
     std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
     fails_with(&with_config(&dir, json!({"SSL": true}), true), 78, "key.pem");
-    // A key that does not belong to the certificate.
+    // A key that does not belong to the certificate: one line naming both
+    // files, on --check-config and at a real start alike.
     std::fs::write(dir.join("key.pem"), TestCert::new().key_pem).unwrap();
-    fails_with(&with_config(&dir, json!({"SSL": true}), true), 78, "");
+    let mismatch = format!(
+        "the key in {} does not match the certificate in {}",
+        dir.join("key.pem").display(),
+        dir.join("cert.pem").display()
+    );
+    let checked = with_config(&dir, json!({"SSL": true}), true);
+    fails_with(&checked, 78, &mismatch);
+    assert!(!String::from_utf8_lossy(&checked.stderr).contains("KeyMismatch"));
+    fails_with(&with_config(&dir, json!({"SSL": true}), false), 78, &mismatch);
     std::fs::write(dir.join("key.pem"), &cert.key_pem).unwrap();
     let ok = with_config(&dir, json!({"SSL": true}), true);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
@@ -229,4 +238,35 @@ fn keys_in_every_pem_format_load() {
     let mut alice = server.login("alice");
     alice.send_json(broadcast("over SEC1"));
     assert_eq!(alice.recv_json()["text"], "over SEC1");
+}
+
+/// `--check-config` connects to Redis and authenticates, as a real start
+/// does, and fails with the same line and exit code (69) when it cannot.
+#[test]
+fn check_config_authenticates_to_redis_like_a_real_start() {
+    let dir = temp_dir("check-redis");
+    let redis = cluster::Redis::start();
+    assert_eq!(redis.command("CONFIG SET requirepass s3cret"), "+OK");
+    let config = |password: &str| {
+        json!({
+            "redis_url": format!("redis://:{password}@127.0.0.1:{}", redis.port),
+            "cluster_name": cluster::unique_cluster_name("check"),
+        })
+    };
+    let real = with_config(&dir, config("wrong"), false);
+    fails_with(&real, 69, "AUTH refused");
+    let checked = with_config(&dir, config("wrong"), true);
+    fails_with(&checked, 69, "AUTH refused");
+    assert_eq!(
+        String::from_utf8_lossy(&checked.stderr),
+        String::from_utf8_lossy(&real.stderr),
+        "the same line as a real start"
+    );
+    assert!(!String::from_utf8_lossy(&checked.stderr).contains("wrong@"), "password printed");
+    let ok = with_config(&dir, config("s3cret"), true);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // No Redis at all: the same as a real start too.
+    let port = cluster::free_port();
+    let gone = json!({"redis_url": format!("redis://127.0.0.1:{port}"), "cluster_name": "x"});
+    fails_with(&with_config(&dir, gone, true), 69, &format!("redis://127.0.0.1:{port}"));
 }
