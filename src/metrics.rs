@@ -22,9 +22,15 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-/// Requests open at once on the listener (a local scraper opens one or
-/// two), and how long one may take.
+/// Requests open at once on the listener (a local scraper or watchdog
+/// opens one or two); each holds at most a 4 KiB request head and its
+/// answer. When all are taken, a new connection closes the oldest request
+/// that has not sent its whole head yet (idle sockets cannot keep `/healthz`
+/// from answering); only when every one is being answered is it dropped.
 const MAX_REQUESTS: usize = 16;
+/// How long a request may take to send its head (loopback scrapers send it
+/// with the connection), and to be answered in all.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Counters, kept as plain integers on the one thread.
@@ -277,7 +283,16 @@ impl Endpoint {
     pub fn accept(&mut self, registry: &Registry, first_token: usize, now: Instant) {
         while let Ok((mut socket, _)) = self.listener.accept() {
             if self.requests.len() >= MAX_REQUESTS {
-                continue; // dropped: a local scraper does not open this many
+                let oldest_unfinished = self
+                    .requests
+                    .iter()
+                    .filter(|(_, r)| r.answer.is_none())
+                    .min_by_key(|(_, r)| r.opened)
+                    .map(|(key, _)| key);
+                match oldest_unfinished {
+                    Some(key) => self.close(key, registry),
+                    None => continue, // every slot is being answered: dropped
+                }
             }
             let token = Token(first_token + self.requests.vacant_key());
             if registry.register(&mut socket, token, Interest::READABLE).is_ok() {
@@ -306,12 +321,15 @@ impl Endpoint {
         }
     }
 
-    /// Closes requests that took too long.
+    /// Closes requests that took too long: to send their head, or in all.
     pub fn expire(&mut self, registry: &Registry, now: Instant) {
         let late: Vec<usize> = self
             .requests
             .iter()
-            .filter(|(_, r)| now.saturating_duration_since(r.opened) >= REQUEST_TIMEOUT)
+            .filter(|(_, r)| {
+                let age = now.saturating_duration_since(r.opened);
+                age >= REQUEST_TIMEOUT || (r.answer.is_none() && age >= HEAD_TIMEOUT)
+            })
             .map(|(key, _)| key)
             .collect();
         for key in late {

@@ -97,3 +97,30 @@ fn health_and_metrics_on_their_own_listener() {
     drop(bob);
     server.wait_exit();
 }
+
+/// 1,000 idle connections to `metrics_addr` (a stuck scraper, or anyone
+/// who can reach it) do not keep `/healthz` from answering: when every
+/// request slot is taken, the oldest unfinished request makes room.
+#[test]
+fn healthz_answers_beside_a_thousand_idle_connections() {
+    let _busy = busy();
+    ragnarok::fdlimit::raise(4096);
+    let server = TestServer::start(json!({"metrics_addr": "127.0.0.1:0"}));
+    let line = server.wait_log("health and metrics on http://");
+    let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(&addr).unwrap());
+    }
+    // Half of them have sent half a request.
+    for socket in idle.iter_mut().step_by(2) {
+        let _ = socket.write_all(b"GET /healthz HTTP/1.1\r\n");
+    }
+    let mut socket = TcpStream::connect(&addr).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = socket.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok\n"), "{answer:?}");
+    drop(idle);
+}
