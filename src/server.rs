@@ -312,8 +312,9 @@ impl<S: Socket + Source> Server<S> {
     }
 
     /// Checks the global and per-address limits for a new connection and
-    /// charges it to its address (a trusted proxy is charged nothing: the
-    /// client it names is, once named). `Ok`: the address charged.
+    /// charges it to its address (a trusted proxy is charged nothing yet:
+    /// `opened` charges the client it names, or the proxy itself when it
+    /// names none). `Ok`: the address charged.
     fn admit(&mut self, peer: Peer, now: Instant) -> Result<Option<IpAddr>, String> {
         let (why, reason) = if self.clients.len() >= self.limits.max_connections {
             ("server full".to_owned(), "server_full")
@@ -373,8 +374,10 @@ impl<S: Socket + Source> Server<S> {
         self.add(socket, peer, charged, now)
     }
 
-    /// The WebSocket opened: the login clock starts, and a client named by
-    /// a trusted proxy is charged to its own address now.
+    /// The WebSocket opened: the login clock starts, and a connection from a
+    /// trusted proxy (not charged at accept) is charged now: to the client
+    /// it named, or to the proxy's own address when it named none, so that
+    /// no connection is counted nowhere.
     fn opened(&mut self, key: ConnId, now: Instant) {
         #[cfg(feature = "testing")]
         if self.echo {
@@ -383,7 +386,7 @@ impl<S: Socket + Source> Server<S> {
         let Some(client) = self.clients.get_mut(key) else { return };
         client.session.opened(now);
         let peer = client.conn.peer;
-        if client.charged || !peer.is_proxied() {
+        if client.charged {
             return;
         }
         match self.addresses.open(peer.ip) {

@@ -40,3 +40,21 @@ fn an_untrusted_peer_cannot_name_anyone() {
         assert!(log.contains("127.0.0.1:"), "{log}");
     }
 }
+
+/// A trusted proxy that names no client is charged to its own address:
+/// otherwise its connections would be counted nowhere.
+#[test]
+fn a_trusted_proxy_naming_no_one_is_charged_to_its_own_address() {
+    let config = json!({"trusted_proxies": ["127.0.0.1"], "max_connections_per_ip": 2});
+    for server in TestServer::both(config) {
+        let _first = server.login("first");
+        let _second = server.login("second");
+        let mut third = server.connect();
+        let (seen, ending) = third.recv_until_end();
+        assert_eq!(seen[0]["code"], "too_many_connections", "{seen:?}");
+        assert_eq!(ending.code(), Some(1008));
+        // A client the proxy names is still its own, not the proxy's.
+        let named = server.connect_with(&[(XFF, "203.0.113.10")]);
+        let _named = server.log_in(named, "named");
+    }
+}
