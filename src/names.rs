@@ -11,6 +11,32 @@ use crate::protocol::{ErrorCode, Rejection};
 /// Longest allowed username, in characters (Unicode scalar values, in NFC).
 pub const MAX_CHARS: usize = 32;
 
+/// Longest request for a username that `check` looks at, in bytes: a name
+/// of `MAX_CHARS` characters in NFC may be sent in another canonically
+/// equivalent form, each character as its full canonical decomposition (at
+/// most 4 code points, e.g. U+1F82), each code point at most 4 bytes in
+/// UTF-8. Anything longer cannot be a name and is refused unread, before
+/// any work that grows with it.
+pub const MAX_BYTES: usize = MAX_CHARS * 4 * 4;
+
+/// Whether `name` is too long to be a name whatever it holds (`MAX_BYTES`).
+pub(crate) fn too_long(name: &str) -> bool {
+    name.len() > MAX_BYTES
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many names `check` has normalized on this thread (the tests'
+    /// proof that a long input is refused before any work).
+    static NORMALIZED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many names `check` has normalized on this thread.
+#[cfg(test)]
+pub(crate) fn normalized() -> usize {
+    NORMALIZED.with(|n| n.get())
+}
+
 /// Symbols that draw nothing, yet are neither whitespace nor default
 /// ignorable, so no Unicode property finds them.
 const BLANK_SYMBOLS: [char; 2] = [
@@ -33,7 +59,8 @@ pub(crate) struct Name {
 /// it is refused (always `InvalidName`; whether the key is free is the
 /// room's business).
 ///
-/// Refused: empty; over `MAX_CHARS` characters after NFC; control
+/// Refused: empty; over `MAX_BYTES` bytes as sent (checked first, so that
+/// nothing grows with a long input); over `MAX_CHARS` characters after NFC; control
 /// characters; line and paragraph separators; format characters (Cf: bidi
 /// controls, zero-width characters, BOM, soft hyphen…) and other default
 /// ignorable code points, except a variation selector after an emoji or a
@@ -45,6 +72,14 @@ pub(crate) fn check(name: &str) -> Result<Name, Rejection> {
     if name.is_empty() {
         return refuse("a username must not be empty".into());
     }
+    if too_long(name) {
+        return refuse(format!(
+            "a username must be at most {MAX_CHARS} characters (this one has {} bytes)",
+            name.len()
+        ));
+    }
+    #[cfg(test)]
+    NORMALIZED.with(|n| n.set(n.get() + 1));
     let display: String = name.nfc().collect();
     let chars: Vec<char> = display.chars().collect();
     if chars.len() > MAX_CHARS {
@@ -269,6 +304,33 @@ mod tests {
                 "{blank:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_name_is_refused_before_any_work() {
+        let before = normalized();
+        let why = refused(&"x".repeat(60_000));
+        assert!(why.starts_with("a username must be at most 32 characters"), "{why}");
+        assert_eq!(normalized(), before, "refused by its length in bytes, not normalized");
+        // The longest name that can be 32 characters in NFC is still checked.
+        assert!(!too_long(&"\u{1F82}".repeat(32).nfd().collect::<String>()));
+        assert!(too_long(&"x".repeat(MAX_BYTES + 1)));
+    }
+
+    #[test]
+    fn the_byte_bound_accepts_every_name_of_32_characters() {
+        // One character in NFC comes from at most its full canonical
+        // decomposition's code points, each at most 4 bytes in UTF-8.
+        let longest = (0..=0x10FFFF)
+            .filter_map(char::from_u32)
+            .map(|c| c.to_string().nfd().count())
+            .max()
+            .unwrap();
+        assert!(longest * 4 * MAX_CHARS <= MAX_BYTES, "{longest}");
+        // The worst case, as sent: 32 characters of 4 code points each.
+        let worst = "\u{1F82}".repeat(MAX_CHARS).nfd().collect::<String>();
+        assert_eq!(worst.chars().count(), 4 * MAX_CHARS);
+        assert_eq!(check(&worst).unwrap().display, "\u{1F82}".repeat(MAX_CHARS));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum ErrorCode {
     ClusterUnavailable,
     /// A node lost messages of the cluster (its link broke or was cut).
     MessagesLost,
+    /// Sent while a cluster was asked for the name, past what is held
+    /// until it answers: not delivered.
+    LoginPending,
 }
 
 impl ErrorCode {
@@ -68,6 +71,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
             ErrorCode::MessagesLost => "messages_lost",
+            ErrorCode::LoginPending => "login_pending",
         }
     }
 }

@@ -357,6 +357,8 @@ impl Room {
                 Mode::Node(_) => propose(out, Proposed::Say { name, text }),
             },
             Request::PrivateMessage { target, text } => {
+                // (`names::check` refuses a target too long to be any name
+                // by its length alone, before normalizing it: user_offline.)
                 let found = names::check(&target).ok().and_then(|n| {
                     let (key, member) = self.users.get_key_value(n.key.as_str())?;
                     let local = matches!(member.at, At::Local { .. });
@@ -382,13 +384,14 @@ impl Room {
                 }
             }
             Request::PublicKey { key } => {
-                if key.is_empty() {
-                    let why = "field \"key\" must not be empty";
-                    return out.refuse(from, Rejection::new(ErrorCode::InvalidField, why));
-                }
+                // The length first: nothing else is looked at in a long key.
                 if key.len() > MAX_KEY_BYTES {
                     let why = format!("a public key may have at most {MAX_KEY_BYTES} bytes");
                     return out.refuse(from, Rejection::new(ErrorCode::KeyTooLarge, why));
+                }
+                if key.is_empty() {
+                    let why = "field \"key\" must not be empty";
+                    return out.refuse(from, Rejection::new(ErrorCode::InvalidField, why));
                 }
                 let Some(name_key) = self.local.get(&from).cloned() else { return };
                 match self.mode {
@@ -872,6 +875,23 @@ mod tests {
         room.handle(2, Request::OnlineUsers, &mut out);
         assert_eq!(sent(&out)[0].to, To::One(2));
         assert_eq!(parse(&sent(&out)[0])["Users"], json!(["alice", "bob"]));
+    }
+
+    #[test]
+    fn a_target_too_long_to_be_a_name_is_offline_unnormalized() {
+        for mode in [Mode::Standalone, Mode::Node(Link::Up)] {
+            let mut room = Room::new("L", "", 0, 0);
+            room.set_mode(mode);
+            joined(&mut room, 1, "alice");
+            let target = "x".repeat(60_000);
+            let before = names::normalized();
+            let mut out = Vec::new();
+            room.handle(1, Request::PrivateMessage { target, text: "x".into() }, &mut out);
+            assert_eq!(names::normalized(), before, "the target was not normalized");
+            let error = parse(&sent(&out)[0]);
+            assert_eq!(error["code"], "user_offline");
+            assert_eq!(error["TgtUser"], format!("{}…", "x".repeat(32)));
+        }
     }
 
     #[test]

@@ -37,12 +37,61 @@ impl Cx<'_> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// At most this many messages are held while a name is claimed (and at
+/// most `max_message_bytes` of them in all).
+const MAX_HELD: usize = 16;
+
+#[derive(Debug)]
 enum Login {
     Password,
     Name,
     /// In a cluster: the name was asked of Redis, the answer is awaited.
-    Claiming,
+    /// What the client sends meanwhile is held, and handled once the name
+    /// is theirs.
+    Claiming(Held),
+}
+
+/// Text messages sent while the name is claimed, in order, within
+/// `MAX_HELD` messages and `max_message_bytes` bytes. Boxed on the first:
+/// most clients wait for the welcome, and every byte of a session is paid
+/// per user.
+/// (A `Vec` inline would make every session 24 bytes larger.)
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)]
+struct Held(Option<Box<Vec<Message>>>);
+
+impl Held {
+    /// Keeps `message`, or refuses it (`login_pending`) past the bounds.
+    fn push(&mut self, message: Message, max_bytes: usize) -> Result<(), Rejection> {
+        let held = self.0.get_or_insert_default();
+        let bytes: usize = held.iter().map(Message::len).sum();
+        if held.len() >= MAX_HELD || bytes + message.len() > max_bytes {
+            return Err(Rejection::new(
+                ErrorCode::LoginPending,
+                format!(
+                    "your name is still being claimed, and what is held until then is full \
+                     ({MAX_HELD} messages or {max_bytes} bytes): this one was not delivered; \
+                     wait for the welcome (ServerName) before sending more"
+                ),
+            ));
+        }
+        held.push(message);
+        Ok(())
+    }
+
+    fn take(&mut self) -> Vec<Message> {
+        self.0.take().map(|held| *held).unwrap_or_default()
+    }
+}
+
+/// `why`, saying that `discarded` messages held during the claim were not
+/// delivered.
+fn with_discarded(mut why: Rejection, discarded: usize) -> Rejection {
+    if discarded > 0 {
+        let (s, were) = if discarded == 1 { ("", "was") } else { ("s", "were") };
+        why.text += &format!(" ({discarded} message{s} sent after the name {were} not delivered)");
+    }
+    why
 }
 
 #[derive(Debug)]
@@ -107,7 +156,7 @@ impl Session {
 
     /// Whether a claim of a name is awaiting the cluster's answer.
     pub fn is_claiming(&self) -> bool {
-        matches!(self.phase, Phase::LoggingIn { step: Login::Claiming, .. })
+        matches!(self.phase, Phase::LoggingIn { step: Login::Claiming(_), .. })
     }
 
     /// The WebSocket opened: the login clock starts.
@@ -162,6 +211,15 @@ impl Session {
         if let Phase::Chatting { ping_sent } = &mut self.phase {
             *ping_sent = None;
         }
+        if let (Phase::LoggingIn { step: Login::Claiming(held), .. }, Message::Text(_)) =
+            (&mut self.phase, &message)
+        {
+            // Handled once the name is claimed, through here again.
+            if let Err(why) = held.push(message, cx.limits.max_message_bytes) {
+                self.refuse(why, cx);
+            }
+            return;
+        }
         let data = matches!(message, Message::Text(_) | Message::Binary(_));
         let (rate, burst) = (cx.limits.rate_limit_per_sec, cx.limits.rate_limit_burst);
         match self.bucket.as_mut().map_or(Verdict::Allow, |b| b.take(cx.now, rate, burst)) {
@@ -183,8 +241,8 @@ impl Session {
                 return cx.end(Ending::policy("rate limit exceeded", why));
             }
         }
-        let login = match self.phase {
-            Phase::LoggingIn { step, since } => Some((step, since)),
+        let login = match &self.phase {
+            Phase::LoggingIn { step, since } => Some((step, *since)),
             _ => None,
         };
         match (message, login) {
@@ -202,7 +260,8 @@ impl Session {
                         self.refuse(Rejection::cluster_unavailable(), cx)
                     }
                     Ok(checked) => {
-                        self.phase = Phase::LoggingIn { step: Login::Claiming, since };
+                        let step = Login::Claiming(Held::default());
+                        self.phase = Phase::LoggingIn { step, since };
                         let (name, key) = (checked.display, checked.key);
                         cx.out.push(Effect::Cluster(ClusterCall::Claim { conn: cx.id, name, key }));
                     }
@@ -243,18 +302,33 @@ impl Session {
         }
     }
 
-    /// The cluster gave us the name asked for in `ClusterCall::Claim`.
+    /// The cluster gave us the name asked for in `ClusterCall::Claim`: the
+    /// user joins, then what they sent meanwhile is handled, in order, as
+    /// if it came now (rate limit included).
     pub fn claimed(&mut self, name: &str, cx: &mut Cx) {
-        if self.is_claiming() {
-            self.join(name, cx);
+        let Phase::LoggingIn { step: Login::Claiming(held), .. } = &mut self.phase else {
+            return;
+        };
+        let held = held.take();
+        self.join(name, cx);
+        for message in held {
+            let ended = |cx: &Cx| {
+                cx.out.iter().any(|e| matches!(e, Effect::End { conn, .. } if *conn == cx.id))
+            };
+            if !self.is_chatting() || ended(cx) {
+                break;
+            }
+            self.on_message(message, cx);
         }
     }
 
     /// The cluster refused the claim (`name_taken`) or could not be asked.
+    /// What was held meanwhile is not delivered, and the refusal says so.
     pub fn claim_failed(&mut self, why: Rejection, cx: &mut Cx) {
-        let Phase::LoggingIn { step: Login::Claiming, since } = self.phase else {
+        let Phase::LoggingIn { step: Login::Claiming(held), since } = &mut self.phase else {
             return;
         };
+        let (why, since) = (with_discarded(why, held.take().len()), *since);
         if why.code == ErrorCode::NameTaken {
             return refused_login(why, cx);
         }
@@ -377,6 +451,7 @@ mod tests {
     use crate::config::Config;
     use std::time::Duration;
 
+    use crate::cluster::Proposed;
     use crate::effect::Outbound;
     use crate::room::{Link, Mode};
 
@@ -395,6 +470,7 @@ mod tests {
     struct World {
         room: Room,
         out: Vec<Outbound>,
+        proposed: Vec<Proposed>,
         addresses: Addresses,
         limits: Limits,
         now: Instant,
@@ -406,6 +482,7 @@ mod tests {
             World {
                 room: Room::new("t", password, 0, 1 << 20),
                 out: Vec::new(),
+                proposed: Vec::new(),
                 addresses: Addresses::new(&config.limits),
                 limits: config.limits,
                 now: Instant::now(),
@@ -424,6 +501,14 @@ mod tests {
         }
 
         fn with(&mut self, id: ConnId, f: impl FnOnce(&mut Cx)) -> Action {
+            let mut actions = self.all(id, f);
+            assert!(actions.len() <= 1, "one action per step: {actions:?}");
+            actions.pop().unwrap_or(Action::Nothing)
+        }
+
+        /// Every action of one step, in order (cluster proposals go to
+        /// `World::proposed`).
+        fn all(&mut self, id: ConnId, f: impl FnOnce(&mut Cx)) -> Vec<Action> {
             let mut effects = Effects::new();
             let mut cx = Cx {
                 room: &mut self.room,
@@ -436,11 +521,15 @@ mod tests {
                 now: self.now,
             };
             f(&mut cx);
-            let mut action = Action::Nothing;
+            let mut actions = Vec::new();
             for effect in effects {
                 let this = match effect {
                     Effect::Send(message) => {
                         self.out.push(message);
+                        continue;
+                    }
+                    Effect::Cluster(ClusterCall::Propose { what, .. }) => {
+                        self.proposed.push(what);
                         continue;
                     }
                     Effect::Count(_) | Effect::Cluster(ClusterCall::Release { .. }) => continue,
@@ -455,10 +544,9 @@ mod tests {
                     }
                     other => panic!("not a session's effect: {other:?}"),
                 };
-                assert_eq!(action, Action::Nothing, "one action per step, then {this:?}");
-                action = this;
+                actions.push(this);
             }
-            action
+            actions
         }
     }
 
@@ -495,6 +583,100 @@ mod tests {
         let taken = Rejection::new(ErrorCode::NameTaken, "taken");
         let action = w.with(2, |cx| t.claim_failed(taken, cx));
         assert!(matches!(action, Action::Close { code: close_code::POLICY, .. }), "{action:?}");
+    }
+
+    /// A session of a cluster node that has sent the password and `name`:
+    /// the claim is out.
+    fn claiming(w: &mut World, id: ConnId, name: &str) -> Session {
+        w.room.set_mode(Mode::Node(Link::Up));
+        let mut s = Session::new();
+        s.opened(w.now);
+        w.send(&mut s, id, "");
+        assert!(matches!(w.send(&mut s, id, name), Action::Claim { .. }));
+        s
+    }
+
+    #[test]
+    fn what_arrives_during_the_claim_is_handled_after_it_in_order() {
+        let mut w = World::new("");
+        let mut s = claiming(&mut w, 1, "bob");
+        let say = r#"{"msgType":"Broadcast","text":"b1"}"#;
+        assert_eq!(w.send(&mut s, 1, say), Action::Nothing, "held");
+        assert_eq!(w.send(&mut s, 1, r#"{"msgType":"OnlineUsers"}"#), Action::Nothing, "held");
+        assert_eq!(code(w.send(&mut s, 1, "{")), None, "held, not parsed yet");
+        assert!(w.proposed.is_empty() && w.out.is_empty());
+        let actions = w.all(1, |cx| s.claimed("bob", cx));
+        let codes: Vec<_> = actions.iter().map(code_of).collect();
+        assert_eq!(actions[0], Action::LoggedIn);
+        assert_eq!(codes[1..], [Some(ErrorCode::BadJson)], "{actions:?}");
+        assert!(
+            matches!(&w.proposed[..], [Proposed::Say { name, text }] if &**name == "bob" && text == "b1"),
+            "{:?}",
+            w.proposed
+        );
+        let list = w.out.iter().filter(|o| o.json.contains("OnlineUsers")).count();
+        assert_eq!(list, 2, "the welcome's list and the answer: {:?}", w.out);
+    }
+
+    #[test]
+    fn what_arrives_during_the_claim_is_bounded_and_never_dropped_silently() {
+        let mut w = World::new("");
+        w.limits.rate_limit_per_sec = 1;
+        w.limits.rate_limit_burst = 10;
+        let mut s = claiming(&mut w, 1, "bob");
+        let ask = r#"{"msgType":"OnlineUsers"}"#;
+        for i in 0..MAX_HELD {
+            assert_eq!(w.send(&mut s, 1, ask), Action::Nothing, "{i}");
+        }
+        assert_eq!(code(w.send(&mut s, 1, ask)), Some(ErrorCode::LoginPending), "past the count");
+        // Handled through the rate limit, as if they came now.
+        let actions = w.all(1, |cx| s.claimed("bob", cx));
+        let limited = actions.iter().filter(|a| code_of(a) == Some(ErrorCode::RateLimited)).count();
+        assert_eq!(limited, MAX_HELD - 10, "{actions:?}");
+        assert!(s.is_chatting(), "refused, not a flood: {actions:?}");
+
+        // Past max_message_bytes in all.
+        let mut t = claiming(&mut w, 2, "carol");
+        let big = format!(
+            r#"{{"msgType":"Broadcast","text":"{}"}}"#,
+            "x".repeat(w.limits.max_message_bytes - 40)
+        );
+        assert_eq!(w.send(&mut t, 2, &big), Action::Nothing);
+        assert_eq!(code(w.send(&mut t, 2, &big)), Some(ErrorCode::LoginPending), "past the bytes");
+
+        // A claim refused for another reason than the name: back to the
+        // name, and the refusal says what was not delivered.
+        let why = Rejection::cluster_unavailable();
+        match w.with(2, |cx| t.claim_failed(why, cx)) {
+            Action::Refuse(why) => {
+                assert_eq!(why.code, ErrorCode::ClusterUnavailable);
+                assert!(why.text.contains("1 message sent after the name"), "{}", why.text);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(w.send(&mut t, 2, "carol"), Action::Claim { .. }),
+            "asks for the name again"
+        );
+        // The name taken: the login refusal, and the held messages with it.
+        let mut u = claiming(&mut w, 3, "dave");
+        w.send(&mut u, 3, ask);
+        let taken = Rejection::new(ErrorCode::NameTaken, "taken");
+        let action = w.with(3, |cx| u.claim_failed(taken, cx));
+        assert!(matches!(action, Action::Close { code: close_code::POLICY, .. }), "{action:?}");
+    }
+
+    #[test]
+    fn a_session_stays_small() {
+        // 56 bytes before the held messages of a claim (boxed, in `Login::Claiming`).
+        assert!(std::mem::size_of::<Session>() <= 64, "{}", std::mem::size_of::<Session>());
+    }
+
+    fn code_of(action: &Action) -> Option<ErrorCode> {
+        match action {
+            Action::Refuse(why) | Action::Close { why: Some(why), .. } => Some(why.code),
+            _ => None,
+        }
     }
 
     fn code(action: Action) -> Option<ErrorCode> {

@@ -6,6 +6,7 @@
 
 mod broadcast_order;
 mod history;
+mod login_burst;
 mod message_size;
 mod names;
 mod node_kill;
