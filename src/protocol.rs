@@ -206,7 +206,11 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
             Ok(Request::PrivateMessage { target, text: take(fields.text, "text")? })
         }
         "OnlineUsers" => Ok(Request::OnlineUsers),
-        "PublicKey" => Ok(Request::PublicKey { key: take(fields.key, "key")? }),
+        "PublicKey" => {
+            let key = take(fields.key, "key")?;
+            check_public_key(&key)?;
+            Ok(Request::PublicKey { key })
+        }
         _ => Err(Rejection::new(
             ErrorCode::UnknownType,
             format!(
@@ -215,6 +219,52 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
             ),
         )),
     }
+}
+
+/// Length of a published public key: standard base64, with padding, of the
+/// 65-byte uncompressed P-256 point `0x04 || X || Y` (docs/PROTOCOL.md).
+pub const PUBLIC_KEY_CHARS: usize = 88;
+
+/// A `PublicKey`'s `key` must be what the end-to-end scheme publishes:
+/// exactly [`PUBLIC_KEY_CHARS`] characters of standard base64 (letters,
+/// digits, `+`, `/`), one `=` of padding, the unused bits zero, of 65 bytes
+/// starting with 0x04. Lengths are checked before anything is decoded. (Whether the
+/// point is on the curve is left to the clients, which import it.)
+pub fn check_public_key(key: &str) -> Result<(), Rejection> {
+    use crate::room::MAX_KEY_BYTES;
+    let invalid = |why: &str| Err(Rejection::new(ErrorCode::InvalidField, why));
+    if key.is_empty() {
+        return invalid("field \"key\" must not be empty");
+    }
+    if key.len() > MAX_KEY_BYTES {
+        let why = format!("a public key may have at most {MAX_KEY_BYTES} bytes");
+        return Err(Rejection::new(ErrorCode::KeyTooLarge, why));
+    }
+    const FORMAT: &str = "field \"key\" must be a P-256 public key: standard base64 (88 \
+                          characters, with padding) of the 65-byte uncompressed point 0x04 || X || Y";
+    if key.len() != PUBLIC_KEY_CHARS {
+        return invalid(FORMAT);
+    }
+    let sextet = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let bytes = key.as_bytes();
+    let (body, pad) = bytes.split_at(PUBLIC_KEY_CHARS - 1);
+    let Some(values) = body.iter().map(|&c| sextet(c)).collect::<Option<Vec<u8>>>() else {
+        return invalid(FORMAT);
+    };
+    // 0x04 is 000001|00, so the first character is 'B' and the second's top
+    // two bits are zero; 65 bytes leave two unused bits in the 87th character.
+    let canonical = pad == b"=" && values[0] == 1 && values[1] >> 4 == 0 && values[86] & 0b11 == 0;
+    if !canonical {
+        return invalid(FORMAT);
+    }
+    Ok(())
 }
 
 impl Request {
@@ -331,8 +381,8 @@ mod tests {
         );
         assert_eq!(parse_request(r#" {"msgType":"OnlineUsers"}"#), Ok(Request::OnlineUsers));
         assert_eq!(
-            parse_request(r#"{"msgType":"PublicKey","key":"BASE64"}"#),
-            Ok(Request::PublicKey { key: "BASE64".into() })
+            parse_request(&format!(r#"{{"msgType":"PublicKey","key":"B{}="}}"#, "A".repeat(86))),
+            Ok(Request::PublicKey { key: format!("B{}=", "A".repeat(86)) })
         );
     }
 
@@ -352,6 +402,41 @@ mod tests {
         let long = format!(r#"{{"msgType":"{}"}}"#, "é".repeat(60_000));
         let why = parse_request(&long).unwrap_err();
         assert!(why.text.len() < 200, "an error never echoes a long input: {}", why.text.len());
+    }
+
+    #[test]
+    fn a_public_key_must_be_the_documented_format() {
+        let key_of = |key: &str| {
+            parse_request(&serde_json::json!({"msgType": "PublicKey", "key": key}).to_string())
+        };
+        // 0x04 || X || Y, 65 bytes, standard base64 with padding: 88 characters.
+        let good = format!("B{}=", "A".repeat(86));
+        assert_eq!(key_of(&good), Ok(Request::PublicKey { key: good.clone() }));
+        let real = "BFnZSCOQ2hYzKIQQTqmruWJGOXKm5OkRl6f5vRFd6CjbHFJbP46ALgeD6izapWXgfWNr/IZ5aNJDTRHN3ghd2Fc=";
+        assert!(key_of(real).is_ok());
+        for bad in [
+            "not*base64".to_owned(),
+            "BASE64".to_owned(),
+            good[..87].to_owned(),             // no padding
+            format!("{good}="),                // 89 characters
+            format!("B{}==", "A".repeat(85)),  // 64 bytes
+            format!("C{}=", "A".repeat(86)),   // first byte 0x08, not 0x04
+            format!("B{}*=", "A".repeat(85)),  // not the alphabet
+            format!("B{}-=", "A".repeat(85)),  // URL-safe base64 is not standard
+            format!("B{}B=", "A".repeat(85)),  // bits after the last byte are not zero
+            format!("B{}=A", "A".repeat(85)),  // padding inside
+            format!("B{}\n=", "A".repeat(85)), // a line break
+        ] {
+            assert_eq!(key_of(&bad).unwrap_err().code, ErrorCode::InvalidField, "{bad:?}");
+        }
+        assert_eq!(key_of("").unwrap_err().code, ErrorCode::InvalidField);
+        let huge = "k".repeat(60_000);
+        let why = key_of(&huge).unwrap_err();
+        assert_eq!(why.code, ErrorCode::KeyTooLarge);
+        assert!(why.text.len() < 200);
+        // Just over the documented length, and just over the 1024-byte cap.
+        assert_eq!(key_of(&"B".repeat(1024)).unwrap_err().code, ErrorCode::InvalidField);
+        assert_eq!(key_of(&"B".repeat(1025)).unwrap_err().code, ErrorCode::KeyTooLarge);
     }
 
     #[test]

@@ -133,8 +133,9 @@ impl World {
             if i < 3 {
                 let login = [UPGRADE, &frame(1, b"pw"), &frame(1, format!("user{i}").as_bytes())].concat();
                 world.send(i as usize, &login);
-                let key = b"{\"msgType\":\"PublicKey\",\"key\":\"BHk=\"}";
-                world.send(i as usize, &frame(1, key));
+                // A key in the documented format (88 characters), or it is refused.
+                let key = format!(r#"{{"msgType":"PublicKey","key":"B{}="}}"#, "A".repeat(86));
+                world.send(i as usize, &frame(1, key.as_bytes()));
             }
         }
         assert_eq!(world.server.users_online(), 3);

@@ -9,7 +9,9 @@ const b64 = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)));
 const unb64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
 let ws, me = null, target = null, myKeys = null, myRaw = null;
 const online = new Set(); // names; OnlineUsers replaces it, UsersJoined / UsersLeft add and remove
-const peers = new Map(); // name -> {raw: Uint8Array, b64, fp, aes: Promise<CryptoKey>|null}
+// name -> {raw: Uint8Array, b64, fp, pub: CryptoKey, aes: Promise<CryptoKey>|null}, or for a key that
+// is not a P-256 public key in the documented format: {b64, bad: true} (that user only gets no messages).
+const peers = new Map();
 
 if (!E2E) {
   $("insecure").hidden = false;
@@ -84,7 +86,8 @@ function userItem(name) {
   const fp = document.createElement("span");
   fp.className = "fp";
   const peer = peers.get(name);
-  fp.textContent = peer ? peer.fp : (E2E ? "no key published" : "");
+  fp.textContent = peer ? (peer.bad ? "unusable key: no encrypted messages" : peer.fp) : (E2E ? "no key published" : "");
+  if (peer && peer.bad) fp.classList.add("bad");
   if (name === me) {
     // Yourself: shown with your fingerprint, but not a private-message target.
     li.className = "me";
@@ -130,14 +133,24 @@ function showPeople(open) {
   $("people").setAttribute("aria-expanded", String(open));
 }
 
+/// Takes `name`'s published key. Each key on its own: one that is not a
+/// P-256 public key (not base64, not 65 bytes, not a point on the curve)
+/// marks only its owner as having no usable key.
 async function setPeerKey(name, key) {
   if (!E2E) return;
   const old = peers.get(name);
   if (old && old.b64 === key) return;
-  const raw = unb64(key);
-  const fp = await fingerprint(raw);
-  peers.set(name, { raw, b64: key, fp, aes: null });
-  if (old) line("notice", null, `${name}'s key changed: new fingerprint ${fp}. Check it with them.`);
+  let peer;
+  try {
+    if (typeof key !== "string" || !/^[A-Za-z0-9+/]{87}=$/.test(key)) throw new Error("format");
+    const raw = unb64(key);
+    const pub = await crypto.subtle.importKey("raw", raw, { name: "ECDH", namedCurve: "P-256" }, false, []);
+    peer = { raw, b64: key, fp: await fingerprint(raw), pub, aes: null };
+  } catch {
+    peer = { b64: key, bad: true };
+  }
+  peers.set(name, peer);
+  if (old && !peer.bad) line("notice", null, `${name}'s key changed: new fingerprint ${peer.fp}. Check it with them.`);
   renderUsers();
 }
 
@@ -152,8 +165,7 @@ function forgetAbsent() {
 function sharedKey(peer) {
   if (!peer.aes) {
     peer.aes = (async () => {
-      const theirs = await crypto.subtle.importKey("raw", peer.raw, { name: "ECDH", namedCurve: "P-256" }, false, []);
-      const bits = await crypto.subtle.deriveBits({ name: "ECDH", public: theirs }, myKeys.privateKey, 256);
+      const bits = await crypto.subtle.deriveBits({ name: "ECDH", public: peer.pub }, myKeys.privateKey, 256);
       const [lo, hi] = compare(myRaw, peer.raw) <= 0 ? [myRaw, peer.raw] : [peer.raw, myRaw];
       const info = concat(enc.encode("ragnarok-e2e-v1"), lo, hi);
       const ikm = await crypto.subtle.importKey("raw", bits, "HKDF", false, ["deriveKey"]);
@@ -178,6 +190,7 @@ function concat(...parts) {
 async function encryptFor(name, text) {
   const peer = peers.get(name);
   if (!peer) throw new Error(name + " has not published a key: their client cannot receive encrypted messages");
+  if (peer.bad) throw new Error(name + " published something that is not a usable key: not sent (their client cannot receive encrypted messages)");
   const nonce = crypto.getRandomValues(new Uint8Array(12));
   const sealed = await crypto.subtle.encrypt(
     { name: "AES-GCM", iv: nonce, additionalData: enc.encode(me + "\n" + name) }, await sharedKey(peer), enc.encode(text));
@@ -187,7 +200,7 @@ async function encryptFor(name, text) {
 async function decryptFrom(name, text) {
   const m = /^e2e1:([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$/.exec(text);
   const peer = peers.get(name);
-  if (!m || !peer || !E2E) return null;
+  if (!m || !peer || peer.bad || !E2E) return null;
   try {
     const plain = await crypto.subtle.decrypt(
       { name: "AES-GCM", iv: unb64(m[1]), additionalData: enc.encode(name + "\n" + me) }, await sharedKey(peer), unb64(m[2]));
@@ -226,7 +239,7 @@ async function handle(data) {
     case "OnlineUsers": online.clear(); for (const u of m.Users) online.add(u); forgetAbsent(); renderUsers(); break;
     case "UsersJoined": for (const u of m.Users) online.add(u); renderUsers(); break;
     case "UsersLeft": for (const u of m.Users) online.delete(u); forgetAbsent(); renderUsers(); break;
-    case "PublicKeys": for (const [u, k] of Object.entries(m.Keys)) await setPeerKey(u, k); break;
+    case "PublicKeys": await Promise.all(Object.entries(m.Keys).map(([u, k]) => setPeerKey(u, k))); break;
     case "PublicKey": await setPeerKey(m.SrcUser, m.key); break;
     case "Broadcast": line(m.history ? "history" : "live", m.SrcUser, m.text); break;
     case "PrivateMessage": {
@@ -236,7 +249,11 @@ async function handle(data) {
       else line("private", "from " + m.SrcUser, plain, "decrypted · key " + (peer ? peer.fp : "?"), "lock");
       break;
     }
-    case "Error": line("error", null, "Error (" + m.code + "): " + m.text); if (!me) $("login-error").textContent = m.text; break;
+    case "Error":
+      // Before login an error is about the login: shown on its form, never in the chat.
+      if (me) line("error", null, "Error (" + m.code + "): " + m.text);
+      else $("login-error").textContent = m.text;
+      break;
   }
 }
 
@@ -244,11 +261,13 @@ $("login").onsubmit = (e) => {
   e.preventDefault();
   $("login-error").textContent = "";
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  ws = new WebSocket(`${scheme}://${location.host}/`);
+  if (ws) { ws.onmessage = ws.onclose = null; ws.close(); } // a refused attempt: nothing more from it
+  const sock = ws = new WebSocket(`${scheme}://${location.host}/`);
   $("status").textContent = "connecting…";
-  ws.onopen = () => { ws.send($("password").value); ws.send($("name").value.trim()); };
-  ws.onmessage = (e) => onMessage(e.data);
-  ws.onclose = (e) => {
+  sock.onopen = () => { sock.send($("password").value); sock.send($("name").value.trim()); };
+  sock.onmessage = (e) => { if (sock === ws) onMessage(e.data); };
+  sock.onclose = (e) => {
+    if (sock !== ws) return;
     $("status").textContent = "disconnected" + (e.reason ? ": " + e.reason : "");
     if (me) line("notice", null, "Disconnected" + (e.reason ? " (" + e.reason + ")" : "") + ". Reload to join again.");
     else if (!$("login-error").textContent) $("login-error").textContent = "Could not connect.";

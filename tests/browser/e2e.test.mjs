@@ -443,3 +443,129 @@ test("plain http on a non-localhost name: the page says encryption needs HTTPS, 
     server.kill();
   }
 });
+
+test("a wrong password, then the right one: the error is on the login form, never in the chat", { timeout: 60000 }, async () => {
+  const { server, port } = await startServer(false);
+  const browser = await launch();
+  try {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.on("pageerror", (e) => { throw e; });
+    await page.goto(`http://localhost:${port}/`);
+    await page.fill("#name", "alice");
+    await page.fill("#password", "not the password");
+    await page.click("#join");
+    await page.waitForSelector('#login-error:has-text("wrong password")');
+    await shot(page, "login-wrong-password.png");
+    await page.fill("#password", PASSWORD);
+    await page.click("#join");
+    await page.waitForSelector('#status:has-text("signed in as alice")');
+    assert.equal(await page.textContent("#login-error"), "", "cleared on the next attempt");
+    // Let the old connection's close and anything queued arrive.
+    await sendTo(page, null, "first words");
+    await page.waitForSelector('.msg.live:has-text("first words")');
+    await new Promise((r) => setTimeout(r, 300));
+    const log = await page.$$eval("#log .msg", (els) => els.map((e) => e.className + ": " + e.textContent));
+    assert.deepEqual(log.filter((l) => !/first words/.test(l)), [], "nothing but the chat in the chat log");
+    assert.match(await page.textContent("#status"), /signed in as alice/);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+/// A raw client that logs in as `name` and publishes `key` as it is.
+async function rawKeyClient(port, name, key) {
+  const ws = new WebSocket(`ws://localhost:${port}/`);
+  const inbox = [];
+  ws.on("message", (data) => inbox.push(JSON.parse(data.toString())));
+  await new Promise((resolve) => ws.on("open", resolve));
+  ws.send(PASSWORD);
+  ws.send(name);
+  ws.send(JSON.stringify({ msgType: "PublicKey", key }));
+  return { ws, inbox };
+}
+
+test("a malformed key published by one user breaks no one's encryption", { timeout: 60000 }, async () => {
+  const { server, port } = await startServer(false);
+  const browser = await launch();
+  try {
+    const url = `http://localhost:${port}/`;
+    const bob = await openPage(browser, url, "bob");
+    const bang = await rawKeyClient(port, "!", "not*base64");
+    await bob.waitForSelector('#users li[data-user="!"]');
+    // Its key has been taken (or refused) before carol joins.
+    while (!bang.inbox.some((m) => m.msgType === "Error" || (m.msgType === "PublicKey" && m.SrcUser === "!"))) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    // The joiner gets everyone's keys in one PublicKeys, "!" sorted first.
+    const carol = await openPage(browser, url, "carol");
+    await waitForKey(carol, "bob");
+    await sendTo(carol, "bob", "still private after a bad key");
+    const got = await bob.waitForSelector('.msg.private:has-text("still private after a bad key")');
+    assert.match(await got.textContent(), /from carol.*decrypted/s);
+    // The server refused the key: its format is fixed (docs/PROTOCOL.md).
+    const refusal = bang.inbox.find((m) => m.msgType === "Error");
+    assert.equal(refusal && refusal.code, "invalid_field", JSON.stringify(bang.inbox));
+    assert.equal(bang.inbox.filter((m) => m.msgType === "PublicKey" && m.SrcUser === "!").length, 0, "not relayed");
+    bang.ws.close();
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test("the page imports each key on its own: a bad one marks only its owner", { timeout: 60000 }, async () => {
+  const { server, port } = await startServer(false);
+  const browser = await launch();
+  try {
+    const url = `http://localhost:${port}/`;
+    const bob = await openPage(browser, url, "bob");
+    await waitForKey(bob, "bob");
+    const zed = await openPage(browser, url, "zed");
+    await waitForKey(zed, "zed");
+    // Whatever a server (or a man in the middle) sends: the joiner's
+    // PublicKeys gets keys that are not base64, and not a point of P-256
+    // (the right length and format, all zeros), before and among good ones.
+    const context = await browser.newContext();
+    const carol = await context.newPage();
+    carol.on("pageerror", (e) => { throw e; });
+    await carol.routeWebSocket(/.*/, (ws) => {
+      const srv = ws.connectToServer();
+      ws.onMessage((m) => srv.send(m));
+      srv.onMessage((m) => {
+        const parsed = typeof m === "string" ? JSON.parse(m) : null;
+        if (parsed && parsed.msgType === "PublicKeys") {
+          parsed.Keys = { "!": "not*base64", "b-zero": "B" + "A".repeat(86) + "=", ...parsed.Keys };
+          return ws.send(JSON.stringify(parsed));
+        }
+        ws.send(m);
+      });
+    });
+    const bad = await rawKeyClient(port, "!", "");
+    const zero = await rawKeyClient(port, "b-zero", "");
+    await carol.goto(url);
+    await carol.fill("#name", "carol");
+    await carol.fill("#password", PASSWORD);
+    await carol.click("#join");
+    await carol.waitForSelector('#status:has-text("signed in as carol")');
+    await waitForKey(carol, "bob");
+    await waitForKey(carol, "zed");
+    for (const user of ["!", "b-zero"]) {
+      await carol.waitForSelector(`#users li[data-user="${user}"] .fp:has-text("unusable key")`);
+    }
+    await sendTo(carol, "bob", "to bob despite the bad keys");
+    await bob.waitForSelector('.msg.private:has-text("to bob despite the bad keys")');
+    await sendTo(carol, "zed", "and to zed");
+    await zed.waitForSelector('.msg.private:has-text("and to zed")');
+    // To the user with the unusable key: a plain error, nothing sent.
+    await sendTo(carol, "!", "cannot go");
+    await carol.waitForSelector('.msg.error:has-text("not a usable key")');
+    await shot(carol, "unusable-key.png");
+    bad.ws.close();
+    zero.ws.close();
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});

@@ -11,8 +11,9 @@ use serde_json::json;
 fn keys_are_relayed_and_handed_to_joiners() {
     for server in TestServer::both(json!({})) {
         let (mut alice, mut bob) = server.login_two("alice", "bob");
-        alice.send_json(json!({"msgType": "PublicKey", "key": "ALICE-KEY"}));
-        let relayed = json!({"msgType": "PublicKey", "SrcUser": "alice", "key": "ALICE-KEY"});
+        let alice_key = e2e::KeyPair::generate().public_b64();
+        alice.send_json(json!({"msgType": "PublicKey", "key": alice_key}));
+        let relayed = json!({"msgType": "PublicKey", "SrcUser": "alice", "key": alice_key});
         assert_eq!(alice.recv_json(), relayed);
         assert_eq!(bob.recv_json(), relayed);
 
@@ -28,7 +29,7 @@ fn keys_are_relayed_and_handed_to_joiners() {
         assert_eq!(carol.recv_json()["msgType"], "OnlineUsers");
         assert_eq!(
             carol.recv_json(),
-            json!({"msgType": "PublicKeys", "Keys": {"alice": "ALICE-KEY"}})
+            json!({"msgType": "PublicKeys", "Keys": {"alice": alice_key}})
         );
 
         drop(alice);
@@ -43,6 +44,39 @@ fn keys_are_relayed_and_handed_to_joiners() {
         // No keys left: no PublicKeys message; the next thing is live traffic.
         bob.send_json(broadcast("after alice"));
         assert_eq!(dave.recv_json()["text"], "after alice");
+    }
+}
+
+/// Issue 17: a user named `!` published `not*base64`, sorted first in every
+/// joiner's `PublicKeys`, and the page's import stopped at it. A key is the
+/// documented format or it is refused, relayed to no one, handed to no joiner.
+#[test]
+fn a_key_not_in_the_documented_format_is_refused() {
+    for server in TestServer::both(json!({})) {
+        let (mut bang, mut bob) = server.login_two("!", "bob");
+        let good = e2e::KeyPair::generate().public_b64();
+        assert_eq!(good.len(), 88);
+        let not_a_point = format!("C{}", &good[1..]); // first byte 0x08: not uncompressed SEC1
+        for bad in
+            ["not*base64", &good[..87], &format!("{good}="), &not_a_point, &good.replace('=', "A")]
+        {
+            bang.send_json(json!({"msgType": "PublicKey", "key": bad}));
+            let refused = bang.recv_json();
+            assert_eq!(refused["code"], "invalid_field", "{bad:?}: {refused}");
+            assert!(refused["text"].as_str().unwrap().contains("base64"), "{refused}");
+        }
+        // Still the limit it always was, checked before anything else.
+        bang.send_json(json!({"msgType": "PublicKey", "key": "k".repeat(60_000)}));
+        assert_eq!(bang.recv_json()["code"], "key_too_large");
+        bob.send_json(json!({"msgType": "PublicKey", "key": good}));
+        assert_eq!(bang.recv_type("PublicKey")["SrcUser"], "bob");
+        // Nothing of `!`'s reached bob: the next thing is bob's own key.
+        assert_eq!(bob.recv_json(), json!({"msgType": "PublicKey", "SrcUser": "bob", "key": good}));
+        let mut carol = server.login("carol");
+        assert_eq!(
+            carol.recv_type("PublicKeys"),
+            json!({"msgType": "PublicKeys", "Keys": {"bob": good}})
+        );
     }
 }
 

@@ -862,7 +862,9 @@ impl Soak<'_> {
                 if self.rng.chance(0.5) {
                     let c = &mut self.clients[key];
                     if c.take_token(now) {
-                        let key_text = "B".repeat(88);
+                        // The documented format (0x04 and zeros: the server does
+                        // not check the curve; no peer here encrypts to it).
+                        let key_text = format!("B{}=", "A".repeat(86));
                         c.send_text(&format!(r#"{{"msgType":"PublicKey","key":"{key_text}"}}"#));
                     }
                 }
