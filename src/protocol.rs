@@ -225,13 +225,16 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
 /// 65-byte uncompressed P-256 point `0x04 || X || Y` (docs/PROTOCOL.md).
 pub const PUBLIC_KEY_CHARS: usize = 88;
 
+/// Longest `key` looked at, in bytes (a longer one is `key_too_large`,
+/// before anything else).
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// A `PublicKey`'s `key` must be what the end-to-end scheme publishes:
 /// exactly [`PUBLIC_KEY_CHARS`] characters of standard base64 (letters,
 /// digits, `+`, `/`), one `=` of padding, the unused bits zero, of 65 bytes
 /// starting with 0x04. Lengths are checked before anything is decoded. (Whether the
 /// point is on the curve is left to the clients, which import it.)
 pub fn check_public_key(key: &str) -> Result<(), Rejection> {
-    use crate::room::MAX_KEY_BYTES;
     let invalid = |why: &str| Err(Rejection::new(ErrorCode::InvalidField, why));
     if key.is_empty() {
         return invalid("field \"key\" must not be empty");
