@@ -26,7 +26,8 @@ for tls in false true; do
     cat > "$work/ragnarok-$tls.json" <<JSON
 {"SSL": $tls, "SSL_Cert": "cert.pem", "SSL_Key": "key.pem", "server_port": $port,
  "rate_limit_per_sec": 0, "max_connections": 20000,
- "max_connections_per_ip": 0, "max_handshakes_per_ip": 0, "log_level": "warn"}
+ "max_connections_per_ip": 0, "max_handshakes_per_ip": 0,
+ "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "log_level": "warn"}
 JSON
 done
 

@@ -19,6 +19,9 @@
 #                              soak holds -n users plus about 20 (default 64)
 #   login_timeout_secs         10 (default 60): the probe that sends a password
 #                              and no name is answered within the run
+#   connections_per_minute_per_ip, logins_per_minute_per_ip  0 (default 120
+#                              and 30): the soak's churn of -n users, all
+#                              from 127.0.0.1, is many households' worth
 # Everything else stays at its default and the load generator keeps inside
 # it: at most 12 unauthenticated connections at once (max_handshakes_per_ip
 # 16), a wrong password every 10 s (login_attempts_per_minute 10), each
@@ -57,7 +60,8 @@ cat > "$work/config.json" <<JSON
 {"SSL": $tls, "SSL_Cert": "cert.pem", "SSL_Key": "key.pem",
  "server_ip": "127.0.0.1", "server_port": 0,
  "server_name": "Soak", "server_password": "soak-password",
- "max_connections_per_ip": 1024, "login_timeout_secs": 10}
+ "max_connections_per_ip": 1024, "login_timeout_secs": 10,
+ "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0}
 JSON
 tls_args=()
 if $tls; then

@@ -1,6 +1,7 @@
 //! Per-address accounting, so that one address cannot take every slot or
-//! guess passwords at line rate: open connections, unauthenticated ones,
-//! and wrong passwords per minute. IPv6 addresses count per /64.
+//! guess passwords or churn at line rate: open connections, unauthenticated
+//! ones, wrong passwords per minute, and the rates of new connections and
+//! of logins (token buckets). IPv6 addresses count per /64.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -115,6 +116,8 @@ impl FromStr for Cidr {
 pub enum Refused {
     TooManyConnections,
     TooManyHandshakes,
+    /// Past `connections_per_minute_per_ip`.
+    ConnectionRate,
 }
 
 impl Refused {
@@ -123,6 +126,7 @@ impl Refused {
         match self {
             Refused::TooManyConnections => "per_address_connections",
             Refused::TooManyHandshakes => "per_address_handshakes",
+            Refused::ConnectionRate => "per_address_connection_rate",
         }
     }
 }
@@ -132,6 +136,9 @@ impl fmt::Display for Refused {
         f.write_str(match self {
             Refused::TooManyConnections => "too many connections from your address",
             Refused::TooManyHandshakes => "too many unfinished logins from your address",
+            Refused::ConnectionRate => {
+                "too many new connections from your address: wait a little and try again"
+            }
         })
     }
 }
@@ -143,6 +150,48 @@ struct Entry {
     /// Wrong passwords in the current minute and when it began.
     wrong: u32,
     wrong_since: Option<Instant>,
+    /// New connections and logins, while either bucket is not full.
+    new_connections: Option<Bucket>,
+    logins: Option<Bucket>,
+}
+
+/// A per-address token bucket that refills at `per_minute` a minute up to
+/// a burst of `per_minute`. An address has one only while it is not full:
+/// a full bucket is the same as none, so it is forgotten.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// The tokens of `bucket` (`None`: full) at `now`.
+    fn level(bucket: Option<Bucket>, now: Instant, per_minute: u32) -> f64 {
+        let burst = f64::from(per_minute);
+        bucket.map_or(burst, |b| {
+            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+            (b.tokens + elapsed * burst / 60.0).min(burst)
+        })
+    }
+
+    /// Takes a token if there is one; `false`: none (nothing taken).
+    /// `per_minute` 0 means no limit.
+    fn take(bucket: &mut Option<Bucket>, now: Instant, per_minute: u32) -> bool {
+        if per_minute == 0 {
+            return true;
+        }
+        let tokens = Bucket::level(*bucket, now, per_minute);
+        if tokens < 1.0 {
+            return false;
+        }
+        *bucket = Some(Bucket { tokens: tokens - 1.0, last: now });
+        true
+    }
+
+    /// Whether the bucket holds state at `now` (it is not full yet).
+    fn remembered(bucket: Option<Bucket>, now: Instant, per_minute: u32) -> bool {
+        bucket.is_some() && Bucket::level(bucket, now, per_minute) < f64::from(per_minute)
+    }
 }
 
 /// What one address may hold; 0 = no limit. From the config's `Limits`
@@ -154,6 +203,10 @@ pub struct PerAddressLimits {
     /// Connections not logged in yet.
     pub handshakes: u32,
     pub wrong_passwords_per_minute: u32,
+    /// New connections per minute (a burst of as many).
+    pub connections_per_minute: u32,
+    /// Logins per minute (a burst of as many).
+    pub logins_per_minute: u32,
 }
 
 pub struct Addresses {
@@ -170,13 +223,26 @@ impl Addresses {
     }
 
     /// A new connection from `ip`, counted as a handshake until it logs in.
-    pub fn open(&mut self, ip: IpAddr) -> Result<(), Refused> {
-        let entry = self.entries.entry(AddrKey::of(ip)).or_default();
-        if self.limits.connections > 0 && entry.connections >= self.limits.connections {
-            return Err(Refused::TooManyConnections);
-        }
-        if self.limits.handshakes > 0 && entry.handshakes >= self.limits.handshakes {
-            return Err(Refused::TooManyHandshakes);
+    /// A refused one costs nothing but the check (and no entry is kept for
+    /// it beyond what the address had).
+    pub fn open(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
+        let key = AddrKey::of(ip);
+        let limits = self.limits;
+        let entry = self.entries.entry(key).or_default();
+        let refused = if limits.connections > 0 && entry.connections >= limits.connections {
+            Some(Refused::TooManyConnections)
+        } else if limits.handshakes > 0 && entry.handshakes >= limits.handshakes {
+            Some(Refused::TooManyHandshakes)
+        } else if !Bucket::take(&mut entry.new_connections, now, limits.connections_per_minute) {
+            Some(Refused::ConnectionRate)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            if !entry.remembered(now, &limits) {
+                self.entries.remove(&key);
+            }
+            return Err(refused);
         }
         entry.connections += 1;
         entry.handshakes += 1;
@@ -196,7 +262,7 @@ impl Addresses {
         let key = AddrKey::of(ip);
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.connections = entry.connections.saturating_sub(1);
-            if entry.connections == 0 && !entry.remembers_failures(now) {
+            if !entry.remembered(now, &self.limits) {
                 self.entries.remove(&key);
             }
         }
@@ -219,9 +285,37 @@ impl Addresses {
         entry.wrong_since.get_or_insert(now);
     }
 
-    /// Forgets addresses with nothing open and no recent failures (once a tick).
+    /// Whether `ip` may log in now, under `logins_per_minute_per_ip`
+    /// (checked before a name is tried; nothing is taken).
+    pub fn may_log_in(&self, ip: IpAddr, now: Instant) -> bool {
+        let per_minute = self.limits.logins_per_minute;
+        per_minute == 0
+            || Bucket::level(
+                self.entries.get(&AddrKey::of(ip)).and_then(|e| e.logins),
+                now,
+                per_minute,
+            ) >= 1.0
+    }
+
+    /// `ip` logged in: a token of its login rate is taken. (Claims a
+    /// cluster answers at once may all pass `may_log_in`; the bucket then
+    /// stays empty for longer, never below empty.)
+    pub fn logged_in(&mut self, ip: IpAddr, now: Instant) {
+        let per_minute = self.limits.logins_per_minute;
+        if per_minute == 0 {
+            return;
+        }
+        let entry = self.entries.entry(AddrKey::of(ip)).or_default();
+        if !Bucket::take(&mut entry.logins, now, per_minute) {
+            entry.logins = Some(Bucket { tokens: 0.0, last: now });
+        }
+    }
+
+    /// Forgets addresses with nothing open, no recent failures and full
+    /// buckets (once a tick).
     pub fn sweep(&mut self, now: Instant) {
-        self.entries.retain(|_, e| e.connections > 0 || e.remembers_failures(now));
+        let limits = self.limits;
+        self.entries.retain(|_, e| e.remembered(now, &limits));
     }
 
     #[cfg(test)]
@@ -241,6 +335,15 @@ impl Entry {
     fn remembers_failures(&self, now: Instant) -> bool {
         self.wrong_since.is_some_and(|t| now.saturating_duration_since(t) < MINUTE)
     }
+
+    /// Whether this address must be kept: something open, recent failures,
+    /// or a bucket not full yet.
+    fn remembered(&self, now: Instant, limits: &PerAddressLimits) -> bool {
+        self.connections > 0
+            || self.remembers_failures(now)
+            || Bucket::remembered(self.new_connections, now, limits.connections_per_minute)
+            || Bucket::remembered(self.logins, now, limits.logins_per_minute)
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +351,61 @@ mod tests {
     use super::*;
 
     fn limits(connections: u32, handshakes: u32, attempts: u32) -> PerAddressLimits {
-        PerAddressLimits { connections, handshakes, wrong_passwords_per_minute: attempts }
+        PerAddressLimits {
+            connections,
+            handshakes,
+            wrong_passwords_per_minute: attempts,
+            connections_per_minute: 0,
+            logins_per_minute: 0,
+        }
+    }
+
+    #[test]
+    fn new_connections_have_a_rate_per_address() {
+        let now = Instant::now();
+        let rate = PerAddressLimits { connections_per_minute: 3, ..limits(0, 0, 0) };
+        let mut addrs = Addresses::new(rate);
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        for _ in 0..3 {
+            addrs.open(ip, now).unwrap();
+            addrs.close(ip, now);
+        }
+        let same_64: IpAddr = "2001:db8::2".parse().unwrap();
+        assert_eq!(addrs.open(same_64, now), Err(Refused::ConnectionRate));
+        let other: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        addrs.open(other, now).unwrap();
+        addrs.close(other, now);
+        // 3 a minute: one token in 20 s.
+        let later = now + Duration::from_secs(20);
+        addrs.open(ip, later).unwrap();
+        assert_eq!(addrs.open(ip, later), Err(Refused::ConnectionRate));
+        addrs.close(ip, later);
+        addrs.sweep(later);
+        assert_eq!(addrs.len(), 1, "kept while its bucket refills (the other one is full again)");
+        addrs.sweep(later + MINUTE);
+        assert_eq!(addrs.len(), 0, "full buckets are forgotten");
+    }
+
+    #[test]
+    fn logins_have_a_rate_per_address() {
+        let now = Instant::now();
+        let mut addrs =
+            Addresses::new(PerAddressLimits { logins_per_minute: 2, ..limits(0, 0, 0) });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..2 {
+            assert!(addrs.may_log_in(ip, now));
+            addrs.logged_in(ip, now);
+        }
+        assert!(!addrs.may_log_in(ip, now));
+        addrs.logged_in(ip, now); // a claim that passed earlier: never below empty
+        assert!(addrs.may_log_in("192.0.2.2".parse().unwrap(), now));
+        assert!(addrs.may_log_in(ip, now + Duration::from_secs(30)));
+        addrs.sweep(now + Duration::from_secs(30));
+        assert_eq!(addrs.len(), 1);
+        addrs.sweep(now + MINUTE);
+        assert_eq!(addrs.len(), 0);
+        let off = Addresses::new(limits(0, 0, 0));
+        assert!(off.may_log_in(ip, now));
     }
 
     #[test]
@@ -292,13 +449,13 @@ mod tests {
         let mut addrs = Addresses::new(limits(3, 2, 0));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        addrs.open(ip).unwrap();
-        addrs.open(ip).unwrap();
-        assert_eq!(addrs.open(ip), Err(Refused::TooManyHandshakes));
-        addrs.open(other).unwrap();
+        addrs.open(ip, now).unwrap();
+        addrs.open(ip, now).unwrap();
+        assert_eq!(addrs.open(ip, now), Err(Refused::TooManyHandshakes));
+        addrs.open(other, now).unwrap();
         addrs.handshake_done(ip); // one logged in
-        addrs.open(ip).unwrap();
-        assert_eq!(addrs.open(ip), Err(Refused::TooManyConnections));
+        addrs.open(ip, now).unwrap();
+        assert_eq!(addrs.open(ip, now), Err(Refused::TooManyConnections));
         for _ in 0..3 {
             addrs.close(ip, now);
         }
@@ -311,7 +468,7 @@ mod tests {
         let now = Instant::now();
         let mut addrs = Addresses::new(limits(0, 0, 2));
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
-        addrs.open(ip).unwrap();
+        addrs.open(ip, now).unwrap();
         assert!(addrs.may_try_password(ip, now));
         addrs.wrong_password(ip, now);
         addrs.wrong_password(ip, now);

@@ -76,6 +76,12 @@ pub struct Limits {
     pub max_handshakes_per_ip: u32,
     /// Wrong passwords from one address per minute; 0 = no limit.
     pub login_attempts_per_minute: u32,
+    /// New connections from one address per minute (a token bucket with a
+    /// burst of as many), checked at accept; 0 = no limit.
+    pub connections_per_minute_per_ip: u32,
+    /// Logins from one address per minute (a token bucket with a burst of
+    /// as many); 0 = no limit.
+    pub logins_per_minute_per_ip: u32,
 }
 
 /// The defaults of [`KEYS`].
@@ -99,6 +105,8 @@ impl From<&Limits> for PerAddressLimits {
             connections: l.max_connections_per_ip,
             handshakes: l.max_handshakes_per_ip,
             wrong_passwords_per_minute: l.login_attempts_per_minute,
+            connections_per_minute: l.connections_per_minute_per_ip,
+            logins_per_minute: l.logins_per_minute_per_ip,
         }
     }
 }
@@ -215,6 +223,26 @@ pub const KEYS: &[Key] = &[
             min: 0,
             max: 1_000_000,
             set: |d, n| d.config.limits.login_attempts_per_minute = n as u32,
+        },
+    },
+    Key {
+        name: "connections_per_minute_per_ip",
+        default: Some("120"),
+        doc: "new connections from one address per minute, a burst of as many; 0 = no limit",
+        kind: Int {
+            min: 0,
+            max: 1_000_000,
+            set: |d, n| d.config.limits.connections_per_minute_per_ip = n as u32,
+        },
+    },
+    Key {
+        name: "logins_per_minute_per_ip",
+        default: Some("30"),
+        doc: "logins from one address per minute, a burst of as many; 0 = no limit",
+        kind: Int {
+            min: 0,
+            max: 1_000_000,
+            set: |d, n| d.config.limits.logins_per_minute_per_ip = n as u32,
         },
     },
     Key {
@@ -462,6 +490,8 @@ impl Draft {
                     max_connections_per_ip: 0,
                     max_handshakes_per_ip: 0,
                     login_attempts_per_minute: 0,
+                    connections_per_minute_per_ip: 0,
+                    logins_per_minute_per_ip: 0,
                 },
                 history_size: 0,
                 log_level: LevelFilter::Off,

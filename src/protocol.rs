@@ -41,6 +41,8 @@ pub enum ErrorCode {
     KeyTooLarge,
     TooManyAttempts,
     TooManyConnections,
+    /// Past `logins_per_minute_per_ip`: the name was not tried.
+    TooManyLogins,
     /// A node of a cluster cannot reach Redis: what needs the cluster waits.
     ClusterUnavailable,
     /// A node lost messages of the cluster (its link broke or was cut).
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::KeyTooLarge => "key_too_large",
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::TooManyLogins => "too_many_logins",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
             ErrorCode::MessagesLost => "messages_lost",
             ErrorCode::LoginPending => "login_pending",

@@ -321,7 +321,7 @@ impl<S: Socket + Source> Server<S> {
         } else if self.http.trusts(peer.ip) {
             return Ok(None);
         } else {
-            match self.addresses.open(peer.ip) {
+            match self.addresses.open(peer.ip, now) {
                 Ok(()) => return Ok(Some(peer.ip)),
                 Err(refused) => (refused.to_string(), refused.reason()),
             }
@@ -389,7 +389,7 @@ impl<S: Socket + Source> Server<S> {
         if client.charged {
             return;
         }
-        match self.addresses.open(peer.ip) {
+        match self.addresses.open(peer.ip, now) {
             Ok(()) => client.charged = true,
             Err(refused) => {
                 if self.refused_log.allow(now) {

@@ -251,6 +251,13 @@ impl Session {
             }
             (Message::Text(text), Some((Login::Name, since))) => {
                 let name = strip_line_end(&text);
+                if !cx.addresses.may_log_in(cx.peer.ip, cx.now) {
+                    let why = Rejection::new(
+                        ErrorCode::TooManyLogins,
+                        "too many logins from your address: wait a little and try again",
+                    );
+                    return refused_login(why, cx);
+                }
                 if !cx.room.is_clustered() {
                     return self.join(name, cx);
                 }
@@ -341,6 +348,7 @@ impl Session {
             Ok(()) => {
                 info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.online());
                 self.phase = Phase::Chatting { ping_sent: None };
+                cx.addresses.logged_in(cx.peer.ip, cx.now);
                 self.bucket = (cx.limits.rate_limit_per_sec > 0)
                     .then(|| TokenBucket::new(cx.limits.rate_limit_burst, cx.now));
                 if let Some(ip) = cx.charged {
@@ -728,6 +736,34 @@ mod tests {
         let mut s = Session::new();
         s.opened(w.now);
         assert_eq!(w.send(&mut s, 100, "963"), Action::Nothing);
+    }
+
+    #[test]
+    fn logins_are_throttled_per_address() {
+        let mut w = World::new("");
+        let allowed = w.limits.logins_per_minute_per_ip as usize;
+        assert!(allowed > 0, "on by default");
+        let mut sessions = Vec::new();
+        for i in 0..allowed {
+            let mut s = Session::new();
+            s.opened(w.now);
+            w.send(&mut s, i, "");
+            w.send(&mut s, i, &format!("user{i}"));
+            assert!(s.is_chatting(), "{i}");
+            sessions.push(s);
+        }
+        // Past the rate the name is not tried.
+        let mut s = Session::new();
+        s.opened(w.now);
+        w.send(&mut s, 99, "");
+        assert_eq!(code(w.send(&mut s, 99, "late")), Some(ErrorCode::TooManyLogins));
+        // The bucket refills at the rate: one login in 60 / rate seconds.
+        w.now += Duration::from_secs(60) / allowed as u32;
+        let mut s = Session::new();
+        s.opened(w.now);
+        w.send(&mut s, 100, "");
+        w.send(&mut s, 100, "later");
+        assert!(s.is_chatting());
     }
 
     #[test]

@@ -23,3 +23,37 @@ fn wrong_passwords_lock_the_address_out_for_a_minute() {
         server.wait_log("too many wrong passwords");
     }
 }
+
+/// Logins from one address come at most at `logins_per_minute_per_ip` (a
+/// burst of as many, then that rate): past it the name is refused with
+/// `too_many_logins` and Close 1008; once the bucket refills, logins work
+/// again.
+#[test]
+fn logins_from_one_address_have_a_rate() {
+    for server in TestServer::both(json!({"logins_per_minute_per_ip": 60})) {
+        for i in 0..60 {
+            drop(server.login(&format!("user{i}")));
+        }
+        let mut client = server.connect();
+        client.send_text(PASSWORD);
+        client.send_text("one_too_many");
+        let (seen, ending) = client.recv_until_end();
+        assert_eq!(seen[0]["code"], "too_many_logins", "{seen:?}");
+        assert_eq!(ending.code(), Some(1008));
+        server.wait_log("login refused: too_many_logins");
+        // One a second comes back (a deadline, not a measurement).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut client = server.connect();
+            client.send_text(PASSWORD);
+            client.send_text("later");
+            let first = client.recv_json();
+            if first["ServerName"] == "Test Room" {
+                break;
+            }
+            assert_eq!(first["code"], "too_many_logins", "{first}");
+            assert!(std::time::Instant::now() < deadline, "still refused");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}

@@ -51,7 +51,9 @@
 //! burst 40), at most 12 connections are unauthenticated at once (the
 //! server's `max_handshakes_per_ip` is 16), and a wrong password goes out
 //! once every 10 s (`login_attempts_per_minute` is 10). Only
-//! `max_connections_per_ip` (64) must be raised above `-n` plus about 20.
+//! `max_connections_per_ip` (64) must be raised above `-n` plus about 20,
+//! and the per-address rates of new connections and logins (120 and 30 a
+//! minute) turned off: the churn of `-n` users from one address is more.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
