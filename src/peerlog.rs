@@ -87,7 +87,8 @@ const REFUSAL_LINES: u32 = 10;
 const MESSAGE_LINES: u32 = 1;
 /// Lines per minute from all the addresses beyond `MAX_ADDRESSES`.
 const OVERFLOW_LINES: u32 = 20;
-/// Addresses tracked at once (an entry is about 200 bytes: under 1 MiB).
+/// Addresses tracked at once (an entry is about 300 bytes with the table's
+/// own: about 1.2 MiB at most).
 pub const MAX_ADDRESSES: usize = 4096;
 
 #[derive(Debug, Default)]
