@@ -14,6 +14,7 @@ mod listen;
 mod metrics;
 mod names;
 mod outbox;
+mod peerlog;
 pub mod protocol;
 mod ratelimit;
 pub mod redis;

@@ -138,12 +138,17 @@ fn run() -> Result<(), Fatal> {
         return Ok(());
     }
     let logger = simple_logger::SimpleLogger::new().with_level(config.log_level).env();
-    // Under systemd (JOURNAL_STREAM set) journald stamps every line itself.
-    let logger = match std::env::var_os("JOURNAL_STREAM") {
-        Some(_) => logger.without_timestamps(),
-        None => logger.with_utc_timestamps(),
+    // Under systemd (JOURNAL_STREAM set) journald stamps every line itself,
+    // and takes its priority from a `<N>` prefix (so that `journalctl -p
+    // warning` shows the WARN lines: docs/DEPLOY.md).
+    let started = match std::env::var_os("JOURNAL_STREAM") {
+        Some(_) => {
+            log::set_max_level(logger.max_level());
+            log::set_boxed_logger(Box::new(Journal(logger)))
+        }
+        None => logger.with_utc_timestamps().init(),
     };
-    logger.init().map_err(|e| Fatal::Software(format!("cannot start logging: {e}")))?;
+    started.map_err(|e| Fatal::Software(format!("cannot start logging: {e}")))?;
     raise_fd_limit(config.limits.max_connections);
 
     let address = format!("{}:{}", config.server_ip, config.server_port);
@@ -227,5 +232,53 @@ fn raise_fd_limit(max_connections: usize) {
         warn!(
             "open file limit is {limit}: fewer than max_connections ({max_connections}) can connect"
         );
+    }
+}
+
+/// Lines for journald: each with its syslog priority as a `<N>` prefix,
+/// which journald takes off and keeps as the line's PRIORITY; the rest as
+/// `simple_logger` writes it without timestamps (`WARN  [target] message`).
+struct Journal(simple_logger::SimpleLogger);
+
+impl log::Log for Journal {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let line = journal_line(record.level(), record.target(), record.args());
+            // One write per line; a closed stderr is not worth dying for.
+            let _ = std::io::Write::write_all(&mut io::stderr().lock(), line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn journal_line(level: log::Level, target: &str, message: &std::fmt::Arguments) -> String {
+    let priority = match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    };
+    format!("<{priority}>{:<5} [{target}] {message}\n", level.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_lines_carry_their_priority() {
+        let line = journal_line(
+            log::Level::Warn,
+            "ragnarok::peerlog",
+            &format_args!("abuse from 203.0.113.7: flood"),
+        );
+        assert_eq!(line, "<4>WARN  [ragnarok::peerlog] abuse from 203.0.113.7: flood\n");
+        let info = journal_line(log::Level::Info, "ragnarok", &format_args!("hi"));
+        assert!(info.starts_with("<6>INFO  [ragnarok] "), "{info}");
     }
 }

@@ -28,6 +28,7 @@ use crate::effect::{ConnId, Effects, Ending};
 use crate::http::HttpPolicy;
 use crate::metrics::{self, Stats};
 use crate::outbox;
+use crate::peerlog::{Abuse, Class, PeerLog};
 use crate::protocol::{ErrorCode, Rejection};
 use crate::ratelimit::LogBudget;
 use crate::room::Room;
@@ -114,10 +115,11 @@ pub struct Server<S = TcpStream> {
     scratch: Vec<u8>,
     /// What the listener needs.
     accept: Accept,
-    /// Connections refused at accept, logged within a budget.
+    /// Connections refused because the server is full, logged within a
+    /// budget.
     refused_log: LogBudget,
-    /// Handshakes that timed out, logged within a budget.
-    timeout_log: LogBudget,
+    /// The log's budget per address (every line a peer can cause).
+    peer_log: PeerLog,
     /// What the metrics show.
     stats: Stats,
     started: Instant,
@@ -297,7 +299,7 @@ impl<S: Socket + Source> Server<S> {
             scratch: Vec::with_capacity(WRITE_GATHER),
             accept: Accept::Idle,
             refused_log: LogBudget::default(),
-            timeout_log: LogBudget::default(),
+            peer_log: PeerLog::default(),
             stats: Stats::default(),
             started: Instant::now(),
             trimmed: Instant::now(),
@@ -323,7 +325,11 @@ impl<S: Socket + Source> Server<S> {
         } else {
             match self.addresses.open(peer.ip, now) {
                 Ok(()) => return Ok(Some(peer.ip)),
-                Err(refused) => (refused.to_string(), refused.reason()),
+                Err(refused) => {
+                    Stats::count(&mut self.stats.connections_refused, refused.reason(), 1);
+                    self.peer_log.abuse(Abuse::of(&refused), peer.ip, now);
+                    return Err(refused.to_string());
+                }
             }
         };
         Stats::count(&mut self.stats.connections_refused, reason, 1);
@@ -392,9 +398,7 @@ impl<S: Socket + Source> Server<S> {
         match self.addresses.open(peer.ip, now) {
             Ok(()) => client.charged = true,
             Err(refused) => {
-                if self.refused_log.allow(now) {
-                    warn!("{peer}: connection refused: {refused}");
-                }
+                self.peer_log.abuse(Abuse::of(&refused), peer.ip, now);
                 Stats::count(&mut self.stats.connections_refused, refused.reason(), 1);
                 let why = Rejection::new(ErrorCode::TooManyConnections, refused.to_string());
                 self.end(key, Ending::policy("too many connections", why), now);
@@ -539,11 +543,9 @@ impl<S: Socket + Source> Server<S> {
             trim_heap();
         }
         if let Some(n) = self.refused_log.unlogged(now) {
-            warn!("refused {n} more connections in the last minute (limits reached)");
+            warn!("refused {n} more connections in the last minute (server full)");
         }
-        if let Some(n) = self.timeout_log.unlogged(now) {
-            info!("{n} more handshakes timed out in the last minute");
-        }
+        self.peer_log.tick(now);
         self.addresses.sweep(now);
         if let Some(cluster) = &mut self.cluster {
             cluster.tick(self.poll.registry(), now);
@@ -557,8 +559,9 @@ impl<S: Socket + Source> Server<S> {
             if client.conn.expired(now, self.limits.handshake_timeout) {
                 if client.conn.is_handshaking() {
                     self.stats.handshake_failures += 1;
-                    if self.timeout_log.allow(now) {
-                        info!("{}: handshake timeout", client.conn.peer);
+                    let peer = client.conn.peer;
+                    if self.peer_log.allow(Class::Refusals, peer.ip, now) {
+                        info!("{peer}: handshake timeout");
                     }
                 }
                 self.remove(key, now);
@@ -615,6 +618,7 @@ impl<S: Socket + Source> Server<S> {
             room: &mut self.room,
             out: &mut self.effects,
             addresses: &mut self.addresses,
+            log: &mut self.peer_log,
             limits: &self.limits,
             id,
             peer: conn.peer,

@@ -6,14 +6,15 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use log::{info, warn};
+use log::info;
 use tungstenite::Message;
 
 use crate::addresses::{Addresses, Peer};
 use crate::config::Limits;
 use crate::effect::{ClusterCall, ConnId, Count, Effect, Effects, Ending, Push};
+use crate::peerlog::{Abuse, Class, PeerLog};
 use crate::protocol::{ErrorCode, Rejection, Request, close_code, parse_request};
-use crate::ratelimit::{LogBudget, TokenBucket, Verdict};
+use crate::ratelimit::{TokenBucket, Verdict};
 use crate::room::Room;
 
 /// What a session may touch besides itself.
@@ -21,6 +22,8 @@ pub struct Cx<'a> {
     pub room: &'a mut Room,
     pub out: &'a mut Effects,
     pub addresses: &'a mut Addresses,
+    /// The log's budget per address: every line a peer causes is charged.
+    pub log: &'a mut PeerLog,
     pub limits: &'a Limits,
     pub id: ConnId,
     /// The client's address, for the log and the per-address limits.
@@ -34,6 +37,11 @@ pub struct Cx<'a> {
 impl Cx<'_> {
     fn end(&mut self, how: Ending) {
         self.out.push(Effect::End { conn: self.id, how });
+    }
+
+    /// Whether a line of `class` about this peer may be logged now.
+    fn may_log(&mut self, class: Class) -> bool {
+        self.log.allow(class, self.peer.ip, self.now)
     }
 }
 
@@ -118,7 +126,6 @@ pub struct Session {
     phase: Phase,
     /// Every message costs a token (none when rate limiting is off).
     bucket: Option<TokenBucket>,
-    refusals: RefusalLog,
 }
 
 impl Default for Session {
@@ -129,7 +136,7 @@ impl Default for Session {
 
 impl Session {
     pub fn new() -> Self {
-        Session { phase: Phase::Handshaking, bucket: None, refusals: RefusalLog::default() }
+        Session { phase: Phase::Handshaking, bucket: None }
     }
 
     pub fn is_chatting(&self) -> bool {
@@ -192,7 +199,7 @@ impl Session {
             Phase::Chatting { .. } => {}
         }
         let name_key = cx.room.name_key_of(cx.id);
-        if let Some(name) = cx.room.leave(cx.id) {
+        if let Some(name) = cx.room.leave(cx.id).filter(|_| cx.may_log(Class::Sessions)) {
             let why = how.reason();
             info!("{}: {name:?} left: {why} ({} online)", cx.peer, cx.room.online());
         }
@@ -233,7 +240,7 @@ impl Session {
             }
             Verdict::Refuse => return,
             Verdict::Flood => {
-                warn!("{}: flooding past the rate limit, disconnecting", cx.peer);
+                cx.log.abuse(Abuse::Flood, cx.peer.ip, cx.now);
                 let why = Rejection::new(
                     ErrorCode::RateLimited,
                     "kept flooding past the rate limit: disconnected",
@@ -346,7 +353,9 @@ impl Session {
     fn join(&mut self, name: &str, cx: &mut Cx) {
         match cx.room.join(cx.id, name) {
             Ok(()) => {
-                info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.online());
+                if cx.may_log(Class::Sessions) {
+                    info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.online());
+                }
                 self.phase = Phase::Chatting { ping_sent: None };
                 cx.addresses.logged_in(cx.peer.ip, cx.now);
                 self.bucket = (cx.limits.rate_limit_per_sec > 0)
@@ -363,7 +372,7 @@ impl Session {
     fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) {
         let ip = cx.peer.ip;
         if !cx.addresses.may_try_password(ip, cx.now) {
-            info!("{}: too many wrong passwords from this address, refused unchecked", cx.peer);
+            cx.log.abuse(Abuse::TooManyAttempts, ip, cx.now);
             let why = Rejection::new(
                 ErrorCode::TooManyAttempts,
                 "too many wrong passwords from your address: wait a minute and try again",
@@ -375,26 +384,31 @@ impl Session {
             return;
         }
         cx.addresses.wrong_password(ip, cx.now);
-        info!("{}: wrong password", cx.peer);
+        if cx.may_log(Class::Refusals) {
+            info!("{}: wrong password", cx.peer);
+        }
         let why = Rejection::new(ErrorCode::WrongPassword, "wrong password");
         cx.end(Ending::policy("wrong password", why));
     }
 
     fn refuse(&mut self, why: Rejection, cx: &mut Cx) {
         cx.out.push(Effect::Count(Count::Received(None)));
-        self.refusals.note(cx.peer, why.code, cx.now);
+        if cx.may_log(Class::Messages) {
+            info!("{}: refused a message: {}", cx.peer, why.code.as_str());
+        }
         cx.out.refuse(cx.id, why);
     }
 
     /// Timers, about once a second: the login deadline and keep-alive pings.
     pub fn tick(&mut self, last_heard: Instant, cx: &mut Cx) {
         let (peer, now) = (cx.peer, cx.now);
-        self.refusals.tick(peer, now);
         match &mut self.phase {
             Phase::LoggingIn { since, .. }
                 if now.saturating_duration_since(*since) >= cx.limits.login_timeout =>
             {
-                info!("{peer}: login timeout");
+                if cx.log.allow(Class::Refusals, peer.ip, now) {
+                    info!("{peer}: login timeout");
+                }
                 let why = Rejection::new(ErrorCode::LoginTimeout, "login took too long");
                 cx.end(Ending::policy("login timeout", why));
             }
@@ -406,7 +420,9 @@ impl Session {
                         cx.out.push(Effect::Ping(cx.id));
                     }
                     Some(sent) if now.saturating_duration_since(sent) >= idle => {
-                        info!("{peer}: no answer to ping, disconnecting");
+                        if cx.log.allow(Class::Refusals, peer.ip, now) {
+                            info!("{peer}: no answer to ping, disconnecting");
+                        }
                         cx.end(Ending::Close {
                             code: close_code::GOING_AWAY,
                             reason: "idle timeout",
@@ -422,29 +438,10 @@ impl Session {
 }
 
 fn refused_login(why: Rejection, cx: &mut Cx) {
-    info!("{}: login refused: {}", cx.peer, why.code.as_str());
+    if cx.may_log(Class::Refusals) {
+        info!("{}: login refused: {}", cx.peer, why.code.as_str());
+    }
     cx.end(Ending::policy("login refused", why));
-}
-
-/// Refused inputs, logged within a budget: the first of an interval at
-/// once, the rest as one count when it ends. (Boxed on the first refusal:
-/// most sessions never have one, and every byte of a session is paid
-/// per user.)
-#[derive(Debug, Default)]
-struct RefusalLog(Option<Box<LogBudget>>);
-
-impl RefusalLog {
-    fn note(&mut self, peer: Peer, code: ErrorCode, now: Instant) {
-        if self.0.get_or_insert_default().allow(now) {
-            info!("{peer}: refused a message: {}", code.as_str());
-        }
-    }
-
-    fn tick(&mut self, peer: Peer, now: Instant) {
-        if let Some(n) = self.0.as_mut().and_then(|log| log.unlogged(now)) {
-            info!("{peer}: refused {n} more messages in the last minute");
-        }
-    }
 }
 
 /// Strips one trailing `\n` or `\r\n`, as line-based clients send.
@@ -480,6 +477,7 @@ mod tests {
         out: Vec<Outbound>,
         proposed: Vec<Proposed>,
         addresses: Addresses,
+        log: PeerLog,
         limits: Limits,
         now: Instant,
     }
@@ -492,6 +490,7 @@ mod tests {
                 out: Vec::new(),
                 proposed: Vec::new(),
                 addresses: Addresses::new(&config.limits),
+                log: PeerLog::default(),
                 limits: config.limits,
                 now: Instant::now(),
             }
@@ -522,6 +521,7 @@ mod tests {
                 room: &mut self.room,
                 out: &mut effects,
                 addresses: &mut self.addresses,
+                log: &mut self.log,
                 limits: &self.limits,
                 id,
                 peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),

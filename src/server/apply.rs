@@ -4,13 +4,14 @@
 
 use std::time::Instant;
 
-use log::warn;
+use log::info;
 use mio::event::Source;
 use slab::Slab;
 
 use super::{Client, Server, schedule};
 use crate::effect::{ConnId, Effect, Ending, Outbound, To};
 use crate::outbox::{self, SharedFrame};
+use crate::peerlog::Class;
 use crate::transport::Socket;
 
 impl<S: Socket + Source> Server<S> {
@@ -85,11 +86,13 @@ impl<S: Socket + Source> Server<S> {
         match how {
             Ending::Close { code, reason, why } => conn.close(code, reason, why.as_ref(), now),
             Ending::TooSlow => {
-                warn!(
-                    "{}: slow reader over {} queued bytes, disconnecting",
-                    conn.peer,
-                    conn.queued()
-                );
+                if self.peer_log.allow(Class::Refusals, conn.peer.ip, now) {
+                    info!(
+                        "{}: slow reader over {} queued bytes, disconnecting",
+                        conn.peer,
+                        conn.queued()
+                    );
+                }
                 conn.cut_off(now);
             }
             Ending::ShutDown => {

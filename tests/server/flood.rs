@@ -18,7 +18,7 @@ fn flood_is_refused_then_disconnected() {
         // The burst got through (a refill of a message or two at most).
         assert!((10..=12).contains(&delivered.len()), "{}", delivered.len());
         assert!(refused >= 9, "{refused} refusals");
-        server.wait_log("flooding");
+        server.wait_log("abuse from 127.0.0.1: flood");
 
         // Bob got exactly the accepted ones, in order, then the leave.
         for (i, m) in delivered.iter().enumerate() {

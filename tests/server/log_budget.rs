@@ -37,3 +37,71 @@ fn ten_thousand_refusals_make_one_log_line() {
         assert!(bytes < 1000, "{bytes} bytes of log");
     }
 }
+
+/// Runs `attempt` from `threads` threads (one address: 127.0.0.1) for
+/// `secs` seconds; the attempts made and the bytes of log written meanwhile.
+fn hammer(
+    server: &TestServer,
+    threads: usize,
+    secs: u64,
+    attempt: impl Fn(&TestServer, usize) + Sync,
+) -> (usize, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    let log_bytes = |s: &TestServer| s.log().iter().map(|l| l.len() + 1).sum::<usize>();
+    let before = log_bytes(server);
+    let attempts = AtomicUsize::new(0);
+    let end = Instant::now() + Duration::from_secs(secs);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (attempts, attempt) = (&attempts, &attempt);
+            scope.spawn(move || {
+                let mut i = t * 1_000_000;
+                while Instant::now() < end {
+                    attempt(server, i);
+                    i += 1;
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    // Whatever the last attempts made the server write.
+    std::thread::sleep(Duration::from_millis(300));
+    (attempts.into_inner(), log_bytes(server) - before)
+}
+
+#[test]
+fn five_seconds_of_password_guessing_write_at_most_20_kb_of_log() {
+    let _busy = busy();
+    let server = TestServer::start(json!({}));
+    let (attempts, bytes) = hammer(&server, 4, 5, |server, i| {
+        let mut client = server.connect();
+        client.send_text(&format!("guess{i}"));
+        let (seen, _) = client.recv_until_end();
+        let code = seen.first().map(|e| e["code"].clone());
+        assert!(
+            code == Some(json!("wrong_password")) || code == Some(json!("too_many_attempts")),
+            "{seen:?}"
+        );
+    });
+    eprintln!("{attempts} wrong passwords in 5 s: {bytes} bytes of log");
+    assert!(attempts > 1000, "only {attempts} attempts: not a test of the log");
+    assert!(bytes <= 20_000, "{attempts} attempts wrote {bytes} bytes of log");
+    // The abuse is named at WARN, in the documented format, with the address.
+    let abuse = server.wait_log("abuse from 127.0.0.1: too_many_attempts");
+    assert!(abuse.contains("WARN"), "{abuse}");
+}
+
+#[test]
+fn five_seconds_of_login_churn_write_at_most_30_kb_of_log() {
+    let _busy = busy();
+    let server = TestServer::start(json!({"server_password": ""}));
+    let (attempts, bytes) = hammer(&server, 4, 5, |server, i| {
+        drop(server.login(&format!("u{i}")));
+    });
+    eprintln!("{attempts} logins in 5 s: {bytes} bytes of log");
+    assert!(attempts > 1000, "only {attempts} logins: not a test of the log");
+    assert!(bytes <= 30_000, "{attempts} logins wrote {bytes} bytes of log");
+    // The first logins of the minute are logged, at INFO, as before.
+    server.wait_log("\"u0\" logged in");
+}

@@ -20,7 +20,8 @@ fn wrong_passwords_lock_the_address_out_for_a_minute() {
         let (seen, ending) = client.recv_until_end();
         assert_eq!(seen[0]["code"], "too_many_attempts", "{seen:?}");
         assert_eq!(ending.code(), Some(1008));
-        server.wait_log("too many wrong passwords");
+        let line = server.wait_log("abuse from 127.0.0.1: too_many_attempts");
+        assert!(line.contains("WARN"), "{line}");
     }
 }
 

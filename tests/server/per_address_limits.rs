@@ -24,7 +24,7 @@ fn idle_sockets_from_one_address_cannot_take_every_slot() {
     let answer = refusal(&server);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too many unfinished logins from your address"), "{answer}");
-    server.wait_log("connection refused: too many unfinished logins");
+    server.wait_log("abuse from 127.0.0.1: too_many_handshakes");
 
     // A logged-in user no longer counts as unfinished.
     drop(idle);
@@ -42,7 +42,7 @@ fn over_tls_a_refused_connection_is_closed() {
     let server = TestServer::start_tls(json!({"max_handshakes_per_ip": 2}));
     let _idle: Vec<_> = (0..2).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
     assert_eq!(refusal(&server), "", "closed without a TLS handshake");
-    server.wait_log("connection refused");
+    server.wait_log("abuse from 127.0.0.1: too_many_handshakes");
 }
 
 /// What `/metrics` on `metrics_addr` says.
