@@ -38,9 +38,13 @@ pub enum Abuse {
     TooManyHandshakes,
     /// Kept sending past the rate limit (disconnected).
     Flood,
+    /// New connections past `connections_per_minute_per_ip`.
+    TooManyNewConnections,
+    /// Logins past `logins_per_minute_per_ip`.
+    TooManyLogins,
 }
 
-const ABUSES: usize = 4;
+const ABUSES: usize = 6;
 
 impl Abuse {
     pub fn as_str(self) -> &'static str {
@@ -49,6 +53,8 @@ impl Abuse {
             Abuse::TooManyConnections => "too_many_connections",
             Abuse::TooManyHandshakes => "too_many_handshakes",
             Abuse::Flood => "flood",
+            Abuse::TooManyNewConnections => "too_many_new_connections",
+            Abuse::TooManyLogins => "too_many_logins",
         }
     }
 
@@ -57,6 +63,7 @@ impl Abuse {
         match refused {
             Refused::TooManyConnections => Abuse::TooManyConnections,
             Refused::TooManyHandshakes => Abuse::TooManyHandshakes,
+            Refused::ConnectionRate => Abuse::TooManyNewConnections,
         }
     }
 
@@ -64,8 +71,14 @@ impl Abuse {
         self as usize
     }
 
-    const ALL: [Abuse; ABUSES] =
-        [Abuse::TooManyAttempts, Abuse::TooManyConnections, Abuse::TooManyHandshakes, Abuse::Flood];
+    const ALL: [Abuse; ABUSES] = [
+        Abuse::TooManyAttempts,
+        Abuse::TooManyConnections,
+        Abuse::TooManyHandshakes,
+        Abuse::Flood,
+        Abuse::TooManyNewConnections,
+        Abuse::TooManyLogins,
+    ];
 }
 
 /// Ordinary lines (INFO), budgeted per address by kind.

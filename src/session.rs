@@ -259,6 +259,7 @@ impl Session {
             (Message::Text(text), Some((Login::Name, since))) => {
                 let name = strip_line_end(&text);
                 if !cx.addresses.may_log_in(cx.peer.ip, cx.now) {
+                    cx.log.abuse(Abuse::TooManyLogins, cx.peer.ip, cx.now);
                     let why = Rejection::new(
                         ErrorCode::TooManyLogins,
                         "too many logins from your address: wait a little and try again",

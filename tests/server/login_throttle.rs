@@ -42,6 +42,7 @@ fn logins_from_one_address_have_a_rate() {
         assert_eq!(seen[0]["code"], "too_many_logins", "{seen:?}");
         assert_eq!(ending.code(), Some(1008));
         server.wait_log("login refused: too_many_logins");
+        server.wait_log("abuse from 127.0.0.1: too_many_logins");
         // One a second comes back (a deadline, not a measurement).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {

@@ -73,7 +73,7 @@ fn new_connections_from_one_address_have_a_rate() {
     let answer = refusal(&server);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too many new connections from your address"), "{answer}");
-    server.wait_log("connection refused: too many new connections");
+    server.wait_log("abuse from 127.0.0.1: too_many_new_connections");
     let text = metrics(&metrics_addr);
     assert!(
         text.contains(
@@ -100,5 +100,5 @@ fn new_connections_from_one_address_have_a_rate() {
         drop(server.connect());
     }
     assert_eq!(refusal(&server), "", "closed without a TLS handshake");
-    server.wait_log("connection refused: too many new connections");
+    server.wait_log("abuse from 127.0.0.1: too_many_new_connections");
 }
