@@ -44,6 +44,8 @@ fn main() -> ExitCode {
     limits.idle_timeout = None;
     limits.max_connections_per_ip = 0;
     limits.max_handshakes_per_ip = 0;
+    limits.connections_per_minute_per_ip = 0;
+    limits.logins_per_minute_per_ip = 0;
     let served = Server::bind(&config, tls).and_then(|mut server| {
         server.echo_mode();
         println!("{}", server.url());
