@@ -16,33 +16,23 @@ cd "$(dirname "$0")/.."
 before=$1 after=$2 rounds=${3:-3}
 load=$before/ragnarok-load
 port=23458
-work=$(mktemp -d)
-server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/key.pem" \
-    -out "$work/cert.pem" -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-    -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+source scripts/bench-work.sh
+# A build older than the per-address rates refuses their keys: it gets the
+# same config without them.
 for tls in false true; do
-    cat > "$work/ragnarok-$tls.json" <<JSON
-{"SSL": $tls, "SSL_Cert": "cert.pem", "SSL_Key": "key.pem", "server_port": $port,
- "rate_limit_per_sec": 0, "max_connections": 20000,
- "max_connections_per_ip": 0, "max_handshakes_per_ip": 0,
- "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "log_level": "warn"}
-JSON
+    grep -v '"connections_per_minute_per_ip"' "$work/ragnarok-$tls.json" \
+        | sed 's/"max_handshakes_per_ip": 0,/"max_handshakes_per_ip": 0, "log_level": "warn"}/' \
+        >"$work/older-$tls.json"
 done
 
 start() {  # start BIN TLS
-    taskset -c 0 "$1" --config "$work/ragnarok-$2.json" 2>>"$work/server.log" &
+    local config=$work/ragnarok-$2.json
+    "$1" --config "$config" --check-config >/dev/null 2>&1 || config=$work/older-$2.json
+    taskset -c 0 "$1" --config "$config" 2>>"$work/server.log" &
     server_pid=$!
-    for _ in $(seq 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "$1 did not start" >&2; cat "$work/server.log" >&2; exit 1
+    listening "$1"
 }
-stop() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; server_pid=; sleep 0.3; }
 
 run() {  # run LABEL BIN SCENARIO TLS ARGS...
     local label=$1 bin=$2 name=$3 tls=$4 tlsarg=()

@@ -1,7 +1,7 @@
 # Sourced by scripts/bench.sh, scripts/bench-openloop.sh and scripts/bench-cluster.sh after they read
 # their options (`peers`, `port`): builds Ragnarok and the peers, makes a
-# work folder (removed on exit), a certificate and Ragnarok's configs, and
-# defines `start SERVER TLS` (server pinned to core 0, waits until it
+# work folder, a certificate and Ragnarok's configs (scripts/bench-work.sh),
+# and defines `start SERVER TLS` (server pinned to core 0, waits until it
 # listens) and `stop`; and `busy` / `wait_quiet` (waits until the rest of
 # the machine uses less than `$quiet` % of a core), for the open-loop
 # scripts.
@@ -15,21 +15,7 @@ for p in "${peers[@]}"; do
     esac
 done
 
-work=$(mktemp -d)
-server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/key.pem" \
-    -out "$work/cert.pem" -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-    -addext basicConstraints=critical,CA:FALSE 2>/dev/null
-for tls in false true; do
-    cat > "$work/ragnarok-$tls.json" <<JSON
-{"SSL": $tls, "SSL_Cert": "cert.pem", "SSL_Key": "key.pem", "server_port": $port,
- "rate_limit_per_sec": 0, "max_connections": 20000,
- "max_connections_per_ip": 0, "max_handshakes_per_ip": 0,
- "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "log_level": "warn"}
-JSON
-done
+source scripts/bench-work.sh
 
 start() {  # start SERVER TLS
     if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
@@ -44,13 +30,8 @@ start() {  # start SERVER TLS
         relay) taskset -c 0 "$bin/ragnarok-load" relay --addr 127.0.0.1:$port >/dev/null 2>>"$work/server.log" & ;;
     esac
     server_pid=$!
-    for _ in $(seq 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "$1 did not start" >&2; cat "$work/server.log" >&2; exit 1
+    listening "$1"
 }
-stop() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; server_pid=; sleep 0.3; }
 
 busy() {  # the whole machine's busy CPU over 2 s, in % of one core
     local a b
