@@ -65,6 +65,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Password and name, from the WebSocket opening: long enough to type.
     pub login_timeout: Duration,
+    /// From a message's first byte to its last.
+    pub message_timeout: Duration,
     /// Silence before a ping; `None` turns pings off.
     pub idle_timeout: Option<Duration>,
     /// Messages per second per user; 0 turns rate limiting off.
@@ -286,6 +288,16 @@ pub const KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "message_timeout_secs",
+        default: Some("5"),
+        doc: "seconds a message may take from its first byte to its last",
+        kind: Int {
+            min: 1,
+            max: 3600,
+            set: |d, n| d.config.limits.message_timeout = Duration::from_secs(n),
+        },
+    },
+    Key {
         name: "idle_timeout_secs",
         default: Some("60"),
         doc: "seconds of silence before a ping; 0 = off",
@@ -298,7 +310,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "rate_limit_per_sec",
         default: Some("20"),
-        doc: "messages per second per user; 0 = off",
+        doc: "messages per second per user (every frame counts: pings, fragments); 0 = off",
         kind: Int {
             min: 0,
             max: 1_000_000,
@@ -484,6 +496,7 @@ impl Draft {
                     max_outbound_bytes: 0,
                     handshake_timeout: Duration::ZERO,
                     login_timeout: Duration::ZERO,
+                    message_timeout: Duration::ZERO,
                     idle_timeout: None,
                     rate_limit_per_sec: 0,
                     rate_limit_burst: 0,

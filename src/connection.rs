@@ -13,6 +13,7 @@ use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
 use crate::addresses::Peer;
+use crate::frames::FrameScan;
 use crate::http::{self, HttpPolicy, Parsed};
 use crate::outbox::{self, Outbox, Overflow, SharedFrame};
 use crate::protocol::{ErrorCode, Rejection, close_code};
@@ -20,12 +21,22 @@ use crate::transport::{Flushed, Socket, Transport};
 
 /// How long a closing connection may take to flush and hear the peer close.
 const LINGER: Duration = Duration::from_secs(2);
+/// What a closing connection reads and throws away (waiting for the peer's
+/// Close) before it gives up on a peer that keeps sending.
+const DISCARD_LIMIT: usize = 64 * 1024;
 /// Largest frame before login: a password or a name, not `max_message_bytes`.
 pub const LOGIN_FRAME_BYTES: usize = 4096;
 /// tungstenite's read buffer per connection (its default is 128 KiB). It is
 /// allocated for every connection: 1 KiB keeps an idle user near 1.5 KiB of
 /// RSS (4 KiB gave 4.5 KiB), at the price of more reads for large messages.
 const WS_READ_BUFFER: usize = 1024;
+/// After a message over this size, tungstenite's reader (which keeps its
+/// buffer at the largest frame it read) is replaced by a fresh one as soon
+/// as it holds nothing of the client's.
+const SHRINK_AFTER: u64 = 4 * WS_READ_BUFFER as u64;
+/// Fragments read in one turn before the session is charged for them: a
+/// stream of empty continuation frames cannot keep the reader busy for free.
+const FRAGMENTS_PER_TURN: u32 = 16;
 
 /// The WebSocket settings every connection starts with: small frames until
 /// login (`allow_messages` raises the limit), tungstenite's own write
@@ -69,11 +80,13 @@ pub enum Flush {
 
 enum State {
     /// TLS handshake (inside the transport) and the HTTP request.
-    Handshaking {
-        request: Vec<u8>,
-    },
+    Handshaking { request: Vec<u8> },
     Open {
         ws: Box<WebSocketContext>,
+        /// What the client's frames are, seen before tungstenite reads them.
+        scan: FrameScan,
+        /// Messages tungstenite returned (control frames included).
+        returned: u64,
     },
     /// Our last frames are flushing; then we half-close and wait for the
     /// peer to close, so that nothing we sent is lost to a TCP reset.
@@ -81,6 +94,8 @@ enum State {
         deadline: Instant,
         write_closed: bool,
         peer_closed: bool,
+        /// Bytes read and thrown away since closing began.
+        discarded: usize,
     },
 }
 
@@ -134,6 +149,24 @@ impl<S: Socket> Connection<S> {
         self.last_heard
     }
 
+    /// The fragments that arrived since the last call (frames of a message
+    /// that are not its last): each costs the session a token, as each
+    /// message does.
+    pub fn take_fragments(&mut self) -> u32 {
+        match &mut self.state {
+            State::Open { scan, .. } => scan.take_fragments(),
+            _ => 0,
+        }
+    }
+
+    /// Since when the client has left a message unfinished, if it has.
+    pub fn unfinished_since(&self) -> Option<Instant> {
+        match &self.state {
+            State::Open { scan, .. } => scan.unfinished_since(),
+            _ => None,
+        }
+    }
+
     /// Bytes received (after TLS) and sent (before TLS), for the metrics.
     pub fn traffic(&self) -> (u64, u64) {
         (self.transport.received(), self.outbox.written())
@@ -176,7 +209,7 @@ impl<S: Socket> Connection<S> {
 
     /// The session logged in: messages up to `max_bytes` from now on.
     pub fn allow_messages(&mut self, max_bytes: usize) {
-        if let State::Open { ws } = &mut self.state {
+        if let State::Open { ws, .. } = &mut self.state {
             ws.set_config(|c| {
                 c.max_message_size = Some(max_bytes);
                 c.max_frame_size = Some(max_bytes);
@@ -218,8 +251,9 @@ impl<S: Socket> Connection<S> {
                 self.read_paused = true;
                 Input::Idle
             }
-            State::Open { ws } => {
-                let mut io = Io { transport: &mut self.transport, outbox: &mut self.outbox };
+            State::Open { ws, scan, returned } => {
+                let mut io =
+                    Io { transport: &mut self.transport, outbox: &mut self.outbox, scan, now };
                 match ws.read(&mut io) {
                     Ok(Message::Close(frame)) => {
                         // tungstenite queued the reply; move it into our outbox.
@@ -232,16 +266,41 @@ impl<S: Socket> Connection<S> {
                         Input::Ended { why, refused: None }
                     }
                     Ok(message) => {
+                        *returned += 1;
+                        if io.scan.idle_after_large(*returned, SHRINK_AFTER)
+                            && ws.flush(&mut io).is_ok()
+                        {
+                            // Nothing buffered, nothing pending: a fresh reader
+                            // instead of one holding the largest frame's buffer.
+                            let config = *ws.get_config();
+                            **ws = WebSocketContext::from_partially_read(
+                                Vec::new(),
+                                Role::Server,
+                                Some(config),
+                            );
+                            io.scan.restarted();
+                        }
                         self.last_heard = now;
                         Input::Message(message)
                     }
-                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Input::Idle,
+                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if io.scan.fragments() >= FRAGMENTS_PER_TURN {
+                            Input::Progress
+                        } else {
+                            Input::Idle
+                        }
+                    }
                     Err(e) => self.on_ws_error(e, now),
                 }
             }
             State::Closing { peer_closed: true, .. } => Input::Idle,
-            State::Closing { write_closed, peer_closed, .. } => {
-                match self.transport.discard_input() {
+            State::Closing { write_closed: true, discarded, .. } if *discarded > DISCARD_LIMIT => {
+                // It keeps sending after our Close: our last words are out;
+                // reading on would only cost us.
+                Input::Finished
+            }
+            State::Closing { write_closed, peer_closed, discarded, .. } => {
+                match self.transport.discard_input(discarded, DISCARD_LIMIT) {
                     Ok(false) => Input::Idle,
                     Ok(true) if !*write_closed => {
                         *peer_closed = true;
@@ -267,12 +326,14 @@ impl<S: Socket> Connection<S> {
                 }
                 let rest = request.split_off(head_len);
                 self.outbox.push_response(response.into());
+                let mut scan = FrameScan::default();
+                scan.feed(&rest, now);
                 let ws = WebSocketContext::from_partially_read(
                     rest,
                     Role::Server,
                     Some(login_ws_config()),
                 );
-                self.state = State::Open { ws: Box::new(ws) };
+                self.state = State::Open { ws: Box::new(ws), scan, returned: 0 };
                 Input::Opened
             }
             Parsed::Respond { response, status } => {
@@ -342,8 +403,12 @@ impl<S: Socket> Connection<S> {
 
     fn start_closing(&mut self, now: Instant) {
         if !matches!(self.state, State::Closing { .. }) {
-            self.state =
-                State::Closing { deadline: now + LINGER, write_closed: false, peer_closed: false };
+            self.state = State::Closing {
+                deadline: now + LINGER,
+                write_closed: false,
+                peer_closed: false,
+                discarded: 0,
+            };
         }
     }
 
@@ -385,18 +450,22 @@ impl<S: Socket> Connection<S> {
         };
         self.write_blocked = flushed == Flushed::Blocked;
         match &mut self.state {
-            State::Closing { write_closed, peer_closed, .. } if flushed == Flushed::All => {
+            State::Closing { write_closed, peer_closed, discarded, .. }
+                if flushed == Flushed::All =>
+            {
                 if !*write_closed {
                     self.transport.close_write();
                     *write_closed = true;
                 }
-                if *peer_closed {
+                if *peer_closed || *discarded > DISCARD_LIMIT {
                     return Flush::Finished;
                 }
             }
-            State::Open { ws } if !self.write_blocked => {
+            State::Open { ws, scan, .. } if !self.write_blocked => {
                 // A pong tungstenite held back while the outbox was full.
-                let mut io = Io { transport: &mut self.transport, outbox: &mut self.outbox };
+                let now = Instant::now();
+                let mut io =
+                    Io { transport: &mut self.transport, outbox: &mut self.outbox, scan, now };
                 let _ = ws.flush(&mut io);
             }
             _ => {}
@@ -421,17 +490,26 @@ impl<S: Socket> Connection<S> {
     }
 }
 
-/// tungstenite's view of a connection: reads come from the transport,
-/// writes (pongs, close replies) go to our outbox from its reserve; when
-/// that is full, WouldBlock, and tungstenite keeps one pending pong.
+/// tungstenite's view of a connection: reads come from the transport
+/// through the frame scan (and stop, as WouldBlock, once a turn's
+/// fragments are read); writes (pongs, close replies) go to our outbox from its
+/// reserve; when that is full, WouldBlock, and tungstenite keeps one
+/// pending pong.
 struct Io<'a, S> {
     transport: &'a mut Transport<S>,
     outbox: &'a mut Outbox,
+    scan: &'a mut FrameScan,
+    now: Instant,
 }
 
 impl<S: Socket> Read for Io<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.transport.read(buf)
+        if self.scan.fragments() >= FRAGMENTS_PER_TURN {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.transport.read(buf)?;
+        self.scan.feed(&buf[..n], self.now);
+        Ok(n)
     }
 }
 

@@ -8,6 +8,7 @@ mod connection;
 mod drain;
 mod effect;
 pub mod fdlimit;
+mod frames;
 mod history;
 pub mod http;
 mod listen;

@@ -50,6 +50,8 @@ pub enum ErrorCode {
     /// Sent while a cluster was asked for the name, past what is held
     /// until it answers: not delivered.
     LoginPending,
+    /// A message did not arrive whole within `message_timeout_secs`.
+    MessageTimeout,
 }
 
 impl ErrorCode {
@@ -75,6 +77,7 @@ impl ErrorCode {
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
             ErrorCode::MessagesLost => "messages_lost",
             ErrorCode::LoginPending => "login_pending",
+            ErrorCode::MessageTimeout => "message_timeout",
         }
     }
 }

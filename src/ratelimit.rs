@@ -29,10 +29,15 @@ impl TokenBucket {
     }
 
     pub fn take(&mut self, now: Instant, per_sec: u32, burst: u32) -> Verdict {
+        self.take_n(now, 1, per_sec, burst)
+    }
+
+    /// Takes `n` tokens at once (`0`: only says where the bucket stands).
+    pub fn take_n(&mut self, now: Instant, n: u32, per_sec: u32, burst: u32) -> Verdict {
         let (per_sec, burst) = (f64::from(per_sec), f64::from(burst));
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * per_sec).min(burst) - 1.0;
+        self.tokens = (self.tokens + elapsed * per_sec).min(burst) - f64::from(n);
         if self.tokens >= 0.0 {
             Verdict::Allow
         } else if self.tokens > -burst {

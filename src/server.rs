@@ -147,6 +147,7 @@ impl Server<TcpStream> {
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
         let mut listener = crate::listen::listen(addr, config.reuse_port)?;
+        large_buffers_unmapped();
         let mut server = Server::detached(config, tls)?;
         server.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         server.local_addr = Some(listener.local_addr()?);
@@ -390,7 +391,7 @@ impl<S: Socket + Source> Server<S> {
             return self.with_session(key, now, |session, cx| session.echo(cx));
         }
         let Some(client) = self.clients.get_mut(key) else { return };
-        client.session.opened(now);
+        client.session.opened(now, &self.limits);
         let peer = client.conn.peer;
         if client.charged {
             return;
@@ -567,8 +568,9 @@ impl<S: Socket + Source> Server<S> {
                 self.remove(key, now);
                 continue;
             }
-            let last_heard = client.conn.last_heard();
-            self.with_session(key, now, |session, cx| session.tick(last_heard, cx));
+            let (last_heard, unfinished) =
+                (client.conn.last_heard(), client.conn.unfinished_since());
+            self.with_session(key, now, |session, cx| session.tick(last_heard, unfinished, cx));
         }
         self.settle(now);
     }
@@ -582,8 +584,13 @@ impl<S: Socket + Source> Server<S> {
                 return;
             };
             let input = client.conn.read(now, &self.http);
+            let fragments = client.conn.take_fragments();
+            let handshaking = client.conn.is_handshaking();
             // A TLS handshake may want to answer even when no message came.
             schedule(&mut self.to_flush, client, key);
+            if fragments > 0 {
+                self.with_session(key, now, |session, cx| session.on_fragments(fragments, cx));
+            }
             match input {
                 Input::Opened => self.opened(key, now),
                 Input::Message(message) => {
@@ -598,7 +605,7 @@ impl<S: Socket + Source> Server<S> {
                     self.end(key, Ending::Lost(why), now);
                 }
                 Input::Finished => {
-                    if client.conn.is_handshaking() {
+                    if handshaking {
                         self.stats.handshake_failures += 1;
                     }
                     self.remove(key, now);
@@ -761,6 +768,24 @@ impl<S: Socket + Source> Server<S> {
 /// the top, which a few late allocations hold): after a crowd leaves, RSS
 /// would stay near its peak. `malloc_trim` returns the free pages; it takes
 /// about a millisecond for tens of MB, once a minute.
+/// Buffers of this size and more get pages of their own, returned to the
+/// system as soon as they are freed: a client's large message costs memory
+/// only while it is handled.
+const MMAP_THRESHOLD: i32 = 32 * 1024;
+
+/// Large buffers (a large message, a reader's buffer for it) are mapped
+/// and unmapped, not carved from the heap: glibc would keep their pages
+/// after they are freed (and raise its threshold, so that the next ones
+/// stay too), until `trim_heap`.
+fn large_buffers_unmapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter, before any
+    // connection exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks and releases the allocator's free memory.

@@ -166,11 +166,37 @@ impl Session {
         matches!(self.phase, Phase::LoggingIn { step: Login::Claiming(_), .. })
     }
 
-    /// The WebSocket opened: the login clock starts.
-    pub fn opened(&mut self, now: Instant) {
+    /// The WebSocket opened: the login clock starts, and every frame from
+    /// now on costs a token.
+    pub fn opened(&mut self, now: Instant, limits: &Limits) {
         if let Phase::Handshaking = self.phase {
             self.phase = Phase::LoggingIn { step: Login::Password, since: now };
+            self.bucket = (limits.rate_limit_per_sec > 0)
+                .then(|| TokenBucket::new(limits.rate_limit_burst, now));
         }
+    }
+
+    /// Fragments arrived (frames of a message that are not its last, which
+    /// `connection.rs` counts as they come): each costs a token, as a
+    /// message does. A stream of them is a flood like any other.
+    pub fn on_fragments(&mut self, fragments: u32, cx: &mut Cx) {
+        let (rate, burst) = (cx.limits.rate_limit_per_sec, cx.limits.rate_limit_burst);
+        let Some(bucket) = &mut self.bucket else { return };
+        if bucket.take_n(cx.now, fragments, rate, burst) == Verdict::Flood {
+            self.flooded(cx);
+        }
+    }
+
+    fn flooded(&mut self, cx: &mut Cx) {
+        if let Phase::Ended = self.phase {
+            return;
+        }
+        cx.log.abuse(Abuse::Flood, cx.peer.ip, cx.now);
+        let why = Rejection::new(
+            ErrorCode::RateLimited,
+            "kept flooding past the rate limit: disconnected",
+        );
+        cx.end(Ending::policy("rate limit exceeded", why));
     }
 
     /// A session of the Autobahn echo endpoint: once open, every message
@@ -211,6 +237,9 @@ impl Session {
     }
 
     pub fn on_message(&mut self, message: Message, cx: &mut Cx) {
+        if let Phase::Ended = self.phase {
+            return;
+        }
         #[cfg(feature = "testing")]
         if let (Phase::Echoing, Message::Text(_) | Message::Binary(_)) = (&self.phase, &message) {
             return cx.out.push(Effect::Echo { conn: cx.id, message });
@@ -218,17 +247,10 @@ impl Session {
         if let Phase::Chatting { ping_sent } = &mut self.phase {
             *ping_sent = None;
         }
-        if let (Phase::LoggingIn { step: Login::Claiming(held), .. }, Message::Text(_)) =
-            (&mut self.phase, &message)
-        {
-            // Handled once the name is claimed, through here again.
-            if let Err(why) = held.push(message, cx.limits.max_message_bytes) {
-                self.refuse(why, cx);
-            }
-            return;
-        }
         let data = matches!(message, Message::Text(_) | Message::Binary(_));
         let (rate, burst) = (cx.limits.rate_limit_per_sec, cx.limits.rate_limit_burst);
+        // Every message costs a token, pings and pongs too (its fragments
+        // before the last cost theirs as they came: `on_fragments`).
         match self.bucket.as_mut().map_or(Verdict::Allow, |b| b.take(cx.now, rate, burst)) {
             Verdict::Allow => {}
             Verdict::Refuse if data => {
@@ -239,15 +261,22 @@ impl Session {
                 return self.refuse(why, cx);
             }
             Verdict::Refuse => return,
-            Verdict::Flood => {
-                cx.log.abuse(Abuse::Flood, cx.peer.ip, cx.now);
-                let why = Rejection::new(
-                    ErrorCode::RateLimited,
-                    "kept flooding past the rate limit: disconnected",
-                );
-                return cx.end(Ending::policy("rate limit exceeded", why));
-            }
+            Verdict::Flood => return self.flooded(cx),
         }
+        if let (Phase::LoggingIn { step: Login::Claiming(held), .. }, Message::Text(_)) =
+            (&mut self.phase, &message)
+        {
+            // Handled once the name is claimed (`claimed`).
+            if let Err(why) = held.push(message, cx.limits.max_message_bytes) {
+                self.refuse(why, cx);
+            }
+            return;
+        }
+        self.handle(message, cx);
+    }
+
+    /// A message that passed the rate limit, by phase.
+    fn handle(&mut self, message: Message, cx: &mut Cx) {
         let login = match &self.phase {
             Phase::LoggingIn { step, since } => Some((step, *since)),
             _ => None,
@@ -333,7 +362,7 @@ impl Session {
             if !self.is_chatting() || ended(cx) {
                 break;
             }
-            self.on_message(message, cx);
+            self.handle(message, cx);
         }
     }
 
@@ -359,8 +388,10 @@ impl Session {
                 }
                 self.phase = Phase::Chatting { ping_sent: None };
                 cx.addresses.logged_in(cx.peer.ip, cx.now);
-                self.bucket = (cx.limits.rate_limit_per_sec > 0)
-                    .then(|| TokenBucket::new(cx.limits.rate_limit_burst, cx.now));
+                // Chatting starts with a whole burst, whatever the login cost.
+                if let Some(bucket) = &mut self.bucket {
+                    *bucket = TokenBucket::new(cx.limits.rate_limit_burst, cx.now);
+                }
                 if let Some(ip) = cx.charged {
                     cx.addresses.handshake_done(ip);
                 }
@@ -401,8 +432,27 @@ impl Session {
     }
 
     /// Timers, about once a second: the login deadline and keep-alive pings.
-    pub fn tick(&mut self, last_heard: Instant, cx: &mut Cx) {
+    /// The session's timers: `last_heard`, the last whole message;
+    /// `unfinished`, since when a message has been arriving, if one is.
+    pub fn tick(&mut self, last_heard: Instant, unfinished: Option<Instant>, cx: &mut Cx) {
         let (peer, now) = (cx.peer, cx.now);
+        let open = !matches!(self.phase, Phase::Handshaking | Phase::Ended);
+        match unfinished {
+            Some(since)
+                if open && now.saturating_duration_since(since) >= cx.limits.message_timeout =>
+            {
+                if cx.log.allow(Class::Refusals, peer.ip, now) {
+                    info!("{peer}: a message took too long to arrive");
+                }
+                let text = format!(
+                    "your message did not arrive whole within {} s",
+                    cx.limits.message_timeout.as_secs()
+                );
+                let why = Rejection::new(ErrorCode::MessageTimeout, text);
+                return cx.end(Ending::policy("message timeout", why));
+            }
+            _ => {}
+        }
         match &mut self.phase {
             Phase::LoggingIn { since, .. }
                 if now.saturating_duration_since(*since) >= cx.limits.login_timeout =>
@@ -503,7 +553,7 @@ mod tests {
 
         fn tick(&mut self, session: &mut Session, last_heard: Instant, at: Instant) -> Action {
             let now = std::mem::replace(&mut self.now, at);
-            let action = self.with(1, |cx| session.tick(last_heard, cx));
+            let action = self.with(1, |cx| session.tick(last_heard, None, cx));
             self.now = now;
             action
         }
@@ -564,7 +614,7 @@ mod tests {
         let mut w = World::new("");
         w.room.set_mode(Mode::Node(Link::Down));
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         w.send(&mut s, 1, "");
         // The link is down: the login waits, the connection stays.
         assert_eq!(code(w.send(&mut s, 1, "alice")), Some(ErrorCode::ClusterUnavailable));
@@ -586,7 +636,7 @@ mod tests {
 
         // Another node has the name: refused as a local holder would be.
         let mut t = Session::new();
-        t.opened(w.now);
+        t.opened(w.now, &w.limits);
         w.send(&mut t, 2, "");
         assert!(matches!(w.send(&mut t, 2, "carol"), Action::Claim { .. }));
         let taken = Rejection::new(ErrorCode::NameTaken, "taken");
@@ -599,7 +649,7 @@ mod tests {
     fn claiming(w: &mut World, id: ConnId, name: &str) -> Session {
         w.room.set_mode(Mode::Node(Link::Up));
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         w.send(&mut s, id, "");
         assert!(matches!(w.send(&mut s, id, name), Action::Claim { .. }));
         s
@@ -631,18 +681,27 @@ mod tests {
     fn what_arrives_during_the_claim_is_bounded_and_never_dropped_silently() {
         let mut w = World::new("");
         w.limits.rate_limit_per_sec = 1;
-        w.limits.rate_limit_burst = 10;
+        w.limits.rate_limit_burst = 40;
         let mut s = claiming(&mut w, 1, "bob");
         let ask = r#"{"msgType":"OnlineUsers"}"#;
         for i in 0..MAX_HELD {
             assert_eq!(w.send(&mut s, 1, ask), Action::Nothing, "{i}");
         }
         assert_eq!(code(w.send(&mut s, 1, ask)), Some(ErrorCode::LoginPending), "past the count");
-        // Handled through the rate limit, as if they came now.
+        // Charged when they came: all handled once the name is claimed.
         let actions = w.all(1, |cx| s.claimed("bob", cx));
-        let limited = actions.iter().filter(|a| code_of(a) == Some(ErrorCode::RateLimited)).count();
-        assert_eq!(limited, MAX_HELD - 10, "{actions:?}");
-        assert!(s.is_chatting(), "refused, not a flood: {actions:?}");
+        let lists = w.out.iter().filter(|o| o.json.contains("OnlineUsers")).count();
+        assert_eq!(lists, 1 + MAX_HELD, "the welcome's and each answer: {actions:?}");
+        assert!(s.is_chatting());
+
+        // Past the rate limit while held: refused at once.
+        w.limits.rate_limit_burst = 10;
+        let mut r = claiming(&mut w, 3, "dave");
+        let codes: Vec<_> = (0..10).map(|_| code(w.send(&mut r, 3, ask))).collect();
+        // The password and the name took two tokens.
+        assert_eq!(codes[..8], [None; 8]);
+        assert_eq!(codes[8..], [Some(ErrorCode::RateLimited); 2]);
+        w.limits.rate_limit_burst = 40;
 
         // Past max_message_bytes in all.
         let mut t = claiming(&mut w, 2, "carol");
@@ -707,7 +766,7 @@ mod tests {
     fn login_then_chat() {
         let mut w = World::new("963");
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         assert!(s.is_unauthenticated());
         assert_eq!(w.send(&mut s, 1, "963\n"), Action::Nothing);
         assert_eq!(w.send(&mut s, 1, "alice\r\n"), Action::LoggedIn);
@@ -725,17 +784,17 @@ mod tests {
         let allowed = w.limits.login_attempts_per_minute as usize;
         for i in 0..allowed {
             let mut s = Session::new();
-            s.opened(w.now);
+            s.opened(w.now, &w.limits);
             assert_eq!(code(w.send(&mut s, i, "000")), Some(ErrorCode::WrongPassword), "{i}");
         }
         // Past the limit even the right password is not checked.
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         assert_eq!(code(w.send(&mut s, 99, "963")), Some(ErrorCode::TooManyAttempts));
         // A minute later the address may try again.
         w.now += Duration::from_secs(61);
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         assert_eq!(w.send(&mut s, 100, "963"), Action::Nothing);
     }
 
@@ -747,7 +806,7 @@ mod tests {
         let mut sessions = Vec::new();
         for i in 0..allowed {
             let mut s = Session::new();
-            s.opened(w.now);
+            s.opened(w.now, &w.limits);
             w.send(&mut s, i, "");
             w.send(&mut s, i, &format!("user{i}"));
             assert!(s.is_chatting(), "{i}");
@@ -755,16 +814,46 @@ mod tests {
         }
         // Past the rate the name is not tried.
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         w.send(&mut s, 99, "");
         assert_eq!(code(w.send(&mut s, 99, "late")), Some(ErrorCode::TooManyLogins));
         // The bucket refills at the rate: one login in 60 / rate seconds.
         w.now += Duration::from_secs(60) / allowed as u32;
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         w.send(&mut s, 100, "");
         w.send(&mut s, 100, "later");
         assert!(s.is_chatting());
+    }
+
+    #[test]
+    fn a_message_must_arrive_whole_within_the_timeout() {
+        let mut w = World::new("");
+        let mut s = Session::new();
+        s.opened(w.now, &w.limits);
+        let (since, timeout) = (w.now, w.limits.message_timeout);
+        w.now = since + timeout - Duration::from_millis(1);
+        assert_eq!(w.with(1, |cx| s.tick(since, Some(since), cx)), Action::Nothing);
+        w.now = since + timeout;
+        match w.with(1, |cx| s.tick(since, Some(since), cx)) {
+            Action::Close { code: close_code::POLICY, why: Some(why), .. } => {
+                assert_eq!(why.code, ErrorCode::MessageTimeout);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fragments_without_a_message_flood_too() {
+        let mut w = World::new("");
+        let mut s = Session::new();
+        s.opened(w.now, &w.limits);
+        let burst = w.limits.rate_limit_burst;
+        assert_eq!(w.with(1, |cx| s.on_fragments(2 * burst - 1, cx)), Action::Nothing);
+        match w.with(1, |cx| s.on_fragments(1, cx)) {
+            Action::Close { why: Some(why), .. } => assert_eq!(why.code, ErrorCode::RateLimited),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -773,7 +862,7 @@ mod tests {
         w.limits.rate_limit_per_sec = 1;
         w.limits.rate_limit_burst = 5;
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         w.send(&mut s, 1, "");
         assert_eq!(w.send(&mut s, 1, "bob"), Action::LoggedIn);
         let codes: Vec<_> = (0..8)
@@ -793,7 +882,7 @@ mod tests {
             w.room.join(id, &format!("user{id}")).unwrap();
         }
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         w.send(&mut s, 1000, "");
         assert_eq!(w.send(&mut s, 1000, "alice"), Action::LoggedIn);
         let ask = r#"{"msgType":"OnlineUsers"}"#;
@@ -806,12 +895,12 @@ mod tests {
     fn login_times_out_and_idle_users_are_pinged() {
         let mut w = World::new("");
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         let late = w.now + w.limits.login_timeout;
         assert_eq!(code(w.tick(&mut s, w.now, late)), Some(ErrorCode::LoginTimeout));
 
         let mut s = Session::new();
-        s.opened(w.now);
+        s.opened(w.now, &w.limits);
         w.send(&mut s, 1, "");
         w.send(&mut s, 1, "carol");
         let idle = w.limits.idle_timeout.unwrap();

@@ -163,14 +163,20 @@ impl<S: Socket> Transport<S> {
         self.socket().shutdown_write();
     }
 
-    /// Reads and throws away whatever the peer still sends while we close.
-    /// `Ok(true)` once the peer has closed its side.
-    pub fn discard_input(&mut self) -> io::Result<bool> {
+    /// Reads and throws away whatever the peer still sends while we close,
+    /// counting it in `discarded` and stopping past `limit`. `Ok(true)`
+    /// once the peer has closed its side.
+    pub fn discard_input(&mut self, discarded: &mut usize, limit: usize) -> io::Result<bool> {
         let mut sink = [0u8; 4096];
         loop {
             match self.socket().read(&mut sink) {
                 Ok(0) => return Ok(true),
-                Ok(_) => {}
+                Ok(n) => {
+                    *discarded += n;
+                    if *discarded > limit {
+                        return Ok(false);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

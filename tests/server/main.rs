@@ -21,6 +21,7 @@ mod malformed;
 mod metrics;
 mod names;
 mod origins;
+mod partial_messages;
 mod per_address_limits;
 mod ping_flood;
 mod plain_http_on_tls;

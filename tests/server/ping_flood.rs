@@ -1,6 +1,6 @@
 //! A client that never reads and floods pings, before logging in, costs a
-//! bounded amount: the server stops reading it once its pongs pile up, so
-//! memory stays flat, and everyone else chats on.
+//! bounded amount: pings cost rate-limit tokens before login too, so it is
+//! closed as a flood, and memory stays flat meanwhile; everyone else chats on.
 
 use ragnarok_testkit::*;
 use serde_json::json;
