@@ -1,0 +1,234 @@
+//! What one user's messages may make the server write, in bytes: each user
+//! has a byte budget (`rate_limit_bytes_per_sec`, `rate_limit_bytes_burst`),
+//! and a login replays at most `history_max_bytes` of history.
+//! Every figure is counted in bytes, never in time.
+
+use std::time::{Duration, Instant};
+
+use ragnarok_testkit::*;
+use serde_json::{Value, json};
+
+/// The defaults this file measures against.
+const MAX_MESSAGE: usize = 16384;
+const BYTES_BURST: usize = 131072;
+const HISTORY_MAX: usize = 65536;
+/// The issue's aim: one user delivers at most this much to another in 5 s.
+const AIM: usize = 1 << 20;
+
+/// A request of exactly `size` bytes: `{"msgType":"Broadcast","text":"xx…"}`
+/// (or a `PrivateMessage` to `to`), the text starting with `tag`.
+fn sized(size: usize, tag: &str, to: Option<&str>) -> String {
+    let shell = match to {
+        Some(to) => json!({"msgType": "PrivateMessage", "TgtUser": to, "text": ""}),
+        None => json!({"msgType": "Broadcast", "text": ""}),
+    }
+    .to_string();
+    let text = format!("{tag}{}", "x".repeat(size - shell.len() - tag.len()));
+    let message = shell.replace(r#""text":"""#, &format!(r#""text":"{text}""#));
+    assert_eq!(message.len(), size);
+    message
+}
+
+fn is_json_of(payload: &[u8], prefix: &str) -> bool {
+    payload.starts_with(prefix.as_bytes())
+}
+
+fn parse(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).expect("JSON")
+}
+
+/// Reads until `done` says so; every frame must come within `TIMEOUT`.
+fn read_until(client: &mut RawClient, who: &str, mut done: impl FnMut(&[u8]) -> bool) {
+    loop {
+        match client.next(TIMEOUT) {
+            Got::Frame { opcode: 1, payload } if done(&payload) => return,
+            Got::Frame { opcode: 1, .. } => {}
+            other => panic!("{who}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn one_user_sending_the_largest_broadcasts_as_fast_as_allowed_delivers_at_most_a_mib_in_5_s() {
+    for server in TestServer::both(json!({})) {
+        let mut alice = server.raw_login("alice");
+        let mut bob = server.raw_login("bob");
+        read_until(&mut alice, "alice", |p| is_json_of(p, r#"{"msgType":"OnlineUsers""#));
+        let big: Vec<String> =
+            (0..140).map(|i| sized(MAX_MESSAGE, &format!("{i}:"), None)).collect();
+        let from_alice = r#"{"msgType":"Broadcast","SrcUser":"alice","text":""#;
+        let end = r#"{"msgType":"Broadcast","SrcUser":"alice","text":"end"}"#;
+
+        let received = std::thread::scope(|s| {
+            // Bob reads everything as it comes and counts alice's bytes.
+            let reader = s.spawn(move || {
+                let (mut bytes, mut count) = (0, 0);
+                read_until(&mut bob, "bob", |p| {
+                    if p == end.as_bytes() {
+                        return true;
+                    }
+                    if is_json_of(p, from_alice) {
+                        bytes += p.len();
+                        count += 1;
+                    }
+                    false
+                });
+                (bytes, count)
+            });
+            // Alice: the message rate's burst of 40 at once, then 19 a
+            // second for 5 s (the message rate allows 20), reading her own
+            // copies and the refusals meanwhile.
+            let (mut refused_bytes, mut refused_other) = (0, 0);
+            let mut on_frame = |p: &[u8]| {
+                if is_json_of(p, r#"{"msgType":"Error""#) {
+                    let error = parse(p);
+                    assert_eq!(error["code"], "rate_limited", "{error}");
+                    let text = error["text"].as_str().unwrap();
+                    if text.contains("bytes") { refused_bytes += 1 } else { refused_other += 1 }
+                }
+            };
+            let start = Instant::now();
+            for (i, message) in big.iter().enumerate() {
+                let due = start + Duration::from_secs_f64(i.saturating_sub(40) as f64 / 19.0);
+                // What has come is read before each message (so that alice
+                // never blocks the server on her own copies).
+                loop {
+                    let wait = due.saturating_duration_since(Instant::now());
+                    match alice.next(wait.max(Duration::from_millis(1))) {
+                        Got::Frame { opcode: 1, payload } => on_frame(&payload),
+                        Got::Quiet if Instant::now() >= due => break,
+                        Got::Quiet => {}
+                        other => panic!("alice: {other:?}"),
+                    }
+                }
+                alice.send_text(message);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            alice.send_text(&broadcast("end").to_string());
+            read_until(&mut alice, "alice", |p| {
+                on_frame(p);
+                p == end.as_bytes()
+            });
+            assert!(refused_bytes > 0, "no refusal for bytes ({refused_other} for messages)");
+            reader.join().unwrap()
+        });
+        let (bytes, count) = received;
+        // 8 messages of the burst, then 2 a second: about 20 in 5.3 s.
+        assert!(bytes <= AIM, "{bytes} bytes of alice's in 5 s ({count} broadcasts)");
+        assert!(count >= BYTES_BURST / MAX_MESSAGE, "the burst got through: {count}");
+    }
+}
+
+/// Logs `name` in and returns every frame's payload up to its own live
+/// marker, the welcome included.
+fn login_output(server: &TestServer, name: &str) -> Vec<Vec<u8>> {
+    let mut client = server.raw_open();
+    client.send_text(&server.password);
+    client.send_text(name);
+    let marker = format!("live marker of {name}");
+    client.send_text(&broadcast(&marker).to_string());
+    let mut seen = Vec::new();
+    loop {
+        match client.next(TIMEOUT) {
+            Got::Frame { opcode: 1, payload } => {
+                if payload.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                    return seen;
+                }
+                seen.push(payload);
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_login_is_sent_at_most_history_max_bytes_of_history() {
+    for (config, budget) in [
+        (json!({}), HISTORY_MAX),
+        (json!({"history_max_bytes": 20000}), 20000),
+        (json!({"history_max_bytes": 300000, "max_outbound_bytes": 600000}), 300000),
+    ] {
+        let mut config = config;
+        // Filled as fast as possible: the rates are not what is measured.
+        config["rate_limit_per_sec"] = json!(0);
+        config["rate_limit_bytes_per_sec"] = json!(0);
+        let server = TestServer::start(config);
+        let mut alice = server.raw_login("alice");
+        for i in 0..50 {
+            alice.send_text(&sized(MAX_MESSAGE, &format!("#{i:02}:"), None));
+        }
+        let last = r##""text":"#49:"##;
+        read_until(&mut alice, "alice", |p| p.windows(last.len()).any(|w| w == last.as_bytes()));
+
+        let seen = login_output(&server, "carol");
+        let replays: Vec<&Vec<u8>> =
+            seen.iter().filter(|p| p.ends_with(br#","history":true}"#)).collect();
+        let replayed: usize = replays.iter().map(|p| p.len()).sum();
+        let rest: usize = seen.iter().map(Vec::len).sum::<usize>() - replayed;
+        let fit = budget / replays.first().map_or(1, |p| p.len());
+        assert!(replayed <= budget, "{replayed} bytes of history over {budget}");
+        assert_eq!(replays.len(), fit, "as many of the newest as fit {budget} bytes");
+        let newest = parse(replays.last().unwrap());
+        assert!(newest["text"].as_str().unwrap().starts_with("#49:"), "the newest last");
+        assert!(is_json_of(&seen[0], r#"{"ServerName""#), "the welcome first");
+        assert!(rest < 256, "the welcome and the list of two: {rest} bytes");
+    }
+}
+
+#[test]
+fn the_byte_budgets_keys_are_checked() {
+    let dir = temp_dir("byte-keys");
+    let check = |overrides: Value| {
+        let mut config = base_config();
+        for (k, v) in overrides.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        let path = dir.join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let output = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    for (overrides, needles) in [
+        (
+            json!({"rate_limit_bytes_burst": 1000}),
+            &["\"rate_limit_bytes_burst\"", "\"max_message_bytes\""],
+        ),
+        (
+            json!({"max_message_bytes": 262144}),
+            &["\"rate_limit_bytes_burst\"", "\"max_message_bytes\""],
+        ),
+        (
+            json!({"history_max_bytes": 600000}),
+            &["\"history_max_bytes\"", "\"max_outbound_bytes\""],
+        ),
+        (
+            json!({"rate_limit_bytes_per_sec": -1}),
+            &["\"rate_limit_bytes_per_sec\"", "whole number"],
+        ),
+    ] {
+        let (code, stderr) = check(overrides.clone());
+        assert_eq!(code, Some(78), "{overrides}: {stderr}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "{overrides}: {needle} not in {stderr}");
+        }
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    for fine in [
+        json!({}),
+        json!({"rate_limit_bytes_per_sec": 0, "max_message_bytes": 1 << 20}),
+        json!({"rate_limit_bytes_burst": 1 << 20, "max_message_bytes": 1 << 20}),
+        // The default history budget follows a smaller output limit.
+        json!({"max_outbound_bytes": 65536}),
+        json!({"history_max_bytes": 524288}),
+    ] {
+        let (code, stderr) = check(fine.clone());
+        assert_eq!(code, Some(0), "{fine}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
