@@ -1,8 +1,10 @@
 //! What one user's messages may make the server write, in bytes: each user
 //! has a byte budget (`rate_limit_bytes_per_sec`, `rate_limit_bytes_burst`),
-//! and a login replays at most `history_max_bytes` of history.
+//! a login replays at most `history_max_bytes` of history, and a reader who
+//! keeps up is not cut off by everyone's legal bursts arriving at once.
 //! Every figure is counted in bytes, never in time.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ragnarok_testkit::*;
@@ -172,6 +174,92 @@ fn a_login_is_sent_at_most_history_max_bytes_of_history() {
         assert!(newest["text"].as_str().unwrap().starts_with("#49:"), "the newest last");
         assert!(is_json_of(&seen[0], r#"{"ServerName""#), "the welcome first");
         assert!(rest < 256, "the welcome and the list of two: {rest} bytes");
+    }
+}
+
+#[test]
+fn a_reader_who_keeps_up_is_not_cut_off_by_everyones_legal_burst_at_once() {
+    let _busy = busy(); // 2.6 MB for one reader, 21 clients
+    const SENDERS: usize = 20;
+    let per_sender = BYTES_BURST / MAX_MESSAGE;
+    for server in TestServer::both(json!({})) {
+        let mut senders: Vec<RawClient> =
+            (0..SENDERS).map(|i| server.raw_login(&format!("s{i}"))).collect();
+        let mut reader = server.raw_login("reader");
+        // Every sender has heard of everyone (the reader, last, got the
+        // whole list at login): nothing else is waiting for anyone.
+        let everyone = SENDERS + 1;
+        for sender in &mut senders {
+            read_until(sender, "a sender", |p| {
+                let m = parse(p);
+                m["msgType"] == "OnlineUsers" && m["Users"].as_array().unwrap().len() == everyone
+            });
+        }
+        let burst: Vec<Vec<Vec<u8>>> = (0..SENDERS)
+            .map(|i| {
+                (0..per_sender)
+                    .map(|k| {
+                        let text = sized(MAX_MESSAGE, &format!("s{i}#{k}:"), Some("reader"));
+                        masked_frame(0x1, text.as_bytes())
+                    })
+                    .collect()
+            })
+            .collect();
+        let private = r#"{"msgType":"PrivateMessage","SrcUser":"s"#;
+        let written = AtomicUsize::new(0);
+        let (count, bytes, trouble) = std::thread::scope(|s| {
+            let reading = s.spawn(|| {
+                let (mut count, mut bytes) = (0, 0);
+                while count < SENDERS * per_sender {
+                    match reader.next(TIMEOUT) {
+                        Got::Frame { opcode: 1, payload } if is_json_of(&payload, private) => {
+                            count += 1;
+                            bytes += payload.len();
+                        }
+                        Got::Frame { payload, .. } => {
+                            let what = String::from_utf8_lossy(&payload).into_owned();
+                            return (count, bytes, Some(what));
+                        }
+                        other => return (count, bytes, Some(format!("{other:?}"))),
+                    }
+                }
+                (count, bytes, None)
+            });
+            // The server is frozen while every sender writes its whole
+            // burst, so that all of it is there to be read in one round.
+            server.signal("STOP");
+            let writing: Vec<_> = senders
+                .iter_mut()
+                .zip(&burst)
+                .map(|(sender, frames)| {
+                    let written = &written;
+                    s.spawn(move || {
+                        for frame in frames {
+                            std::io::Write::write_all(&mut sender.stream, frame).unwrap();
+                            written.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            // Until at least half of every burst is in the kernel's buffers
+            // (the rest follows as the server reads).
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while written.load(Ordering::SeqCst) < SENDERS * per_sender / 2
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            server.signal("CONT");
+            writing.into_iter().for_each(|w| w.join().unwrap());
+            reading.join().unwrap()
+        });
+        let expected = SENDERS * per_sender;
+        assert_eq!(trouble, None, "after {count} of {expected} messages ({bytes} bytes)");
+        assert_eq!(count, expected);
+        // Still online, nothing else queued: its own broadcast comes back.
+        reader.send_text(&broadcast("still here").to_string());
+        let m = reader.next_json();
+        assert_eq!(m["text"], "still here", "{m}");
     }
 }
 
