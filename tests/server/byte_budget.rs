@@ -2,7 +2,8 @@
 //! has a byte budget (`rate_limit_bytes_per_sec`, `rate_limit_bytes_burst`),
 //! a login replays at most `history_max_bytes` of history, and a reader who
 //! keeps up is not cut off by everyone's legal bursts arriving at once.
-//! Every figure is counted in bytes, never in time.
+//! Every figure is counted in bytes, never in time. (An ignored test
+//! measures what a reader on a 2 Mbit/s link goes through.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -319,4 +320,131 @@ fn the_byte_budgets_keys_are_checked() {
         assert_eq!(code, Some(0), "{fine}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What the phone of [`phone_beside`] went through.
+struct Phone {
+    /// Bytes it read.
+    read: usize,
+    /// Cut off as a slow reader: when (seconds after the noise began), and
+    /// the server's log line about it.
+    cut_off: Option<(f64, String)>,
+}
+
+/// A phone on a 2 Mbit/s link: a reader that takes 250,000 bytes a second
+/// (its socket's receive buffer 16 KiB) while `loud` users send the
+/// largest messages as fast as their byte budgets allow (all their bursts
+/// at the same moment, then 2 a second each) for `secs` seconds.
+fn phone_beside(loud: usize, secs: u64) -> Phone {
+    use std::io::Read;
+    let server = TestServer::start(json!({}));
+    // The receive buffer is set before the connect, so the window is never
+    // larger than it (the kernel doubles it: 32 KiB in all).
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut phone = server.raw_login_over(server.stream_over(socket.into()), "phone");
+    let mut users: Vec<RawClient> = (0..loud).map(|i| server.raw_login(&format!("u{i}"))).collect();
+    // Presence is done with before the noise starts.
+    let everyone = |p: &[u8]| {
+        let m = parse(p);
+        m["msgType"] == "OnlineUsers" && m["Users"].as_array().unwrap().len() == loud + 1
+    };
+    read_until(&mut phone, "phone", everyone);
+    for user in users.iter_mut().take(loud.saturating_sub(1)) {
+        read_until(user, "a loud user", everyone);
+    }
+    let start = Instant::now();
+    let stop = start + Duration::from_secs(secs);
+    let read = std::thread::scope(|s| {
+        for (i, user) in users.iter_mut().enumerate() {
+            s.spawn(move || {
+                let mut sent: u32 = 0;
+                while Instant::now() < stop {
+                    // The burst at once, then one every 0.5 s: 32 KiB a second.
+                    let due = start + Duration::from_millis(500) * (sent + 1).saturating_sub(8);
+                    if Instant::now() >= due {
+                        user.send_text(&sized(MAX_MESSAGE, &format!("u{i}#{sent}:"), None));
+                        sent += 1;
+                        continue;
+                    }
+                    // Loud, but reading everything.
+                    let wait = due.saturating_duration_since(Instant::now());
+                    if let Got::End = user.next(wait.max(Duration::from_millis(1))) {
+                        panic!("loud user u{i} was cut off");
+                    }
+                }
+            });
+        }
+        // The phone: 250,000 bytes a second, never more, until the end of
+        // its stream or 10 s of silence after the noise.
+        let mut stream = phone.stream;
+        stream.tcp().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut read = 0usize;
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let allowed =
+                ((start.elapsed().as_secs_f64() * 250_000.0) as usize).saturating_sub(read);
+            if allowed == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            let n = allowed.min(chunk.len());
+            match stream.read(&mut chunk[..n]) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() > stop + Duration::from_secs(10) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        read
+    });
+    // When, by the log's own clock: its line against the last loud login's.
+    let log = server.log();
+    let at = |line: &str| {
+        let time = line.split_whitespace().next()?.split('T').nth(1)?.trim_end_matches('Z');
+        let mut hms = time.split(':').map(|x| x.parse::<f64>().ok());
+        Some(hms.next()?? * 3600.0 + hms.next()?? * 60.0 + hms.next()??)
+    };
+    let began = log.iter().rev().find(|l| l.contains(" logged in (")).and_then(|l| at(l));
+    let cut_off = log.iter().find(|l| l.contains("slow reader over")).map(|line| {
+        let after = at(line).zip(began).map_or(f64::NAN, |(t, t0)| t - t0);
+        (after, line.split("INFO").last().unwrap_or(line).trim().to_owned())
+    });
+    Phone { read, cut_off }
+}
+
+/// The phone's figures for PROTOCOL.md ("What a client may cost the
+/// server"): how many users, loud within the rules, a 2 Mbit/s reader
+/// keeps up with. A measurement, not a check (it takes 6 minutes; `LOUD`
+/// and `SECS` choose other counts and durations):
+/// `cargo test --release --test server phone -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn a_phone_at_2_mbit_per_s_beside_users_loud_within_the_rules() {
+    let _quiet = quiet();
+    let loud: Vec<usize> = std::env::var("LOUD")
+        .map(|v| v.split(',').map(|n| n.parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![7, 8, 10, 12, 16, 24]);
+    let secs = std::env::var("SECS").map_or(60, |v| v.parse().unwrap());
+    for loud in loud {
+        let phone = phone_beside(loud, secs);
+        let verdict = match &phone.cut_off {
+            Some((after, line)) => format!("cut off after {after:.1} s ({line})"),
+            None => "kept up".into(),
+        };
+        println!(
+            "{loud:>2} loud users for {secs} s: the phone read {} bytes, {verdict}",
+            phone.read
+        );
+    }
 }

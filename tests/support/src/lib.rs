@@ -240,7 +240,12 @@ impl TestServer {
 
     /// A raw socket to the server (TLS already negotiated on a wss server).
     pub fn stream(&self) -> Stream {
-        let tcp = TcpStream::connect(self.addr).unwrap();
+        self.stream_over(TcpStream::connect(self.addr).unwrap())
+    }
+
+    /// `tcp`, connected to this server (with socket options of its own set
+    /// before the connect), as [`TestServer::stream`] makes it.
+    pub fn stream_over(&self, tcp: TcpStream) -> Stream {
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         tcp.set_nodelay(true).unwrap();
         match &self.tls {
@@ -348,7 +353,10 @@ impl TestServer {
     /// A WebSocket opened over a raw stream, for clients that write their
     /// own frames: the 101 response has been read.
     pub fn raw_upgrade(&self) -> Stream {
-        let mut stream = self.stream();
+        self.upgrade(self.stream())
+    }
+
+    fn upgrade(&self, mut stream: Stream) -> Stream {
         let request = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         stream.write_all(request.as_bytes()).unwrap();
@@ -587,7 +595,13 @@ impl TestServer {
     /// A logged-in [`RawClient`]; the welcome (`ServerName`, `OnlineUsers`)
     /// is read.
     pub fn raw_login(&self, name: &str) -> RawClient {
-        let mut client = self.raw_open();
+        self.raw_login_over(self.stream(), name)
+    }
+
+    /// [`TestServer::raw_login`] over a stream of the caller's
+    /// ([`TestServer::stream_over`]).
+    pub fn raw_login_over(&self, stream: Stream, name: &str) -> RawClient {
+        let mut client = RawClient { stream: self.upgrade(stream), buf: Vec::new(), start: 0 };
         client.send_text(&self.password);
         client.send_text(name);
         let welcome = client.next_json();
