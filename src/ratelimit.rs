@@ -54,9 +54,8 @@ impl TokenBucket {
 /// `per_sec` (the config's, passed in), kept as the one moment it will be
 /// full again (the generic cell rate algorithm: the same bucket as
 /// [`TokenBucket`], in one `Instant` where that takes a float and an
-/// `Instant`, so that it fits in a chatting session without making every
-/// session larger). A message the bucket cannot pay for in full is refused
-/// and costs nothing.
+/// `Instant`: it makes every chatting session 8 bytes larger, not 16). A
+/// message the bucket cannot pay for in full is refused and costs nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteBucket {
     /// Before this moment the bucket is short of `burst` by the bytes it
