@@ -41,6 +41,7 @@ fn main() -> ExitCode {
     // what was queued before it) always fits.
     limits.max_outbound_bytes = MAX_MESSAGE_BYTES + 64 * 1024;
     limits.rate_limit_per_sec = 0;
+    limits.rate_limit_bytes_per_sec = 0;
     limits.idle_timeout = None;
     limits.max_connections_per_ip = 0;
     limits.max_handshakes_per_ip = 0;

@@ -95,6 +95,7 @@ for tls in false true; do
         cat > "$work/node$k-$tls.json" <<JSON
 {"SSL": $tls, "SSL_Cert": "cert.pem", "SSL_Key": "key.pem", "server_port": ${node_ports[$k]},
  "rate_limit_per_sec": 0, "max_connections": $max_conn,
+ "rate_limit_bytes_per_sec": 0,
  "max_connections_per_ip": 0, "max_handshakes_per_ip": 0,
  "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "log_level": "warn",
  "redis_url": "redis://127.0.0.1:$redis_port", "cluster_name": "bench",

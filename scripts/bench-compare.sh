@@ -18,16 +18,19 @@ load=$before/ragnarok-load
 port=23458
 ulimit -n "$(ulimit -Hn)"
 source scripts/bench-work.sh
-# A build older than the per-address rates refuses their keys: it gets the
-# same config without them.
+# A build older than a key refuses it: a build older than the byte budget
+# gets the same config without its key, one older than the per-address
+# rates without theirs too.
 for tls in false true; do
-    grep -v '"connections_per_minute_per_ip"' "$work/ragnarok-$tls.json" \
+    grep -v '"rate_limit_bytes_per_sec"' "$work/ragnarok-$tls.json" >"$work/no-bytes-$tls.json"
+    grep -v '"connections_per_minute_per_ip"' "$work/no-bytes-$tls.json" \
         | sed 's/"max_handshakes_per_ip": 0,/"max_handshakes_per_ip": 0, "log_level": "warn"}/' \
         >"$work/older-$tls.json"
 done
 
 start() {  # start BIN TLS
     local config=$work/ragnarok-$2.json
+    "$1" --config "$config" --check-config >/dev/null 2>&1 || config=$work/no-bytes-$2.json
     "$1" --config "$config" --check-config >/dev/null 2>&1 || config=$work/older-$2.json
     taskset -c 0 "$1" --config "$config" 2>>"$work/server.log" &
     server_pid=$!

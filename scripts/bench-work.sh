@@ -2,7 +2,7 @@
 # is set: a work folder (removed on exit, with the server left running), a
 # certificate, Ragnarok's bench configs (`$work/ragnarok-{false,true}.json`:
 # every per-address limit and rate off, for thousands of users from one
-# address), `listening NAME` (waits until the server started as
+# address, and the per-user rates of messages and bytes off), `listening NAME` (waits until the server started as
 # `$server_pid` listens on `$port`) and `stop`.
 work=$(mktemp -d)
 server_pid=
@@ -15,6 +15,7 @@ for tls in false true; do
     cat > "$work/ragnarok-$tls.json" <<JSON
 {"SSL": $tls, "SSL_Cert": "cert.pem", "SSL_Key": "key.pem", "server_port": $port,
  "rate_limit_per_sec": 0, "max_connections": 20000,
+ "rate_limit_bytes_per_sec": 0,
  "max_connections_per_ip": 0, "max_handshakes_per_ip": 0,
  "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "log_level": "warn"}
 JSON

@@ -26,7 +26,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyou
     -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 cat > "$work/config.json" <<JSON
 {"SSL": $tls, "SSL_Cert": "cert.pem", "SSL_Key": "key.pem", "server_port": 23458,
- "rate_limit_per_sec": 0, "log_level": "warn"}
+ "rate_limit_per_sec": 0, "rate_limit_bytes_per_sec": 0, "log_level": "warn"}
 JSON
 taskset -c 0 "$bin/ragnarok" --config "$work/config.json" &
 server_pid=$!

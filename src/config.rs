@@ -23,6 +23,8 @@ pub struct Config {
     pub limits: Limits,
     /// Broadcasts kept in memory and replayed to joiners; 0 = off.
     pub history_size: usize,
+    /// Most bytes of them (at most half of `max_outbound_bytes`).
+    pub history_max_bytes: usize,
     pub log_level: LevelFilter,
     /// Web origins allowed to open a WebSocket; empty = any.
     pub allowed_origins: Vec<String>,
@@ -72,6 +74,10 @@ pub struct Limits {
     /// Messages per second per user; 0 turns rate limiting off.
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
+    /// Bytes of messages per second per user; 0 turns the byte budget off.
+    pub rate_limit_bytes_per_sec: u32,
+    /// Bytes a user may send at once (at least `max_message_bytes`).
+    pub rate_limit_bytes_burst: u32,
     /// Open connections from one address (IPv6: one /64); 0 = no limit.
     pub max_connections_per_ip: u32,
     /// Connections from one address not logged in yet; 0 = no limit.
@@ -249,7 +255,7 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "max_message_bytes",
-        default: Some("65536"),
+        default: Some("16384"),
         doc: "largest incoming message",
         kind: Int {
             min: 64,
@@ -328,10 +334,36 @@ pub const KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "rate_limit_bytes_per_sec",
+        default: Some("32768"),
+        doc: "bytes of messages per second per user; 0 = off",
+        kind: Int {
+            min: 0,
+            max: 1 << 30,
+            set: |d, n| d.config.limits.rate_limit_bytes_per_sec = n as u32,
+        },
+    },
+    Key {
+        name: "rate_limit_bytes_burst",
+        default: Some("131072"),
+        doc: "bytes of messages a user may send at once, at least max_message_bytes",
+        kind: Int {
+            min: 0,
+            max: 1 << 30,
+            set: |d, n| d.config.limits.rate_limit_bytes_burst = n as u32,
+        },
+    },
+    Key {
         name: "history_size",
         default: Some("50"),
         doc: "recent broadcasts replayed to joiners; 0 = off",
         kind: Int { min: 0, max: 10_000, set: |d, n| d.config.history_size = n as usize },
+    },
+    Key {
+        name: "history_max_bytes",
+        default: Some("65536"),
+        doc: "most bytes of history replayed to a joiner, at most half of max_outbound_bytes",
+        kind: Int { min: 0, max: 1 << 31, set: |d, n| d.config.history_max_bytes = n as usize },
     },
     Key {
         name: "allowed_origins",
@@ -500,6 +532,8 @@ impl Draft {
                     idle_timeout: None,
                     rate_limit_per_sec: 0,
                     rate_limit_burst: 0,
+                    rate_limit_bytes_per_sec: 0,
+                    rate_limit_bytes_burst: 0,
                     max_connections_per_ip: 0,
                     max_handshakes_per_ip: 0,
                     login_attempts_per_minute: 0,
@@ -507,6 +541,7 @@ impl Draft {
                     logins_per_minute_per_ip: 0,
                 },
                 history_size: 0,
+                history_max_bytes: 0,
                 log_level: LevelFilter::Off,
                 allowed_origins: Vec::new(),
                 trusted_proxies: Vec::new(),
@@ -576,6 +611,31 @@ impl Draft {
         }
         if c.limits.rate_limit_per_sec > 0 && c.limits.rate_limit_burst == 0 {
             return Err(bad("rate_limit_burst", "must be at least 1 when rate limiting is on"));
+        }
+        let l = &c.limits;
+        if l.rate_limit_bytes_per_sec > 0
+            && (l.rate_limit_bytes_burst as usize) < l.max_message_bytes
+        {
+            let message = format!(
+                "({}) must be at least \"max_message_bytes\" ({}), or the largest message \
+                 could never be sent; raise it, or set \"rate_limit_bytes_per_sec\" to 0 to \
+                 turn the byte budget off",
+                l.rate_limit_bytes_burst, l.max_message_bytes
+            );
+            return Err(bad("rate_limit_bytes_burst", &message));
+        }
+        // A replay must leave room in a joiner's queue for the welcome and
+        // what is said meanwhile. The default follows a smaller output limit.
+        let half = c.limits.max_outbound_bytes / 2;
+        if !given.contains_key("history_max_bytes") {
+            c.history_max_bytes = c.history_max_bytes.min(half);
+        } else if c.history_max_bytes > half {
+            let message = format!(
+                "({}) must be at most half of \"max_outbound_bytes\" ({half}): a joiner's \
+                 replay must leave room in its queue for the welcome and what is said meanwhile",
+                c.history_max_bytes
+            );
+            return Err(bad("history_max_bytes", &message));
         }
         match self.redis {
             Some(redis) => {
@@ -835,6 +895,23 @@ mod tests {
             (r#"{"log_level": "loud"}"#, "\"log_level\" must be one of"),
             (r#"{"rate_limit_burst": 0}"#, "\"rate_limit_burst\" must be at least 1"),
             (
+                r#"{"rate_limit_bytes_burst": 1000}"#,
+                "\"rate_limit_bytes_burst\" (1000) must be at least \"max_message_bytes\" (16384)",
+            ),
+            (
+                r#"{"max_message_bytes": 1048576}"#,
+                "\"rate_limit_bytes_burst\" (131072) must be at least \"max_message_bytes\"",
+            ),
+            (r#"{"rate_limit_bytes_per_sec": 1.5}"#, "\"rate_limit_bytes_per_sec\" must be"),
+            (
+                r#"{"history_max_bytes": 524289}"#,
+                "\"history_max_bytes\" (524289) must be at most half of \"max_outbound_bytes\"",
+            ),
+            (
+                r#"{"history_max_bytes": 4096, "max_outbound_bytes": 4096}"#,
+                "\"history_max_bytes\" (4096) must be at most half",
+            ),
+            (
                 r#"{"trusted_proxies": ["nginx"]}"#,
                 "\"trusted_proxies\" has \"nginx\" is not an address",
             ),
@@ -850,6 +927,26 @@ mod tests {
             let message = parse(text).unwrap_err().to_string();
             assert!(message.contains(expected), "{text}: {message}");
         }
+    }
+
+    #[test]
+    fn the_byte_budgets() {
+        let c = Config::default();
+        let l = &c.limits;
+        assert_eq!((l.max_message_bytes, l.max_outbound_bytes), (16384, 1 << 20));
+        assert_eq!((l.rate_limit_bytes_per_sec, l.rate_limit_bytes_burst), (32768, 131072));
+        assert_eq!(c.history_max_bytes, 65536);
+        // The byte budget off: any message size.
+        let c = parse(r#"{"rate_limit_bytes_per_sec": 0, "max_message_bytes": 1048576}"#).unwrap();
+        assert_eq!(c.limits.max_message_bytes, 1 << 20);
+        let c = parse(r#"{"rate_limit_bytes_burst": 16384}"#).unwrap();
+        assert_eq!(c.limits.rate_limit_bytes_burst, 16384, "exactly one largest message");
+        // The default history budget follows a smaller output limit; a
+        // given one must fit it.
+        assert_eq!(parse(r#"{"max_outbound_bytes": 65536}"#).unwrap().history_max_bytes, 32768);
+        let c = parse(r#"{"history_max_bytes": 524288}"#).unwrap();
+        assert_eq!(c.history_max_bytes, 524288);
+        assert_eq!(parse(r#"{"history_max_bytes": 0}"#).unwrap().history_max_bytes, 0);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The last broadcasts, kept for joiners: at most `history_size` of them and
-//! at most half of a joiner's output limit in bytes, so that a replay always
-//! fits beside the welcome. In memory only; the one place its rules live.
+//! `history_max_bytes` of replays (at most half of a joiner's output limit,
+//! so a replay fits beside the welcome). In memory only; its rules live here.
 
 use std::collections::VecDeque;
 
@@ -12,14 +12,16 @@ pub struct History {
     bytes: usize,
     /// Most broadcasts kept (`history_size`; 0 = none).
     size: usize,
-    /// Most bytes kept.
+    /// Most bytes kept: what a login costs in replays, whatever was said.
     budget: usize,
 }
 
 impl History {
-    /// `outbound_limit`: what each user may have queued (`max_outbound_bytes`).
-    pub fn new(size: usize, outbound_limit: usize) -> Self {
-        History { replays: VecDeque::new(), bytes: 0, size, budget: outbound_limit / 2 }
+    /// `size`: most broadcasts kept (`history_size`); `max_bytes`: most bytes
+    /// of their replays (`history_max_bytes`; a broadcast larger than that
+    /// is not kept).
+    pub fn new(size: usize, max_bytes: usize) -> Self {
+        History { replays: VecDeque::new(), bytes: 0, size, budget: max_bytes }
     }
 
     /// The most broadcasts and bytes a joiner is sent (what the cluster

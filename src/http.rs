@@ -25,6 +25,8 @@ pub struct HttpPolicy {
     pub allowed_origins: Vec<String>,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// `max_message_bytes`, told to the page (it refuses to send more).
+    pub max_message_bytes: usize,
 }
 
 impl HttpPolicy {
@@ -70,7 +72,7 @@ pub fn parse(buf: &[u8], policy: &HttpPolicy, from_proxy: bool) -> Parsed {
     if !has_token("Upgrade", "websocket") {
         let path = req.path.unwrap_or("/").split('?').next().unwrap_or("/");
         return match (method, path) {
-            ("GET" | "HEAD", "/" | "/index.html") => page(method == "HEAD"),
+            ("GET" | "HEAD", "/" | "/index.html") => page(policy, method == "HEAD"),
             ("GET" | "HEAD", "/app.js") => asset(SCRIPT, "text/javascript", method == "HEAD"),
             ("GET" | "HEAD", "/app.css") => asset(STYLE, "text/css", method == "HEAD"),
             ("GET" | "HEAD", _) => reject(404, "not found\n"),
@@ -160,8 +162,10 @@ fn parse_hop(value: &str) -> Option<IpAddr> {
     host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
-fn page(head_only: bool) -> Parsed {
-    asset(PAGE, "text/html", head_only)
+/// The page, told the largest message the server takes.
+fn page(policy: &HttpPolicy, head_only: bool) -> Parsed {
+    let limit = policy.max_message_bytes.to_string();
+    asset(&PAGE.replace("MAX_MESSAGE_BYTES", &limit), "text/html", head_only)
 }
 
 /// 200 with one of the embedded files and the page's security headers.
@@ -320,8 +324,11 @@ mod tests {
 
     #[test]
     fn page_script_and_styles_are_served_with_the_same_policy() {
+        // The page is told the message limit (0 with the default policy).
+        let page = PAGE.replace("MAX_MESSAGE_BYTES", "0");
+        assert!(page.contains(r#"<meta name="max-message-bytes" content="0">"#));
         let files = [
-            ("/", "text/html", PAGE),
+            ("/", "text/html", page.as_str()),
             ("/app.js", "text/javascript", SCRIPT),
             ("/app.css", "text/css", STYLE),
         ];

@@ -97,11 +97,11 @@ pub struct Room {
 }
 
 impl Room {
-    /// `outbound_limit` is what each user may have queued: history takes at
-    /// most half of it, and a part of a snapshot an eighth (so the list and
-    /// the keys of a room of thousands usually go in one part, serialized
-    /// once for all who join in the same round).
-    pub fn new(title: &str, password: &str, history_size: usize, outbound_limit: usize) -> Self {
+    /// `outbound_limit` is what each user may have queued: a part of a
+    /// snapshot takes an eighth of it (so the list and the keys of a room of
+    /// thousands usually go in one part, serialized once for all who join in
+    /// the same round); `history` what joiners are replayed.
+    pub fn new(title: &str, password: &str, history: History, outbound_limit: usize) -> Self {
         Room {
             title: title.to_owned(),
             password: password.to_owned(),
@@ -113,7 +113,7 @@ impl Room {
             joined: Vec::new(),
             joined_remote: Vec::new(),
             left: Vec::new(),
-            history: History::new(history_size, outbound_limit),
+            history,
             receiving: Vec::new(),
             part_budget: (outbound_limit / 8).clamp(2048, 128 * 1024),
         }
@@ -704,16 +704,16 @@ mod tests {
 
     #[test]
     fn password_rules() {
-        let private = Room::new("t", "963", 0, 0);
+        let private = Room::new("t", "963", History::new(0, 0), 0);
         assert!(private.check_password("963"));
         assert!(!private.check_password("96"));
         assert!(!private.check_password("9634"));
-        assert!(Room::new("t", "", 0, 0).check_password("anything"));
+        assert!(Room::new("t", "", History::new(0, 0), 0).check_password("anything"));
     }
 
     #[test]
     fn name_rules() {
-        let mut room = Room::new("t", "", 0, 0);
+        let mut room = Room::new("t", "", History::new(0, 0), 0);
         room.join(1, "bob").unwrap();
         room.join(2, "A\u{30A}sa").unwrap();
         assert_eq!(room.name_of(2), Some("\u{C5}sa"), "shown in NFC");
@@ -742,7 +742,7 @@ mod tests {
 
     #[test]
     fn private_messages_are_addressed_by_comparison_key() {
-        let mut room = Room::new("t", "", 0, 0);
+        let mut room = Room::new("t", "", History::new(0, 0), 0);
         joined(&mut room, 1, "alice");
         joined(&mut room, 2, "bob");
         for target in ["alice", "Alice", "\u{430}lice"] {
@@ -762,7 +762,7 @@ mod tests {
 
     #[test]
     fn joiner_gets_title_then_list_in_small_room() {
-        let mut room = Room::new("Ks", "", 0, 0);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 0);
         joined(&mut room, 1, "bob");
         let out = joined(&mut room, 2, "alice");
         assert_eq!(sent(&out).len(), 2);
@@ -777,7 +777,7 @@ mod tests {
 
     #[test]
     fn large_room_gets_batched_deltas() {
-        let mut room = Room::new("Ks", "", 0, 0);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 0);
         for id in 0..FULL_LIST_MAX {
             joined(&mut room, id, &format!("u{id:03}"));
         }
@@ -802,7 +802,7 @@ mod tests {
 
     #[test]
     fn join_then_leave_before_flush_is_silent_for_others() {
-        let mut room = Room::new("Ks", "", 0, 0);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 0);
         for id in 0..40 {
             joined(&mut room, id, &format!("u{id}"));
         }
@@ -819,7 +819,7 @@ mod tests {
 
     #[test]
     fn leave_keeps_delivery_list_consistent() {
-        let mut room = Room::new("Ks", "", 0, 0);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 0);
         for (id, name) in ["a", "b", "c", "d"].iter().enumerate() {
             joined(&mut room, id, name);
         }
@@ -837,7 +837,7 @@ mod tests {
 
     #[test]
     fn routes_broadcasts_and_private_messages() {
-        let mut room = Room::new("Ks", "", 0, 0);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 0);
         joined(&mut room, 1, "alice");
         joined(&mut room, 2, "bob");
         let mut out = Vec::new();
@@ -870,7 +870,7 @@ mod tests {
     #[test]
     fn a_target_too_long_to_be_a_name_is_offline_unnormalized() {
         for mode in [Mode::Standalone, Mode::Node(Link::Up)] {
-            let mut room = Room::new("L", "", 0, 0);
+            let mut room = Room::new("L", "", History::new(0, 0), 0);
             room.set_mode(mode);
             joined(&mut room, 1, "alice");
             let target = "x".repeat(60_000);
@@ -886,7 +886,7 @@ mod tests {
 
     #[test]
     fn keys_are_relayed_handed_to_joiners_and_forgotten_on_leave() {
-        let mut room = Room::new("Ks", "", 0, 0);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 0);
         joined(&mut room, 1, "alice");
         joined(&mut room, 2, "bob");
         let mut out = Vec::new();
@@ -916,7 +916,7 @@ mod tests {
 
     #[test]
     fn history_replays_recent_broadcasts_to_joiners_only() {
-        let mut room = Room::new("Ks", "", 3, 1 << 20);
+        let mut room = Room::new("Ks", "", History::new(3, 1 << 19), 1 << 20);
         joined(&mut room, 1, "alice");
         let mut out = Vec::new();
         for i in 0..5 {
@@ -942,7 +942,7 @@ mod tests {
         );
 
         // The byte budget drops the oldest first.
-        let mut tight = Room::new("Ks", "", 50, 500);
+        let mut tight = Room::new("Ks", "", History::new(50, 250), 500);
         joined(&mut tight, 1, "alice");
         for i in 0..5 {
             tight.handle(
@@ -957,7 +957,7 @@ mod tests {
         assert_eq!(replays.len(), 2, "two 107-byte replays fit 250 bytes");
         assert!(replays[0].json.contains("\"3z") && replays[1].json.contains("\"4z"));
 
-        let mut off = Room::new("Ks", "", 0, 0);
+        let mut off = Room::new("Ks", "", History::new(0, 0), 0);
         joined(&mut off, 1, "alice");
         off.handle(1, Request::Broadcast { text: "gone".into() }, &mut Vec::new());
         assert!(joined(&mut off, 2, "bob").iter().all(|o| !o.json.contains("gone")));
@@ -966,7 +966,7 @@ mod tests {
     #[test]
     fn a_large_snapshot_is_streamed_in_bounded_parts() {
         // 16 KiB per user: parts of at most 2 KiB; 300 users with 1000-byte keys.
-        let mut room = Room::new("Ks", "", 0, 16 * 1024);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 16 * 1024);
         for id in 0..300 {
             room.join(id, &format!("user{id:03}")).unwrap();
         }
@@ -1018,7 +1018,7 @@ mod tests {
 
     #[test]
     fn pending_presence_goes_out_before_the_next_message() {
-        let mut room = Room::new("Ks", "", 0, 0);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 0);
         joined(&mut room, 1, "alice");
         room.join(2, "bob").unwrap();
         let mut out = Vec::new();
@@ -1034,7 +1034,7 @@ mod tests {
 
     #[test]
     fn a_clustered_room_proposes_what_the_cluster_must_order() {
-        let mut room = Room::new("Ks", "", 5, 1 << 20);
+        let mut room = Room::new("Ks", "", History::new(5, 1 << 19), 1 << 20);
         room.set_mode(Mode::Node(Link::Down));
         room.set_mode(Mode::Node(Link::Up));
         joined(&mut room, 1, "alice");
@@ -1084,7 +1084,7 @@ mod tests {
 
     #[test]
     fn other_nodes_users_are_listed_announced_and_resynced() {
-        let mut room = Room::new("Ks", "", 0, 1 << 20);
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20);
         room.set_mode(Mode::Node(Link::Down));
         room.set_mode(Mode::Node(Link::Up));
         joined(&mut room, 1, "alice");

@@ -25,6 +25,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::{Connection, Flush, Input};
 use crate::effect::{ConnId, Effects, Ending};
+use crate::history::History;
 use crate::http::HttpPolicy;
 use crate::metrics::{self, Stats};
 use crate::outbox;
@@ -283,13 +284,14 @@ impl<S: Socket + Source> Server<S> {
             room: Room::new(
                 &config.server_name,
                 &config.server_password,
-                config.history_size,
+                History::new(config.history_size, config.history_max_bytes),
                 limits.max_outbound_bytes,
             ),
             addresses: Addresses::new(&limits),
             http: HttpPolicy {
                 allowed_origins: config.allowed_origins.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
+                max_message_bytes: config.limits.max_message_bytes,
             },
             limits,
             effects: Vec::new(),

@@ -14,7 +14,7 @@ use crate::config::Limits;
 use crate::effect::{ClusterCall, ConnId, Count, Effect, Effects, Ending, Push};
 use crate::peerlog::{Abuse, Class, PeerLog};
 use crate::protocol::{ErrorCode, Rejection, Request, close_code, parse_request};
-use crate::ratelimit::{TokenBucket, Verdict};
+use crate::ratelimit::{ByteBucket, TokenBucket, Verdict};
 use crate::room::Room;
 
 /// What a session may touch besides itself.
@@ -112,6 +112,8 @@ enum Phase {
     },
     Chatting {
         ping_sent: Option<Instant>,
+        /// What the user's messages may still cost in bytes (`pay_bytes`).
+        bytes: ByteBucket,
     },
     /// Logged out, refused or disconnected: the connection is closing.
     Ended,
@@ -244,7 +246,7 @@ impl Session {
         if let (Phase::Echoing, Message::Text(_) | Message::Binary(_)) = (&self.phase, &message) {
             return cx.out.push(Effect::Echo { conn: cx.id, message });
         }
-        if let Phase::Chatting { ping_sent } = &mut self.phase {
+        if let Phase::Chatting { ping_sent, .. } = &mut self.phase {
             *ping_sent = None;
         }
         let data = matches!(message, Message::Text(_) | Message::Binary(_));
@@ -272,7 +274,9 @@ impl Session {
             }
             return;
         }
-        self.handle(message, cx);
+        if self.pay_bytes(&message, cx) {
+            self.handle(message, cx);
+        }
     }
 
     /// A message that passed the rate limit, by phase.
@@ -386,7 +390,7 @@ impl Session {
                 if cx.may_log(Class::Sessions) {
                     info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.online());
                 }
-                self.phase = Phase::Chatting { ping_sent: None };
+                self.phase = Phase::Chatting { ping_sent: None, bytes: ByteBucket::new(cx.now) };
                 cx.addresses.logged_in(cx.peer.ip, cx.now);
                 // Chatting starts with a whole burst, whatever the login cost.
                 if let Some(bucket) = &mut self.bucket {
@@ -423,6 +427,31 @@ impl Session {
         cx.end(Ending::policy("wrong password", why));
     }
 
+    /// The byte budget of a chatting user (`rate_limit_bytes_per_sec`,
+    /// `rate_limit_bytes_burst`): a text or binary message costs its
+    /// payload's length, so that what one user makes the server write is
+    /// bounded in bytes, not only in messages. One the budget cannot pay for
+    /// is refused (`rate_limited`, not delivered) and costs no bytes.
+    /// `false`: refused.
+    fn pay_bytes(&mut self, message: &Message, cx: &mut Cx) -> bool {
+        let (Phase::Chatting { bytes, .. }, Message::Text(_) | Message::Binary(_)) =
+            (&mut self.phase, message)
+        else {
+            return true;
+        };
+        let (rate, burst) = (cx.limits.rate_limit_bytes_per_sec, cx.limits.rate_limit_bytes_burst);
+        if bytes.take(cx.now, rate, burst, message.len()) {
+            return true;
+        }
+        let text = format!(
+            "too many bytes in a short time ({burst} at once, then {rate} a second): this \
+             message of {} bytes was not delivered; wait a few seconds",
+            message.len()
+        );
+        self.refuse(Rejection::new(ErrorCode::RateLimited, text), cx);
+        false
+    }
+
     fn refuse(&mut self, why: Rejection, cx: &mut Cx) {
         cx.out.push(Effect::Count(Count::Received(None)));
         if cx.may_log(Class::Messages) {
@@ -431,9 +460,9 @@ impl Session {
         cx.out.refuse(cx.id, why);
     }
 
-    /// Timers, about once a second: the login deadline and keep-alive pings.
-    /// The session's timers: `last_heard`, the last whole message;
-    /// `unfinished`, since when a message has been arriving, if one is.
+    /// Timers, about once a second: the login and message deadlines and
+    /// keep-alive pings. `last_heard`: the last whole message;
+    /// `unfinished`: since when a message has been arriving, if one is.
     pub fn tick(&mut self, last_heard: Instant, unfinished: Option<Instant>, cx: &mut Cx) {
         let (peer, now) = (cx.peer, cx.now);
         let open = !matches!(self.phase, Phase::Handshaking | Phase::Ended);
@@ -463,7 +492,7 @@ impl Session {
                 let why = Rejection::new(ErrorCode::LoginTimeout, "login took too long");
                 cx.end(Ending::policy("login timeout", why));
             }
-            Phase::Chatting { ping_sent } => {
+            Phase::Chatting { ping_sent, .. } => {
                 let Some(idle) = cx.limits.idle_timeout else { return };
                 match *ping_sent {
                     None if now.saturating_duration_since(last_heard) >= idle => {
@@ -509,6 +538,7 @@ mod tests {
 
     use crate::cluster::Proposed;
     use crate::effect::Outbound;
+    use crate::history::History;
     use crate::room::{Link, Mode};
 
     /// What a session asked for its own connection in one step, read off
@@ -537,7 +567,7 @@ mod tests {
         fn new(password: &str) -> Self {
             let config = Config::default();
             World {
-                room: Room::new("t", password, 0, 1 << 20),
+                room: Room::new("t", password, History::new(0, 0), 1 << 20),
                 out: Vec::new(),
                 proposed: Vec::new(),
                 addresses: Addresses::new(&config.limits),
@@ -736,7 +766,9 @@ mod tests {
 
     #[test]
     fn a_session_stays_small() {
-        // 56 bytes before the held messages of a claim (boxed, in `Login::Claiming`).
+        // 64 bytes before the held messages of a claim (boxed, in `Login::Claiming`):
+        // the phase (40: chatting holds the keep-alive's and the byte budget's
+        // moments) and the message bucket (24).
         assert!(std::mem::size_of::<Session>() <= 64, "{}", std::mem::size_of::<Session>());
     }
 
@@ -871,6 +903,48 @@ mod tests {
         use ErrorCode::*;
         assert_eq!(codes[..5], [Some(BinaryUnsupported); 5]);
         assert_eq!(codes[5..], [Some(RateLimited); 3]);
+    }
+
+    #[test]
+    fn messages_cost_their_bytes_and_a_refused_one_costs_none() {
+        let mut w = World::new("");
+        w.limits.rate_limit_bytes_per_sec = 1000;
+        w.limits.rate_limit_bytes_burst = 3000;
+        let mut s = Session::new();
+        s.opened(w.now, &w.limits);
+        // Logging in costs no bytes.
+        w.send(&mut s, 1, &"p".repeat(2000));
+        assert_eq!(w.send(&mut s, 1, "bob"), Action::LoggedIn);
+        let say = |n: usize| {
+            let shell = r#"{"msgType":"Broadcast","text":""}"#.len();
+            format!(r#"{{"msgType":"Broadcast","text":"{}"}}"#, "x".repeat(n - shell))
+        };
+        assert_eq!(w.send(&mut s, 1, &say(1000)), Action::Nothing);
+        assert_eq!(w.send(&mut s, 1, &say(1500)), Action::Nothing);
+        // 500 bytes left: a message of 1000 is refused, not delivered...
+        match w.send(&mut s, 1, &say(1000)) {
+            Action::Refuse(why) => {
+                assert_eq!(why.code, ErrorCode::RateLimited);
+                assert!(why.text.contains("too many bytes"), "{}", why.text);
+                assert!(why.text.contains("message of 1000 bytes"), "{}", why.text);
+            }
+            other => panic!("{other:?}"),
+        }
+        // ...and costs nothing: 500 still pass.
+        assert_eq!(w.send(&mut s, 1, &say(500)), Action::Nothing);
+        assert_eq!(code(w.send(&mut s, 1, &say(100))), Some(ErrorCode::RateLimited));
+        let binary = w.with(1, |cx| s.on_message(Message::binary(vec![0u8; 10]), cx));
+        assert_eq!(code(binary), Some(ErrorCode::RateLimited), "binary frames cost bytes too");
+        // Refilled at the rate.
+        w.now += Duration::from_secs(1);
+        assert_eq!(w.send(&mut s, 1, &say(1000)), Action::Nothing);
+        let sent = w.out.iter().filter(|o| o.json.contains("\"Broadcast\"")).count();
+        assert_eq!(sent, 4, "the refused ones were not delivered");
+        assert!(s.is_chatting(), "refused for bytes, never a flood");
+
+        // Off at a rate of 0.
+        w.limits.rate_limit_bytes_per_sec = 0;
+        assert_eq!(w.send(&mut s, 1, &say(5000)), Action::Nothing);
     }
 
     #[test]

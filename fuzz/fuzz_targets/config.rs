@@ -30,6 +30,11 @@ fuzz_target!(|text: &str| {
             assert!(l.max_message_bytes >= 64);
             assert!(l.max_outbound_bytes >= 4096);
             assert!(l.rate_limit_per_sec == 0 || l.rate_limit_burst >= 1);
+            assert!(
+                l.rate_limit_bytes_per_sec == 0
+                    || l.rate_limit_bytes_burst as usize >= l.max_message_bytes
+            );
+            assert!(c.history_max_bytes <= l.max_outbound_bytes / 2);
             assert!(l.handshake_timeout.as_secs() >= 1);
         }
     }

@@ -8,7 +8,7 @@ use log::info;
 use mio::event::Source;
 use slab::Slab;
 
-use super::{Client, Server, schedule};
+use super::{Client, Server, WRITE_GATHER, schedule};
 use crate::effect::{ConnId, Effect, Ending, Outbound, To};
 use crate::outbox::{self, SharedFrame};
 use crate::peerlog::Class;
@@ -105,6 +105,17 @@ impl<S: Socket + Source> Server<S> {
 
     /// Frames a message once and queues it to its recipients; readers over
     /// their limit are cut off.
+    ///
+    /// A queue that passes another multiple of `WRITE_GATHER` (64 KiB, a
+    /// quarter of `max_outbound_bytes` if less) is written at once, not at
+    /// the end of the round: a round may read many users' bursts (a user is
+    /// read until its own queue passes the high-water mark, and private
+    /// messages or a cluster's events do not fill the sender's own), and
+    /// queued whole, their sum could pass `max_outbound_bytes` of a reader
+    /// who takes everything its socket is given. Each such write is as full
+    /// as one of the round's (its gathered frames), so batching is kept; a
+    /// reader whose socket is full costs one write that would block per
+    /// 64 KiB queued, at most 16 before it is cut off.
     fn deliver(&mut self, Outbound { to, kind, json }: Outbound, now: Instant) {
         let recipients = match &to {
             To::One(_) => 1,
@@ -113,15 +124,27 @@ impl<S: Socket + Source> Server<S> {
         };
         self.stats.delivered(kind, recipients as u64);
         let frame = outbox::text_frame(&json);
-        let mut slow = Vec::new();
+        let mut queues = Queues {
+            every: (self.limits.max_outbound_bytes / 4).min(WRITE_GATHER),
+            slow: Vec::new(),
+            full: Vec::new(),
+        };
         let clients = &mut self.clients;
-        let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut slow, id, &frame);
+        let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut queues, id, &frame);
         match to {
             To::One(id) => send(id),
             To::Many(ids) => ids.into_iter().for_each(send),
             To::Everyone => self.room.local_members().iter().copied().for_each(send),
         }
-        for id in slow {
+        for id in queues.full {
+            self.flush(id, now);
+            // Still on the round's list (queueing the frame put it there):
+            // what is queued after this goes out with the round's writes.
+            if let Some(client) = self.clients.get_mut(id) {
+                client.conn.flush_scheduled = true;
+            }
+        }
+        for id in queues.slow {
             self.end(id, Ending::TooSlow, now);
         }
     }
@@ -155,10 +178,20 @@ impl<S: Socket + Source> Server<S> {
     }
 }
 
+/// What queueing one message left to do, by connection.
+struct Queues {
+    /// A queue passing a multiple of this is written at once.
+    every: usize,
+    /// Over their limit: cut off.
+    slow: Vec<ConnId>,
+    /// Passed another multiple of `every`: written now.
+    full: Vec<ConnId>,
+}
+
 fn enqueue<S: Socket>(
     clients: &mut Slab<Client<S>>,
     to_flush: &mut Vec<ConnId>,
-    slow: &mut Vec<ConnId>,
+    queues: &mut Queues,
     id: ConnId,
     frame: &SharedFrame,
 ) {
@@ -169,8 +202,11 @@ fn enqueue<S: Socket>(
     if !client.session.is_chatting() {
         return;
     }
+    let before = client.conn.queued();
     if client.conn.send(frame).is_err() {
-        slow.push(id);
+        queues.slow.push(id);
+    } else if before / queues.every != client.conn.queued() / queues.every {
+        queues.full.push(id);
     }
     schedule(to_flush, client, id);
 }

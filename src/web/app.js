@@ -274,16 +274,32 @@ $("login").onsubmit = (e) => {
   };
 };
 
+// The largest message the server takes (it closes the connection past it):
+// the page refuses to send more and says so, keeping the text.
+const MAX_BYTES = Number(document.querySelector('meta[name="max-message-bytes"]')?.content) || 16384;
+function fits(json) {
+  const n = enc.encode(json).length;
+  if (n <= MAX_BYTES) return true;
+  line("error", null, `Too long to send: ${n} bytes, and the room takes at most ${MAX_BYTES} per message. Nothing was sent; shorten it or split it.`);
+  return false;
+}
+
 $("send").onsubmit = async (e) => {
   e.preventDefault();
-  const text = $("text").value;
+  const input = $("text"), text = input.value;
   if (!text || !ws || ws.readyState !== WebSocket.OPEN) return;
-  $("text").value = "";
+  const sent = () => { if (input.value === text) input.value = ""; };
   const to = target;
-  if (!to || to === me) { ws.send(JSON.stringify({ msgType: "Broadcast", text })); return; }
+  if (!to || to === me) {
+    const json = JSON.stringify({ msgType: "Broadcast", text });
+    if (fits(json)) { sent(); ws.send(json); }
+    return;
+  }
   try {
-    const sealed = await encryptFor(to, text);
-    ws.send(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: sealed }));
+    const json = JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: await encryptFor(to, text) });
+    if (!fits(json)) return;
+    sent();
+    ws.send(json);
     line("private", "to " + to, text, "encrypted · key " + peers.get(to).fp, "lock");
   } catch (err) { line("error", null, String(err.message || err)); }
 };

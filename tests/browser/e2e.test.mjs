@@ -368,6 +368,17 @@ test("layout on a phone (390x844, 360 px) and a desktop (1280x800)", { timeout: 
     assert.equal(await alice.locator('.msg:has-text("just me")').count(), 1, "shown once, as a broadcast");
     assert.equal(await alice.locator(".msg.private:has-text(\"to alice\")").count(), 0);
 
+    // A paste over max_message_bytes is refused by the page, kept in the
+    // composer, and the connection stays (the server would close it: 1009).
+    const paste = "x".repeat(20000);
+    await alice.fill("#text", paste);
+    await alice.press("#text", "Enter");
+    await alice.waitForSelector('.msg.error:has-text("Too long to send")');
+    assert.equal((await alice.inputValue("#text")).length, paste.length, "the text is kept");
+    await alice.fill("#text", "");
+    await sendTo(alice, null, "short again");
+    await bob.waitForSelector('.msg.live:has-text("short again")');
+
     // From the phone's drawer to a private message; the chip leads back.
     await openPeople(alice);
     await alice.click('#users li[data-user="bob"]');

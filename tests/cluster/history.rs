@@ -1,6 +1,6 @@
 //! Cluster history: a joiner gets the same recent broadcasts, in the
 //! cluster's order, whichever node it joins, a node started after they were
-//! sent included.
+//! sent included, and at most `history_max_bytes` of them.
 
 use ragnarok_testkit::broadcast;
 use ragnarok_testkit::cluster::*;
@@ -79,4 +79,37 @@ fn a_node_started_later_replays_the_same_history() {
     let expected: Vec<Value> = order[order.len() - HISTORY..].iter().map(replayed).collect();
     let got = join_and_collect(&cluster, late, "carol");
     assert_eq!(got, expected, "carol's replay on the node started after the broadcasts");
+}
+
+/// At most `history_max_bytes` of replays, on a node that heard the
+/// broadcasts live and on one that read them from Redis when it joined.
+#[test]
+fn a_joiner_is_replayed_at_most_history_max_bytes_from_every_node() {
+    let config = json!({"history_size": HISTORY, "history_max_bytes": 3000});
+    let mut cluster = Cluster::start(2, config);
+    let mut alice = cluster.login(0, "alice");
+    let mut bob = cluster.login(1, "bob");
+    let deadline = after(CONVERGE);
+    alice.wait_users(deadline, &set(["alice", "bob"]));
+    let texts: Vec<String> = (0..HISTORY).map(|i| format!("#{i}:{}", "x".repeat(1000))).collect();
+    for text in &texts {
+        alice.send(broadcast(text));
+    }
+    for text in &texts {
+        bob.wait_for(deadline, "alice's broadcasts", |m| m["text"] == text.as_str());
+    }
+    // 1,063 bytes a replay: two of them fit 3,000.
+    let newest: Vec<Value> = texts[HISTORY - 2..]
+        .iter()
+        .map(|text| json!({"msgType": "Broadcast", "SrcUser": "alice", "text": text, "history": true}))
+        .collect();
+    assert_eq!(join_and_collect(&cluster, 1, "carol"), newest, "on a node that heard them");
+    let late = cluster.add_node();
+    // Carol's short live marker is history now, and fits beside them.
+    let mut expected = newest;
+    expected.push(replayed(&json!({"SrcUser": "carol", "text": "live marker of carol"})));
+    let got = join_and_collect(&cluster, late, "dave");
+    assert_eq!(got, expected, "on a node started later (from Redis)");
+    let bytes: usize = got.iter().map(|m| m.to_string().len()).sum();
+    assert!(bytes <= 3000, "{bytes} bytes of replays");
 }

@@ -5,6 +5,7 @@
 //! these tests fail, saying how to install it.
 
 mod broadcast_order;
+mod byte_budget;
 mod history;
 mod login_burst;
 mod message_size;

@@ -9,7 +9,8 @@ use serde_json::json;
 
 #[test]
 fn a_message_over_the_cluster_cap_is_refused() {
-    let cluster = Cluster::start(2, json!({"rate_limit_per_sec": 0, "max_message_bytes": 4 << 20}));
+    let config = json!({"rate_limit_per_sec": 0, "rate_limit_bytes_per_sec": 0, "max_message_bytes": 4 << 20});
+    let cluster = Cluster::start(2, config);
     let mut alice = cluster.login(0, "alice");
     let mut bob = cluster.login(1, "bob");
     let both = set(["alice", "bob"]);

@@ -8,7 +8,9 @@ use std::io::Write;
 
 #[test]
 fn big_frames_before_login_are_refused() {
-    for server in TestServer::both(json!({"max_message_bytes": 1 << 20})) {
+    // (The byte budget must take the largest message at once.)
+    let config = json!({"max_message_bytes": 1 << 20, "rate_limit_bytes_burst": 1 << 20});
+    for server in TestServer::both(config) {
         let mut client = server.connect();
         client.send_text(&"p".repeat(5000));
         let (seen, ending) = client.recv_until_end();

@@ -6,6 +6,7 @@
 
 mod binary_flood;
 mod broadcast;
+mod byte_budget;
 mod cert_reload;
 mod eof_with_last_message;
 mod flood;

@@ -7,7 +7,9 @@ use serde_json::json;
 #[test]
 fn slow_reader_is_cut_off_and_nobody_else_notices() {
     let _busy = busy(); // loads the machine
-    for server in TestServer::both(json!({"rate_limit_per_sec": 0, "max_outbound_bytes": 65536})) {
+    // The rates off: the talker sends 5 MB as fast as it can.
+    let config = json!({"rate_limit_per_sec": 0, "rate_limit_bytes_per_sec": 0, "max_outbound_bytes": 65536});
+    for server in TestServer::both(config) {
         let mut sleeper = server.login("sleeper");
         let mut talker = server.login("talker");
         sleeper.recv_type("OnlineUsers");

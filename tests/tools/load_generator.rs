@@ -21,9 +21,9 @@ fn load(server: &TestServer, args: &[&str]) -> Value {
 #[test]
 fn fanout_and_private_under_load_lose_nothing() {
     let _busy = busy(); // loads the machine
-    for server in TestServer::both(
-        json!({"rate_limit_per_sec": 0, "max_connections_per_ip": 0, "max_handshakes_per_ip": 0}),
-    ) {
+    for server in TestServer::both(json!({"rate_limit_per_sec": 0, "rate_limit_bytes_per_sec": 0,
+               "max_connections_per_ip": 0, "max_handshakes_per_ip": 0}))
+    {
         let pid = server.pid().to_string();
         let r = load(&server, &["fanout", "-n", "40", "-c", "4", "-t", "1", "--pid", &pid]);
         assert_eq!((r["logged_in"].as_u64(), r["dropped"].as_u64()), (Some(40), Some(0)), "{r}");
@@ -58,9 +58,9 @@ fn fanout_and_private_under_load_lose_nothing() {
 #[test]
 fn open_loop_fanout_keeps_its_rate_and_loses_nothing() {
     let _quiet = quiet(); // keeps a rate: nothing busy beside it
-    for server in TestServer::both(
-        json!({"rate_limit_per_sec": 0, "max_connections_per_ip": 0, "max_handshakes_per_ip": 0}),
-    ) {
+    for server in TestServer::both(json!({"rate_limit_per_sec": 0, "rate_limit_bytes_per_sec": 0,
+               "max_connections_per_ip": 0, "max_handshakes_per_ip": 0}))
+    {
         let pid = server.pid().to_string();
         // 4 senders x 50/s = 200 messages/s into 40 users for 2 s.
         let args = ["fanout", "-n", "40", "-c", "4", "--rate", "50", "-t", "2", "--pid", &pid];

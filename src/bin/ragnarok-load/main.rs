@@ -61,7 +61,7 @@ Soak options:
   --rate R               broadcasts per second, all users together (default 50)
   --private-rate P       private messages per second (default 20)
   --slow K               slow readers at a time (default 3)
-  --max-message-bytes B  the server's max_message_bytes (default 65536)
+  --max-message-bytes B  the server's max_message_bytes (default 16384)
   --seed S               random seed (default: from the clock)";
 
 struct Options {

@@ -35,7 +35,7 @@
 //!   password (`wrong_password`, 1008), a message over `max_message_bytes`
 //!   (`message_too_big`, 1009), a ping flood while logged in and not reading
 //!   (`rate_limited`, 1008), invalid UTF-8 (1007), an unmasked frame (1002),
-//!   a ping flood before login (pongs, then the login works), and half-open
+//!   a ping flood before login (`rate_limited`, 1008), and half-open
 //!   handshakes: a connection that sends nothing, half an HTTP request (both
 //!   closed by the server after `handshake_timeout_secs`), a password
 //!   without a name (`login_timeout`, 1008, after `login_timeout_secs`).
@@ -48,7 +48,8 @@
 //!
 //! The load stays inside the server's default limits, all from 127.0.0.1:
 //! each client keeps to 5 messages a second (burst 10; the server allows 20,
-//! burst 40), at most 12 connections are unauthenticated at once (the
+//! burst 40) and 16 KiB of them a second (burst 64 KiB; the server allows
+//! 32 KiB and 128 KiB), at most 12 connections are unauthenticated at once (the
 //! server's `max_handshakes_per_ip` is 16), and a wrong password goes out
 //! once every 10 s (`login_attempts_per_minute` is 10). Only
 //! `max_connections_per_ip` (64) must be raised above `-n` plus about 20,
@@ -84,7 +85,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { rate: 50.0, private_rate: 20.0, slow: 3, max_message_bytes: 65536, seed: None }
+        Settings { rate: 50.0, private_rate: 20.0, slow: 3, max_message_bytes: 16384, seed: None }
     }
 }
 
@@ -113,6 +114,10 @@ impl Settings {
 /// (20 a second, burst 40), so that nothing is ever `rate_limited`.
 const CLIENT_RATE: f64 = 5.0;
 const CLIENT_BURST: f64 = 10.0;
+/// And half of its default byte budget (32 KiB a second, burst 128 KiB):
+/// the large private messages to the slow readers would pass it otherwise.
+const CLIENT_BYTE_RATE: f64 = 16384.0;
+const CLIENT_BYTE_BURST: f64 = 65536.0;
 /// Share of the users that leave (and are replaced) every second.
 const CHURN: f64 = 0.025;
 /// Share of the private messages sent to a user who is leaving or has just
@@ -135,10 +140,10 @@ const HALF_OPEN_MAX: usize = 3;
 /// Large private messages per second sent to each stalled slow reader.
 const FEED_RATE: f64 = 20.0;
 const FEED_BYTES: usize = 32 * 1024;
-/// Pings in the flood while logged in (past the burst: a flood), and before
-/// login (no rate limit yet: only the pongs' backpressure).
+/// Pings in the flood while logged in and before login (past the burst: a
+/// flood either way).
 const FLOOD_PINGS_CHATTING: usize = 200;
-const FLOOD_PINGS_LOGIN: usize = 2000;
+const FLOOD_PINGS_LOGIN: usize = 200;
 /// How long a flooding probe goes without reading.
 const FLOOD_PAUSE: Duration = Duration::from_secs(1);
 /// A joiner must be logged in by then.
@@ -167,7 +172,8 @@ enum Kind {
     Reference,
     /// Joins, chats, sends bad inputs now and then, leaves.
     Normal,
-    /// A Normal whose login is preceded by a ping flood it does not read.
+    /// A ping flood before login, not read: pings cost tokens before login
+    /// too, so it ends as a flood.
     FloodFirst,
     /// Logs in, stops reading until cut off.
     Slow,
@@ -186,12 +192,12 @@ enum Kind {
 
 impl Kind {
     fn chats(self) -> bool {
-        matches!(self, Kind::Reference | Kind::Normal | Kind::FloodFirst)
+        matches!(self, Kind::Reference | Kind::Normal)
     }
 
     fn prefix(self) -> char {
         match self {
-            Kind::Reference | Kind::Normal | Kind::FloodFirst => 'u',
+            Kind::Reference | Kind::Normal => 'u',
             Kind::Slow => 's',
             _ => 'p',
         }
@@ -220,7 +226,7 @@ impl Kind {
             Kind::Slow => (Some("slow_reader"), 1008),
             Kind::WrongPassword => (Some("wrong_password"), 1008),
             Kind::Oversize => (Some("message_too_big"), 1009),
-            Kind::PingFlood => (Some("rate_limited"), 1008),
+            Kind::PingFlood | Kind::FloodFirst => (Some("rate_limited"), 1008),
             Kind::BadUtf8 => (None, 1007),
             Kind::Unmasked => (None, 1002),
             Kind::NoName => (Some("login_timeout"), 1008),
@@ -284,8 +290,9 @@ struct Client {
     dirty: bool,
     started: Instant,
     chatting_since: Option<Instant>,
-    /// The client's own pace.
+    /// The client's own pace: messages, and bytes of them.
     tokens: f64,
+    bytes: f64,
     refilled: Instant,
     /// Broadcasts sent (the next one's sequence number).
     sent: u32,
@@ -302,12 +309,15 @@ struct Client {
 }
 
 impl Client {
-    fn take_token(&mut self, now: Instant) -> bool {
+    /// A token and `bytes` for a message, if the client's pace has both.
+    fn take_token(&mut self, now: Instant, bytes: usize) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.refilled = now;
         self.tokens = (self.tokens + elapsed * CLIENT_RATE).min(CLIENT_BURST);
-        if self.tokens >= 1.0 {
+        self.bytes = (self.bytes + elapsed * CLIENT_BYTE_RATE).min(CLIENT_BYTE_BURST);
+        if self.tokens >= 1.0 && self.bytes >= bytes as f64 {
             self.tokens -= 1.0;
+            self.bytes -= bytes as f64;
             true
         } else {
             false
@@ -703,6 +713,7 @@ impl Soak<'_> {
             started: now,
             chatting_since: None,
             tokens: CLIENT_BURST,
+            bytes: CLIENT_BYTE_BURST,
             refilled: now,
             sent: 0,
             stream: Stream::default(),
@@ -851,19 +862,12 @@ impl Soak<'_> {
         c.phase = Phase::Chatting;
         c.chatting_since = Some(now);
         match c.kind {
-            Kind::Reference | Kind::Normal | Kind::FloodFirst => {
+            Kind::Reference | Kind::Normal => {
                 self.t.joins += 1;
-                if c.kind == Kind::FloodFirst {
-                    let ok = c.pongs >= 1 && c.pongs <= c.pings;
-                    let (name, pongs, pings) = (c.name.clone(), c.pongs, c.pings);
-                    self.t.answer(Kind::FloodFirst.label(), ok, || {
-                        format!("{name}: {pongs} pongs for {pings} pings before login")
-                    });
-                }
                 // Half of the users publish a key, as the web page does.
                 if self.rng.chance(0.5) {
                     let c = &mut self.clients[key];
-                    if c.take_token(now) {
+                    if c.take_token(now, 128) {
                         // The documented format (0x04 and zeros: the server does
                         // not check the curve; no peer here encrypts to it).
                         let key_text = format!("B{}=", "A".repeat(86));
@@ -871,7 +875,7 @@ impl Soak<'_> {
                     }
                 }
                 if self.stage >= Stage::Leaving && self.clients[key].kind != Kind::Reference {
-                    self.leave(key, now);
+                    self.leave(key);
                 }
             }
             Kind::Slow => c.stalled = true,
@@ -1079,7 +1083,7 @@ impl Soak<'_> {
         let name = c.name.clone();
         let errors = std::mem::take(&mut c.errors);
         match c.kind {
-            Kind::Reference | Kind::Normal | Kind::FloodFirst => {
+            Kind::Reference | Kind::Normal => {
                 let clean = c.phase == Phase::Leaving && close.is_some();
                 if c.phase == Phase::Chatting || c.phase == Phase::Leaving {
                     self.t.left += 1;
@@ -1126,11 +1130,15 @@ impl Soak<'_> {
     }
 
     /// A user leaves: its last broadcast, then Close.
-    fn leave(&mut self, key: usize, now: Instant) {
+    fn leave(&mut self, key: usize) {
         if self.clients[key].phase != Phase::Chatting {
             return;
         }
-        self.send_broadcast(key, now);
+        // Its last words go out whatever its pace (it has half the
+        // server's budgets to spare): the bytes are owed.
+        let size = self.text_size();
+        self.clients[key].bytes -= (size + 64) as f64;
+        self.send_broadcast(key, size);
         let c = &mut self.clients[key];
         c.stream.bye = Some((u64::from(c.idx) << 32) | u64::from(c.sent - 1));
         frame(8, &1000u16.to_be_bytes(), &mut c.outbox);
@@ -1164,9 +1172,7 @@ impl Soak<'_> {
                 // Keep reading: the server's answer may be waiting.
                 c.write_failed = true;
                 c.outbox.clear();
-                if matches!(c.kind, Kind::Normal | Kind::Reference | Kind::FloodFirst)
-                    && c.phase != Phase::Leaving
-                {
+                if matches!(c.kind, Kind::Normal | Kind::Reference) && c.phase != Phase::Leaving {
                     let name = c.name.clone();
                     self.t.problem(format!("{name}: write failed: {e}"));
                 }
@@ -1186,8 +1192,7 @@ impl Soak<'_> {
         }
     }
 
-    fn send_broadcast(&mut self, key: usize, _now: Instant) {
-        let size = self.text_size();
+    fn send_broadcast(&mut self, key: usize, size: usize) {
         let c = &mut self.clients[key];
         let mut text = format!("{}:b:{}:{}:", self.cy.run, c.idx, c.sent);
         pad(&mut text, size);
@@ -1198,8 +1203,7 @@ impl Soak<'_> {
         self.mark_dirty(key);
     }
 
-    fn send_private(&mut self, key: usize, target: u32) {
-        let size = self.text_size();
+    fn send_private(&mut self, key: usize, target: u32, size: usize) {
         let c = &mut self.clients[key];
         let pair = self.cy.pairs.entry((c.idx, target)).or_default();
         let mut text = format!("{}:p:{}:{}:", self.cy.run, c.idx, pair.sent);
@@ -1232,8 +1236,12 @@ impl Soak<'_> {
         self.mark_dirty(key);
     }
 
+    fn feed_size(&self) -> usize {
+        FEED_BYTES.min(self.s.max_message_bytes / 2)
+    }
+
     fn send_feed(&mut self, key: usize, target: &str) {
-        let size = FEED_BYTES.min(self.s.max_message_bytes / 2);
+        let size = self.feed_size();
         let c = &mut self.clients[key];
         let mut text = format!("{}:f:{}:", self.cy.run, c.idx);
         pad(&mut text, size);
@@ -1244,11 +1252,12 @@ impl Soak<'_> {
         self.mark_dirty(key);
     }
 
-    /// A random chatting user (not leaving) with a token to spend.
-    fn pick_sender(&mut self, users: &[usize], now: Instant) -> Option<usize> {
+    /// A random chatting user (not leaving) with a token, and `bytes` for a
+    /// message of that size, to spend.
+    fn pick_sender(&mut self, users: &[usize], now: Instant, bytes: usize) -> Option<usize> {
         for _ in 0..8 {
             let key = users[self.rng.below(users.len())];
-            if self.clients[key].take_token(now) {
+            if self.clients[key].take_token(now, bytes) {
                 return Some(key);
             }
         }
@@ -1312,7 +1321,8 @@ impl Soak<'_> {
             while self.due_feeds >= 1.0 {
                 self.due_feeds -= 1.0;
                 let target = &stalled[self.rng.below(stalled.len())];
-                if let Some(key) = self.pick_sender(&chatting, now) {
+                let bytes = self.feed_size() + 128;
+                if let Some(key) = self.pick_sender(&chatting, now, bytes) {
                     self.send_feed(key, target);
                 }
             }
@@ -1338,7 +1348,7 @@ impl Soak<'_> {
                         break;
                     }
                     let key = eligible[self.rng.below(eligible.len())];
-                    self.leave(key, now);
+                    self.leave(key);
                 }
                 // ...and new ones join, to keep about N online.
                 let mut users = users - self.leaving_count();
@@ -1359,14 +1369,18 @@ impl Soak<'_> {
                     self.due_broadcasts += self.s.rate * dt;
                     while self.due_broadcasts >= 1.0 {
                         self.due_broadcasts -= 1.0;
-                        if let Some(key) = self.pick_sender(&chatting, now) {
-                            self.send_broadcast(key, now);
+                        let size = self.text_size();
+                        if let Some(key) = self.pick_sender(&chatting, now, size + 64) {
+                            self.send_broadcast(key, size);
                         }
                     }
                     self.due_privates += self.s.private_rate * dt;
                     while self.due_privates >= 1.0 {
                         self.due_privates -= 1.0;
-                        let Some(key) = self.pick_sender(&chatting, now) else { continue };
+                        let size = self.text_size();
+                        let Some(key) = self.pick_sender(&chatting, now, size + 128) else {
+                            continue;
+                        };
                         // Some to a user who is leaving or has just left:
                         // delivered or refused, never both, never neither.
                         let target = if self.rng.chance(LATE_PRIVATE) && !self.cy.leavers.is_empty()
@@ -1379,12 +1393,13 @@ impl Soak<'_> {
                             }
                             self.clients[target].idx
                         };
-                        self.send_private(key, target);
+                        self.send_private(key, target, size);
                     }
                     self.due_bad += BAD_RATE * dt;
                     while self.due_bad >= 1.0 {
                         self.due_bad -= 1.0;
-                        if let Some(key) = self.pick_sender(&chatting, now) {
+                        // (The largest bad input is an oversize key of 1100 bytes.)
+                        if let Some(key) = self.pick_sender(&chatting, now, 1200) {
                             self.send_bad(key);
                         }
                     }
@@ -1443,7 +1458,7 @@ impl Soak<'_> {
                         if !c.kind.chats() {
                             self.end(key, None, "given up".into(), now);
                         } else if c.kind != Kind::Reference {
-                            self.leave(key, now);
+                            self.leave(key);
                         }
                     }
                 }
@@ -1453,7 +1468,7 @@ impl Soak<'_> {
                 if others == 0
                     && let Some(&key) = self.cy.reference.and_then(|r| self.by_idx.get(&r))
                 {
-                    self.leave(key, now);
+                    self.leave(key);
                 }
                 if self.clients.is_empty() {
                     self.stage = Stage::Quiet;
@@ -1482,12 +1497,6 @@ impl Soak<'_> {
             if c.resume_at.is_some_and(|t| now >= t) {
                 c.resume_at = None;
                 c.stalled = false;
-                if c.kind == Kind::FloodFirst {
-                    let (password, name) = (self.o.password.clone(), c.name.clone());
-                    c.send_text(&password);
-                    c.send_text(&name);
-                    self.mark_dirty(key);
-                }
                 self.read(key, now);
                 continue;
             }

@@ -240,7 +240,12 @@ impl TestServer {
 
     /// A raw socket to the server (TLS already negotiated on a wss server).
     pub fn stream(&self) -> Stream {
-        let tcp = TcpStream::connect(self.addr).unwrap();
+        self.stream_over(TcpStream::connect(self.addr).unwrap())
+    }
+
+    /// `tcp`, connected to this server (with socket options of its own set
+    /// before the connect), as [`TestServer::stream`] makes it.
+    pub fn stream_over(&self, tcp: TcpStream) -> Stream {
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         tcp.set_nodelay(true).unwrap();
         match &self.tls {
@@ -348,7 +353,10 @@ impl TestServer {
     /// A WebSocket opened over a raw stream, for clients that write their
     /// own frames: the 101 response has been read.
     pub fn raw_upgrade(&self) -> Stream {
-        let mut stream = self.stream();
+        self.upgrade(self.stream())
+    }
+
+    fn upgrade(&self, mut stream: Stream) -> Stream {
         let request = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         stream.write_all(request.as_bytes()).unwrap();
@@ -553,6 +561,113 @@ pub fn write_until_stalled(
         }
     }
     written
+}
+
+/// What [`RawClient::next`] found.
+#[derive(Debug)]
+pub enum Got {
+    /// One whole frame: its opcode (1 text, 8 close, ...) and payload.
+    Frame { opcode: u8, payload: Vec<u8> },
+    /// Nothing within the wait.
+    Quiet,
+    /// The connection ended (end of stream, or reset).
+    End,
+}
+
+/// A client over a raw stream that counts rather than parses: it writes
+/// its frames by hand and hands back every frame the server sends as its
+/// opcode and payload (server frames are never masked), so that tests can
+/// measure bytes at rates a client decoding every JSON message could not
+/// keep up with. Every read has a timeout.
+pub struct RawClient {
+    pub stream: Stream,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed out.
+    start: usize,
+}
+
+impl TestServer {
+    /// An open [`RawClient`], not logged in.
+    pub fn raw_open(&self) -> RawClient {
+        RawClient { stream: self.raw_upgrade(), buf: Vec::new(), start: 0 }
+    }
+
+    /// A logged-in [`RawClient`]; the welcome (`ServerName`, `OnlineUsers`)
+    /// is read.
+    pub fn raw_login(&self, name: &str) -> RawClient {
+        self.raw_login_over(self.stream(), name)
+    }
+
+    /// [`TestServer::raw_login`] over a stream of the caller's
+    /// ([`TestServer::stream_over`]).
+    pub fn raw_login_over(&self, stream: Stream, name: &str) -> RawClient {
+        let mut client = RawClient { stream: self.upgrade(stream), buf: Vec::new(), start: 0 };
+        client.send_text(&self.password);
+        client.send_text(name);
+        let welcome = client.next_json();
+        assert_eq!(welcome["ServerName"], "Test Room", "{welcome}");
+        let users = client.next_json();
+        assert_eq!(users["msgType"], "OnlineUsers", "{users}");
+        client
+    }
+}
+
+impl RawClient {
+    pub fn send_text(&mut self, text: &str) {
+        self.stream.write_all(&masked_frame(0x1, text.as_bytes())).expect("send");
+    }
+
+    /// The next frame, if one comes within `wait`.
+    pub fn next(&mut self, wait: Duration) -> Got {
+        loop {
+            if let Some((opcode, payload, used)) = server_frame(&self.buf[self.start..]) {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                return Got::Frame { opcode, payload };
+            }
+            self.stream.tcp().set_read_timeout(Some(wait)).unwrap();
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Got::End,
+                Ok(n) => {
+                    self.buf.drain(..self.start);
+                    self.start = 0;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
+                    return Got::Quiet;
+                }
+                Err(_) => return Got::End,
+            }
+        }
+    }
+
+    /// The next text frame as JSON, within [`TIMEOUT`].
+    pub fn next_json(&mut self) -> Value {
+        match self.next(TIMEOUT) {
+            Got::Frame { opcode: 1, payload } => serde_json::from_slice(&payload).expect("JSON"),
+            other => panic!("expected a JSON text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The first whole frame in `buf` as the server sends it (unmasked): its
+/// opcode, payload, and the bytes it took.
+fn server_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    assert_eq!(b1 & 0x80, 0, "a server frame must not be masked");
+    let (len, head) = match b1 & 0x7f {
+        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize, 10),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(head..head + len)?;
+    Some((b0 & 0x0f, payload.to_vec(), head + len))
 }
 
 pub fn broadcast(text: &str) -> Value {
