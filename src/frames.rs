@@ -148,23 +148,8 @@ impl FrameScan {
 mod tests {
     use super::*;
 
-    /// A masked client frame.
     fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
-        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
-        match len {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n if n < 65536 => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&[1, 2, 3, 4]);
-        f.resize(f.len() + len, b'x');
-        f
+        ragnarok_testkit::client_frame(fin, opcode, &vec![b'x'; len])
     }
 
     #[test]

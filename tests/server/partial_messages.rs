@@ -27,24 +27,9 @@ fn crowd(server: &TestServer) -> Vec<Client> {
     users
 }
 
-/// A masked frame header with FIN unset (`fin`) or set, for a payload of
-/// `len` bytes, followed by `len` payload bytes (masked with zeros).
+/// A masked frame of `len` payload bytes, FIN set (`fin`) or not.
 fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
-    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
-    match len {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n < 65536 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&[0, 0, 0, 0]);
-    f.resize(f.len() + len, b'a');
-    f
+    client_frame(fin, opcode, &vec![b'a'; len])
 }
 
 #[test]

@@ -520,8 +520,14 @@ impl Client {
 
 /// A client frame (masked, as RFC 6455 requires) with this opcode and payload.
 pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    client_frame(true, opcode, payload)
+}
+
+/// A masked client frame with FIN set (`fin`: the last of its message) or
+/// not (a fragment, more to come).
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x80 | opcode];
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
     match payload.len() {
         n if n < 126 => frame.push(0x80 | n as u8),
         n if n < 65536 => {
