@@ -370,8 +370,15 @@ impl User {
                     return Err(format!("Close {frame:?}"));
                 }
                 Ok(_) => continue,
+                // A signal may interrupt a blocking read (seen once in CI
+                // while a node was being killed): read again.
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
                 {
                     continue;
                 }
