@@ -40,7 +40,7 @@ BIN=$(realpath "$BIN")
 
 work=$(mktemp -d)
 server=
-trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work" 2>/dev/null || true' EXIT
 cd "$work"
 cat > config.json <<'JSON'
 {"server_ip": "127.0.0.1", "server_port": 0, "server_password": "right",

@@ -41,7 +41,21 @@ BIN=$(realpath "$BIN")
 
 work=$(mktemp -d)
 server=
-trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+# Stops what this script started, waits for each to be gone (a process
+# still exiting may write into $work while it is removed), then removes it.
+stop_all() {
+    local pids=() pid alive
+    for pid in "$@"; do if [ -n "$pid" ]; then pids+=("$pid"); fi; done
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        alive=
+        for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then alive=1; fi; done
+        if [ -z "$alive" ]; then break; fi
+        sleep 0.1
+    done
+    rm -rf "$work" 2>/dev/null || { sleep 0.5; rm -rf "$work" 2>/dev/null; } || true
+}
+trap 'stop_all "$server"' EXIT
 # Same file names (the unit's name is part of what is checked), binary
 # swapped. The template is checked as an instance: systemd-analyze loads
 # ragnarok@.service from the same folder for ragnarok@1.service.
@@ -115,7 +129,7 @@ metrics=$(free_port)
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
     --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
-trap 'kill "$(cat "$work/redis.pid" 2>/dev/null)" 2>/dev/null; if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+trap 'stop_all "$(cat "$work/redis.pid" 2>/dev/null)" "$server"' EXIT
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 printf '{"SSL": true, "SSL_Cert": "live.crt", "SSL_Key": "live.pem", "server_ip": "127.0.0.1", "server_port": 0, "reuse_port": true%s}\n' \
     ", \"metrics_addr\": \"127.0.0.1:$metrics\", \"redis_url\": \"redis://127.0.0.1:$redis_port\"" > config.json
