@@ -868,9 +868,11 @@ impl Soak<'_> {
                 if self.rng.chance(0.5) {
                     let c = &mut self.clients[key];
                     if c.take_token(now, 128) {
-                        // The documented format (0x04 and zeros: the server does
-                        // not check the curve; no peer here encrypts to it).
-                        let key_text = format!("B{}=", "A".repeat(86));
+                        // The documented e2e2 format, both points 0x04 and
+                        // zeros (the server does not check the curve; no
+                        // peer here encrypts to it).
+                        let point = format!("B{}=", "A".repeat(86));
+                        let key_text = format!("e2e2:{point}:{point}");
                         c.send_text(&format!(r#"{{"msgType":"PublicKey","key":"{key_text}"}}"#));
                     }
                 }
