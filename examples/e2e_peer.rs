@@ -1,9 +1,27 @@
-//! A non-browser client of the documented end-to-end scheme, used by the
-//! browser test to prove interoperability: it logs in, publishes a key,
-//! waits for an encrypted private message, prints its plaintext as a JSON
-//! line on stdout, and answers "echo: <plaintext>" encrypted.
+//! A non-browser client of the documented e2e2 scheme ("rusty" in the browser
+//! test): it logs in, publishes its keys, learns its name from their relay,
+//! reads encrypted private messages and answers "echo: <text>" encrypted,
+//! saying all it does as JSON lines on stdout.
 //!
 //! Usage: e2e_peer URL PASSWORD NAME [CA_CERT_PEM]
+//!
+//! With `RAGNAROK_PEER_IDENTITY=FILE` the identity key is kept in FILE (its
+//! private scalar in hex, made on first use): a restart with the same file
+//! is a new session of the same identity, as a page reloaded in the same
+//! browser; without it, every run is a new identity.
+//!
+//! Lines on stdout, one JSON object each:
+//! - `{"ready": NAME, "fingerprint": FP, "key": KEY}`: its own key came back
+//!   (NAME as the server has it); from now on it reads and answers;
+//! - `{"peer": USER, "event": "first"|"known"|"changed"|"unusable",
+//!   "fingerprint": FP, "safety_number": SN}` for each key it learns
+//!   (fingerprint and safety number absent for an unusable key);
+//! - `{"from": USER, "ciphertext": TEXT, "plaintext": TEXT, "counter": N,
+//!   "missed": N}` for a message read, then its answer is sent, unless the
+//!   sender's key changed: `{"not_answered": USER, "why": "..."}`;
+//! - `{"from": USER, "ciphertext": TEXT, "refused": "could not be
+//!   decrypted"|"replayed"}` for a message not read;
+//! - `{"left": USER}`.
 
 use ragnarok_testkit::e2e;
 
@@ -23,6 +41,12 @@ fn main() {
         eprintln!("usage: e2e_peer URL PASSWORD NAME [CA_CERT_PEM]");
         std::process::exit(64);
     };
+    let identity = match std::env::var_os("RAGNAROK_PEER_IDENTITY") {
+        Some(path) => kept_identity(std::path::Path::new(&path)),
+        None => e2e::KeyPair::generate(),
+    };
+    let mut me = e2e::Client::new(e2e::Keys::with_identity(identity));
+
     let hostport = url.split("://").nth(1).unwrap().trim_end_matches('/');
     let tcp = TcpStream::connect(hostport.replace("localhost", "127.0.0.1")).unwrap();
     let stream: Box<dyn Stream> = match rest.first() {
@@ -48,44 +72,116 @@ fn main() {
     let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).unwrap();
     ws.send(Message::text(password.as_str())).unwrap();
     ws.send(Message::text(name.as_str())).unwrap();
-    let mut keys = Some(e2e::KeyPair::generate());
-    ws.send(Message::text(
-        json!({"msgType": "PublicKey", "key": keys.as_ref().unwrap().public_b64()}).to_string(),
-    ))
-    .unwrap();
-    println!("{}", json!({"ready": name}));
-    let mut peer_keys = std::collections::HashMap::new();
+    ws.send(Message::text(json!({"msgType": "PublicKey", "key": me.published()}).to_string()))
+        .unwrap();
     loop {
-        let Ok(Message::Text(text)) = ws.read() else { continue };
-        let m: Value = serde_json::from_str(&text).unwrap();
+        let text = match ws.read() {
+            Ok(Message::Text(text)) => text,
+            Ok(_) => continue,
+            // The server closed: nothing more to do.
+            Err(_) => return,
+        };
+        let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
+        let str_of = |field: &str| m[field].as_str().unwrap_or_default().to_owned();
         match m["msgType"].as_str() {
             Some("PublicKey") => {
-                peer_keys.insert(
-                    m["SrcUser"].as_str().unwrap().to_owned(),
-                    m["key"].as_str().unwrap().to_owned(),
-                );
+                let (user, key) = (str_of("SrcUser"), str_of("key"));
+                let ready = me.name().is_some();
+                let event = me.on_key(&user, &key);
+                say(&me, &user, event, ready);
             }
             Some("PublicKeys") => {
-                for (user, key) in m["Keys"].as_object().unwrap() {
-                    peer_keys.insert(user.clone(), key.as_str().unwrap().to_owned());
+                let Some(keys) = m["Keys"].as_object() else { continue };
+                let ready = me.name().is_some();
+                for (user, event) in me.on_keys(keys) {
+                    say(&me, &user, event, ready);
+                }
+            }
+            Some("UsersLeft") => {
+                for user in m["Users"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                    me.on_left(user);
+                    println!("{}", json!({"left": user}));
                 }
             }
             Some("PrivateMessage") => {
-                let from = m["SrcUser"].as_str().unwrap();
-                let session = keys.take().expect("one conversation").agree(&peer_keys[from]);
-                let ciphertext = m["text"].as_str().unwrap();
-                let plain = session.open(from, name, ciphertext).expect("decrypts");
-                println!("{}", json!({"from": from, "ciphertext": ciphertext, "plaintext": plain}));
-                let reply = session.seal(name, from, &format!("echo: {plain}"));
-                ws.send(Message::text(
-                    json!({"msgType": "PrivateMessage", "TgtUser": from, "text": reply})
-                        .to_string(),
-                ))
-                .unwrap();
-                ws.flush().unwrap();
-                // Stay until the test ends us, so the reply is not cut off.
+                let (from, ciphertext) = (str_of("SrcUser"), str_of("text"));
+                match me.open(&from, &ciphertext) {
+                    Ok(opened) => {
+                        println!(
+                            "{}",
+                            json!({"from": from, "ciphertext": ciphertext,
+                                   "plaintext": opened.text, "counter": opened.counter,
+                                   "missed": opened.missed})
+                        );
+                        match me.seal(&from, &format!("echo: {}", opened.text)) {
+                            Ok(reply) => {
+                                let reply = json!({"msgType": "PrivateMessage",
+                                                   "TgtUser": from, "text": reply});
+                                if ws.send(Message::text(reply.to_string())).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(why) => {
+                                println!(
+                                    "{}",
+                                    json!({"not_answered": from, "why": format!("{why:?}")})
+                                )
+                            }
+                        }
+                    }
+                    Err(why) => println!(
+                        "{}",
+                        json!({"from": from, "ciphertext": ciphertext, "refused": why.shown()})
+                    ),
+                }
             }
             _ => {}
         }
     }
+}
+
+/// One stdout line for a key learned (its own key only the first time: a
+/// joiner's snapshot may hold it as well as its live relay).
+fn say(me: &e2e::Client, user: &str, event: e2e::KeyEvent, was_ready: bool) {
+    let line = match event {
+        e2e::KeyEvent::Mine if was_ready => return,
+        e2e::KeyEvent::Mine => json!({
+            "ready": user,
+            "fingerprint": e2e::fingerprint(me.keys().identity.public()),
+            "key": me.published(),
+        }),
+        e2e::KeyEvent::Unusable(why) => {
+            json!({"peer": user, "event": "unusable", "why": format!("{why:?}")})
+        }
+        other => json!({
+            "peer": user,
+            "event": match other {
+                e2e::KeyEvent::First => "first",
+                e2e::KeyEvent::Known => "known",
+                _ => "changed",
+            },
+            "fingerprint": me.fingerprint(user),
+            "safety_number": me.safety_number(user),
+        }),
+    };
+    println!("{line}");
+}
+
+/// The identity key kept in `path` (hex of the private scalar), made and
+/// written there if the file does not exist yet.
+fn kept_identity(path: &std::path::Path) -> e2e::KeyPair {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let text = text.trim();
+        let bytes: Option<Vec<u8>> = (0..text.len())
+            .step_by(2)
+            .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        return bytes
+            .and_then(|b| e2e::KeyPair::from_secret_bytes(&b))
+            .unwrap_or_else(|| panic!("{}: not an identity key", path.display()));
+    }
+    let identity = e2e::KeyPair::generate();
+    let hex: String = identity.secret_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, hex).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    identity
 }

@@ -227,31 +227,49 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
     }
 }
 
-/// Length of a published public key: standard base64, with padding, of the
-/// 65-byte uncompressed P-256 point `0x04 || X || Y` (docs/PROTOCOL.md).
-pub const PUBLIC_KEY_CHARS: usize = 88;
+/// Length of a published public key, `e2e2:` + identity key + `:` + session
+/// key, each key standard base64 (88 characters, with padding) of the 65-byte
+/// uncompressed P-256 point `0x04 || X || Y` (docs/PROTOCOL.md).
+pub const PUBLIC_KEY_CHARS: usize = KEY_PREFIX.len() + 2 * POINT_CHARS + 1;
+
+/// What a published key starts with: the scheme's version.
+const KEY_PREFIX: &[u8] = b"e2e2:";
+
+/// One point of a key, in base64.
+const POINT_CHARS: usize = 88;
 
 /// Longest `key` looked at, in bytes (a longer one is `key_too_large`,
 /// before anything else).
 pub const MAX_KEY_BYTES: usize = 1024;
 
 /// A `PublicKey`'s `key` must be what the end-to-end scheme publishes:
-/// exactly [`PUBLIC_KEY_CHARS`] characters of standard base64 (letters,
-/// digits, `+`, `/`), one `=` of padding, the unused bits zero, of 65 bytes
-/// starting with 0x04. Lengths are checked before anything is decoded. (Whether the
-/// point is on the curve is left to the clients, which import it.)
+/// exactly [`PUBLIC_KEY_CHARS`] bytes, `e2e2:`, a point, `:`, a point,
+/// each point canonical standard base64 (letters, digits, `+`, `/`, one `=`
+/// of padding, the unused bits zero) of 65 bytes starting with 0x04. The
+/// length is checked first, then the characters, then what they decode to;
+/// nothing is decoded before the length is right. (Whether the points are
+/// on the curve is left to the clients, which import them.)
 pub fn check_public_key(key: &str) -> Result<(), Rejection> {
     let invalid = |why: &str| Err(Rejection::new(ErrorCode::InvalidField, why));
-    if key.is_empty() {
-        return invalid("field \"key\" must not be empty");
-    }
     if key.len() > MAX_KEY_BYTES {
         let why = format!("a public key may have at most {MAX_KEY_BYTES} bytes");
         return Err(Rejection::new(ErrorCode::KeyTooLarge, why));
     }
-    const FORMAT: &str = "field \"key\" must be a P-256 public key: standard base64 (88 \
-                          characters, with padding) of the 65-byte uncompressed point 0x04 || X || Y";
-    if key.len() != PUBLIC_KEY_CHARS {
+    if key.is_empty() {
+        return invalid("field \"key\" must not be empty");
+    }
+    const FORMAT: &str = "field \"key\" must be an e2e2 public key: \"e2e2:\", a P-256 point, \
+                          \":\", a P-256 point (182 characters); each point standard base64 \
+                          (88 characters, with padding) of the 65-byte uncompressed 0x04 || X || Y";
+    // Bytes, never `str` slices: a multi-byte character must not split.
+    let bytes = key.as_bytes();
+    if bytes.len() != PUBLIC_KEY_CHARS {
+        return invalid(FORMAT);
+    }
+    let (prefix, rest) = bytes.split_at(KEY_PREFIX.len());
+    let (identity, rest) = rest.split_at(POINT_CHARS);
+    let (colon, session) = rest.split_at(1);
+    if prefix != KEY_PREFIX || colon != b":" {
         return invalid(FORMAT);
     }
     let sextet = |c: u8| match c {
@@ -262,16 +280,26 @@ pub fn check_public_key(key: &str) -> Result<(), Rejection> {
         b'/' => Some(63),
         _ => None,
     };
-    let bytes = key.as_bytes();
-    let (body, pad) = bytes.split_at(PUBLIC_KEY_CHARS - 1);
-    let Some(values) = body.iter().map(|&c| sextet(c)).collect::<Option<Vec<u8>>>() else {
-        return invalid(FORMAT);
-    };
-    // 0x04 is 000001|00, so the first character is 'B' and the second's top
-    // two bits are zero; 65 bytes leave two unused bits in the 87th character.
-    let canonical = pad == b"=" && values[0] == 1 && values[1] >> 4 == 0 && values[86] & 0b11 == 0;
-    if !canonical {
-        return invalid(FORMAT);
+    let mut points = [[0u8; POINT_CHARS - 1]; 2];
+    for (point, values) in [identity, session].into_iter().zip(&mut points) {
+        let (body, pad) = point.split_at(POINT_CHARS - 1);
+        for (value, &c) in values.iter_mut().zip(body) {
+            match sextet(c) {
+                Some(v) => *value = v,
+                None => return invalid(FORMAT),
+            }
+        }
+        if pad != b"=" {
+            return invalid(FORMAT);
+        }
+    }
+    for values in points {
+        // 0x04 is 000001|00, so the first character is 'B' and the second's
+        // top two bits are zero; 65 bytes leave two unused bits in the 87th
+        // character, which must be zero (canonical).
+        if values[0] != 1 || values[1] >> 4 != 0 || values[POINT_CHARS - 2] & 0b11 != 0 {
+            return invalid(FORMAT);
+        }
     }
     Ok(())
 }
@@ -389,9 +417,10 @@ mod tests {
             Ok(Request::PrivateMessage { target: "bob".into(), text: "c1ph3r".into() })
         );
         assert_eq!(parse_request(r#" {"msgType":"OnlineUsers"}"#), Ok(Request::OnlineUsers));
+        let key = e2e2(ZERO_POINT, ZERO_POINT);
         assert_eq!(
-            parse_request(&format!(r#"{{"msgType":"PublicKey","key":"B{}="}}"#, "A".repeat(86))),
-            Ok(Request::PublicKey { key: format!("B{}=", "A".repeat(86)) })
+            parse_request(&format!(r#"{{"msgType":"PublicKey","key":"{key}","x":1}}"#)),
+            Ok(Request::PublicKey { key })
         );
     }
 
@@ -413,39 +442,99 @@ mod tests {
         assert!(why.text.len() < 200, "an error never echoes a long input: {}", why.text.len());
     }
 
+    /// A P-256 point as the e2e2 key carries it (0x04 and zeros: the
+    /// server does not check the curve) and a real one, base64.
+    const ZERO_POINT: &str = concat!(
+        "BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    );
+    const REAL_POINT: &str =
+        "BFnZSCOQ2hYzKIQQTqmruWJGOXKm5OkRl6f5vRFd6CjbHFJbP46ALgeD6izapWXgfWNr/IZ5aNJDTRHN3ghd2Fc=";
+
+    fn e2e2(identity: &str, session: &str) -> String {
+        format!("e2e2:{identity}:{session}")
+    }
+
+    fn key_of(key: &str) -> Result<Request, Rejection> {
+        parse_request(&serde_json::json!({"msgType": "PublicKey", "key": key}).to_string())
+    }
+
     #[test]
-    fn a_public_key_must_be_the_documented_format() {
-        let key_of = |key: &str| {
-            parse_request(&serde_json::json!({"msgType": "PublicKey", "key": key}).to_string())
-        };
-        // 0x04 || X || Y, 65 bytes, standard base64 with padding: 88 characters.
-        let good = format!("B{}=", "A".repeat(86));
+    fn a_public_key_is_e2e2_an_identity_and_a_session_point() {
+        assert_eq!(ZERO_POINT.len(), 88);
+        let good = e2e2(ZERO_POINT, REAL_POINT);
+        assert_eq!(good.len(), PUBLIC_KEY_CHARS);
         assert_eq!(key_of(&good), Ok(Request::PublicKey { key: good.clone() }));
-        let real = "BFnZSCOQ2hYzKIQQTqmruWJGOXKm5OkRl6f5vRFd6CjbHFJbP46ALgeD6izapWXgfWNr/IZ5aNJDTRHN3ghd2Fc=";
-        assert!(key_of(real).is_ok());
-        for bad in [
-            "not*base64".to_owned(),
-            "BASE64".to_owned(),
-            good[..87].to_owned(),             // no padding
-            format!("{good}="),                // 89 characters
-            format!("B{}==", "A".repeat(85)),  // 64 bytes
-            format!("C{}=", "A".repeat(86)),   // first byte 0x08, not 0x04
-            format!("B{}*=", "A".repeat(85)),  // not the alphabet
-            format!("B{}-=", "A".repeat(85)),  // URL-safe base64 is not standard
-            format!("B{}B=", "A".repeat(85)),  // bits after the last byte are not zero
-            format!("B{}=A", "A".repeat(85)),  // padding inside
-            format!("B{}\n=", "A".repeat(85)), // a line break
-        ] {
-            assert_eq!(key_of(&bad).unwrap_err().code, ErrorCode::InvalidField, "{bad:?}");
+        assert!(key_of(&e2e2(REAL_POINT, REAL_POINT)).is_ok());
+        // The highest first characters a 0x04 byte allows: "BP".
+        let top = format!("BP{}", &REAL_POINT[2..]);
+        assert!(key_of(&e2e2(&top, ZERO_POINT)).is_ok());
+    }
+
+    /// Each way a key can be wrong, in each half where there are two: all
+    /// `invalid_field`, and the explanation says what the format is.
+    #[test]
+    fn a_key_not_exactly_e2e2_is_invalid() {
+        let good = e2e2(ZERO_POINT, REAL_POINT);
+        let mut bad: Vec<(String, &str)> = vec![
+            (String::new(), "empty"),
+            (REAL_POINT.to_owned(), "e2e1's key: one point alone"),
+            (good[..181].to_owned(), "one character short"),
+            (format!("{good}="), "one character long"),
+            (format!("{good}\n"), "a trailing line break"),
+            (format!("e2e1:{}", &good[5..]), "another version"),
+            (format!("E2E2:{}", &good[5..]), "the prefix in capitals"),
+            (format!("e2e2;{}", &good[5..]), "not the prefix's colon"),
+            (format!("{};{}", &good[..93], &good[94..]), "not the separating colon"),
+            (format!("e2e2::{ZERO_POINT}{REAL_POINT}"), "the separator moved"),
+            (
+                format!("e2e2:{}é{REAL_POINT}", &ZERO_POINT[..87]),
+                "a two-byte character on the colon",
+            ),
+            (
+                format!("e2e2:{}é:{REAL_POINT}", &ZERO_POINT[..86]),
+                "182 bytes, but a two-byte character in them",
+            ),
+        ];
+        // Each half, broken the same ways.
+        for (half, first) in [(0usize, true), (1, false)] {
+            let with = |point: String| {
+                if first { e2e2(&point, REAL_POINT) } else { e2e2(ZERO_POINT, &point) }
+            };
+            let p = if half == 0 { ZERO_POINT } else { REAL_POINT };
+            bad.extend([
+                (with(format!("{}*=", &p[..86])), "a character not of base64"),
+                (with(format!("{}-=", &p[..86])), "URL-safe base64, not standard"),
+                (with(format!("{}_=", &p[..86])), "URL-safe base64, not standard"),
+                (with(format!("{} =", &p[..86])), "a space"),
+                (with(format!("{}A", &p[..87])), "no padding"),
+                (with(format!("{}==", &p[..86])), "64 bytes"),
+                (with(format!("{}=A", &p[..86])), "padding inside"),
+                (with(format!("C{}", &p[1..])), "first byte 0x08, not 0x04"),
+                (with(format!("A{}", &p[1..])), "first byte 0x00: the point at infinity's tag"),
+                (with(format!("BQ{}", &p[2..])), "first byte 0x05"),
+                (with(format!("Ag{}", &p[2..])), "first byte 0x02: compressed"),
+                (with(format!("{}B=", &p[..86])), "bits after the last byte are not zero"),
+            ]);
         }
-        assert_eq!(key_of("").unwrap_err().code, ErrorCode::InvalidField);
+        for (key, why) in bad {
+            let refused = key_of(&key).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::InvalidField, "{why}: {key:?}");
+            assert!(refused.text.contains("e2e2") || key.is_empty(), "{why}: {}", refused.text);
+        }
+    }
+
+    #[test]
+    fn a_key_over_1024_bytes_is_too_large_before_anything_else() {
         let huge = "k".repeat(60_000);
         let why = key_of(&huge).unwrap_err();
         assert_eq!(why.code, ErrorCode::KeyTooLarge);
         assert!(why.text.len() < 200);
-        // Just over the documented length, and just over the 1024-byte cap.
+        // Just under and just over the 1024-byte cap: the length decides.
         assert_eq!(key_of(&"B".repeat(1024)).unwrap_err().code, ErrorCode::InvalidField);
         assert_eq!(key_of(&"B".repeat(1025)).unwrap_err().code, ErrorCode::KeyTooLarge);
+        let good_then_more = format!("{}{}", e2e2(ZERO_POINT, REAL_POINT), " ".repeat(900));
+        assert_eq!(key_of(&good_then_more).unwrap_err().code, ErrorCode::KeyTooLarge);
     }
 
     #[test]

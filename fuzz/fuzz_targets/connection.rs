@@ -133,8 +133,9 @@ impl World {
             if i < 3 {
                 let login = [UPGRADE, &frame(1, b"pw"), &frame(1, format!("user{i}").as_bytes())].concat();
                 world.send(i as usize, &login);
-                // A key in the documented format (88 characters), or it is refused.
-                let key = format!(r#"{{"msgType":"PublicKey","key":"B{}="}}"#, "A".repeat(86));
+                // A key in the documented e2e2 format (182 characters), or it is refused.
+                let point = format!("B{}=", "A".repeat(86));
+                let key = format!(r#"{{"msgType":"PublicKey","key":"e2e2:{point}:{point}"}}"#);
                 world.send(i as usize, &frame(1, key.as_bytes()));
             }
         }

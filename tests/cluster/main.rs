@@ -6,6 +6,7 @@
 
 mod broadcast_order;
 mod byte_budget;
+mod e2e_private;
 mod history;
 mod login_burst;
 mod message_size;

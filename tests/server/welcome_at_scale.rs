@@ -14,12 +14,12 @@ fn joiner_gets_a_snapshot_larger_than_its_limit() {
     let config = json!({"max_outbound_bytes": 4096, "max_connections_per_ip": 0,
                         "max_handshakes_per_ip": 0, "rate_limit_per_sec": 0});
     for server in TestServer::both(config) {
-        // 100 users with keys (88 bytes each, the only size there is): a
-        // 10 KB snapshot, more than twice the limit.
+        // 100 users with keys (182 bytes each, the only size there is): a
+        // 20 KB snapshot, more than four times the limit.
         let mut users = Vec::new();
         for i in 0..USERS {
             let mut user = server.login(&format!("user{i:03}"));
-            let key = e2e::KeyPair::generate().public_b64();
+            let key = e2e::Keys::generate().published();
             user.send_json(json!({"msgType": "PublicKey", "key": key}));
             users.push(user);
         }

@@ -867,11 +867,14 @@ impl Soak<'_> {
                 // Half of the users publish a key, as the web page does.
                 if self.rng.chance(0.5) {
                     let c = &mut self.clients[key];
-                    if c.take_token(now, 128) {
-                        // The documented format (0x04 and zeros: the server does
-                        // not check the curve; no peer here encrypts to it).
-                        let key_text = format!("B{}=", "A".repeat(86));
-                        c.send_text(&format!(r#"{{"msgType":"PublicKey","key":"{key_text}"}}"#));
+                    // The documented e2e2 format, both points 0x04 and zeros
+                    // (the server does not check the curve; no peer here
+                    // encrypts to it).
+                    let point = format!("B{}=", "A".repeat(86));
+                    let message =
+                        format!(r#"{{"msgType":"PublicKey","key":"e2e2:{point}:{point}"}}"#);
+                    if c.take_token(now, message.len()) {
+                        c.send_text(&message);
                     }
                 }
                 if self.stage >= Stage::Leaving && self.clients[key].kind != Kind::Reference {
