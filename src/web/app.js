@@ -462,7 +462,7 @@ function drawConversation() {
   $("peer").hidden = !target || !panelOpen;
   if ($("peer").hidden) return;
   const peer = peers.get(target);
-  const usable = peer && !peer.bad;
+  const usable = !!peer && !peer.bad;
   $("peer-name").textContent = target;
   $("peer-none").hidden = usable;
   $("peer-none").textContent = !online.has(target) ? `${target} is not online.`
