@@ -1,17 +1,25 @@
 "use strict";
-// Ragnarok web client. The end-to-end scheme is documented in docs/PROTOCOL.md:
-// ECDH P-256, HKDF-SHA-256, AES-256-GCM, text = "e2e1:" + b64(nonce) + ":" + b64(ciphertext).
-// Served as /app.js so that the page's Content-Security-Policy needs no 'unsafe-inline'.
+// Ragnarok web client: the login, the room, and end-to-end encrypted private
+// messages (scheme "e2e2" of docs/PROTOCOL.md: a kept identity key, a session
+// key per connection, counters, safety numbers). Served as /app.js so that
+// the page's Content-Security-Policy needs no 'unsafe-inline'.
 const $ = (id) => document.getElementById(id);
 const E2E = !!(window.isSecureContext && window.crypto && crypto.subtle);
-const enc = new TextEncoder(), dec = new TextDecoder();
-const b64 = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)));
-const unb64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
-let ws, me = null, target = null, myKeys = null, myRaw = null;
+const EC = { name: "ECDH", namedCurve: "P-256" };
+const enc = new TextEncoder();
+const utf8 = new TextDecoder("utf-8", { fatal: true }); // invalid UTF-8 is "could not be decrypted", as in the Rust client
+
+let ws, me = null, target = null;
+let identity = null; // {priv, raw, fp}: this browser's identity key IK, kept in IndexedDB
+let session = null;  // {priv, raw, key, name}: this connection's session key EK, what we published, our name once relayed
 const online = new Set(); // names; OnlineUsers replaces it, UsersJoined / UsersLeft add and remove
-// name -> {raw: Uint8Array, b64, fp, pub: CryptoKey, aes: Promise<CryptoKey>|null}, or for a key that
-// is not a P-256 public key in the documented format: {b64, bad: true} (that user only gets no messages).
+// name -> a usable key {key, ik, ek, ikPub, ekPub, ikB64, fp, safety, pair, sent, window}
+// or {key, bad: true} (not the documented format, not on the curve): that user only gets nothing.
 const peers = new Map();
+const records = new Map(); // name -> {name, ik (base64), verified}: the identity accepted for each name (IndexedDB)
+const newThisVisit = new Set(); // names whose first key this page load recorded (trust on first use)
+let db = null;
+let panelOpen = false; // the key panel of the open conversation
 
 if (!E2E) {
   $("insecure").hidden = false;
@@ -56,10 +64,323 @@ function line(cls, who, text, extra, icon) {
   return div;
 }
 
+// --- Bytes -------------------------------------------------------------
+
+function b64(bytes) {
+  const u = new Uint8Array(bytes);
+  let s = "";
+  for (let i = 0; i < u.length; i += 0x8000) s += String.fromCharCode(...u.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+/// Strict base64 (standard alphabet, padded, canonical: encoding the bytes
+/// again gives the same text), or null. atob alone takes much more.
+function fromB64(s) {
+  if (!/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(s)) return null;
+  const bytes = Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  return b64(bytes) === s ? bytes : null;
+}
+
+function compare(a, b) {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return a.length - b.length;
+}
+
+function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+const sha256 = async (...parts) => new Uint8Array(await crypto.subtle.digest("SHA-256", concat(...parts)));
+
+/// First 16 bytes of SHA-256 of a raw identity key, in groups of four hex digits.
 async function fingerprint(raw) {
-  const h = new Uint8Array(await crypto.subtle.digest("SHA-256", raw)).slice(0, 16);
+  const h = (await sha256(raw)).slice(0, 16);
   return [...h].map((b) => b.toString(16).padStart(2, "0")).join("").match(/.{4}/g).join(" ");
 }
+
+/// Ten groups of five digits over both identity keys, the same on both sides
+/// (the keys are sorted): what two people compare by phone or in person.
+async function safetyNumber(a, b) {
+  const [lo, hi] = compare(a, b) <= 0 ? [a, b] : [b, a];
+  const h = await sha256(enc.encode("ragnarok-safety-v1"), lo, hi);
+  const groups = [];
+  for (let i = 0; i < 30; i += 3) groups.push(String(((h[i] << 16) | (h[i + 1] << 8) | h[i + 2]) % 100000).padStart(5, "0"));
+  return groups.slice(0, 5).join(" ") + "\n" + groups.slice(5).join(" ");
+}
+
+// --- What this browser keeps: IndexedDB ---------------------------------
+
+function request(r) {
+  return new Promise((resolve, reject) => { r.onsuccess = () => resolve(r.result); r.onerror = () => reject(r.error); });
+}
+
+function openDb() {
+  const r = indexedDB.open("ragnarok-e2e", 1);
+  r.onupgradeneeded = () => {
+    r.result.createObjectStore("identity");
+    r.result.createObjectStore("records", { keyPath: "name" });
+  };
+  return request(r);
+}
+
+/// The identity key of this browser: the stored one, or `fresh` stored now.
+/// Get and add happen in one transaction, so two tabs loading at once end
+/// up with the same key (a fresh pair is cheap; most loads throw it away).
+async function loadIdentity(fresh) {
+  const tx = db.transaction("identity", "readwrite");
+  const store = tx.objectStore("identity");
+  const stored = await new Promise((resolve, reject) => {
+    const get = store.get("self");
+    get.onsuccess = () => {
+      if (get.result) return resolve(get.result);
+      store.add(fresh, "self");
+      tx.oncomplete = () => resolve(fresh);
+    };
+    tx.onerror = () => reject(tx.error);
+  });
+  return stored;
+}
+
+function saveRecord(name) {
+  if (!db) return;
+  db.transaction("records", "readwrite").objectStore("records").put(records.get(name));
+}
+
+/// Loads (or makes, once) the identity key and the records. Without
+/// IndexedDB the key lives as long as the page, and the page says so.
+async function loadKeys() {
+  const fresh = await crypto.subtle.generateKey(EC, false, ["deriveBits"]); // private half not extractable
+  let pair = fresh;
+  try {
+    db = await openDb();
+    pair = await loadIdentity({ privateKey: fresh.privateKey, publicKey: fresh.publicKey });
+    for (const r of await request(db.transaction("records").objectStore("records").getAll())) records.set(r.name, r);
+  } catch {
+    db = null;
+    pair = fresh;
+    line("notice", null, "This browser does not let the page keep your identity key: it changes when you reload, and others will see a new key.");
+  }
+  const raw = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+  identity = { priv: pair.privateKey, raw, fp: await fingerprint(raw) };
+  $("myfp").textContent = identity.fp;
+}
+const keysLoaded = E2E ? loadKeys() : Promise.resolve();
+
+// --- Keys of others ------------------------------------------------------
+
+// A published key: "e2e2:" + base64(IK) + ":" + base64(EK), each a 65-byte
+// uncompressed point (so "B", one of A-P, ..., a last character whose two
+// unused bits are zero, "="): exactly 182 characters.
+const POINT = "(B[A-P][A-Za-z0-9+/]{84}[AEIMQUYcgkosw048]=)";
+const KEY_FORMAT = new RegExp(`^e2e2:${POINT}:${POINT}$`);
+
+/// Checks one published key on its own: the exact format, and both points
+/// import as P-256 public keys (on the curve). Anything else is unusable.
+async function importPeer(key) {
+  const m = typeof key === "string" && KEY_FORMAT.exec(key);
+  if (!m) return { key, bad: true };
+  const ik = fromB64(m[1]), ek = fromB64(m[2]);
+  // Our own pair under another name: no key can be agreed with it.
+  if (!ik || !ek || compare(concat(ik, ek), concat(identity.raw, session.raw)) === 0) return { key, bad: true };
+  try {
+    const [ikPub, ekPub] = await Promise.all([ik, ek].map((raw) => crypto.subtle.importKey("raw", raw, EC, false, [])));
+    return {
+      key, ik, ek, ikPub, ekPub, ikB64: m[1], fp: await fingerprint(ik), safety: await safetyNumber(identity.raw, ik),
+      pair: null, sent: 0, window: { max: 0, seen: new Set() },
+    };
+  } catch {
+    return { key, bad: true };
+  }
+}
+
+/// What the page knows of `name`'s key: none, bad (unusable), changed (not
+/// the identity recorded for that name, not yet trusted), verified, new
+/// (first seen on this visit) or known.
+function keyState(name) {
+  const peer = peers.get(name);
+  if (!peer) return "none";
+  if (peer.bad) return "bad";
+  const rec = records.get(name);
+  if (!rec || rec.ik !== peer.ikB64) return "changed";
+  if (rec.verified) return "verified";
+  return newThisVisit.has(name) ? "new" : "known";
+}
+
+/// Takes `name`'s published key (from PublicKeys or PublicKey). Our own key
+/// relayed back tells us our name as the server has it.
+async function setPeerKey(name, key) {
+  if (!E2E || typeof name !== "string") return;
+  await keysLoaded;
+  if (!session) return;
+  if (key === session.key) {
+    if (!session.name) confirmName(name);
+    else if (name !== session.name) peers.set(name, { key, bad: true }); // our key under another name
+    renderUsers();
+    return;
+  }
+  const old = peers.get(name);
+  if (old && old.key === key) return;
+  const peer = await importPeer(key);
+  if (name === me) {
+    // The server tells the room we have a key we never published.
+    const what = peer.bad ? "an unusable key" : "a key with the fingerprint " + peer.fp;
+    line("error", null, `The server announced ${what} for you (${name}): that key is not yours, and others may be encrypting to it. Yours is ${identity.fp}.`);
+    return;
+  }
+  peers.set(name, peer);
+  if (!peer.bad) {
+    const rec = records.get(name);
+    if (!rec) {
+      records.set(name, { name, ik: peer.ikB64, verified: false }); // trust on first use
+      newThisVisit.add(name);
+      saveRecord(name);
+    } else if (rec.ik !== peer.ikB64 && (!old || old.bad || old.ikB64 !== peer.ikB64)) {
+      warnKeyChanged(name, rec, peer);
+    }
+  }
+  renderUsers();
+}
+
+async function warnKeyChanged(name, rec, peer) {
+  const was = await fingerprint(fromB64(rec.ik));
+  line("warning", null, `${name}'s identity key changed: it was ${was}${rec.verified ? " (verified)" : ""}, it is now ${peer.fp}. ` +
+    `That happens when they use another browser or cleared its data, and also when the server substitutes a key. ` +
+    `Nothing is sent to ${name} until you open the conversation and press "Trust the new key".`);
+  if (name === target) { panelOpen = true; renderUsers(); }
+}
+
+/// The relay of our own key: from now on our name is the server's, and
+/// private messages can be sent and read.
+function confirmName(name) {
+  session.name = me = name;
+  $("status").textContent = "signed in as " + name;
+}
+
+/// Forgets the keys of those who left (a key is valid while its owner is
+/// online). Their records stay: a changed key is noticed after a rejoin too.
+function forgetAbsent() {
+  for (const name of [...peers.keys()]) if (!online.has(name)) peers.delete(name);
+}
+
+/// Says when the person of the open conversation leaves or comes back. The
+/// conversation stays open either way: a private message never goes to the room.
+function notePresence(before) {
+  if (!target || before === online.has(target)) return;
+  line("notice", null, before
+    ? `${target} left. Your conversation stays private: nothing is sent until they are back.`
+    : `${target} is back.`);
+}
+
+// --- The pairwise keys and a message ---------------------------------------
+
+/// The two AES-GCM keys with `peer` (3DH over both identity and session keys,
+/// then HKDF): {send, recv}. Made once per pair of session keys.
+function pairOf(peer) {
+  return (peer.pair ||= derivePair(peer));
+}
+
+async function derivePair(peer) {
+  const mine = concat(identity.raw, session.raw), theirs = concat(peer.ik, peer.ek);
+  const low = compare(mine, theirs) < 0; // L, the lower party; equal pairs are refused on import
+  const dh = (priv, pub) => crypto.subtle.deriveBits({ name: "ECDH", public: pub }, priv, 256);
+  const s = await Promise.all(low
+    ? [dh(identity.priv, peer.ekPub), dh(session.priv, peer.ikPub), dh(session.priv, peer.ekPub)]
+    : [dh(session.priv, peer.ikPub), dh(identity.priv, peer.ekPub), dh(session.priv, peer.ekPub)]);
+  const ikm = await crypto.subtle.importKey("raw", concat(...s.map((b) => new Uint8Array(b))), "HKDF", false, ["deriveBits"]);
+  const info = concat(enc.encode("ragnarok-e2e-v2"), ...(low ? [mine, theirs] : [theirs, mine]));
+  const okm = new Uint8Array(await crypto.subtle.deriveBits(
+    { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(32), info }, ikm, 512));
+  const aes = (bytes) => crypto.subtle.importKey("raw", bytes, "AES-GCM", false, ["encrypt", "decrypt"]);
+  const [lh, hl] = await Promise.all([aes(okm.slice(0, 32)), aes(okm.slice(32))]);
+  return low ? { send: lh, recv: hl } : { send: hl, recv: lh };
+}
+
+/// 4 zero bytes, then the counter as 8 bytes big-endian: never twice per key.
+function nonce(n) {
+  const iv = new Uint8Array(12);
+  new DataView(iv.buffer).setBigUint64(4, BigInt(n));
+  return iv;
+}
+const aad = (from, to, n) => enc.encode(`ragnarok-e2e-v2\n${from}\n${to}\n${n}`);
+
+async function sealFor(name, peer, text) {
+  const n = ++peer.sent;
+  const { send } = await pairOf(peer);
+  const ct = await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce(n), additionalData: aad(session.name, name, n) },
+    send, enc.encode(text));
+  return `e2e2:${n}:${b64(ct)}`;
+}
+
+// "e2e2:" + counter (1 to 2^53-1, no leading zero) + ":" + base64 of at least the 16-byte tag.
+const MESSAGE_FORMAT = /^e2e2:([1-9][0-9]{0,15}):([A-Za-z0-9+/=]{24,})$/;
+
+/// Reads a private message: {plain, missed} or {refused: "could not be
+/// decrypted…" | "replayed"}. Never the text of what was refused.
+async function openFrom(from, text) {
+  const fail = (why) => ({ refused: "could not be decrypted" + (why ? ": " + why : "") });
+  if (!E2E) return fail("this page has no encryption here (needs HTTPS)");
+  if (!session || !session.name) return fail("the server has not relayed your own key yet");
+  const peer = peers.get(from);
+  if (!peer) return fail(`no key from ${from}`);
+  if (peer.bad) return fail(`${from} has no usable key`);
+  const m = typeof text === "string" && MESSAGE_FORMAT.exec(text);
+  const n = m ? Number(m[1]) : 0;
+  const ct = m && Number.isSafeInteger(n) && fromB64(m[2]);
+  if (!ct || ct.length < 16) return fail("not in the documented format");
+  let plain;
+  try {
+    const { recv } = await pairOf(peer);
+    plain = utf8.decode(await crypto.subtle.decrypt(
+      { name: "AES-GCM", iv: nonce(n), additionalData: aad(from, session.name, n) }, recv, ct));
+  } catch {
+    return fail("");
+  }
+  const before = peer.window.max;
+  if (!acceptCounter(peer.window, n)) return { refused: "replayed" };
+  return { plain, missed: n > before + 1 ? n - before - 1 : 0, peer };
+}
+
+/// The replay window: the highest counter accepted and which of the 63
+/// below it were. A counter is taken once; 64 or more below the highest, never.
+function acceptCounter(w, n) {
+  if (n > w.max) {
+    for (const s of w.seen) if (s <= n - 64) w.seen.delete(s);
+    w.seen.add(n);
+    w.max = n;
+    return true;
+  }
+  if (w.max - n >= 64 || w.seen.has(n)) return false;
+  w.seen.add(n);
+  return true;
+}
+
+const TRUST_NOTE = { verified: "verified key", known: "key not verified", new: "new key, not verified", changed: "CHANGED key, not trusted yet" };
+
+async function showPrivate(from, text) {
+  const r = await openFrom(from, text);
+  if (r.refused) {
+    const cls = r.refused === "replayed" ? "undecrypted replayed" : "undecrypted";
+    const what = r.refused === "replayed" ? "replayed: already received, or 64 or more behind the newest; not shown" : r.refused;
+    line(cls, "from " + from, "(" + what + ")", "", "unlock");
+    return;
+  }
+  if (r.missed) line("notice", null, `${r.missed} message${r.missed === 1 ? "" : "s"} from ${from} never arrived.`);
+  line("private", "from " + from, r.plain, "decrypted · " + TRUST_NOTE[keyState(from)], "lock");
+}
+
+async function publishKey() {
+  if (!E2E) return;
+  await keysLoaded;
+  const ek = await crypto.subtle.generateKey(EC, false, ["deriveBits"]); // this connection's only
+  const raw = new Uint8Array(await crypto.subtle.exportKey("raw", ek.publicKey));
+  session = { priv: ek.privateKey, raw, key: "e2e2:" + b64(identity.raw) + ":" + b64(raw), name: null };
+  ws.send(JSON.stringify({ msgType: "PublicKey", key: session.key }));
+}
+
+// --- The people list, the conversation, the key panel ------------------------
 
 // The list is redrawn at most once per turn of the event loop, however many
 // presence and key messages arrive together (a big room sends many).
@@ -77,27 +398,34 @@ function drawUsers() {
   if (me && online.has(me)) { names.splice(names.indexOf(me), 1); names.unshift(me); } // yourself first
   ul.replaceChildren(...names.map(userItem));
   $("count").textContent = String(online.size);
+  drawConversation();
 }
+
+// What the list says of each key: a mark, not a wall of fingerprints
+// (those are in the panel of a conversation).
+const MARKS = { none: "no key", bad: "unusable key", new: "new", known: "", verified: "\u2713 verified", changed: "key changed!" };
 
 function userItem(name) {
   const li = document.createElement("li");
   li.dataset.user = name;
   li.append(name);
-  const fp = document.createElement("span");
-  fp.className = "fp";
-  const peer = peers.get(name);
-  fp.textContent = peer ? (peer.bad ? "unusable key: no encrypted messages" : peer.fp) : (E2E ? "no key published" : "");
-  if (peer && peer.bad) fp.classList.add("bad");
   if (name === me) {
-    // Yourself: shown with your fingerprint, but not a private-message target.
+    // Yourself: not a private-message target; your fingerprint is under "Your key".
     li.className = "me";
     const you = document.createElement("span");
     you.className = "you";
     you.textContent = " (you)";
-    li.append(you, fp);
+    li.append(you);
     return li;
   }
-  li.append(fp);
+  if (E2E) {
+    const state = keyState(name);
+    li.dataset.key = state;
+    const mark = document.createElement("span");
+    mark.className = "mark " + state;
+    mark.textContent = MARKS[state];
+    li.append(mark);
+  }
   if (name === target) li.className = "selected";
   li.tabIndex = 0;
   li.setAttribute("role", "button");
@@ -112,18 +440,68 @@ function userItem(name) {
 function selectTarget(name) {
   if (name === me) return; // never a private message to yourself
   if (name && !E2E) { line("error", null, "Encrypted private messages need HTTPS or localhost."); return; }
-  setTarget(name);
+  target = name;
+  panelOpen = !!name && keyState(name) === "changed"; // a changed key needs the user before anything is sent
+  $("text").placeholder = name ? "Encrypted message to " + name : "Message the room";
+  renderUsers();
   showPeople(false);
   $("text").focus();
 }
 
-function setTarget(name) {
-  target = name;
-  $("target").hidden = !name;
-  $("target-name").textContent = name || "";
-  $("text").placeholder = name ? "Encrypted message to " + name : "Message the room";
-  renderUsers();
+const KEYS_LABEL = { none: "no key", bad: "unusable key", new: "Safety number", known: "Safety number", verified: "\u2713 verified", changed: "Key changed!" };
+
+/// The "to …" chip, its key button and the key panel, for the open conversation.
+function drawConversation() {
+  const state = target ? keyState(target) : "none";
+  $("chips").hidden = !target;
+  $("target-name").textContent = target || "";
+  $("target-away").textContent = target && !online.has(target) ? " (offline)" : "";
+  $("keys").textContent = KEYS_LABEL[state];
+  $("keys").className = "chip keys " + state;
+  $("keys").setAttribute("aria-expanded", String(panelOpen));
+  $("peer").hidden = !target || !panelOpen;
+  if ($("peer").hidden) return;
+  const peer = peers.get(target);
+  const usable = !!peer && !peer.bad;
+  $("peer-name").textContent = target;
+  $("peer-none").hidden = usable;
+  $("peer-none").textContent = !online.has(target) ? `${target} is not online.`
+    : peer ? `${target} published something that is not a usable key.` : `${target} has not published a key.`;
+  $("peer-keys").hidden = !usable;
+  $("peer-changed").hidden = state !== "changed";
+  if (!usable) return;
+  $("peer-fp").textContent = peer.fp;
+  $("peer-safety").textContent = peer.safety;
+  $("peer-changed-text").textContent = state === "changed"
+    ? `${target}'s identity key is not the one you accepted before; it is now ${peer.fp}. A new browser, cleared data, ` +
+      `or the server substituting a key: compare the safety number with ${target} first.`
+    : "";
+  $("peer-verified").checked = state === "verified";
+  $("peer-verified").disabled = state === "changed";
 }
+
+/// "Trust the new key": it replaces the record (not verified) and unblocks sending.
+$("peer-trust").onclick = () => {
+  const peer = peers.get(target);
+  if (!peer || peer.bad) return;
+  records.set(target, { name: target, ik: peer.ikB64, verified: false });
+  newThisVisit.delete(target);
+  saveRecord(target);
+  line("notice", null, `You trusted ${target}'s new key (${peer.fp}). It is not verified until you compare the safety number.`);
+  renderUsers();
+};
+
+/// "Verified": the user compared the safety number; kept with the record.
+$("peer-verified").onchange = () => {
+  const rec = records.get(target), peer = peers.get(target);
+  if (!rec || !peer || peer.bad || rec.ik !== peer.ikB64) return renderUsers();
+  rec.verified = $("peer-verified").checked;
+  saveRecord(target);
+  renderUsers();
+};
+
+$("keys").onclick = () => { panelOpen = !panelOpen; drawConversation(); };
+$("peer-close").onclick = () => { panelOpen = false; drawConversation(); };
 
 /// Opens or closes the people drawer (narrow screens; on wide ones the list
 /// is always shown and this only changes a class nothing looks at).
@@ -133,98 +511,23 @@ function showPeople(open) {
   $("people").setAttribute("aria-expanded", String(open));
 }
 
-/// Takes `name`'s published key. Each key on its own: one that is not a
-/// P-256 public key (not base64, not 65 bytes, not a point on the curve)
-/// marks only its owner as having no usable key.
-async function setPeerKey(name, key) {
-  if (!E2E) return;
-  const old = peers.get(name);
-  if (old && old.b64 === key) return;
-  let peer;
-  try {
-    if (typeof key !== "string" || !/^[A-Za-z0-9+/]{87}=$/.test(key)) throw new Error("format");
-    const raw = unb64(key);
-    const pub = await crypto.subtle.importKey("raw", raw, { name: "ECDH", namedCurve: "P-256" }, false, []);
-    peer = { raw, b64: key, fp: await fingerprint(raw), pub, aes: null };
-  } catch {
-    peer = { b64: key, bad: true };
-  }
-  peers.set(name, peer);
-  if (old && !peer.bad) line("notice", null, `${name}'s key changed: new fingerprint ${peer.fp}. Check it with them.`);
-  renderUsers();
-}
-
-function forgetAbsent() {
-  for (const name of [...peers.keys()]) if (!online.has(name)) peers.delete(name);
-  if (target && !online.has(target)) {
-    line("notice", null, `${target} left: your next message goes to the whole room.`);
-    setTarget(null);
-  }
-}
-
-function sharedKey(peer) {
-  if (!peer.aes) {
-    peer.aes = (async () => {
-      const bits = await crypto.subtle.deriveBits({ name: "ECDH", public: peer.pub }, myKeys.privateKey, 256);
-      const [lo, hi] = compare(myRaw, peer.raw) <= 0 ? [myRaw, peer.raw] : [peer.raw, myRaw];
-      const info = concat(enc.encode("ragnarok-e2e-v1"), lo, hi);
-      const ikm = await crypto.subtle.importKey("raw", bits, "HKDF", false, ["deriveKey"]);
-      return crypto.subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info },
-        ikm, { name: "AES-GCM", length: 256 }, false, ["encrypt", "decrypt"]);
-    })();
-  }
-  return peer.aes;
-}
-
-function compare(a, b) {
-  for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i] - b[i];
-  return a.length - b.length;
-}
-function concat(...parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
-  return out;
-}
-
-async function encryptFor(name, text) {
-  const peer = peers.get(name);
-  if (!peer) throw new Error(name + " has not published a key: their client cannot receive encrypted messages");
-  if (peer.bad) throw new Error(name + " published something that is not a usable key: not sent (their client cannot receive encrypted messages)");
-  const nonce = crypto.getRandomValues(new Uint8Array(12));
-  const sealed = await crypto.subtle.encrypt(
-    { name: "AES-GCM", iv: nonce, additionalData: enc.encode(me + "\n" + name) }, await sharedKey(peer), enc.encode(text));
-  return "e2e1:" + b64(nonce) + ":" + b64(sealed);
-}
-
-async function decryptFrom(name, text) {
-  const m = /^e2e1:([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$/.exec(text);
-  const peer = peers.get(name);
-  if (!m || !peer || peer.bad || !E2E) return null;
-  try {
-    const plain = await crypto.subtle.decrypt(
-      { name: "AES-GCM", iv: unb64(m[1]), additionalData: enc.encode(name + "\n" + me) }, await sharedKey(peer), unb64(m[2]));
-    return dec.decode(plain);
-  } catch { return null; }
-}
-
-async function publishKey() {
-  if (!E2E) return;
-  myKeys = await crypto.subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, false, ["deriveBits"]);
-  myRaw = new Uint8Array(await crypto.subtle.exportKey("raw", myKeys.publicKey));
-  $("myfp").textContent = await fingerprint(myRaw);
-  ws.send(JSON.stringify({ msgType: "PublicKey", key: b64(myRaw) }));
-}
+// --- From the server -------------------------------------------------------
 
 // Messages are handled strictly in arrival order, even when decrypting takes a while.
 let queue = Promise.resolve();
 function onMessage(data) { queue = queue.then(() => handle(data)).catch((e) => line("error", null, String(e))); }
 
+const stringsOf = (list) => (Array.isArray(list) ? list.filter((u) => typeof u === "string") : []);
+// What changes the people list, the keys, or who is online.
+const ROSTER = new Set(["OnlineUsers", "UsersJoined", "UsersLeft", "PublicKeys", "PublicKey"]);
+
 async function handle(data) {
   let m;
   try { m = JSON.parse(data); } catch { return line("error", null, "unreadable message from the server"); }
+  if (!m || typeof m !== "object") return;
   if ("ServerName" in m) {
-    me = $("name").value.trim();
+    // Our name as typed, in the form the server keeps (NFC) until the relay of our key confirms it.
+    me = $("name").value.trim().normalize("NFC");
     $("title").textContent = m.ServerName;
     document.title = m.ServerName + " · Ragnarok";
     $("status").textContent = "signed in as " + me;
@@ -232,29 +535,30 @@ async function handle(data) {
     $("chat").hidden = false;
     $("people").hidden = false;
     $("text").focus();
+    peers.clear();
     await publishKey();
     return;
   }
+  const before = !!target && online.has(target);
   switch (m.msgType) {
-    case "OnlineUsers": online.clear(); for (const u of m.Users) online.add(u); forgetAbsent(); renderUsers(); break;
-    case "UsersJoined": for (const u of m.Users) online.add(u); renderUsers(); break;
-    case "UsersLeft": for (const u of m.Users) online.delete(u); forgetAbsent(); renderUsers(); break;
-    case "PublicKeys": await Promise.all(Object.entries(m.Keys).map(([u, k]) => setPeerKey(u, k))); break;
-    case "PublicKey": await setPeerKey(m.SrcUser, m.key); break;
-    case "Broadcast": line(m.history ? "history" : "live", m.SrcUser, m.text); break;
-    case "PrivateMessage": {
-      const plain = await decryptFrom(m.SrcUser, m.text);
-      const peer = peers.get(m.SrcUser);
-      if (plain === null) line("undecrypted", "from " + m.SrcUser, "(could not decrypt) " + m.text, "", "unlock");
-      else line("private", "from " + m.SrcUser, plain, "decrypted · key " + (peer ? peer.fp : "?"), "lock");
+    case "OnlineUsers": online.clear(); for (const u of stringsOf(m.Users)) online.add(u); forgetAbsent(); break;
+    case "UsersJoined": for (const u of stringsOf(m.Users)) online.add(u); break;
+    case "UsersLeft": for (const u of stringsOf(m.Users)) online.delete(u); forgetAbsent(); break;
+    case "PublicKeys":
+      if (m.Keys && typeof m.Keys === "object") await Promise.all(Object.entries(m.Keys).map(([u, k]) => setPeerKey(u, k)));
       break;
-    }
+    case "PublicKey": await setPeerKey(m.SrcUser, m.key); break;
+    case "Broadcast": line(m.history ? "history" : "live", m.SrcUser, String(m.text)); break;
+    case "PrivateMessage": await showPrivate(String(m.SrcUser), m.text); break;
     case "Error":
       // Before login an error is about the login: shown on its form, never in the chat.
       if (me) line("error", null, "Error (" + m.code + "): " + m.text);
       else $("login-error").textContent = m.text;
       break;
   }
+  if (!ROSTER.has(m.msgType)) return;
+  notePresence(before);
+  renderUsers();
 }
 
 $("login").onsubmit = (e) => {
@@ -274,6 +578,8 @@ $("login").onsubmit = (e) => {
   };
 };
 
+// --- Sending -----------------------------------------------------------------
+
 // The largest message the server takes (it closes the connection past it):
 // the page refuses to send more and says so, keeping the text.
 const MAX_BYTES = Number(document.querySelector('meta[name="max-message-bytes"]')?.content) || 16384;
@@ -284,24 +590,54 @@ function fits(json) {
   return false;
 }
 
-$("send").onsubmit = async (e) => {
-  e.preventDefault();
-  const input = $("text"), text = input.value;
-  if (!text || !ws || ws.readyState !== WebSocket.OPEN) return;
-  const sent = () => { if (input.value === text) input.value = ""; };
-  const to = target;
-  if (!to || to === me) {
+/// Why a private message to `name` cannot go now ("" if it can).
+function whyNotSendable(name) {
+  if (!online.has(name)) return `${name} is not online (they left)`;
+  if (!session || !session.name) return "the server has not relayed your own key yet";
+  const state = keyState(name);
+  if (state === "none") return `${name} has not published a key: their client cannot receive encrypted messages`;
+  if (state === "bad") return `${name} published something that is not a usable key`;
+  if (state === "changed") return `${name}'s key changed: compare the safety number, then press "Trust the new key"`;
+  return "";
+}
+
+function refuse(name, why) {
+  line("error", null, `Not sent: ${why}. Your text is kept.`);
+  if (name === target && keyState(name) === "changed") { panelOpen = true; drawConversation(); }
+}
+
+/// Sends `text` to the room, or encrypted to `to`, never the one instead of
+/// the other. The text leaves the composer only once it went out.
+async function send(text, to) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  const sent = () => { if ($("text").value === text) $("text").value = ""; };
+  if (!to) {
     const json = JSON.stringify({ msgType: "Broadcast", text });
     if (fits(json)) { sent(); ws.send(json); }
     return;
   }
-  try {
-    const json = JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: await encryptFor(to, text) });
-    if (!fits(json)) return;
-    sent();
-    ws.send(json);
-    line("private", "to " + to, text, "encrypted · key " + peers.get(to).fp, "lock");
-  } catch (err) { line("error", null, String(err.message || err)); }
+  const why = whyNotSendable(to);
+  if (why) return refuse(to, why);
+  const peer = peers.get(to);
+  // The size is known before encrypting: no counter is spent on a message that cannot go.
+  const length = Math.ceil((enc.encode(text).length + 16) / 3) * 4;
+  if (!fits(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: `e2e2:${peer.sent + 1}:` + "A".repeat(length) }))) return;
+  const sealed = await sealFor(to, peer, text);
+  // Anything may have happened while encrypting (they left, their key changed).
+  const whyNow = peers.get(to) === peer ? whyNotSendable(to) : `${to}'s key changed while encrypting`;
+  if (whyNow) return refuse(to, whyNow);
+  ws.send(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: sealed }));
+  sent();
+  line("private", "to " + to, text, "encrypted · " + TRUST_NOTE[keyState(to)], "lock");
+}
+
+// One message after the other, in the order they were typed.
+let sending = Promise.resolve();
+$("send").onsubmit = (e) => {
+  e.preventDefault();
+  const text = $("text").value, to = target;
+  if (!text) return;
+  sending = sending.then(() => send(text, to)).catch((err) => line("error", null, String(err.message || err)));
 };
 
 $("target").onclick = () => selectTarget(null);

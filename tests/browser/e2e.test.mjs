@@ -7,7 +7,8 @@
 // ciphertext, and the Rust client examples/e2e_peer ("rusty") checks that
 // the documented scheme interoperates with the page. A phone (390x844, then
 // 360 px wide) and a desktop (1280x800) check the layout from inside the page
-// and take screenshots.
+// and take screenshots. The encryption against a hostile server is tested in
+// private.test.mjs; what both files share is in harness.mjs.
 //
 // Run from a fresh clone: (cd tests/browser && npm ci && node --test).
 // It builds what it needs first (cargo build --bin ragnarok --example
@@ -15,132 +16,12 @@
 // RAGNAROK_BIN picks another server binary). Needs /usr/bin/chromium
 // (apt-get install chromium; or $CHROMIUM) and openssl.
 // Screenshots go to $SCREENSHOT_DIR or tests/screenshots/.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { createInterface } from "node:readline";
-import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { createECDH } from "node:crypto";
-import { chromium } from "playwright-core";
-import WebSocket from "ws";
-
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const { server: BUILT_BIN, peer: PEER } = build();
-const BIN = process.env.RAGNAROK_BIN || BUILT_BIN;
-const SHOTS = process.env.SCREENSHOT_DIR || path.join(root, "tests/screenshots");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const PASSWORD = "pw";
-const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true };
-const DESKTOP = { viewport: { width: 1280, height: 800 } };
-
-/// Builds the server and the Rust peer (so a fresh clone needs no separate
-/// step) and returns their paths as cargo reports them, wherever the target
-/// folder is (CARGO_TARGET_DIR, .cargo/config).
-function build() {
-  const fallback = (p) => path.join(process.env.CARGO_TARGET_DIR ? path.resolve(root, process.env.CARGO_TARGET_DIR)
-    : path.join(root, "target"), "debug", p);
-  if (process.env.RAGNAROK_SKIP_BUILD) return { server: fallback("ragnarok"), peer: fallback("examples/e2e_peer") };
-  const out = execFileSync("cargo", ["build", "--bin", "ragnarok", "--example", "e2e_peer",
-    "--message-format=json-render-diagnostics"], { cwd: root, stdio: ["ignore", "pipe", "inherit"], maxBuffer: 1 << 28 });
-  const found = {};
-  for (const l of out.toString().split("\n")) {
-    if (!l.startsWith("{")) continue;
-    const m = JSON.parse(l);
-    if (m.reason !== "compiler-artifact" || !m.executable) continue;
-    if (m.target.name === "ragnarok" && m.target.kind.includes("bin")) found.server = m.executable;
-    if (m.target.name === "e2e_peer" && m.target.kind.includes("example")) found.peer = m.executable;
-  }
-  assert.ok(found.server && found.peer, "cargo build reported the server and the example: " + JSON.stringify(found));
-  return found;
-}
-
-const children = [];
-after(() => children.forEach((c) => c.kill("SIGKILL")));
-
-function lines(stream, onLine) {
-  createInterface({ input: stream }).on("line", onLine);
-}
-
-async function startServer(tls) {
-  const dir = mkdtempSync(path.join(tmpdir(), "ragnarok-browser-"));
-  if (tls) {
-    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-      "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost",
-      "-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE"],
-    { cwd: dir, stdio: "ignore" });
-  }
-  writeFileSync(path.join(dir, "config.json"), JSON.stringify({
-    SSL: tls, SSL_Cert: "cert.pem", SSL_Key: "key.pem", server_ip: "127.0.0.1", server_port: 0,
-    server_name: "Browser Room", server_password: PASSWORD,
-  }));
-  const server = spawn(BIN, ["--config", path.join(dir, "config.json")], { stdio: ["ignore", "ignore", "pipe"] });
-  children.push(server);
-  const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("server did not start")), 10000);
-    lines(server.stderr, (l) => {
-      const m = /listening on wss?:\/\/[\d.]+:(\d+)/.exec(l);
-      if (m) { clearTimeout(timer); resolve(Number(m[1])); }
-    });
-  });
-  return { server, port, dir, cert: path.join(dir, "cert.pem") };
-}
-
-function launch(extraArgs = []) {
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", ...extraArgs],
-  });
-}
-
-/// Opens the page in its own browser context (`device`: viewport and the
-/// like) and logs in as `name`. `page.cspViolations` collects what the
-/// Content-Security-Policy blocked: it must stay empty.
-async function openPage(browser, url, name, device = {}) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, ...device });
-  const page = await context.newPage();
-  page.on("pageerror", (e) => { throw e; });
-  page.cspViolations = [];
-  page.on("console", (m) => { if (/Content.Security.Policy/i.test(m.text())) page.cspViolations.push(m.text()); });
-  await page.goto(url);
-  await page.fill("#name", name);
-  await page.fill("#password", PASSWORD);
-  await page.click("#join");
-  await page.waitForSelector(`#status:has-text("signed in as ${name}")`);
-  return page;
-}
-
-/// Waits until `page` shows `user` online with a published key fingerprint.
-async function waitForKey(page, user) {
-  await page.waitForFunction((u) => {
-    const fp = document.querySelector(`#users li[data-user="${u}"] .fp`);
-    return fp && /^[0-9a-f]{4}( [0-9a-f]{4}){7}$/.test(fp.textContent);
-  }, user);
-}
-
-/// On a narrow screen the people list is a drawer behind the header's
-/// "People" button: open it (a no-op where the list is a sidebar).
-async function openPeople(page) {
-  if (!(await page.isVisible("#people"))) return;
-  if ((await page.getAttribute("#people", "aria-expanded")) !== "true") await page.click("#people");
-  await page.waitForSelector("#side", { state: "visible" });
-  await page.$eval("#side", (el) => Promise.all(el.getAnimations().map((a) => a.finished))); // slid in
-}
-
-async function sendTo(page, user, text) {
-  if (user) {
-    await openPeople(page);
-    await page.click(`#users li[data-user="${user}"]`);
-    await page.waitForSelector(`#target:has-text("to ${user}")`);
-  }
-  await page.fill("#text", text);
-  await page.press("#text", "Enter");
-  if (user) await page.click("#target"); // back to the room
-  await page.waitForSelector("#target", { state: "hidden" });
-}
+import {
+  startServer, launch, openPage, waitForKey, openPeople, openConversation, sendTo, shot, rawClient, startPeer,
+  PASSWORD, PHONE, DESKTOP,
+} from "./harness.mjs";
 
 /// Layout facts measured inside the page.
 function layout(page) {
@@ -180,63 +61,6 @@ async function assertLayout(page, label) {
   return l;
 }
 
-async function shot(page, name) {
-  mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, name) });
-}
-
-function plainClient(port, tls, name) {
-  const ws = new WebSocket(`${tls ? "wss" : "ws"}://localhost:${port}/`, { rejectUnauthorized: false });
-  const inbox = [];
-  const waiters = [];
-  ws.on("message", (data) => {
-    const m = JSON.parse(data.toString());
-    inbox.push(m);
-    waiters.splice(0).forEach((w) => w());
-  });
-  const next = async (pred) => {
-    for (;;) {
-      const i = inbox.findIndex(pred);
-      if (i >= 0) return inbox.splice(i, 1)[0];
-      await new Promise((resolve, reject) => {
-        waiters.push(resolve);
-        setTimeout(() => reject(new Error(`${name}: nothing matching in ${JSON.stringify(inbox)}`)), 10000);
-      });
-    }
-  };
-  const ready = new Promise((resolve) => ws.on("open", () => {
-    ws.send(PASSWORD);
-    ws.send(name);
-    // A real P-256 public key, so the page will encrypt to eve.
-    const ecdh = createECDH("prime256v1");
-    ecdh.generateKeys();
-    ws.send(JSON.stringify({ msgType: "PublicKey", key: ecdh.getPublicKey().toString("base64") }));
-    resolve();
-  }));
-  return { ws, next, ready };
-}
-
-function startPeer(port, tls, name, cert) {
-  const args = [`${tls ? "wss" : "ws"}://localhost:${port}/`, PASSWORD, name];
-  if (tls) args.push(cert);
-  const peer = spawn(PEER, args, { stdio: ["ignore", "pipe", "inherit"] });
-  children.push(peer);
-  const out = [];
-  const waiters = [];
-  lines(peer.stdout, (l) => { out.push(JSON.parse(l)); waiters.splice(0).forEach((w) => w()); });
-  const next = async (key) => {
-    for (;;) {
-      const found = out.find((o) => key in o);
-      if (found) return found;
-      await new Promise((resolve, reject) => {
-        waiters.push(resolve);
-        setTimeout(() => reject(new Error(`${name}: no ${key} in ${JSON.stringify(out)}`)), 10000);
-      });
-    }
-  };
-  return { peer, next };
-}
-
 for (const tls of [true, false]) {
   const mode = tls ? "wss" : "ws";
   test(`chat page over ${mode}: broadcast and end-to-end private messages`, { timeout: 90000 }, async () => {
@@ -259,35 +83,48 @@ for (const tls of [true, false]) {
       await sendTo(alice, "bob", "a secret for bob");
       const received = await bob.waitForSelector('.msg.private:has-text("a secret for bob")');
       assert.match(await received.textContent(), /from alice.*decrypted/s);
-      // Bob's page shows alice's fingerprint as alice's page shows her own.
+      // Bob's page shows alice's fingerprint as alice's page shows her own
+      // (in the panel of the conversation with her).
       const aliceFp = await alice.textContent("#myfp");
-      assert.match(await bob.textContent('#users li[data-user="alice"] .fp'), new RegExp(aliceFp));
+      await openConversation(bob, "alice");
+      await bob.click("#keys");
+      assert.equal(await bob.textContent("#peer-fp"), aliceFp);
+      await bob.click("#target");
 
       // What the server relays is ciphertext.
-      const eve = plainClient(port, tls, "eve");
+      const eve = rawClient(port, tls, "eve");
       await eve.ready;
       await waitForKey(alice, "eve");
       await sendTo(alice, "eve", "for eve's eyes only");
       const relayed = await eve.next((m) => m.msgType === "PrivateMessage");
       assert.equal(relayed.SrcUser, "alice");
-      assert.match(relayed.text, /^e2e1:[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$/);
+      assert.match(relayed.text, /^e2e2:\d+:[A-Za-z0-9+/=]+$/);
       assert.ok(!relayed.text.includes("eyes only"), relayed.text);
       eve.ws.close();
-
-      // A Rust client written from the protocol doc interoperates with the page.
-      const rusty = startPeer(port, tls, "rusty", cert);
-      await rusty.next("ready");
-      await waitForKey(alice, "rusty");
-      await sendTo(alice, "rusty", "hello from the browser");
-      const got = await rusty.next("plaintext");
-      assert.equal(got.plaintext, "hello from the browser");
-      assert.ok(!got.ciphertext.includes("browser"));
-      const reply = await alice.waitForSelector('.msg.private:has-text("echo: hello from the browser")');
-      assert.match(await reply.textContent(), /from rusty.*decrypted/s);
-
       await shot(alice, `${mode}-alice.png`);
       await shot(bob, `${mode}-bob.png`);
       assert.deepEqual([...alice.cspViolations, ...bob.cspViolations], [], "nothing blocked by the CSP");
+
+      // A Rust client written from the protocol doc interoperates with the page
+      // (both ways: rusty answers "echo: ..." encrypted).
+      const rusty = startPeer(port, tls, "rusty", cert);
+      const ready = await rusty.next("ready");
+      await waitForKey(alice, "rusty");
+      // The same fingerprint and safety number on both sides.
+      await openConversation(alice, "rusty");
+      await alice.click("#keys");
+      assert.equal(await alice.textContent("#peer-fp"), ready.fingerprint);
+      const seen = await rusty.next((o) => o.peer === "alice");
+      assert.equal((await alice.textContent("#peer-safety")).replace(/\s+/g, " "), seen.safety_number);
+      await alice.click("#target");
+      await sendTo(alice, "rusty", "hello from the browser");
+      const got = await rusty.next("plaintext");
+      assert.equal(got.plaintext, "hello from the browser");
+      assert.match(got.ciphertext, /^e2e2:\d+:[A-Za-z0-9+/=]+$/);
+      assert.ok(!got.ciphertext.includes("browser"));
+      const reply = await alice.waitForSelector('.msg.private:has-text("echo: hello from the browser")');
+      assert.match(await reply.textContent(), /from rusty.*decrypted/s);
+      assert.deepEqual(alice.cspViolations, [], "nothing blocked by the CSP");
       rusty.peer.kill();
     } finally {
       await browser.close();
@@ -347,7 +184,7 @@ test("layout on a phone (390x844, 360 px) and a desktop (1280x800)", { timeout: 
     assert.equal(await alice.textContent("#count"), "2");
     await shot(alice, "phone-chat.png");
 
-    // The people list opens as a drawer, with names and fingerprints.
+    // The people list opens as a drawer, with names and key marks.
     await openPeople(alice);
     const bobItem = await alice.waitForSelector('#users li[data-user="bob"]', { state: "visible" });
     const box = await bobItem.boundingBox();
@@ -430,7 +267,7 @@ test("plain http on a non-localhost name: the page says encryption needs HTTPS, 
     assert.equal(await carol.isVisible("#insecure"), true);
     await sendTo(carol, null, "plain but working");
     await carol.waitForSelector('.msg.live:has-text("plain but working")');
-    const dave = plainClient(port, false, "dave");
+    const dave = rawClient(port, false, "dave");
     await dave.ready;
     await carol.click('#users li[data-user="dave"]');
     await carol.waitForSelector('.msg.error:has-text("need HTTPS")');
@@ -485,28 +322,16 @@ test("a wrong password, then the right one: the error is on the login form, neve
   }
 });
 
-/// A raw client that logs in as `name` and publishes `key` as it is.
-async function rawKeyClient(port, name, key) {
-  const ws = new WebSocket(`ws://localhost:${port}/`);
-  const inbox = [];
-  ws.on("message", (data) => inbox.push(JSON.parse(data.toString())));
-  await new Promise((resolve) => ws.on("open", resolve));
-  ws.send(PASSWORD);
-  ws.send(name);
-  ws.send(JSON.stringify({ msgType: "PublicKey", key }));
-  return { ws, inbox };
-}
-
 test("a malformed key published by one user breaks no one's encryption", { timeout: 60000 }, async () => {
   const { server, port } = await startServer(false);
   const browser = await launch();
   try {
     const url = `http://localhost:${port}/`;
     const bob = await openPage(browser, url, "bob");
-    const bang = await rawKeyClient(port, "!", "not*base64");
+    const bang = rawClient(port, false, "!", { key: "not*base64" });
     await bob.waitForSelector('#users li[data-user="!"]');
     // Its key has been taken (or refused) before carol joins.
-    while (!bang.inbox.some((m) => m.msgType === "Error" || (m.msgType === "PublicKey" && m.SrcUser === "!"))) {
+    while (!bang.all.some((m) => m.msgType === "Error" || (m.msgType === "PublicKey" && m.SrcUser === "!"))) {
       await new Promise((r) => setTimeout(r, 20));
     }
     // The joiner gets everyone's keys in one PublicKeys, "!" sorted first.
@@ -516,65 +341,10 @@ test("a malformed key published by one user breaks no one's encryption", { timeo
     const got = await bob.waitForSelector('.msg.private:has-text("still private after a bad key")');
     assert.match(await got.textContent(), /from carol.*decrypted/s);
     // The server refused the key: its format is fixed (docs/PROTOCOL.md).
-    const refusal = bang.inbox.find((m) => m.msgType === "Error");
-    assert.equal(refusal && refusal.code, "invalid_field", JSON.stringify(bang.inbox));
-    assert.equal(bang.inbox.filter((m) => m.msgType === "PublicKey" && m.SrcUser === "!").length, 0, "not relayed");
+    const refusal = bang.all.find((m) => m.msgType === "Error");
+    assert.equal(refusal && refusal.code, "invalid_field", JSON.stringify(bang.all));
+    assert.equal(bang.all.filter((m) => m.msgType === "PublicKey" && m.SrcUser === "!").length, 0, "not relayed");
     bang.ws.close();
-  } finally {
-    await browser.close();
-    server.kill();
-  }
-});
-
-test("the page imports each key on its own: a bad one marks only its owner", { timeout: 60000 }, async () => {
-  const { server, port } = await startServer(false);
-  const browser = await launch();
-  try {
-    const url = `http://localhost:${port}/`;
-    const bob = await openPage(browser, url, "bob");
-    await waitForKey(bob, "bob");
-    const zed = await openPage(browser, url, "zed");
-    await waitForKey(zed, "zed");
-    // Whatever a server (or a man in the middle) sends: the joiner's
-    // PublicKeys gets keys that are not base64, and not a point of P-256
-    // (the right length and format, all zeros), before and among good ones.
-    const context = await browser.newContext();
-    const carol = await context.newPage();
-    carol.on("pageerror", (e) => { throw e; });
-    await carol.routeWebSocket(/.*/, (ws) => {
-      const srv = ws.connectToServer();
-      ws.onMessage((m) => srv.send(m));
-      srv.onMessage((m) => {
-        const parsed = typeof m === "string" ? JSON.parse(m) : null;
-        if (parsed && parsed.msgType === "PublicKeys") {
-          parsed.Keys = { "!": "not*base64", "b-zero": "B" + "A".repeat(86) + "=", ...parsed.Keys };
-          return ws.send(JSON.stringify(parsed));
-        }
-        ws.send(m);
-      });
-    });
-    const bad = await rawKeyClient(port, "!", "");
-    const zero = await rawKeyClient(port, "b-zero", "");
-    await carol.goto(url);
-    await carol.fill("#name", "carol");
-    await carol.fill("#password", PASSWORD);
-    await carol.click("#join");
-    await carol.waitForSelector('#status:has-text("signed in as carol")');
-    await waitForKey(carol, "bob");
-    await waitForKey(carol, "zed");
-    for (const user of ["!", "b-zero"]) {
-      await carol.waitForSelector(`#users li[data-user="${user}"] .fp:has-text("unusable key")`);
-    }
-    await sendTo(carol, "bob", "to bob despite the bad keys");
-    await bob.waitForSelector('.msg.private:has-text("to bob despite the bad keys")');
-    await sendTo(carol, "zed", "and to zed");
-    await zed.waitForSelector('.msg.private:has-text("and to zed")');
-    // To the user with the unusable key: a plain error, nothing sent.
-    await sendTo(carol, "!", "cannot go");
-    await carol.waitForSelector('.msg.error:has-text("not a usable key")');
-    await shot(carol, "unusable-key.png");
-    bad.ws.close();
-    zero.ws.close();
   } finally {
     await browser.close();
     server.kill();
