@@ -382,6 +382,6 @@ mod tests {
                 &PAGE[at..]
             );
         }
-        assert!(SCRIPT.contains("e2e1:") && STYLE.contains("@media"));
+        assert!(SCRIPT.contains("e2e2:") && STYLE.contains("@media"));
     }
 }

@@ -36,7 +36,7 @@ fn page_is_served_over_http_and_https() {
             script.starts_with("HTTP/1.1 200 OK\r\n")
                 && script.contains("Content-Type: text/javascript")
         );
-        assert!(script.contains("e2e1:"));
+        assert!(script.contains("e2e2:"));
         let style = get(&server, "GET /app.css HTTP/1.1\r\nHost: localhost\r\n\r\n");
         assert!(
             style.starts_with("HTTP/1.1 200 OK\r\n") && style.contains("Content-Type: text/css")
