@@ -36,6 +36,18 @@ async function until(f, what) {
 const count = (page, sel) => page.locator(sel).count();
 const occurrences = (text, part) => text.split(part).length - 1;
 
+
+/// A real page "bob", and "alice" behind a hostile server (`route`), logged
+/// in and holding bob's key.
+async function aliceBesideBob(browser, url) {
+  await openPage(browser, url, "bob");
+  const alice = await newPage(browser);
+  const route = await hostile(alice);
+  await login(alice, url, "alice");
+  await waitForKey(alice, "bob");
+  return { alice, route };
+}
+
 test("finding 1: a private conversation never falls back to a Broadcast (fake UsersLeft, no key)", { timeout: 60000 }, () =>
   withRoom(async ({ browser, port, url }) => {
     const bob = await openPage(browser, url, "bob");
@@ -88,11 +100,7 @@ test("finding 1: a private conversation never falls back to a Broadcast (fake Us
 
 test("finding 2: another identity key for the same name warns and blocks sending until the user trusts it", { timeout: 60000 }, () =>
   withRoom(async ({ browser, url }) => {
-    await openPage(browser, url, "bob");
-    const alice = await newPage(browser);
-    const route = await hostile(alice);
-    await login(alice, url, "alice");
-    await waitForKey(alice, "bob");
+    const { alice, route } = await aliceBesideBob(browser, url);
     const aliceKey = route.sent((m) => m.msgType === "PublicKey")[0].key;
     const privateTo = (name) => route.sent((m) => m.msgType === "PrivateMessage" && m.TgtUser === name);
 
@@ -249,11 +257,7 @@ test("finding 5: a name typed decomposed (\"A\\u030asa\") is bound as the server
 
 test("finding 6a: what cannot be decrypted is never shown as text", { timeout: 60000 }, () =>
   withRoom(async ({ browser, url }) => {
-    await openPage(browser, url, "bob");
-    const alice = await newPage(browser);
-    const route = await hostile(alice);
-    await login(alice, url, "alice");
-    await waitForKey(alice, "bob");
+    const { alice, route } = await aliceBesideBob(browser, url);
     const texts = [
       "e2e2:1:" + Buffer.from("LEAK-A, the server's own text, 32+ bytes").toString("base64"),
       "LEAK-B in the clear",
