@@ -111,6 +111,10 @@ pub struct Connection<S> {
     write_blocked: bool,
     /// A read stopped because output was over the high-water mark.
     read_paused: bool,
+    /// Since when (as the ticks saw it) output has been over the
+    /// high-water mark, so that we do not read: the client's message clock
+    /// stops meanwhile.
+    clock_stopped: Option<Instant>,
     /// What the poller was last asked to report.
     pub registered: Interest,
     /// Already on the event loop's list of connections to flush this round.
@@ -128,6 +132,7 @@ impl<S: Socket> Connection<S> {
             last_heard: now,
             write_blocked: false,
             read_paused: false,
+            clock_stopped: None,
             registered: Interest::READABLE,
             flush_scheduled: false,
         }
@@ -159,12 +164,20 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    /// Since when the client has left a message unfinished, if it has.
-    pub fn unfinished_since(&self) -> Option<Instant> {
-        match &self.state {
-            State::Open { scan, .. } => scan.unfinished_since(),
-            _ => None,
+    /// Since when the client has left a message (or a frame) unfinished,
+    /// if it has, as the ticks see it (`now`): the clock stops while we do
+    /// not read from it (output over the high-water mark) and runs on from
+    /// where it was once we do.
+    pub fn unfinished_since(&mut self, now: Instant) -> Option<Instant> {
+        let State::Open { scan, .. } = &mut self.state else { return None };
+        if self.outbox.is_over_high_water() {
+            self.clock_stopped.get_or_insert(now);
+            return None;
         }
+        if let Some(since) = self.clock_stopped.take() {
+            scan.postpone(now.saturating_duration_since(since));
+        }
+        scan.unfinished_since()
     }
 
     /// Bytes received (after TLS) and sent (before TLS), for the metrics.
@@ -267,14 +280,15 @@ impl<S: Socket> Connection<S> {
                     }
                     Ok(message) => {
                         *returned += 1;
-                        if io.scan.idle_after_large(*returned, SHRINK_AFTER)
-                            && ws.flush(&mut io).is_ok()
-                        {
-                            // Nothing buffered, nothing pending: a fresh reader
+                        let held =
+                            io.scan.idle_after_large(*returned, SHRINK_AFTER).map(<[u8]>::to_vec);
+                        if let Some(held) = held.filter(|_| ws.flush(&mut io).is_ok()) {
+                            // Nothing but a header's first bytes buffered, no
+                            // pong pending: a fresh reader with those bytes
                             // instead of one holding the largest frame's buffer.
                             let config = *ws.get_config();
                             **ws = WebSocketContext::from_partially_read(
-                                Vec::new(),
+                                held,
                                 Role::Server,
                                 Some(config),
                             );

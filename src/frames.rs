@@ -26,7 +26,11 @@ pub struct FrameScan {
     completed: u64,
     /// Since when a data message is under way (from its first header to
     /// the end of its last frame).
-    unfinished_since: Option<Instant>,
+    message_since: Option<Instant>,
+    /// Since when the current frame is under way (from its first header
+    /// byte to its last payload byte): a control frame or half a header
+    /// is unfinished too.
+    frame_since: Option<Instant>,
     /// The largest frame since `restarted`.
     largest: u64,
 }
@@ -37,7 +41,8 @@ impl Default for FrameScan {
             part: Part::Header { bytes: [0; 14], have: 0 },
             fragments: 0,
             completed: 0,
-            unfinished_since: None,
+            message_since: None,
+            frame_since: None,
             largest: 0,
         }
     }
@@ -59,6 +64,9 @@ impl FrameScan {
         while !bytes.is_empty() {
             match &mut self.part {
                 Part::Header { bytes: header, have } => {
+                    if *have == 0 {
+                        self.frame_since = Some(now);
+                    }
                     header[*have] = bytes[0];
                     *have += 1;
                     bytes = &bytes[1..];
@@ -91,8 +99,8 @@ impl FrameScan {
             self.fragments = self.fragments.saturating_add(1);
         }
         self.largest = self.largest.max(len);
-        if !control && self.unfinished_since.is_none() {
-            self.unfinished_since = Some(now);
+        if !control && self.message_since.is_none() {
+            self.message_since = Some(now);
         }
         let (ends, data) = (fin || control, !control);
         self.part = Part::Payload { left: len, ends, data };
@@ -105,9 +113,10 @@ impl FrameScan {
         if ends {
             self.completed += 1;
             if data {
-                self.unfinished_since = None;
+                self.message_since = None;
             }
         }
+        self.frame_since = None;
         self.part = Part::Header { bytes: [0; 14], have: 0 };
     }
 
@@ -122,20 +131,31 @@ impl FrameScan {
         self.fragments
     }
 
-    /// Since when a message has been under way, if one is.
+    /// Since when a message, or any frame, has been under way, if one is.
     pub fn unfinished_since(&self) -> Option<Instant> {
-        self.unfinished_since
+        match (self.message_since, self.frame_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Whether the reader holds nothing of the client's but a large buffer:
-    /// `returned` messages came out of it, which are all the scan has seen
-    /// complete, no frame is under way, and one was over `small` bytes.
-    pub fn idle_after_large(&self, returned: u64, small: u64) -> bool {
-        let between = matches!(self.part, Part::Header { have: 0, .. });
-        between
-            && self.unfinished_since.is_none()
-            && returned == self.completed
-            && self.largest > small
+    /// Reading was paused for `by` (the server, not the client, held it
+    /// up): the clocks of what is under way stop meanwhile.
+    pub fn postpone(&mut self, by: std::time::Duration) {
+        for since in [&mut self.message_since, &mut self.frame_since].into_iter().flatten() {
+            *since += by;
+        }
+    }
+
+    /// What the reader holds of the client's if it holds nothing but a
+    /// large buffer and at most the first bytes of a header: `returned`
+    /// messages came out of it, which are all the scan has seen complete,
+    /// no message or payload is under way, and a frame was over `small`
+    /// bytes. A fresh reader given those bytes is the same reader.
+    pub fn idle_after_large(&self, returned: u64, small: u64) -> Option<&[u8]> {
+        let Part::Header { bytes, have } = &self.part else { return None };
+        let idle = self.message_since.is_none() && returned == self.completed;
+        (idle && self.largest > small).then(|| &bytes[..*have])
     }
 
     /// The reader was replaced by a fresh one.
@@ -173,8 +193,8 @@ mod tests {
             // The ping, the fragmented text, the empty binary.
             assert_eq!(scan.completed, 3);
             assert_eq!(scan.unfinished_since(), None);
-            assert!(scan.idle_after_large(3, 65_536));
-            assert!(!scan.idle_after_large(2, 65_536), "tungstenite has one to return");
+            assert_eq!(scan.idle_after_large(3, 65_536), Some(&[][..]));
+            assert_eq!(scan.idle_after_large(2, 65_536), None, "tungstenite has one to return");
             if chunk < stream.len() {
                 assert!(unfinished.contains(&true), "chunks of {chunk}");
             }
@@ -188,12 +208,12 @@ mod tests {
         let whole = frame(true, 0x1, 60_000);
         scan.feed(&whole[..100], now);
         assert_eq!(scan.unfinished_since(), Some(now));
-        assert!(!scan.idle_after_large(0, 1024));
+        assert_eq!(scan.idle_after_large(0, 1024), None);
         scan.feed(&whole[100..], now);
         assert_eq!(scan.unfinished_since(), None);
-        assert!(scan.idle_after_large(1, 1024));
+        assert_eq!(scan.idle_after_large(1, 1024), Some(&[][..]));
         scan.restarted();
-        assert!(!scan.idle_after_large(1, 1024), "nothing large since");
+        assert_eq!(scan.idle_after_large(1, 1024), None, "nothing large since");
     }
 
     #[test]
@@ -201,11 +221,27 @@ mod tests {
         let now = Instant::now();
         let mut scan = FrameScan::default();
         let f = frame(true, 0x1, 300); // 2 + 2 + 4 header bytes
+        scan.feed(&frame(true, 0x1, 5000), now);
         scan.feed(&f[..3], now);
-        assert_eq!(scan.completed, 0);
-        assert!(!scan.idle_after_large(0, 0), "a header is under way");
+        assert_eq!(scan.completed, 1);
+        assert_eq!(scan.idle_after_large(1, 4096), Some(&f[..3]), "only half a header is held");
+        assert_eq!(scan.unfinished_since(), Some(now), "half a header is unfinished too");
         scan.feed(&f[3..], now);
-        assert_eq!((scan.fragments(), scan.completed), (0, 1));
+        assert_eq!((scan.fragments(), scan.completed), (0, 2));
+    }
+
+    #[test]
+    fn a_control_frame_under_way_is_unfinished_and_the_clock_can_wait() {
+        let now = Instant::now();
+        let mut scan = FrameScan::default();
+        let ping = frame(true, 0x9, 125);
+        scan.feed(&ping[..10], now);
+        assert_eq!(scan.unfinished_since(), Some(now));
+        assert_eq!(scan.idle_after_large(0, 0), None, "a payload is under way");
+        scan.postpone(std::time::Duration::from_secs(3));
+        assert_eq!(scan.unfinished_since(), Some(now + std::time::Duration::from_secs(3)));
+        scan.feed(&ping[10..], now);
+        assert_eq!((scan.unfinished_since(), scan.completed), (None, 1));
     }
 
     #[test]

@@ -571,7 +571,7 @@ impl<S: Socket + Source> Server<S> {
                 continue;
             }
             let (last_heard, unfinished) =
-                (client.conn.last_heard(), client.conn.unfinished_since());
+                (client.conn.last_heard(), client.conn.unfinished_since(now));
             self.with_session(key, now, |session, cx| session.tick(last_heard, unfinished, cx));
         }
         self.settle(now);
@@ -590,11 +590,15 @@ impl<S: Socket + Source> Server<S> {
             let handshaking = client.conn.is_handshaking();
             // A TLS handshake may want to answer even when no message came.
             schedule(&mut self.to_flush, client, key);
+            if let Input::Opened = input {
+                // First: frames that came with the request are charged too.
+                self.opened(key, now);
+            }
             if fragments > 0 {
                 self.with_session(key, now, |session, cx| session.on_fragments(fragments, cx));
             }
             match input {
-                Input::Opened => self.opened(key, now),
+                Input::Opened => {}
                 Input::Message(message) => {
                     self.with_session(key, now, |session, cx| session.on_message(message, cx));
                 }

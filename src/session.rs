@@ -366,7 +366,10 @@ impl Session {
             if !self.is_chatting() || ended(cx) {
                 break;
             }
-            self.handle(message, cx);
+            // Their tokens were taken as they came; their bytes now.
+            if self.pay_bytes(&message, cx) {
+                self.handle(message, cx);
+            }
         }
     }
 
@@ -762,6 +765,27 @@ mod tests {
         let taken = Rejection::new(ErrorCode::NameTaken, "taken");
         let action = w.with(3, |cx| u.claim_failed(taken, cx));
         assert!(matches!(action, Action::Close { code: close_code::POLICY, .. }), "{action:?}");
+    }
+
+    #[test]
+    fn messages_held_during_the_claim_pay_their_bytes_too() {
+        // Found by the attack review: they skipped the byte budget.
+        let mut w = World::new("");
+        w.limits.rate_limit_bytes_per_sec = 1000;
+        w.limits.rate_limit_bytes_burst = w.limits.max_message_bytes as u32;
+        let mut s = claiming(&mut w, 1, "bob");
+        let say = |tag: &str| {
+            let shell = r#"{"msgType":"Broadcast","text":""}"#.len();
+            let n = w.limits.max_message_bytes - shell - 200;
+            format!(r#"{{"msgType":"Broadcast","text":"{tag}{}"}}"#, "x".repeat(n))
+        };
+        let (held, after) = (say("held"), say("after"));
+        assert_eq!(w.send(&mut s, 1, &held), Action::Nothing);
+        w.all(1, |cx| s.claimed("bob", cx));
+        // The same instant: the held one took the burst.
+        assert_eq!(code(w.send(&mut s, 1, &after)), Some(ErrorCode::RateLimited));
+        let sent = w.proposed.iter().filter(|p| matches!(p, Proposed::Say { .. })).count();
+        assert_eq!(sent, 1, "one burst's worth of bytes at once");
     }
 
     #[test]

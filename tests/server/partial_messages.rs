@@ -6,7 +6,7 @@
 use ragnarok_testkit::*;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const USERS: usize = 300;
 const LARGE: usize = 60_000;
@@ -136,4 +136,192 @@ fn pings_before_login_cost_tokens() {
         assert!(took.is_some(), "100,000 pings before login were free");
         assert!(took <= Some(1000), "closed only after {took:?} pings");
     }
+}
+
+/// (Found by the attack review.) After a large message, the first bytes of
+/// the next frame's header (one stray byte), or a control frame's header
+/// without its payload, kept the large reader and started no clock: held
+/// for ever. Now the reader is replaced around a partial header, and any
+/// frame under way is on the message clock.
+#[test]
+fn a_large_message_then_part_of_a_frame_is_not_held() {
+    let server =
+        TestServer::start(json!({"max_message_bytes": 65536, "max_connections_per_ip": 0}));
+    let mut users = crowd(&server);
+    let baseline = server.rss_kib();
+    let large = masked_frame(0x1, &[b'x'; LARGE]);
+    let tails: [&[u8]; 2] = [&[0x81], &[0x89, 0x80 | 125, 1, 2, 3, 4]];
+    for (i, user) in users.iter_mut().enumerate() {
+        let mut bytes = large.clone();
+        bytes.extend_from_slice(tails[i % 2]);
+        user.ws.get_mut().write_all(&bytes).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    let grown = server.rss_kib().saturating_sub(baseline);
+    eprintln!("{USERS} users, a large message and part of a frame each: +{grown} KiB after 8 s");
+    assert!(grown <= 4 * 1024, "{USERS} users hold {grown} KiB after 8 s");
+    for user in users.iter_mut().rev().take(2) {
+        let (seen, ending) = user.recv_until_end();
+        assert!(seen.iter().any(|m| m["code"] == "message_timeout"), "{seen:?}");
+        assert_eq!(ending.code(), Some(1008));
+    }
+}
+
+/// Everything the server sends within `wait` (raw bytes, lossy text).
+fn drain(stream: &mut Stream, wait: Duration) -> String {
+    stream.tcp().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let (mut got, end) = (Vec::new(), Instant::now() + wait);
+    let mut buf = [0u8; 65536];
+    while Instant::now() < end {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+const REQUEST: &str = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// The password as a message of 302 frames: the first, 300 empty
+/// continuations, an empty last one. 301 fragments are 7 bursts' worth of
+/// tokens (burst 40, flood past 80).
+fn password_in_fragments(password: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut frames = client_frame(false, 0x1, password.as_bytes());
+    for _ in 0..300 {
+        frames.extend(client_frame(false, 0x0, b""));
+    }
+    let last = client_frame(true, 0x0, b"");
+    (frames, last)
+}
+
+/// (Found by the attack review.) Fragments that came in the same read as
+/// the upgrade request were handed to the session before its bucket
+/// existed: free. 301 of them are a flood like any others.
+#[test]
+fn fragments_sent_with_the_upgrade_request_cost_tokens_too() {
+    let server = TestServer::start(json!({}));
+    let (frames, last) = password_in_fragments(&server.password);
+    let mut first = REQUEST.as_bytes().to_vec();
+    first.extend_from_slice(&frames);
+    first.extend_from_slice(&last);
+    assert!(first.len() <= 2048, "{}", first.len());
+    let mut stream = server.stream();
+    stream.write_all(&first).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = stream.write_all(&masked_frame(0x1, b"freeloader"));
+    let seen = drain(&mut stream, Duration::from_secs(1));
+    assert!(seen.contains("rate_limited"), "301 fragments were free: {seen}");
+}
+
+/// (Found by the attack review.) An honest client whose message is half
+/// read when reading from it is paused (its queue is over the 16 KiB
+/// high-water mark: the room is louder than its link for a few seconds)
+/// was cut off with `message_timeout`, though the rest of its message was
+/// in the server's socket buffer 0.3 s after the first part: the message
+/// clock ran while the server itself did not read. It stops now.
+#[test]
+fn the_message_clock_stops_while_the_server_does_not_read() {
+    let server = TestServer::start(json!({}));
+    // A slow link: a small window and small segments, so that the kernels
+    // hold little of what the room sends it.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_tcp_mss(536).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut phone = server.raw_login_over(server.stream_over(socket.into()), "phone");
+    let mut louds: Vec<RawClient> = (0..6).map(|i| server.raw_login(&format!("loud{i}"))).collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The phone starts a 10 KB broadcast; its first 200 bytes are read.
+    let text = "p".repeat(10_000);
+    let mine =
+        masked_frame(0x1, json!({"msgType": "Broadcast", "text": text}).to_string().as_bytes());
+    phone.stream.write_all(&mine[..200]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The room gets loud: 6 users each send their burst (8 broadcasts of
+    // 15 KB, within 128 KiB), 720 KB in all: below the phone's
+    // max_outbound_bytes of 1 MiB once the kernels hold their share.
+    for i in 0..8 {
+        for (j, loud) in louds.iter_mut().enumerate() {
+            loud.send_text(
+                &json!({"msgType": "Broadcast", "text": format!("{j}.{i}{}", "l".repeat(15_000))})
+                    .to_string(),
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ss = std::process::Command::new("ss")
+        .args(["-tn", &format!("sport = :{}", server.addr.port())])
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&ss.stdout));
+    // The rest of the phone's message, 0.9 s after its first bytes.
+    phone.stream.write_all(&mine[200..]).unwrap();
+    // The phone reads nothing for 6 s (a phone in a tunnel, a tab in the
+    // background), then everything. (Reading all along at 100,000 bytes a
+    // second did not show it over loopback: the kernel's send buffer grew
+    // to take the queue.)
+    let start = Instant::now();
+    let mut stream = phone.stream;
+    stream.tcp().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let (mut raw, mut chunk) = (Vec::new(), vec![0u8; 4096]);
+    while start.elapsed() < Duration::from_secs(9) {
+        let allowed = if start.elapsed() < Duration::from_secs(6) { 0 } else { usize::MAX };
+        if allowed == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let n = allowed.min(chunk.len());
+        match stream.read(&mut chunk[..n]) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    eprintln!("the phone read {} bytes in {:?}", raw.len(), start.elapsed());
+    let mut seen = Vec::new();
+    let mut at = 0;
+    while at + 2 <= raw.len() {
+        let (op, l) = (raw[at] & 0x0f, raw[at + 1] & 0x7f);
+        let (len, head) = match l {
+            126 => (u16::from_be_bytes([raw[at + 2], raw[at + 3]]) as usize, 4),
+            127 => (u64::from_be_bytes(raw[at + 2..at + 10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        if at + head + len > raw.len() {
+            break;
+        }
+        let payload = &raw[at + head..at + head + len];
+        at += head + len;
+        if op == 1 {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            let t = v["msgType"].as_str().unwrap_or("").to_owned();
+            let who = v["SrcUser"].as_str().unwrap_or("").to_owned();
+            seen.push(format!("{t}:{who}:{}", v["code"].as_str().unwrap_or("")));
+        } else {
+            seen.push(format!("opcode {op}"));
+        }
+    }
+    eprintln!("the phone saw: {seen:?}");
+    let log: Vec<_> =
+        server.log().into_iter().filter(|l| l.contains("too long") || l.contains("slow")).collect();
+    eprintln!("server log: {log:?}");
+    assert!(!seen.iter().any(|s| s.contains("message_timeout")), "cut off: {seen:?}");
+    assert!(
+        seen.iter().any(|s| s == "Broadcast:phone:"),
+        "its message was not delivered: {seen:?}"
+    );
 }
