@@ -137,8 +137,11 @@ const UNAUTHENTICATED_MAX: usize = 12;
 const JOINS_IN_FLIGHT: usize = 8;
 /// Half-open probes at a time (each holds a handshake slot until timed out).
 const HALF_OPEN_MAX: usize = 3;
-/// Large private messages per second sent to each stalled slow reader.
-const FEED_RATE: f64 = 20.0;
+/// Large private messages per second sent to each stalled slow reader, by
+/// many senders (each within its own budgets): with `max_message_bytes` at
+/// 16 KiB a feed is 8 KiB, so 60 a second (~480 KB/s) cuts a slow reader
+/// off within seconds (20 a second took ~20 s, most of a short soak).
+const FEED_RATE: f64 = 60.0;
 const FEED_BYTES: usize = 32 * 1024;
 /// Pings in the flood while logged in and before login (past the burst: a
 /// flood either way).
