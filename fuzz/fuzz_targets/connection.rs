@@ -94,9 +94,18 @@ impl Source for MemSocket {
     }
 }
 
-/// A client frame, masked.
+/// A client frame, masked (payloads under 64 KiB).
 fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+    let mut f = vec![0x80 | opcode];
+    match u16::try_from(payload.len()) {
+        Ok(n) if n < 126 => f.push(0x80 | n as u8),
+        Ok(n) => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&n.to_be_bytes());
+        }
+        Err(_) => panic!("a frame of the fuzz target's own over 64 KiB"),
+    }
+    f.extend_from_slice(&[1, 2, 3, 4]);
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
     f
 }
