@@ -36,6 +36,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// SO_REUSEPORT: several processes share `server_port`.
     pub reuse_port: bool,
+    /// Broadcasts and private messages only in their sealed (encrypted) form.
+    pub e2e_room: bool,
 }
 
 /// `redis_url` and what goes with it.
@@ -390,6 +392,12 @@ pub const KEYS: &[Key] = &[
         kind: Bool(|d, on| d.config.reuse_port = on),
     },
     Key {
+        name: "e2e_room",
+        default: Some("false"),
+        doc: "the room's broadcasts end-to-end encrypted: plaintext refused",
+        kind: Bool(|d, on| d.config.e2e_room = on),
+    },
+    Key {
         name: "log_level",
         default: Some(r#""info""#),
         doc: "error, warn, info, debug, trace or off",
@@ -548,6 +556,7 @@ impl Draft {
                 metrics_addr: None,
                 cluster: None,
                 reuse_port: false,
+                e2e_room: false,
             },
             ssl: false,
             ssl_cert: None,

@@ -27,6 +27,8 @@ pub struct HttpPolicy {
     pub trusted_proxies: Vec<Cidr>,
     /// `max_message_bytes`, told to the page (it refuses to send more).
     pub max_message_bytes: usize,
+    /// `e2e_room`, told to the page (it says which kind of room it is).
+    pub e2e_room: bool,
 }
 
 impl HttpPolicy {
@@ -165,7 +167,9 @@ fn parse_hop(value: &str) -> Option<IpAddr> {
 /// The page, told the largest message the server takes.
 fn page(policy: &HttpPolicy, head_only: bool) -> Parsed {
     let limit = policy.max_message_bytes.to_string();
-    asset(&PAGE.replace("MAX_MESSAGE_BYTES", &limit), "text/html", head_only)
+    let page = PAGE.replace("MAX_MESSAGE_BYTES", &limit);
+    let page = page.replace("E2E_ROOM", if policy.e2e_room { "true" } else { "false" });
+    asset(&page, "text/html", head_only)
 }
 
 /// 200 with one of the embedded files and the page's security headers.
@@ -325,8 +329,9 @@ mod tests {
     #[test]
     fn page_script_and_styles_are_served_with_the_same_policy() {
         // The page is told the message limit (0 with the default policy).
-        let page = PAGE.replace("MAX_MESSAGE_BYTES", "0");
+        let page = PAGE.replace("MAX_MESSAGE_BYTES", "0").replace("E2E_ROOM", "false");
         assert!(page.contains(r#"<meta name="max-message-bytes" content="0">"#));
+        assert!(page.contains(r#"<meta name="e2e-room" content="false">"#));
         let files = [
             ("/", "text/html", page.as_str()),
             ("/app.js", "text/javascript", SCRIPT),

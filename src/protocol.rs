@@ -52,6 +52,8 @@ pub enum ErrorCode {
     LoginPending,
     /// A message did not arrive whole within `message_timeout_secs`.
     MessageTimeout,
+    /// Plaintext in an `e2e_room`: only the sealed form is relayed.
+    EncryptionRequired,
 }
 
 impl ErrorCode {
@@ -78,6 +80,7 @@ impl ErrorCode {
             ErrorCode::MessagesLost => "messages_lost",
             ErrorCode::LoginPending => "login_pending",
             ErrorCode::MessageTimeout => "message_timeout",
+            ErrorCode::EncryptionRequired => "encryption_required",
         }
     }
 }
@@ -393,9 +396,70 @@ impl Reply<'_> {
     }
 }
 
-/// `{"ServerName": ...}`, the first thing a user receives after logging in.
-pub fn server_name_json(name: &str) -> String {
-    serde_json::json!({ "ServerName": name }).to_string()
+/// `{"ServerName": ...}`, the first thing a user receives after logging in,
+/// with `"e2e_room": true` in an end-to-end encrypted room.
+pub fn server_name_json(name: &str, e2e_room: bool) -> String {
+    match e2e_room {
+        true => serde_json::json!({ "ServerName": name, "e2e_room": true }).to_string(),
+        false => serde_json::json!({ "ServerName": name }).to_string(),
+    }
+}
+
+/// In an `e2e_room`: refuses a `Broadcast` text that is not a sealed room
+/// message, `e2er1:<epoch>:<index>:<base64>`, or a `PrivateMessage` text
+/// that is not `e2e2:<n>:<base64>` / `e2e2k:<n>:<base64>` (docs/PROTOCOL.md,
+/// "What the server does"). The form only: the server holds no key. One
+/// pass over the bytes, nothing allocated.
+pub fn check_sealed(request: &Request) -> Result<(), Rejection> {
+    let (ok, what) = match request {
+        Request::Broadcast { text } => (sealed_room_message(text.as_bytes()), "a Broadcast"),
+        Request::PrivateMessage { text, .. } => {
+            (sealed_private_message(text.as_bytes()), "a PrivateMessage")
+        }
+        Request::OnlineUsers | Request::PublicKey { .. } => return Ok(()),
+    };
+    match ok {
+        true => Ok(()),
+        false => Err(Rejection::new(
+            ErrorCode::EncryptionRequired,
+            format!(
+                "this room is end-to-end encrypted: {what} must be sealed by your client \
+                 (docs/PROTOCOL.md, \"The end-to-end encrypted room\"); plaintext is not relayed"
+            ),
+        )),
+    }
+}
+
+/// `e2er1:` epoch `:` index `:` base64 of at least 92 bytes.
+fn sealed_room_message(text: &[u8]) -> bool {
+    let Some(rest) = text.strip_prefix(b"e2er1:") else { return false };
+    let Some(rest) = counter(rest) else { return false };
+    let Some(rest) = counter(rest) else { return false };
+    rest.len() >= 124 && base64_form(rest)
+}
+
+/// `e2e2:` or `e2e2k:`, counter `:`, base64 of at least the 16-byte tag.
+fn sealed_private_message(text: &[u8]) -> bool {
+    let Some(rest) = text.strip_prefix(b"e2e2:").or_else(|| text.strip_prefix(b"e2e2k:")) else {
+        return false;
+    };
+    let Some(rest) = counter(rest) else { return false };
+    rest.len() >= 24 && base64_form(rest)
+}
+
+/// 1 to 16 digits without a leading zero, then `:`: what follows.
+fn counter(text: &[u8]) -> Option<&[u8]> {
+    let digits = text.iter().take_while(|c| c.is_ascii_digit()).count();
+    let rest = text.get(digits..)?.strip_prefix(b":")?;
+    ((1..=16).contains(&digits) && text[0] != b'0').then_some(rest)
+}
+
+/// Standard base64 characters with at most two `=` of padding at the end,
+/// a multiple of 4 long.
+fn base64_form(text: &[u8]) -> bool {
+    let body = text.strip_suffix(b"==").or_else(|| text.strip_suffix(b"=")).unwrap_or(text);
+    text.len() % 4 == 0
+        && body.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 #[cfg(test)]
@@ -547,6 +611,36 @@ mod tests {
         assert_eq!(json, r#"{"msgType":"OnlineUsers","Users":["a","b"]}"#);
         let err = Reply::Error { code: "user_offline", text: "t", target: Some("bob") }.to_json();
         assert_eq!(err, r#"{"msgType":"Error","code":"user_offline","text":"t","TgtUser":"bob"}"#);
-        assert_eq!(server_name_json("Ks"), r#"{"ServerName":"Ks"}"#);
+        assert_eq!(server_name_json("Ks", false), r#"{"ServerName":"Ks"}"#);
+        assert_eq!(server_name_json("Ks", true), r#"{"ServerName":"Ks","e2e_room":true}"#);
+    }
+
+    #[test]
+    fn only_the_sealed_forms_pass_in_an_e2e_room() {
+        let b64 = |n: usize| "A".repeat(n);
+        let room = |t: String| check_sealed(&Request::Broadcast { text: t });
+        let private = |t: String| check_sealed(&Request::PrivateMessage { target: "b".into(), text: t });
+        assert_eq!(room(format!("e2er1:1:1:{}", b64(124))), Ok(()));
+        assert_eq!(room(format!("e2er1:12:9007199254740991:{}==", b64(126))), Ok(()));
+        for bad in [
+            "hello".to_owned(),
+            format!("e2er1:1:1:{}", b64(120)),        // shorter than an empty message
+            format!("e2er1:0:1:{}", b64(124)),        // epoch 0
+            format!("e2er1:01:1:{}", b64(124)),       // leading zero
+            format!("e2er1:1:{}", b64(124)),          // no index
+            format!("e2er1:1:1:{}=", b64(124)),       // not a multiple of 4
+            format!("e2er1:1:1:{} ", b64(127)),       // a space
+            format!("e2er1:1:1:{}=A", b64(126)),      // padding inside
+            format!("e2er1:1:11111111111111111:{}", b64(124)), // 17 digits
+            format!("e2e2:1:{}", b64(124)),           // a private form to the room
+        ] {
+            assert_eq!(room(bad.clone()).unwrap_err().code, ErrorCode::EncryptionRequired, "{bad}");
+        }
+        assert_eq!(private(format!("e2e2:1:{}", b64(24))), Ok(()));
+        assert_eq!(private(format!("e2e2k:7:{}", b64(144))), Ok(()));
+        for bad in ["secret".to_owned(), format!("e2e2:1:{}", b64(20)), format!("e2e3:1:{}", b64(24))] {
+            assert_eq!(private(bad.clone()).unwrap_err().code, ErrorCode::EncryptionRequired, "{bad}");
+        }
+        assert_eq!(check_sealed(&Request::OnlineUsers), Ok(()));
     }
 }

@@ -12,7 +12,7 @@ use crate::effect::{ClusterCall, Effect, Effects, Outbound, Push};
 pub use crate::effect::{ConnId, To};
 use crate::history::History;
 use crate::names::{self, Name};
-use crate::protocol::{ErrorCode, Kind, Rejection, Reply, Request, server_name_json};
+use crate::protocol::{self, ErrorCode, Kind, Rejection, Reply, Request, server_name_json};
 
 /// Rooms with at most this many users get the full `OnlineUsers` list on
 /// every change; larger rooms get `UsersJoined` / `UsersLeft` deltas.
@@ -94,6 +94,8 @@ pub struct Room {
     receiving: Vec<ConnId>,
     /// Most bytes of one snapshot part.
     part_budget: usize,
+    /// `e2e_room`: broadcasts and private messages only in sealed form.
+    encrypted: bool,
 }
 
 impl Room {
@@ -116,7 +118,15 @@ impl Room {
             history,
             receiving: Vec::new(),
             part_budget: (outbound_limit / 8).clamp(2048, 128 * 1024),
+            encrypted: false,
         }
+    }
+
+    /// An end-to-end encrypted room (`e2e_room`): the welcome says so, and
+    /// plaintext broadcasts and private messages are refused.
+    pub fn encrypted(mut self, on: bool) -> Self {
+        self.encrypted = on;
+        self
     }
 
     /// Standalone, or a node of a cluster (and whether its link is up).
@@ -342,6 +352,11 @@ impl Room {
             return;
         };
         let name = sender.name.clone();
+        if self.encrypted
+            && let Err(why) = protocol::check_sealed(&request)
+        {
+            return out.refuse(from, why);
+        }
         let unavailable = !self.reaches_everyone();
         let propose = |out: &mut Effects, what| {
             out.push(Effect::Cluster(ClusterCall::Propose { from, what }));
@@ -449,7 +464,7 @@ impl Room {
         };
         if !joined.is_empty() {
             let to = || To::Many(joined.clone());
-            send(to(), (Kind::ServerName, server_name_json(&self.title)));
+            send(to(), (Kind::ServerName, server_name_json(&self.title, self.encrypted)));
             // A small room's full list goes to everyone; a large room's
             // joiners get its first part.
             let mut next = Some(Snapshot::Keys { after: None });

@@ -286,12 +286,14 @@ impl<S: Socket + Source> Server<S> {
                 &config.server_password,
                 History::new(config.history_size, config.history_max_bytes),
                 limits.max_outbound_bytes,
-            ),
+            )
+            .encrypted(config.e2e_room),
             addresses: Addresses::new(&limits),
             http: HttpPolicy {
                 allowed_origins: config.allowed_origins.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 max_message_bytes: config.limits.max_message_bytes,
+                e2e_room: config.e2e_room,
             },
             limits,
             effects: Vec::new(),

@@ -22,6 +22,7 @@ fn policy() -> HttpPolicy {
         allowed_origins: vec!["https://chat.example.org".into()],
         trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
         max_message_bytes: 16384,
+        e2e_room: false,
     }
 }
 
