@@ -1,8 +1,10 @@
 "use strict";
-// Ragnarok web client: the login, the room, and end-to-end encrypted private
+// Ragnarok web client: the login, the room, end-to-end encrypted private
 // messages (scheme "e2e2" of docs/PROTOCOL.md: a kept identity key, a session
-// key per connection, counters, safety numbers). Served as /app.js so that
-// the page's Content-Security-Policy needs no 'unsafe-inline'.
+// key per connection, counters, safety numbers) and, in an e2e_room, the
+// room's messages under sender keys (ratchet, signatures, a new epoch on
+// every change of readers). Served as /app.js so that the page's
+// Content-Security-Policy needs no 'unsafe-inline'.
 const $ = (id) => document.getElementById(id);
 const E2E = !!(window.isSecureContext && window.crypto && crypto.subtle);
 const EC = { name: "ECDH", namedCurve: "P-256" };
@@ -21,11 +23,28 @@ const newThisVisit = new Set(); // names whose first key this page load recorded
 let db = null;
 let panelOpen = false; // the key panel of the open conversation
 
+// The room: end-to-end encrypted or not (the page is told before login, the
+// welcome decides), its title (bound into every room message), and our
+// sender key: {epoch, ck, index, sign, readers} (docs/PROTOCOL.md, "The
+// end-to-end encrypted room"). All of it lives as long as the connection.
+let e2eRoom = document.querySelector('meta[name="e2e-room"]')?.content === "true";
+let roomTitle = "";
+let sender = null;
+let epochs = 0; // epochs made on this connection
+const ownSent = new Map(); // "epoch:index" -> the text of our room message, until the server relays it back
+let earlier = null; // {div, n}: the line counting history we cannot read
+const SIGN = { name: "ECDSA", namedCurve: "P-256" };
+const ECDSA = { name: "ECDSA", hash: "SHA-256" };
+
 if (!E2E) {
   $("insecure").hidden = false;
   $("myfp").textContent = "none: encryption needs HTTPS or localhost";
 }
 $("insecure-close").onclick = () => { $("insecure").hidden = true; };
+if (e2eRoom) {
+  $("lobby-kind").hidden = false;
+  $("lobby-kind").textContent = "\u{1F512} This room is end-to-end encrypted: the server relays what it cannot read.";
+}
 
 const pad2 = (n) => String(n).padStart(2, "0");
 
@@ -190,6 +209,7 @@ async function importPeer(key) {
     return {
       key, ik, ek, ikPub, ekPub, ikB64: m[1], fp: await fingerprint(ik), safety: await safetyNumber(identity.raw, ik),
       pair: null, sent: 0, window: { max: 0, seen: new Set() },
+      rooms: new Map(), epochsSeen: new Set(), held: [], // their sender keys of the room, by epoch
     };
   } catch {
     return { key, bad: true };
@@ -211,7 +231,7 @@ function keyState(name) {
 
 /// Takes `name`'s published key (from PublicKeys or PublicKey). Our own key
 /// relayed back tells us our name as the server has it.
-async function setPeerKey(name, key) {
+async function setPeerKey(name, key, live) {
   if (!E2E || typeof name !== "string") return;
   await keysLoaded;
   if (!session) return;
@@ -240,6 +260,11 @@ async function setPeerKey(name, key) {
     } else if (rec.ik !== peer.ikB64 && (!old || old.bad || old.ikB64 !== peer.ikB64)) {
       warnKeyChanged(name, rec, peer);
     }
+    // A joiner of an encrypted room gets everyone's room keys: say who, with
+    // which key (the list of who is online is the server's word).
+    if (e2eRoom && live) {
+      line("notice", null, `${name} can read the room from now on: key ${peer.fp} (${TRUST_NOTE[keyState(name)]}).`);
+    }
   }
   renderUsers();
 }
@@ -248,7 +273,7 @@ async function warnKeyChanged(name, rec, peer) {
   const was = await fingerprint(fromB64(rec.ik));
   line("warning", null, `${name}'s identity key changed: it was ${was}${rec.verified ? " (verified)" : ""}, it is now ${peer.fp}. ` +
     `That happens when they use another browser or cleared its data, and also when the server substitutes a key. ` +
-    `Nothing is sent to ${name} until you open the conversation and press "Trust the new key".`);
+    `Nothing is sent to ${name}${e2eRoom ? " (nor to the room)" : ""} until you open the conversation and press "Trust the new key".`);
   if (name === target) { panelOpen = true; renderUsers(); }
 }
 
@@ -304,21 +329,25 @@ function nonce(n) {
   new DataView(iv.buffer).setBigUint64(4, BigInt(n));
   return iv;
 }
-const aad = (from, to, n) => enc.encode(`ragnarok-e2e-v2\n${from}\n${to}\n${n}`);
+// A text ("e2e2") and a room key ("e2e2k") are told apart by the label: neither passes for the other.
+const LABEL = { e2e2: "ragnarok-e2e-v2", e2e2k: "ragnarok-e2e-v2-key" };
+const aad = (kind, from, to, n) => enc.encode(`${LABEL[kind]}\n${from}\n${to}\n${n}`);
 
-async function sealFor(name, peer, text) {
+/// Seals `bytes` for `name`: a private text (kind "e2e2") or a room key ("e2e2k"), one counter for both.
+async function sealFor(name, peer, bytes, kind = "e2e2") {
   const n = ++peer.sent;
   const { send } = await pairOf(peer);
-  const ct = await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce(n), additionalData: aad(session.name, name, n) },
-    send, enc.encode(text));
-  return `e2e2:${n}:${b64(ct)}`;
+  const ct = await crypto.subtle.encrypt({ name: "AES-GCM", iv: nonce(n), additionalData: aad(kind, session.name, name, n) },
+    send, bytes);
+  return `${kind}:${n}:${b64(ct)}`;
 }
 
-// "e2e2:" + counter (1 to 2^53-1, no leading zero) + ":" + base64 of at least the 16-byte tag.
-const MESSAGE_FORMAT = /^e2e2:([1-9][0-9]{0,15}):([A-Za-z0-9+/=]{24,})$/;
+// "e2e2:" or "e2e2k:" + counter (1 to 2^53-1, no leading zero) + ":" + base64 of at least the 16-byte tag.
+const MESSAGE_FORMAT = /^(e2e2k?):([1-9][0-9]{0,15}):([A-Za-z0-9+/=]{24,})$/;
 
-/// Reads a private message: {plain, missed} or {refused: "could not be
-/// decrypted…" | "replayed"}. Never the text of what was refused.
+/// Reads a private message: {plain, missed} (a text), {key} (a room key's
+/// 106 bytes) or {refused: "could not be decrypted…" | "replayed"}. Never
+/// the text of what was refused.
 async function openFrom(from, text) {
   const fail = (why) => ({ refused: "could not be decrypted" + (why ? ": " + why : "") });
   if (!E2E) return fail("this page has no encryption here (needs HTTPS)");
@@ -327,20 +356,22 @@ async function openFrom(from, text) {
   if (!peer) return fail(`no key from ${from}`);
   if (peer.bad) return fail(`${from} has no usable key`);
   const m = typeof text === "string" && MESSAGE_FORMAT.exec(text);
-  const n = m ? Number(m[1]) : 0;
-  const ct = m && Number.isSafeInteger(n) && fromB64(m[2]);
+  const kind = m ? m[1] : "", n = m ? Number(m[2]) : 0;
+  const ct = m && Number.isSafeInteger(n) && fromB64(m[3]);
   if (!ct || ct.length < 16) return fail("not in the documented format");
-  let plain;
+  let bytes;
   try {
     const { recv } = await pairOf(peer);
-    plain = utf8.decode(await crypto.subtle.decrypt(
-      { name: "AES-GCM", iv: nonce(n), additionalData: aad(from, session.name, n) }, recv, ct));
+    bytes = new Uint8Array(await crypto.subtle.decrypt(
+      { name: "AES-GCM", iv: nonce(n), additionalData: aad(kind, from, session.name, n) }, recv, ct));
+    if (kind === "e2e2") bytes = utf8.decode(bytes);
   } catch {
     return fail("");
   }
   const before = peer.window.max;
   if (!acceptCounter(peer.window, n)) return { refused: "replayed" };
-  return { plain, missed: n > before + 1 ? n - before - 1 : 0, peer };
+  if (kind === "e2e2k") return { key: bytes, peer };
+  return { plain: bytes, missed: n > before + 1 ? n - before - 1 : 0, peer };
 }
 
 /// The replay window: the highest counter accepted and which of the 63
@@ -361,6 +392,7 @@ const TRUST_NOTE = { verified: "verified key", known: "key not verified", new: "
 
 async function showPrivate(from, text) {
   const r = await openFrom(from, text);
+  if (r.key) return takeRoomKey(from, r.peer, r.key);
   if (r.refused) {
     const cls = r.refused === "replayed" ? "undecrypted replayed" : "undecrypted";
     const what = r.refused === "replayed" ? "replayed: already received, or 64 or more behind the newest; not shown" : r.refused;
@@ -378,6 +410,195 @@ async function publishKey() {
   const raw = new Uint8Array(await crypto.subtle.exportKey("raw", ek.publicKey));
   session = { priv: ek.privateKey, raw, key: "e2e2:" + b64(identity.raw) + ":" + b64(raw), name: null };
   ws.send(JSON.stringify({ msgType: "PublicKey", key: session.key }));
+}
+
+// --- The encrypted room: sender keys ---------------------------------------
+
+/// One step of HMAC-SHA-256 with `key` over the single byte `byte`: 1 gives
+/// a message key, 2 the next chain key.
+async function hmac(key, byte) {
+  const k = await crypto.subtle.importKey("raw", key, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  return new Uint8Array(await crypto.subtle.sign("HMAC", k, new Uint8Array([byte])));
+}
+
+const roomAad = (from, e, i) => enc.encode(`ragnarok-room-v1\n${roomTitle}\n${from}\n${e}\n${i}`);
+
+/// A room key from `from` (the 106 bytes of a key message, already
+/// authenticated by the pairwise channel): kept for its epoch, the 4 newest.
+async function takeRoomKey(from, peer, p) {
+  const bad = (why) => line("undecrypted", "from " + from, `(a room key, refused: ${why})`, "", "unlock");
+  if (p.length !== 106 || p[0] !== 1) return bad("not in the documented format");
+  const epoch = new DataView(p.buffer, p.byteOffset).getBigUint64(1);
+  if (epoch < 1n || epoch > BigInt(Number.MAX_SAFE_INTEGER)) return bad("its epoch is out of range");
+  const e = Number(epoch);
+  if (peer.epochsSeen.has(e)) return bad(`a second key for epoch ${e}`);
+  let spk;
+  try { spk = await crypto.subtle.importKey("raw", p.slice(41), SIGN, false, ["verify"]); } catch { return bad("its signing key is not a P-256 point"); }
+  peer.epochsSeen.add(e);
+  peer.rooms.set(e, { ck: p.slice(9, 41), next: 1, spk, skipped: new Map() });
+  if (peer.rooms.size > 4) peer.rooms.delete(Math.min(...peer.rooms.keys()));
+  // Room messages that came before their key (a cluster may reorder them), in order.
+  for (const h of peer.held.splice(0)) { clearTimeout(h.timer); queue = queue.then(() => showRoom(from, h.text)); }
+}
+
+// "e2er1:" + epoch + ":" + index (each 1 to 2^53-1, no leading zero) + ":" + base64(iv ‖ ct ‖ sig).
+const ROOM_FORMAT = /^e2er1:([1-9][0-9]{0,15}):([1-9][0-9]{0,15}):([A-Za-z0-9+/=]+)$/;
+
+/// Reads a room message of `from`, in the documented order of checks:
+/// {plain, missed}, {wait: peer} (no key for its epoch yet) or {refused}.
+async function openRoom(from, text) {
+  const fail = (why) => ({ refused: why });
+  const m = typeof text === "string" && ROOM_FORMAT.exec(text);
+  const e = m ? Number(m[1]) : 0, i = m ? Number(m[2]) : 0;
+  const bytes = m && Number.isSafeInteger(e) && Number.isSafeInteger(i) && fromB64(m[3]);
+  if (!bytes || bytes.length < 92) return fail("could not be decrypted: not in the documented format");
+  if (!E2E) return fail("could not be decrypted: this page has no encryption here (needs HTTPS)");
+  const peer = peers.get(from);
+  if (!peer || peer.bad) return fail(`no key: ${from} has no usable key`);
+  const st = peer.rooms.get(e);
+  if (!st) return { wait: peer };
+  const iv = bytes.slice(0, 12), ct = bytes.slice(12, -64), sig = bytes.slice(-64), ad = roomAad(from, e, i);
+  if (!(await crypto.subtle.verify(ECDSA, st.spk, sig, concat(ad, iv, ct)))) return fail("forged: the signature does not match");
+  let mk, ck = st.ck;
+  const skipped = [];
+  if (i < st.next) {
+    mk = st.skipped.get(i);
+    if (!mk) return fail("replayed");
+  } else if (i - st.next > 1000) {
+    return fail("too far ahead");
+  } else {
+    for (let j = st.next; j <= i; j++) {
+      const k = await hmac(ck, 1);
+      if (j < i) skipped.push([j, k]); else mk = k;
+      ck = await hmac(ck, 2);
+    }
+  }
+  let plain;
+  try {
+    const key = await crypto.subtle.importKey("raw", mk, "AES-GCM", false, ["decrypt"]);
+    plain = utf8.decode(await crypto.subtle.decrypt({ name: "AES-GCM", iv, additionalData: ad }, key, ct));
+  } catch {
+    return fail("could not be decrypted");
+  }
+  // Read: only now does the chain move, and the message key is used up.
+  if (i < st.next) { st.skipped.delete(i); return { plain, missed: 0 }; }
+  const missed = i - st.next;
+  st.ck = ck;
+  st.next = i + 1;
+  for (const [j, k] of skipped) st.skipped.set(j, k);
+  while (st.skipped.size > 64) st.skipped.delete(st.skipped.keys().next().value);
+  return { plain, missed };
+}
+
+/// A Broadcast of an encrypted room: ours (shown from what we kept), one
+/// from before we joined (counted), or another member's (read, held for its
+/// key, or refused without its text).
+async function showRoom(from, text, history) {
+  if (history) {
+    if (!earlier || !earlier.div.isConnected) earlier = { n: 0, div: line("history", null, "") };
+    const n = ++earlier.n;
+    earlier.div.querySelector(".body").textContent = `${n} earlier message${n === 1 ? " was" : "s were"} sent ` +
+      "before you joined: encrypted for those who were there, not for you.";
+    return;
+  }
+  if (session && from === session.name) {
+    const m = typeof text === "string" && ROOM_FORMAT.exec(text);
+    const mine = m && ownSent.get(m[1] + ":" + m[2]);
+    if (typeof mine !== "string") return roomRefused(from, "not sent by this page: a replay, or another tab of yours");
+    ownSent.delete(m[1] + ":" + m[2]);
+    return line("live", from, mine, "encrypted for the room", "lock");
+  }
+  const r = await openRoom(from, text);
+  if (r.wait) {
+    if (r.wait.held.length >= 32) return roomRefused(from, "no key for it");
+    const h = { text };
+    h.timer = setTimeout(() => {
+      r.wait.held.splice(r.wait.held.indexOf(h), 1);
+      queue = queue.then(() => roomRefused(from, "no key: sent before you joined, or its key never reached you"));
+    }, 5000);
+    r.wait.held.push(h);
+    return;
+  }
+  if (r.refused) return roomRefused(from, r.refused);
+  if (r.missed) line("notice", null, `${r.missed} room message${r.missed === 1 ? "" : "s"} from ${from} never arrived.`);
+  line("live", from, r.plain, "decrypted · " + TRUST_NOTE[keyState(from)], "lock");
+}
+
+function roomRefused(from, why) {
+  line("undecrypted", from, "(" + why + "; not shown)", "", "unlock");
+}
+
+/// Why nothing can be sent to the encrypted room now ("" if it can).
+function whyRoomNotSendable() {
+  if (!E2E) return "this room takes only encrypted messages, and this page has no encryption here (it needs HTTPS or localhost)";
+  if (!session || !session.name) return "the server has not relayed your own key yet";
+  const changed = [...online].filter((n) => n !== session.name && keyState(n) === "changed");
+  if (changed.length) return `the key of ${changed.join(", ")} changed: open their conversation, compare the safety number, then press "Trust the new key"`;
+  return "";
+}
+
+/// Makes a new epoch and gives it to every reader (each name with its exact
+/// key), at most 30 key messages at once and then 15 a second: the rate limit.
+async function rotate(readers, tag) {
+  const pair = await crypto.subtle.generateKey(SIGN, false, ["sign", "verify"]); // private half not extractable
+  const spk = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+  const ck = crypto.getRandomValues(new Uint8Array(32));
+  const epoch = ++epochs;
+  const payload = new Uint8Array(106);
+  payload[0] = 1;
+  new DataView(payload.buffer).setBigUint64(1, BigInt(epoch));
+  payload.set(ck, 9);
+  payload.set(spk, 41);
+  sender = { epoch, ck, index: 0, sign: pair.privateKey, readers: tag };
+  let sent = 0;
+  for (const name of readers) {
+    if (sent >= 30 && (sent - 30) % 15 === 0) await new Promise((r) => setTimeout(r, 1000));
+    const peer = peers.get(name);
+    if (!peer || peer.bad) continue; // gone meanwhile: the next message makes a new epoch anyway
+    ws.send(JSON.stringify({ msgType: "PrivateMessage", TgtUser: name, text: await sealFor(name, peer, payload, "e2e2k") }));
+    sent++;
+  }
+}
+
+/// Seals `text` for the room: a new epoch first if the readers changed,
+/// then the next index of the ratchet, encrypted once and signed.
+async function sendRoom(text, sent) {
+  const why = whyRoomNotSendable();
+  if (why) return line("error", null, `Not sent to the room: ${why}. Your text is kept.`);
+  // The size is known before sealing (an upper bound for the epoch and index).
+  const length = 4 * Math.ceil((enc.encode(text).length + 92) / 3);
+  const worst = `e2er1:${epochs + 1}:${(sender ? sender.index : 0) + 1}:` + "A".repeat(length);
+  if (!fits(JSON.stringify({ msgType: "Broadcast", text: worst }))) return;
+  const readers = [...online].filter((n) => n !== session.name && peers.get(n) && !peers.get(n).bad).sort();
+  const tag = JSON.stringify(readers.map((n) => [n, peers.get(n).key]));
+  if (!sender || sender.readers !== tag) await rotate(readers, tag);
+  const i = ++sender.index;
+  const mk = await hmac(sender.ck, 1);
+  sender.ck = await hmac(sender.ck, 2);
+  const iv = crypto.getRandomValues(new Uint8Array(12)), ad = roomAad(session.name, sender.epoch, i);
+  const key = await crypto.subtle.importKey("raw", mk, "AES-GCM", false, ["encrypt"]);
+  const ct = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv, additionalData: ad }, key, enc.encode(text)));
+  const sig = new Uint8Array(await crypto.subtle.sign(ECDSA, sender.sign, concat(ad, iv, ct)));
+  ownSent.set(sender.epoch + ":" + i, text);
+  if (ownSent.size > 256) ownSent.delete(ownSent.keys().next().value); // refused by the server: never relayed back
+  ws.send(JSON.stringify({ msgType: "Broadcast", text: `e2er1:${sender.epoch}:${i}:${b64(concat(iv, ct, sig))}` }));
+  sent();
+}
+
+/// Says which kind of room this is, and warns when a room that was
+/// encrypted on an earlier visit no longer is (the server decides it).
+function showRoomKind() {
+  $("roomkind").hidden = false;
+  $("roomkind").className = "roomkind " + (e2eRoom ? "e2e" : "plain");
+  $("roomkind").textContent = e2eRoom ? "\u{1F512} end-to-end encrypted room" : "room messages are not encrypted";
+  $("text").placeholder = target ? "Encrypted message to " + target : e2eRoom ? "Encrypted message to the room" : "Message the room";
+  try {
+    if (e2eRoom) localStorage.setItem("ragnarok-e2e-room", "1");
+    else if (localStorage.getItem("ragnarok-e2e-room")) {
+      line("warning", null, "This room was end-to-end encrypted when you were here before; the server now says it is not. " +
+        "What you send to the room can be read by the server.");
+    }
+  } catch { /* no storage: nothing to compare with */ }
 }
 
 // --- The people list, the conversation, the key panel ------------------------
@@ -423,7 +644,7 @@ function userItem(name) {
     li.dataset.key = state;
     const mark = document.createElement("span");
     mark.className = "mark " + state;
-    mark.textContent = MARKS[state];
+    mark.textContent = e2eRoom && (state === "none" || state === "bad") ? MARKS[state] + ": cannot read the room" : MARKS[state];
     li.append(mark);
   }
   if (name === target) li.className = "selected";
@@ -442,7 +663,7 @@ function selectTarget(name) {
   if (name && !E2E) { line("error", null, "Encrypted private messages need HTTPS or localhost."); return; }
   target = name;
   panelOpen = !!name && keyState(name) === "changed"; // a changed key needs the user before anything is sent
-  $("text").placeholder = name ? "Encrypted message to " + name : "Message the room";
+  $("text").placeholder = name ? "Encrypted message to " + name : e2eRoom ? "Encrypted message to the room" : "Message the room";
   renderUsers();
   showPeople(false);
   $("text").focus();
@@ -536,6 +757,13 @@ async function handle(data) {
     $("people").hidden = false;
     $("text").focus();
     peers.clear();
+    e2eRoom = m.e2e_room === true;
+    roomTitle = String(m.ServerName);
+    sender = null;
+    epochs = 0;
+    ownSent.clear();
+    earlier = null;
+    showRoomKind();
     await publishKey();
     return;
   }
@@ -547,8 +775,11 @@ async function handle(data) {
     case "PublicKeys":
       if (m.Keys && typeof m.Keys === "object") await Promise.all(Object.entries(m.Keys).map(([u, k]) => setPeerKey(u, k)));
       break;
-    case "PublicKey": await setPeerKey(m.SrcUser, m.key); break;
-    case "Broadcast": line(m.history ? "history" : "live", m.SrcUser, String(m.text)); break;
+    case "PublicKey": await setPeerKey(m.SrcUser, m.key, true); break;
+    case "Broadcast":
+      if (e2eRoom) await showRoom(String(m.SrcUser), m.text, m.history);
+      else line(m.history ? "history" : "live", m.SrcUser, String(m.text));
+      break;
     case "PrivateMessage": await showPrivate(String(m.SrcUser), m.text); break;
     case "Error":
       // Before login an error is about the login: shown on its form, never in the chat.
@@ -611,6 +842,7 @@ function refuse(name, why) {
 async function send(text, to) {
   if (!ws || ws.readyState !== WebSocket.OPEN) return;
   const sent = () => { if ($("text").value === text) $("text").value = ""; };
+  if (!to && e2eRoom) return sendRoom(text, sent);
   if (!to) {
     const json = JSON.stringify({ msgType: "Broadcast", text });
     if (fits(json)) { sent(); ws.send(json); }
