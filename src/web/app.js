@@ -854,7 +854,7 @@ async function send(text, to) {
   // The size is known before encrypting: no counter is spent on a message that cannot go.
   const length = Math.ceil((enc.encode(text).length + 16) / 3) * 4;
   if (!fits(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: `e2e2:${peer.sent + 1}:` + "A".repeat(length) }))) return;
-  const sealed = await sealFor(to, peer, text);
+  const sealed = await sealFor(to, peer, enc.encode(text));
   // Anything may have happened while encrypting (they left, their key changed).
   const whyNow = peers.get(to) === peer ? whyNotSendable(to) : `${to}'s key changed while encrypting`;
   if (whyNow) return refuse(to, whyNow);

@@ -54,7 +54,8 @@ export function lines(stream, onLine) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export async function startServer(tls) {
+/// The real server on a free port; `extra` config keys on top (e.g. `{ e2e_room: true }`).
+export async function startServer(tls, extra = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), "ragnarok-browser-"));
   if (tls) {
     execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -64,7 +65,7 @@ export async function startServer(tls) {
   }
   writeFileSync(path.join(dir, "config.json"), JSON.stringify({
     SSL: tls, SSL_Cert: "cert.pem", SSL_Key: "key.pem", server_ip: "127.0.0.1", server_port: 0,
-    server_name: "Browser Room", server_password: PASSWORD,
+    server_name: "Browser Room", server_password: PASSWORD, ...extra,
   }));
   const server = spawn(BIN, ["--config", path.join(dir, "config.json")], { stdio: ["ignore", "ignore", "pipe"] });
   children.push(server);
