@@ -351,6 +351,8 @@ pub enum Event {
     /// A room message, read or not (live ones without a key are held for a
     /// while first: [`Client::expire_held`]).
     Room { from: String, text: String, history: bool, read: Result<RoomOpened, RoomRefused> },
+    /// A broadcast in a plain room (no [`Client::set_room`]): plaintext.
+    Broadcast { from: String, text: String, history: bool },
 }
 
 impl Client {
@@ -527,6 +529,9 @@ impl Client {
             "Broadcast" => {
                 let (from, text) = (str_of("SrcUser"), str_of("text"));
                 let history = m["history"] == true;
+                if self.room.title.is_none() {
+                    return vec![Event::Broadcast { from, text, history }];
+                }
                 let read = self.open_room(&from, &text);
                 if read == Err(RoomRefused::NoKey) && !history && self.has_key(&from) {
                     return self.hold(from, text);
