@@ -1,7 +1,6 @@
-//! The end-to-end encrypted room (`e2e_room`): the scheme's test vector made
-//! with WebCrypto, the ratchet's and the receiver's refusals without a
-//! server, then Rust clients chatting through a real server beside a client
-//! of the seed's protocol that only ever sees ciphertext.
+//! The encrypted room (`e2e_room`): the WebCrypto test vector and the scheme's refusals
+//! without a server, then Rust clients chatting through a real one beside a client of the
+//! seed's protocol, which (like the history) only ever holds ciphertext.
 
 use std::time::Duration;
 

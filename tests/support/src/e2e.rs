@@ -340,6 +340,13 @@ impl Kind {
             Kind::Key => KEY_PREFIX,
         }
     }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Text => LABEL,
+            Kind::Key => KEY_LABEL,
+        }
+    }
 }
 
 /// AES-256-GCM of `plaintext` under `key` with counter `n`: the message
@@ -383,8 +390,7 @@ fn nonce(n: u64) -> Nonce<aes_gcm::aead::consts::U12> {
 }
 
 fn aad(kind: Kind, sender: &str, recipient: &str, n: u64) -> String {
-    let label = if kind == Kind::Key { KEY_LABEL } else { LABEL };
-    format!("{label}\n{sender}\n{recipient}\n{n}")
+    format!("{}\n{sender}\n{recipient}\n{n}", kind.label())
 }
 
 /// `e2e2:` + counter (decimal, 1 to 2^53 - 1, no leading zeros) + `:` +

@@ -1,9 +1,6 @@
-//! The encrypted room of docs/PROTOCOL.md ("The end-to-end encrypted room"),
-//! written from that section alone: sender keys given in key messages over
-//! the e2e2 pairwise channel, the HMAC ratchet, AES-256-GCM and ECDSA P-256
-//! signatures, a new epoch whenever the readers change. It extends
-//! [`e2e::Client`] (the sender keys live beside its pairwise keys), and
-//! [`Client::take`] reads every server message for a client of both schemes.
+//! The encrypted room of PROTOCOL.md, from its section alone: sender keys sent in key
+//! messages over e2e2, the HMAC ratchet, AES-GCM, ECDSA signatures, a new epoch when the
+//! readers change. It extends `e2e::Client`; `Client::take` reads any server message.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
