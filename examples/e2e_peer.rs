@@ -21,16 +21,37 @@
 //!   sender's key changed: `{"not_answered": USER, "why": "..."}`;
 //! - `{"from": USER, "ciphertext": TEXT, "refused": "could not be
 //!   decrypted"|"replayed"}` for a message not read;
-//! - `{"left": USER}`.
+//! - `{"left": USER}` (a `UsersLeft`, or a whole `OnlineUsers` list without
+//!   a user whose key it had).
+//!
+//! In an encrypted room (the welcome has `"e2e_room": true`) it also reads
+//! the room's messages and answers each one that does not start with
+//! "echo:" with a room message "echo: <text>":
+//! - `{"room_key": USER, "epoch": E}`: a key message taken (USER's sender
+//!   key for epoch E); `{"room_key_refused": USER, "why": "..."}` if not;
+//! - `{"room_from": USER, "plaintext": TEXT, "epoch": E, "index": I}` for a
+//!   room message read (its own, relayed back, are not printed);
+//! - `{"room_refused": USER, "why": "could not be decrypted"|"no key"|
+//!   "forged: the signature does not match"|"replayed"|"too far ahead"}`
+//!   for one not read (history from before it joined is "no key"; a live
+//!   one without a key is held 5 s for its key message first);
+//! - `{"room_sent": TEXT, "epoch": E, "index": I, "key_messages": N}` after
+//!   sending one (N key messages first: a new epoch), or
+//!   `{"room_not_sent": TEXT, "why": "..."}` (a changed key not confirmed).
 
 use ragnarok_testkit::e2e;
+use ragnarok_testkit::e2e_room::Event;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tungstenite::Message;
+
+/// How long a live room message waits for its key message.
+const HOLD: Duration = Duration::from_secs(5);
 
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
@@ -49,6 +70,7 @@ fn main() {
 
     let hostport = url.split("://").nth(1).unwrap().trim_end_matches('/');
     let tcp = TcpStream::connect(hostport.replace("localhost", "127.0.0.1")).unwrap();
+    let socket = tcp.try_clone().unwrap();
     let stream: Box<dyn Stream> = match rest.first() {
         None => Box::new(tcp),
         Some(ca) => {
@@ -70,74 +92,110 @@ fn main() {
         }
     };
     let (mut ws, _) = tungstenite::client::client(url.as_str(), stream).unwrap();
+    // Reads wake up every second to give up room messages held too long.
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     ws.send(Message::text(password.as_str())).unwrap();
     ws.send(Message::text(name.as_str())).unwrap();
     ws.send(Message::text(json!({"msgType": "PublicKey", "key": me.published()}).to_string()))
         .unwrap();
+    let mut ready = false;
     loop {
-        let text = match ws.read() {
-            Ok(Message::Text(text)) => text,
+        let events = match ws.read() {
+            Ok(Message::Text(text)) => match serde_json::from_str::<Value>(&text) {
+                Ok(m) => me.take(&m),
+                Err(_) => continue,
+            },
             Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                me.expire_held(HOLD)
+            }
             // The server closed: nothing more to do.
             Err(_) => return,
         };
-        let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
-        let str_of = |field: &str| m[field].as_str().unwrap_or_default().to_owned();
-        match m["msgType"].as_str() {
-            Some("PublicKey") => {
-                let (user, key) = (str_of("SrcUser"), str_of("key"));
-                let ready = me.name().is_some();
-                let event = me.on_key(&user, &key);
-                say(&me, &user, event, ready);
+        for event in events {
+            let mut send = |m: Value| ws.send(Message::text(m.to_string())).is_ok();
+            if !answer(&mut me, &mut ready, event, &mut send) {
+                return;
             }
-            Some("PublicKeys") => {
-                let Some(keys) = m["Keys"].as_object() else { continue };
-                let ready = me.name().is_some();
-                for (user, event) in me.on_keys(keys) {
-                    say(&me, &user, event, ready);
-                }
-            }
-            Some("UsersLeft") => {
-                for user in m["Users"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-                    me.on_left(user);
-                    println!("{}", json!({"left": user}));
-                }
-            }
-            Some("PrivateMessage") => {
-                let (from, ciphertext) = (str_of("SrcUser"), str_of("text"));
-                match me.open(&from, &ciphertext) {
-                    Ok(opened) => {
-                        println!(
-                            "{}",
-                            json!({"from": from, "ciphertext": ciphertext,
-                                   "plaintext": opened.text, "counter": opened.counter,
-                                   "missed": opened.missed})
-                        );
-                        match me.seal(&from, &format!("echo: {}", opened.text)) {
-                            Ok(reply) => {
-                                let reply = json!({"msgType": "PrivateMessage",
-                                                   "TgtUser": from, "text": reply});
-                                if ws.send(Message::text(reply.to_string())).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(why) => {
-                                println!(
-                                    "{}",
-                                    json!({"not_answered": from, "why": format!("{why:?}")})
-                                )
-                            }
-                        }
-                    }
-                    Err(why) => println!(
-                        "{}",
-                        json!({"from": from, "ciphertext": ciphertext, "refused": why.shown()})
-                    ),
-                }
-            }
-            _ => {}
         }
     }
+}
+
+/// Says what `event` meant on stdout and answers it through `send`; false
+/// once sending failed.
+fn answer(
+    me: &mut e2e::Client,
+    ready: &mut bool,
+    event: Event,
+    send: &mut impl FnMut(Value) -> bool,
+) -> bool {
+    match event {
+        Event::Key { user, event } => {
+            let was_ready = *ready;
+            *ready |= event == e2e::KeyEvent::Mine;
+            say(me, &user, event, was_ready);
+        }
+        Event::Left(user) => println!("{}", json!({"left": user})),
+        Event::Private { from, text, read: Ok(opened) } => {
+            println!(
+                "{}",
+                json!({"from": from, "ciphertext": text, "plaintext": opened.text,
+                       "counter": opened.counter, "missed": opened.missed})
+            );
+            match me.seal(&from, &format!("echo: {}", opened.text)) {
+                Ok(reply) => {
+                    return send(json!({"msgType": "PrivateMessage", "TgtUser": from,
+                                       "text": reply}));
+                }
+                Err(why) => {
+                    println!("{}", json!({"not_answered": from, "why": format!("{why:?}")}))
+                }
+            }
+        }
+        Event::Private { from, text, read: Err(why) } => {
+            println!("{}", json!({"from": from, "ciphertext": text, "refused": why.shown()}))
+        }
+        Event::RoomKey { from, read: Ok(epoch) } => {
+            println!("{}", json!({"room_key": from, "epoch": epoch}))
+        }
+        Event::RoomKey { from, read: Err(why) } => {
+            println!("{}", json!({"room_key_refused": from, "why": why.shown()}))
+        }
+        Event::Room { read: Ok(opened), .. } if opened.mine => {}
+        Event::Room { from, read: Ok(opened), .. } => {
+            println!(
+                "{}",
+                json!({"room_from": from, "plaintext": opened.text,
+                       "epoch": opened.epoch, "index": opened.index})
+            );
+            if !opened.text.starts_with("echo:") {
+                let text = format!("echo: {}", opened.text);
+                match me.seal_room(&text) {
+                    Ok(sealed) => {
+                        if !sealed.messages().into_iter().all(&mut *send) {
+                            return false;
+                        }
+                        println!(
+                            "{}",
+                            json!({"room_sent": text, "epoch": sealed.epoch,
+                                   "index": sealed.index,
+                                   "key_messages": sealed.key_messages.len()})
+                        );
+                    }
+                    Err(why) => {
+                        println!("{}", json!({"room_not_sent": text, "why": format!("{why:?}")}))
+                    }
+                }
+            }
+        }
+        Event::Room { from, read: Err(why), .. } => {
+            println!("{}", json!({"room_refused": from, "why": why.shown()}))
+        }
+        Event::Welcome { .. } | Event::Broadcast { .. } => {}
+    }
+    true
 }
 
 /// One stdout line for a key learned (its own key only the first time: a

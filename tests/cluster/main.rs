@@ -7,6 +7,7 @@
 mod broadcast_order;
 mod byte_budget;
 mod e2e_private;
+mod e2e_room;
 mod history;
 mod login_burst;
 mod message_size;

@@ -8,6 +8,7 @@ mod binary_flood;
 mod broadcast;
 mod byte_budget;
 mod cert_reload;
+mod e2e_room;
 mod e2e_scheme;
 mod eof_with_last_message;
 mod flood;

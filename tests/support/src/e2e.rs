@@ -1,8 +1,9 @@
 //! The e2e2 private-message scheme of docs/PROTOCOL.md ("End-to-end encrypted
 //! private messages"), written from that section alone: identity and session
 //! keys, the published key string and its strict parsing, the 3DH pairwise
-//! keys, sealing and opening with counters and a replay window, fingerprints
-//! and safety numbers. Shared by the tests and `examples/e2e_peer.rs`.
+//! keys, sealing and opening with counters and a replay window (text
+//! messages, and the room's key messages: `e2e_room.rs`), fingerprints and
+//! safety numbers. Shared by the tests and `examples/e2e_peer.rs`.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -16,6 +17,8 @@ use sha2::{Digest, Sha256};
 
 /// What a published key and a private message's text start with.
 pub const PREFIX: &str = "e2e2:";
+/// What a key message's text starts with (the room's sender keys: `e2e_room`).
+pub const KEY_PREFIX: &str = "e2e2k:";
 /// A P-256 public key: the uncompressed SEC1 point `0x04 ‖ X ‖ Y`.
 pub const POINT_BYTES: usize = 65;
 /// A point in (canonical, padded) base64.
@@ -28,6 +31,8 @@ pub const MAX_COUNTER: u64 = (1 << 53) - 1;
 pub const WINDOW: u64 = 64;
 /// The HKDF info's prefix and the associated data's first line.
 const LABEL: &str = "ragnarok-e2e-v2";
+/// The associated data's first line of a key message.
+const KEY_LABEL: &str = "ragnarok-e2e-v2-key";
 const SAFETY_LABEL: &[u8] = b"ragnarok-safety-v1";
 /// AES-GCM's tag, at the end of every ciphertext.
 const TAG_BYTES: usize = 16;
@@ -259,38 +264,122 @@ impl Pair {
     /// `PrivateMessage.text` for `plaintext` from `sender` to `recipient`
     /// (names as the server has them), with the next counter.
     pub fn seal(&mut self, sender: &str, recipient: &str, plaintext: &str) -> String {
+        let n = self.next();
+        seal_kind(Kind::Text, &self.send, n, sender, recipient, plaintext.as_bytes())
+    }
+
+    /// A key message's text (`e2e2k:`) for `plaintext`: the same counter as
+    /// text messages, another label.
+    pub fn seal_key(&mut self, sender: &str, recipient: &str, plaintext: &[u8]) -> String {
+        let n = self.next();
+        seal_kind(Kind::Key, &self.send, n, sender, recipient, plaintext)
+    }
+
+    fn next(&mut self) -> u64 {
         assert!(self.sent < MAX_COUNTER, "the counter of a pair of sessions ran out");
         self.sent += 1;
-        seal_with(&self.send, self.sent, sender, recipient, plaintext)
+        self.sent
     }
 
     /// Reads `text` from `sender` to `recipient`: the plaintext, or why not.
     /// Only an authentic, fresh message moves the replay window.
     pub fn open(&mut self, sender: &str, recipient: &str, text: &str) -> Result<Opened, Refused> {
-        let (counter, ct) = parse_text(text).ok_or(Refused::Malformed)?;
+        let (plain, counter, missed) = self.open_kind(Kind::Text, sender, recipient, text)?;
+        let text = String::from_utf8(plain).map_err(|_| Refused::Unauthentic)?;
+        Ok(Opened { text, counter, missed })
+    }
+
+    /// Reads a key message (`e2e2k:`): its plaintext bytes and counter. The
+    /// same parsing, order of checks and replay window as [`Pair::open`].
+    pub fn open_key(
+        &mut self,
+        sender: &str,
+        recipient: &str,
+        text: &str,
+    ) -> Result<(Vec<u8>, u64), Refused> {
+        let (plain, counter, _) = self.open_kind(Kind::Key, sender, recipient, text)?;
+        Ok((plain, counter))
+    }
+
+    fn open_kind(
+        &mut self,
+        kind: Kind,
+        sender: &str,
+        recipient: &str,
+        text: &str,
+    ) -> Result<(Vec<u8>, u64, u64), Refused> {
+        let (counter, ct) = parse_with(kind.prefix(), text).ok_or(Refused::Malformed)?;
         let cipher = Aes256Gcm::new(&self.receive.into());
-        let aad = aad(sender, recipient, counter);
+        let aad = aad(kind, sender, recipient, counter);
         let plain = cipher
             .decrypt(&nonce(counter), Payload { msg: &ct, aad: aad.as_bytes() })
             .map_err(|_| Refused::Unauthentic)?;
-        let text = String::from_utf8(plain).map_err(|_| Refused::Unauthentic)?;
+        // A text must be UTF-8: checked before the window, as authentication.
+        if kind == Kind::Text && std::str::from_utf8(&plain).is_err() {
+            return Err(Refused::Unauthentic);
+        }
         if !self.window.fresh(counter) {
             return Err(Refused::Replayed);
         }
-        let missed = self.window.accept(counter);
-        Ok(Opened { text, counter, missed })
+        Ok((plain, counter, self.window.accept(counter)))
+    }
+}
+
+/// A text message (`e2e2:`) or a key message (`e2e2k:`): one prefix and
+/// one label each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Key,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Text => PREFIX,
+            Kind::Key => KEY_PREFIX,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Text => LABEL,
+            Kind::Key => KEY_LABEL,
+        }
     }
 }
 
 /// AES-256-GCM of `plaintext` under `key` with counter `n`: the message
 /// text. (Public so tests can make texts a correct client never would.)
 pub fn seal_with(key: &[u8; 32], n: u64, sender: &str, recipient: &str, plaintext: &str) -> String {
+    seal_kind(Kind::Text, key, n, sender, recipient, plaintext.as_bytes())
+}
+
+/// [`seal_with`] for a key message (`e2e2k:`, the key label).
+pub fn seal_key_with(
+    key: &[u8; 32],
+    n: u64,
+    sender: &str,
+    recipient: &str,
+    bytes: &[u8],
+) -> String {
+    seal_kind(Kind::Key, key, n, sender, recipient, bytes)
+}
+
+fn seal_kind(
+    kind: Kind,
+    key: &[u8; 32],
+    n: u64,
+    sender: &str,
+    recipient: &str,
+    msg: &[u8],
+) -> String {
     let cipher = Aes256Gcm::new(key.into());
-    let aad = aad(sender, recipient, n);
+    let aad = aad(kind, sender, recipient, n);
     let ct = cipher
-        .encrypt(&nonce(n), Payload { msg: plaintext.as_bytes(), aad: aad.as_bytes() })
+        .encrypt(&nonce(n), Payload { msg, aad: aad.as_bytes() })
         .expect("AES-GCM seals any message under 64 GiB");
-    format!("{PREFIX}{n}:{}", STANDARD.encode(ct))
+    format!("{}{n}:{}", kind.prefix(), STANDARD.encode(ct))
 }
 
 /// 4 zero bytes ‖ the counter as 8 bytes big-endian.
@@ -300,25 +389,31 @@ fn nonce(n: u64) -> Nonce<aes_gcm::aead::consts::U12> {
     nonce.into()
 }
 
-fn aad(sender: &str, recipient: &str, n: u64) -> String {
-    format!("{LABEL}\n{sender}\n{recipient}\n{n}")
+fn aad(kind: Kind, sender: &str, recipient: &str, n: u64) -> String {
+    format!("{}\n{sender}\n{recipient}\n{n}", kind.label())
 }
 
 /// `e2e2:` + counter (decimal, 1 to 2^53 - 1, no leading zeros) + `:` +
 /// canonical base64 of at least the 16-byte tag.
 pub fn parse_text(text: &str) -> Option<(u64, Vec<u8>)> {
-    let rest = text.strip_prefix(PREFIX)?;
-    let (digits, b64) = rest.split_once(':')?;
+    parse_with(PREFIX, text)
+}
+
+fn parse_with(prefix: &str, text: &str) -> Option<(u64, Vec<u8>)> {
+    let (digits, b64) = text.strip_prefix(prefix)?.split_once(':')?;
+    let counter = parse_counter(digits)?;
+    let ct = STANDARD.decode(b64).ok().filter(|ct| ct.len() >= TAG_BYTES)?;
+    Some((counter, ct))
+}
+
+/// 1 to 16 decimal digits, no sign, no leading zero, at most 2^53 - 1: a
+/// counter, and the room's epochs and indexes.
+pub fn parse_counter(digits: &str) -> Option<u64> {
     let canonical = !digits.is_empty()
         && digits.len() <= 16
         && digits.bytes().all(|c| c.is_ascii_digit())
         && !digits.starts_with('0');
-    if !canonical {
-        return None;
-    }
-    let counter: u64 = digits.parse().ok().filter(|&n| n <= MAX_COUNTER)?;
-    let ct = STANDARD.decode(b64).ok().filter(|ct| ct.len() >= TAG_BYTES)?;
-    Some((counter, ct))
+    canonical.then(|| digits.parse().ok()).flatten().filter(|&n| n <= MAX_COUNTER)
 }
 
 /// The highest counter accepted and which of the 64 below it were.
@@ -418,11 +513,20 @@ pub struct Record {
 }
 
 /// A user's current key and the pair of keys shared with it.
-struct Peer {
-    key: Result<PeerKey, KeyError>,
-    pair: Option<Pair>,
+pub(crate) struct Peer {
+    pub(crate) key: Result<PeerKey, KeyError>,
+    pub(crate) pair: Option<Pair>,
     /// The identity differs from the record and was not confirmed.
-    unconfirmed: bool,
+    pub(crate) unconfirmed: bool,
+    /// The room's sender keys this session of theirs gave us: they go with
+    /// the session (a new key, a leave).
+    pub(crate) senders: crate::e2e_room::Senders,
+}
+
+impl Peer {
+    fn unusable(e: KeyError) -> Self {
+        Peer { key: Err(e), pair: None, unconfirmed: false, senders: Default::default() }
+    }
 }
 
 /// One connection's client side of the scheme: its keys, its name as the
@@ -430,11 +534,13 @@ struct Peer {
 /// every name seen (which outlive the users' presence: a leave and a
 /// return with another key is still a change).
 pub struct Client {
-    keys: Keys,
+    pub(crate) keys: Keys,
     published: String,
-    me: Option<String>,
-    online: std::collections::HashMap<String, Peer>,
+    pub(crate) me: Option<String>,
+    pub(crate) online: std::collections::HashMap<String, Peer>,
     records: std::collections::HashMap<String, Record>,
+    /// This client's side of the encrypted room (`e2e_room`).
+    pub(crate) room: crate::e2e_room::Room,
 }
 
 impl Client {
@@ -446,6 +552,7 @@ impl Client {
             me: None,
             online: Default::default(),
             records: Default::default(),
+            room: Default::default(),
         }
     }
 
@@ -481,8 +588,7 @@ impl Client {
         let parsed = match PeerKey::parse(key) {
             Ok(parsed) => parsed,
             Err(e) => {
-                self.online
-                    .insert(user.into(), Peer { key: Err(e), pair: None, unconfirmed: false });
+                self.online.insert(user.into(), Peer::unusable(e));
                 return KeyEvent::Unusable(e);
             }
         };
@@ -495,7 +601,7 @@ impl Client {
         let Some(pair) = self.keys.pairwise(&parsed) else {
             // Our own key under another name: nobody else can hold it.
             let e = KeyError::Format;
-            self.online.insert(user.into(), Peer { key: Err(e), pair: None, unconfirmed: false });
+            self.online.insert(user.into(), Peer::unusable(e));
             return KeyEvent::Unusable(e);
         };
         let (event, unconfirmed) = match self.records.get(user) {
@@ -507,7 +613,9 @@ impl Client {
             Some(r) if r.identity == *parsed.identity() => (KeyEvent::Known, false),
             Some(_) => (KeyEvent::Changed, true),
         };
-        self.online.insert(user.into(), Peer { key: Ok(parsed), pair: Some(pair), unconfirmed });
+        let senders = Default::default();
+        self.online
+            .insert(user.into(), Peer { key: Ok(parsed), pair: Some(pair), unconfirmed, senders });
         event
     }
 
@@ -523,8 +631,7 @@ impl Client {
                     Some(key) => self.on_key(user, key),
                     None => {
                         let e = KeyError::Format;
-                        let peer = Peer { key: Err(e), pair: None, unconfirmed: false };
-                        self.online.insert(user.clone(), peer);
+                        self.online.insert(user.clone(), Peer::unusable(e));
                         KeyEvent::Unusable(e)
                     }
                 };

@@ -25,6 +25,8 @@ use tungstenite::{Message, WebSocket};
 pub mod cluster;
 /// The end-to-end private message scheme (`key_relay`, `examples/e2e_peer.rs`).
 pub mod e2e;
+/// The end-to-end encrypted room (`e2e_room`): sender keys over `e2e`.
+pub mod e2e_room;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub const PASSWORD: &str = "963";
