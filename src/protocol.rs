@@ -458,7 +458,7 @@ fn counter(text: &[u8]) -> Option<&[u8]> {
 /// a multiple of 4 long.
 fn base64_form(text: &[u8]) -> bool {
     let body = text.strip_suffix(b"==").or_else(|| text.strip_suffix(b"=")).unwrap_or(text);
-    text.len() % 4 == 0
+    text.len().is_multiple_of(4)
         && body.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
@@ -619,27 +619,34 @@ mod tests {
     fn only_the_sealed_forms_pass_in_an_e2e_room() {
         let b64 = |n: usize| "A".repeat(n);
         let room = |t: String| check_sealed(&Request::Broadcast { text: t });
-        let private = |t: String| check_sealed(&Request::PrivateMessage { target: "b".into(), text: t });
+        let private =
+            |t: String| check_sealed(&Request::PrivateMessage { target: "b".into(), text: t });
         assert_eq!(room(format!("e2er1:1:1:{}", b64(124))), Ok(()));
         assert_eq!(room(format!("e2er1:12:9007199254740991:{}==", b64(126))), Ok(()));
         for bad in [
             "hello".to_owned(),
-            format!("e2er1:1:1:{}", b64(120)),        // shorter than an empty message
-            format!("e2er1:0:1:{}", b64(124)),        // epoch 0
-            format!("e2er1:01:1:{}", b64(124)),       // leading zero
-            format!("e2er1:1:{}", b64(124)),          // no index
-            format!("e2er1:1:1:{}=", b64(124)),       // not a multiple of 4
-            format!("e2er1:1:1:{} ", b64(127)),       // a space
-            format!("e2er1:1:1:{}=A", b64(126)),      // padding inside
+            format!("e2er1:1:1:{}", b64(120)), // shorter than an empty message
+            format!("e2er1:0:1:{}", b64(124)), // epoch 0
+            format!("e2er1:01:1:{}", b64(124)), // leading zero
+            format!("e2er1:1:{}", b64(124)),   // no index
+            format!("e2er1:1:1:{}=", b64(124)), // not a multiple of 4
+            format!("e2er1:1:1:{} ", b64(127)), // a space
+            format!("e2er1:1:1:{}=A", b64(126)), // padding inside
             format!("e2er1:1:11111111111111111:{}", b64(124)), // 17 digits
-            format!("e2e2:1:{}", b64(124)),           // a private form to the room
+            format!("e2e2:1:{}", b64(124)),    // a private form to the room
         ] {
             assert_eq!(room(bad.clone()).unwrap_err().code, ErrorCode::EncryptionRequired, "{bad}");
         }
         assert_eq!(private(format!("e2e2:1:{}", b64(24))), Ok(()));
         assert_eq!(private(format!("e2e2k:7:{}", b64(144))), Ok(()));
-        for bad in ["secret".to_owned(), format!("e2e2:1:{}", b64(20)), format!("e2e3:1:{}", b64(24))] {
-            assert_eq!(private(bad.clone()).unwrap_err().code, ErrorCode::EncryptionRequired, "{bad}");
+        for bad in
+            ["secret".to_owned(), format!("e2e2:1:{}", b64(20)), format!("e2e3:1:{}", b64(24))]
+        {
+            assert_eq!(
+                private(bad.clone()).unwrap_err().code,
+                ErrorCode::EncryptionRequired,
+                "{bad}"
+            );
         }
         assert_eq!(check_sealed(&Request::OnlineUsers), Ok(()));
     }

@@ -31,7 +31,7 @@ let e2eRoom = document.querySelector('meta[name="e2e-room"]')?.content === "true
 let roomTitle = "";
 let sender = null;
 let epochs = 0; // epochs made on this connection
-const ownSent = new Map(); // "epoch:index" -> the text of our room message, until the server relays it back
+const ownSent = new Map(); // "epoch:index" -> {text, sealed, shown}: our room messages (the 256 newest)
 let earlier = null; // {div, n}: the line counting history we cannot read
 const SIGN = { name: "ECDSA", namedCurve: "P-256" };
 const ECDSA = { name: "ECDSA", hash: "SHA-256" };
@@ -502,11 +502,14 @@ async function showRoom(from, text, history) {
     return;
   }
   if (session && from === session.name) {
+    // Ours: shown from what we kept, never decrypted (its message key is gone).
     const m = typeof text === "string" && ROOM_FORMAT.exec(text);
     const mine = m && ownSent.get(m[1] + ":" + m[2]);
-    if (typeof mine !== "string") return roomRefused(from, "not sent by this page: a replay, or another tab of yours");
-    ownSent.delete(m[1] + ":" + m[2]);
-    return line("live", from, mine, "encrypted for the room", "lock");
+    if (!mine) return roomRefused(from, "no key: not sent by this page (an earlier session, or another tab of yours)");
+    if (mine.sealed !== text) return roomRefused(from, "forged: not what this page sent");
+    if (mine.shown) return roomRefused(from, "replayed");
+    mine.shown = true;
+    return line("live", from, mine.text, "encrypted for the room", "lock");
   }
   const r = await openRoom(from, text);
   if (r.wait) {
@@ -579,9 +582,10 @@ async function sendRoom(text, sent) {
   const key = await crypto.subtle.importKey("raw", mk, "AES-GCM", false, ["encrypt"]);
   const ct = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv, additionalData: ad }, key, enc.encode(text)));
   const sig = new Uint8Array(await crypto.subtle.sign(ECDSA, sender.sign, concat(ad, iv, ct)));
-  ownSent.set(sender.epoch + ":" + i, text);
-  if (ownSent.size > 256) ownSent.delete(ownSent.keys().next().value); // refused by the server: never relayed back
-  ws.send(JSON.stringify({ msgType: "Broadcast", text: `e2er1:${sender.epoch}:${i}:${b64(concat(iv, ct, sig))}` }));
+  const sealed = `e2er1:${sender.epoch}:${i}:${b64(concat(iv, ct, sig))}`;
+  ownSent.set(sender.epoch + ":" + i, { text, sealed, shown: false });
+  if (ownSent.size > 256) ownSent.delete(ownSent.keys().next().value);
+  ws.send(JSON.stringify({ msgType: "Broadcast", text: sealed }));
   sent();
 }
 

@@ -152,6 +152,10 @@ test("e2e_room behind a hostile server: tampered, replayed, forged and plaintext
     await shown(alice, "bob", "still genuine");
     await sendTo(alice, null, "alice's epoch 1");
     await shown(bob, "alice", "alice's epoch 1");
+    await shown(alice, "alice", "alice's epoch 1");
+    // Her own message relayed again: shown once, the repeat refused.
+    route.inject(delivered.find((m) => m.SrcUser === "alice"));
+    await until(async () => (await alice.locator('.msg.undecrypted:has-text("replayed")').count()) >= 2, "her own replay refused");
 
     // The server hands alice another key for bob: nothing goes to the room until she trusts it.
     const ghost = e2e2Party();

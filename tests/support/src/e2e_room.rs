@@ -252,6 +252,7 @@ impl RoomSealed {
 
 /// One epoch of a sender's, as a receiver keeps it: the chain at the next
 /// index expected and the keys of indexes skipped.
+#[derive(Clone)]
 struct Chain {
     spk: VerifyingKey,
     next: u64,
@@ -468,11 +469,14 @@ impl Client {
         let signature = Signature::from_slice(&sealed.sig).map_err(|_| RoomRefused::Forged)?;
         let signed = [aad.as_bytes(), &sealed.iv, &sealed.ct].concat();
         chain.spk.verify(&signed, &signature).map_err(|_| RoomRefused::Forged)?;
-        let mk = chain.take(index)?;
+        // Only a message that is read moves the chain: work on a copy.
+        let mut moved = chain.clone();
+        let mk = moved.take(index)?;
         let plain = Aes256Gcm::new(&mk.into())
             .decrypt(&sealed.iv.into(), Payload { msg: &sealed.ct, aad: aad.as_bytes() })
             .map_err(|_| RoomRefused::Undecryptable)?;
         let text = String::from_utf8(plain).map_err(|_| RoomRefused::Undecryptable)?;
+        *chain = moved;
         Ok(RoomOpened { text, epoch, index, mine: false })
     }
 
