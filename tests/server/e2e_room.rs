@@ -268,10 +268,12 @@ fn forged_tampered_and_malformed_room_messages_are_refused() {
         assert_eq!(bob.open_room("alice", &bad), Err(RoomRefused::Undecryptable), "{bad}");
     }
     // Signed by alice but not decrypting under its index's key (a broken
-    // sender): could not be decrypted, and that index is used up.
+    // sender): could not be decrypted, and nothing moved (only a message
+    // read moves the chain): the real index 2 still reads.
     let place = Place { room: "Test Room", sender: "alice", epoch: 1, index: 2 };
     let broken = seal_room_with(&place, &[0; 32], &[1; 12], &crafted.signing, "x");
     assert_eq!(bob.open_room("alice", &broken), Err(RoomRefused::Undecryptable));
+    assert_eq!(bob.open_room("alice", &crafted.message(2, "x")).unwrap().text, "x");
     assert_eq!(bob.open_room("alice", &crafted.message(2, "x")), Err(RoomRefused::Replayed));
     // Not UTF-8, signed and sealed with the right key: could not be decrypted.
     let mut chain = crafted.chain;
