@@ -49,6 +49,9 @@ Options:
   -s BYTES           message text size (default 60)
   --rate R           fanout open loop: each sender sends R messages/s whatever
                      comes back (C x R offered in all, phases spread evenly)
+  --sealed           fanout: every Broadcast text in an e2e_room's sealed form,
+                     e2er1:1:<index>:<base64>, at least S long (the base64 a
+                     multiple of 4, at least 124), random after the counters
   --tls CA_PEM       use wss, trusting this certificate (name: localhost)
   --pid PID          sample this server process's CPU time and memory; several
                      times: each process (a cluster's nodes, redis-server) and
@@ -87,6 +90,8 @@ struct Options {
     rate: Option<f64>,
     /// Users are named `{prefix}{i}`.
     prefix: String,
+    /// fanout: Broadcasts in the sealed form an `e2e_room` relays.
+    sealed: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -108,6 +113,7 @@ fn parse_options() -> Result<Options, String> {
         soak: soak::Settings::default(),
         rate: None,
         prefix: "u".into(),
+        sealed: false,
     };
     let mut users = None;
     while let Some(arg) = args.next() {
@@ -130,6 +136,7 @@ fn parse_options() -> Result<Options, String> {
             }
             "--concurrency" => o.concurrency = number(value()?)?.max(1),
             "--prefix" => o.prefix = value()?,
+            "--sealed" => o.sealed = true,
             // The soak's own options (its --rate too) follow its name.
             a if o.scenario == "soak" && soak::Settings::takes(a) => o.soak.set(a, &value()?)?,
             "--rate" => {
@@ -155,6 +162,9 @@ fn parse_options() -> Result<Options, String> {
     }
     if o.rate.is_some() && o.scenario != "fanout" {
         return Err("--rate is for fanout only".into());
+    }
+    if o.sealed && o.scenario != "fanout" {
+        return Err("--sealed is for fanout only".into());
     }
     if o.addrs.len() > 1 && !matches!(o.scenario.as_str(), "fanout" | "idle" | "joinstorm") {
         return Err("several --addr are for fanout, idle and joinstorm only".into());
@@ -431,13 +441,48 @@ fn text_of(payload: &[u8]) -> Option<(&[u8], bool)> {
     text.map(|t| (t, history))
 }
 
+/// `--sealed`: a room message as an `e2e_room` relays it (docs/PROTOCOL.md,
+/// "The end-to-end encrypted room"), `e2er1:1:<index>:<base64>`: the index
+/// 10 digits wide and the base64 a multiple of 4 long, so that every text of
+/// a run is the same length (at least `size`, the base64 at least the
+/// server's 124); the base64 opens with `sender+seq+stamp+` (`+` is a
+/// base64 character; `numbers` reads it as the plain form's `:`) and is
+/// random after. The server checks the form only, so this is the load a
+/// real client's ciphertext puts on it.
+fn sealed_text(sender: usize, seq: u64, stamp: u64, size: usize, rng: &mut u64) -> String {
+    const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = format!("e2er1:1:{}:", 1_000_000_000 + seq);
+    let body = (size.saturating_sub(text.len()).max(124)).next_multiple_of(4);
+    let start = text.len();
+    text += &format!("{sender}+{seq}+{stamp}+");
+    while text.len() - start < body {
+        // xorshift64: ten base64 characters per step.
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let bits = *rng;
+        let take = (body - (text.len() - start)).min(10);
+        text.extend((0..take).map(|k| char::from(BASE64[(bits >> (6 * k)) as usize & 63])));
+    }
+    text
+}
+
+/// The part of a Broadcast text that `numbers` reads: all of a plain one,
+/// the base64 of a sealed one (`sealed_text`).
+fn counters(text: &[u8]) -> &[u8] {
+    match text.strip_prefix(b"e2er1:") {
+        Some(rest) => rest.splitn(3, |&b| b == b':').nth(2).unwrap_or_default(),
+        None => text,
+    }
+}
+
 fn numbers(s: &[u8]) -> [u64; 3] {
     let mut out = [0u64; 3];
     let mut i = 0;
     for &b in s {
         match b {
             b'0'..=b'9' => out[i] = out[i] * 10 + u64::from(b - b'0'),
-            b':' if i < 2 => i += 1,
+            b':' | b'+' if i < 2 => i += 1,
             _ => break,
         }
     }
@@ -475,6 +520,8 @@ struct Load {
     buf: Vec<u8>,
     /// fanout --rate: the senders' schedule.
     open: Option<openloop::OpenLoop>,
+    /// `--sealed`: the random state of `sealed_text` (xorshift64, never 0).
+    rng: u64,
 }
 
 impl Load {
@@ -508,10 +555,15 @@ impl Load {
     fn send_broadcast(&mut self, i: usize) {
         let now = self.now_us();
         let c = &mut self.clients[i];
-        let mut text = format!("{i}:{}:{now}:", c.seq);
-        while text.len() < self.o.size {
-            text.push('x');
-        }
+        let text = if self.o.sealed {
+            sealed_text(i, c.seq, now, self.o.size, &mut self.rng)
+        } else {
+            let mut text = format!("{i}:{}:{now}:", c.seq);
+            while text.len() < self.o.size {
+                text.push('x');
+            }
+            text
+        };
         c.seq += 1;
         self.stats.sent += 1;
         let json = format!("{{\"msgType\":\"Broadcast\",\"text\":\"{text}\"}}");
@@ -599,7 +651,7 @@ impl Load {
             // Replays of the room's history (an earlier run's messages, when
             // the server was not restarted) are not part of this run.
             let Some((text, false)) = text_of(payload) else { return };
-            let [sender, seq, stamp] = numbers(text);
+            let [sender, seq, stamp] = numbers(counters(text));
             let sender = sender as usize;
             if sender >= c.last_seen.len() {
                 return;
@@ -913,6 +965,7 @@ fn run(o: Options) -> io::Result<()> {
         last_activity: Instant::now(),
         buf: vec![0; 65536],
         open: None,
+        rng: 0x9e37_79b9_7f4a_7c15,
         o,
     };
     if let Some(rate) = load.o.rate {
@@ -1112,7 +1165,7 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::{find, index_of, numbers, text_of};
+    use super::{counters, find, index_of, numbers, sealed_text, text_of};
 
     #[test]
     fn index_of_and_find_agree_with_a_plain_search() {
@@ -1151,5 +1204,26 @@ mod tests {
         assert_eq!(text_of(cut), Some((&b"1:2:3"[..], false)));
         assert_eq!(text_of(br#"{"msgType":"OnlineUsers","users":["text"]}"#), None);
         assert_eq!(numbers(b"12:345:6789:xx"), [12, 345, 6789]);
+    }
+
+    #[test]
+    fn sealed_texts_have_the_checked_form_one_length_and_the_counters() {
+        let mut rng = 1;
+        for (size, seq) in [(0, 0), (60, 7), (275, 12_345), (276, 99_999_999)] {
+            let text = sealed_text(42, seq, 1_234_567, size, &mut rng);
+            let rest = text.strip_prefix("e2er1:1:").unwrap();
+            let (index, body) = rest.split_once(':').unwrap();
+            assert_eq!(index, (1_000_000_000 + seq).to_string());
+            assert!(body.len() >= 124 && body.len().is_multiple_of(4), "{text}");
+            assert!(text.len() >= size && text.len() < size.max(143) + 4, "{text}");
+            let base64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+            assert!(body.chars().all(base64), "{text}");
+            assert_eq!(numbers(counters(text.as_bytes())), [42, seq, 1_234_567]);
+        }
+        let a = sealed_text(1, 5, 9, 275, &mut rng);
+        let b = sealed_text(1, 5, 9, 275, &mut rng);
+        assert_eq!((a.len(), b.len()), (275, 275));
+        assert_ne!(a, b, "random after the counters");
+        assert_eq!(counters(b"1:2:3:xx"), b"1:2:3:xx");
     }
 }
