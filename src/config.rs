@@ -38,6 +38,10 @@ pub struct Config {
     pub reuse_port: bool,
     /// Broadcasts and private messages only in their sealed (encrypted) form.
     pub e2e_room: bool,
+    /// The Unix socket `ragnarok ctl` talks to; `None` = off.
+    pub control_socket: Option<PathBuf>,
+    /// Where bans are kept across restarts (standalone); `None` = nowhere.
+    pub state_file: Option<PathBuf>,
 }
 
 /// `redis_url` and what goes with it.
@@ -398,6 +402,18 @@ pub const KEYS: &[Key] = &[
         kind: Bool(|d, on| d.config.e2e_room = on),
     },
     Key {
+        name: "control_socket",
+        default: Some(r#""ragnarok.sock""#),
+        doc: "Unix socket of `ragnarok ctl` (relative: next to the config file); \"\" = off",
+        kind: Text(|d, path| d.control_socket = path),
+    },
+    Key {
+        name: "state_file",
+        default: Some(r#""ragnarok-state.json""#),
+        doc: "where bans are kept across restarts (relative: next to the config file); \"\" = nowhere",
+        kind: Text(|d, path| d.state_file = path),
+    },
+    Key {
         name: "log_level",
         default: Some(r#""info""#),
         doc: "error, warn, info, debug, trace or off",
@@ -517,6 +533,8 @@ struct Draft {
     redis: Option<RedisUrl>,
     cluster_name: String,
     redis_ca_file: Option<String>,
+    control_socket: String,
+    state_file: String,
 }
 
 impl Draft {
@@ -557,6 +575,8 @@ impl Draft {
                 cluster: None,
                 reuse_port: false,
                 e2e_room: false,
+                control_socket: None,
+                state_file: None,
             },
             ssl: false,
             ssl_cert: None,
@@ -564,6 +584,8 @@ impl Draft {
             redis: None,
             cluster_name: String::new(),
             redis_ca_file: None,
+            control_socket: String::new(),
+            state_file: String::new(),
         };
         for key in KEYS {
             if let Some(text) = key.default {
@@ -646,6 +668,9 @@ impl Draft {
             );
             return Err(bad("history_max_bytes", &message));
         }
+        let path = |p: String| (!p.is_empty()).then(|| base.join(p));
+        c.control_socket = path(self.control_socket);
+        c.state_file = path(self.state_file);
         match self.redis {
             Some(redis) => {
                 if self.redis_ca_file.is_some() && !redis.tls {
@@ -960,7 +985,18 @@ mod tests {
 
     #[test]
     fn the_defaults_are_the_keys_defaults() {
-        assert_eq!(parse("{}").unwrap(), Config::default());
+        // A config file's files are next to it; a config made in code
+        // (tests, fuzzing) has none.
+        let mut c = parse("{}").unwrap();
+        assert_eq!(c.control_socket.take(), Some("/etc/ragnarok/ragnarok.sock".into()));
+        assert_eq!(c.state_file.take(), Some("/etc/ragnarok/ragnarok-state.json".into()));
+        assert_eq!(c, Config::default());
+        let c = parse(r#"{"control_socket": "", "state_file": "/var/lib/ragnarok/state.json"}"#);
+        let c = c.unwrap();
+        assert_eq!(
+            (c.control_socket, c.state_file),
+            (None, Some("/var/lib/ragnarok/state.json".into()))
+        );
         let c = Config::default();
         assert_eq!((c.server_ip.as_str(), c.server_port), ("127.0.0.1", 12345));
         assert_eq!((c.history_size, c.log_level), (50, LevelFilter::Info));
