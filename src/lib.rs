@@ -7,6 +7,7 @@ pub mod config;
 mod connection;
 mod drain;
 mod effect;
+mod endpoint;
 pub mod fdlimit;
 mod frames;
 mod history;

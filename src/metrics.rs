@@ -10,28 +10,14 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::ClusterStats;
-use crate::drain::{self, Drained};
 use crate::effect::Count;
 use crate::protocol::{ErrorCode, Kind};
 use std::fmt::Write as _;
-use std::io::{self, Read};
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
-use slab::Slab;
+use mio::net::TcpListener;
 
-/// Requests open at once on the listener (a local scraper or watchdog
-/// opens one or two); each holds at most a 4 KiB request head and its
-/// answer. When all are taken, a new connection closes the oldest request
-/// that has not sent its whole head yet (idle sockets cannot keep `/healthz`
-/// from answering); only when every one is being answered is it dropped.
-const MAX_REQUESTS: usize = 16;
-/// How long a request may take to send its head (loopback scrapers send it
-/// with the connection), and to be answered in all.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The health and metrics listener.
+pub type Endpoint = crate::endpoint::Endpoint<TcpListener>;
 
 /// Counters, kept as plain integers on the one thread.
 #[derive(Debug, Default)]
@@ -252,120 +238,6 @@ pub fn respond(
         body.len()
     );
     Some([head.as_bytes(), body.as_bytes()].concat())
-}
-
-/// The health and metrics listener and the requests in progress on it,
-/// served on the event loop's poll (tokens from `first_token` on).
-pub struct Endpoint {
-    listener: TcpListener,
-    requests: Slab<Request>,
-}
-
-struct Request {
-    socket: TcpStream,
-    received: Vec<u8>,
-    /// The answer and how much of it is written.
-    answer: Option<(Vec<u8>, usize)>,
-    opened: Instant,
-}
-
-impl Endpoint {
-    pub fn bind(addr: SocketAddr, registry: &Registry, token: Token) -> io::Result<Endpoint> {
-        let mut listener = TcpListener::bind(addr)?;
-        registry.register(&mut listener, token, Interest::READABLE)?;
-        Ok(Endpoint { listener, requests: Slab::new() })
-    }
-
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    pub fn accept(&mut self, registry: &Registry, first_token: usize, now: Instant) {
-        while let Ok((mut socket, _)) = self.listener.accept() {
-            if self.requests.len() >= MAX_REQUESTS {
-                let oldest_unfinished = self
-                    .requests
-                    .iter()
-                    .filter(|(_, r)| r.answer.is_none())
-                    .min_by_key(|(_, r)| r.opened)
-                    .map(|(key, _)| key);
-                match oldest_unfinished {
-                    Some(key) => self.close(key, registry),
-                    None => continue, // every slot is being answered: dropped
-                }
-            }
-            let token = Token(first_token + self.requests.vacant_key());
-            if registry.register(&mut socket, token, Interest::READABLE).is_ok() {
-                let request = Request { socket, received: Vec::new(), answer: None, opened: now };
-                self.requests.insert(request);
-            }
-        }
-    }
-
-    /// Reads request `key`, answers it once complete (`scrape` makes the
-    /// metrics, for `/metrics` only) and closes it once the answer is out.
-    pub fn serve(
-        &mut self,
-        key: usize,
-        registry: &Registry,
-        first_token: usize,
-        shutting_down: bool,
-        scrape: impl FnOnce() -> String,
-    ) {
-        let Some(request) = self.requests.get_mut(key) else { return };
-        if request.advance(shutting_down, scrape) {
-            self.close(key, registry);
-        } else if request.answer.is_some() {
-            let token = Token(first_token + key);
-            let _ = registry.reregister(&mut request.socket, token, Interest::WRITABLE);
-        }
-    }
-
-    /// Closes requests that took too long: to send their head, or in all.
-    pub fn expire(&mut self, registry: &Registry, now: Instant) {
-        let late: Vec<usize> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| {
-                let age = now.saturating_duration_since(r.opened);
-                age >= REQUEST_TIMEOUT || (r.answer.is_none() && age >= HEAD_TIMEOUT)
-            })
-            .map(|(key, _)| key)
-            .collect();
-        for key in late {
-            self.close(key, registry);
-        }
-    }
-
-    fn close(&mut self, key: usize, registry: &Registry) {
-        if let Some(mut request) = self.requests.try_remove(key) {
-            let _ = registry.deregister(&mut request.socket);
-        }
-    }
-}
-
-impl Request {
-    /// Reads and writes what the socket allows; `true` once finished.
-    fn advance(&mut self, shutting_down: bool, scrape: impl FnOnce() -> String) -> bool {
-        let mut scrape = Some(scrape);
-        let mut buf = [0u8; 1024];
-        while self.answer.is_none() {
-            match self.socket.read(&mut buf) {
-                Ok(0) => return true, // gone before asking
-                Ok(n) => {
-                    self.received.extend_from_slice(&buf[..n]);
-                    let text = || scrape.take().map_or_else(String::new, |f| f());
-                    self.answer = respond(&self.received, shutting_down, text).map(|a| (a, 0));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            }
-        }
-        let Some((answer, written)) = &mut self.answer else { return true };
-        // Finished once all is written, or on an error.
-        !matches!(drain::buffer(&mut self.socket, answer, written), Ok(Drained::Blocked))
-    }
 }
 
 #[cfg(test)]

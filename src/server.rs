@@ -157,9 +157,12 @@ impl Server<TcpStream> {
                 .to_socket_addrs()?
                 .next()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
-            let endpoint = metrics::Endpoint::bind(addr, server.poll.registry(), METRICS)
-                .map_err(|e| io::Error::new(e.kind(), format!("metrics_addr {addr}: {e}")))?;
-            info!("health and metrics on http://{}/healthz and /metrics", endpoint.local_addr()?);
+            let bound = mio::net::TcpListener::bind(addr)
+                .and_then(|l| metrics::Endpoint::new(l, server.poll.registry(), METRICS));
+            let endpoint =
+                bound.map_err(|e| io::Error::new(e.kind(), format!("metrics_addr {addr}: {e}")))?;
+            let addr = endpoint.listener().local_addr()?;
+            info!("health and metrics on http://{addr}/healthz and /metrics");
             server.metrics = Some(endpoint);
         }
         server.phase = Phase::Running { listener: Some(listener) };
@@ -751,7 +754,12 @@ impl<S: Socket + Source> Server<S> {
         // Taken out while it is served, so that the scrape can read the rest.
         let Some(mut endpoint) = self.metrics.take() else { return };
         let registry = self.poll.registry();
-        endpoint.serve(key, registry, METRICS_REQUESTS, shutting_down, || self.metrics_text());
+        let mut text = Some(|| self.metrics_text());
+        endpoint.serve(key, registry, METRICS_REQUESTS, |received| {
+            metrics::respond(received, shutting_down, || {
+                text.take().map_or_else(String::new, |f| f())
+            })
+        });
         self.metrics = Some(endpoint);
     }
 
