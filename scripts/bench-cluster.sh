@@ -97,7 +97,7 @@ for tls in false true; do
  "rate_limit_per_sec": 0, "max_connections": $max_conn,
  "rate_limit_bytes_per_sec": 0,
  "max_connections_per_ip": 0, "max_handshakes_per_ip": 0,
- "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "log_level": "warn",
+ "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "room_logins_per_sec": 0, "log_level": "warn",
  "redis_url": "redis://127.0.0.1:$redis_port", "cluster_name": "bench",
  "metrics_addr": "127.0.0.1:${metrics_ports[$k]}",
  "handshake_timeout_secs": 600, "login_timeout_secs": 600}

@@ -17,7 +17,7 @@ for tls in false true; do
  "rate_limit_per_sec": 0, "max_connections": 20000,
  "rate_limit_bytes_per_sec": 0,
  "max_connections_per_ip": 0, "max_handshakes_per_ip": 0,
- "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "log_level": "warn"}
+ "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "room_logins_per_sec": 0, "log_level": "warn"}
 JSON
 done
 

@@ -22,6 +22,7 @@
 #   connections_per_minute_per_ip, logins_per_minute_per_ip  0 (default 120
 #                              and 30): the soak's churn of -n users, all
 #                              from 127.0.0.1, is many households' worth
+#   room_logins_per_sec        0 (default 50): the churn is not a raid
 # Everything else stays at its default and the load generator keeps inside
 # it: at most 12 unauthenticated connections at once (max_handshakes_per_ip
 # 16), a wrong password every 10 s (login_attempts_per_minute 10), each
@@ -61,7 +62,7 @@ cat > "$work/config.json" <<JSON
  "server_ip": "127.0.0.1", "server_port": 0,
  "server_name": "Soak", "server_password": "soak-password",
  "max_connections_per_ip": 1024, "login_timeout_secs": 10,
- "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0}
+ "connections_per_minute_per_ip": 0, "logins_per_minute_per_ip": 0, "room_logins_per_sec": 0}
 JSON
 tls_args=()
 if $tls; then

@@ -81,6 +81,15 @@ impl Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.net, self.bits) {
+            (IpAddr::V4(_), 32) | (IpAddr::V6(_), 128) => write!(f, "{}", self.net),
+            (net, bits) => write!(f, "{net}/{bits}"),
+        }
+    }
+}
+
 fn prefix_eq(a: u128, b: u128, width: u8, bits: u8) -> bool {
     bits == 0 || (a ^ b) >> (width - bits) == 0
 }

@@ -38,6 +38,8 @@ pub struct Config {
     pub reuse_port: bool,
     /// Broadcasts and private messages only in their sealed (encrypted) form.
     pub e2e_room: bool,
+    /// Logins per second in the whole room (anti-raid); 0 = no limit.
+    pub room_logins_per_sec: u32,
     /// The Unix socket `ragnarok ctl` talks to; `None` = off.
     pub control_socket: Option<PathBuf>,
     /// Where bans are kept across restarts (standalone); `None` = nowhere.
@@ -258,6 +260,12 @@ pub const KEYS: &[Key] = &[
             max: 1_000_000,
             set: |d, n| d.config.limits.logins_per_minute_per_ip = n as u32,
         },
+    },
+    Key {
+        name: "room_logins_per_sec",
+        default: Some("50"),
+        doc: "logins per second in the whole room, from any address (a burst of as many): a raid from many addresses waits; 0 = no limit",
+        kind: Int { min: 0, max: 1_000_000, set: |d, n| d.config.room_logins_per_sec = n as u32 },
     },
     Key {
         name: "max_message_bytes",
@@ -575,6 +583,7 @@ impl Draft {
                 cluster: None,
                 reuse_port: false,
                 e2e_room: false,
+                room_logins_per_sec: 0,
                 control_socket: None,
                 state_file: None,
             },

@@ -18,6 +18,7 @@ use ragnarok::tls;
 
 const USAGE: &str = "\
 Usage: ragnarok [--config PATH] [--check-config]
+       ragnarok ctl [--config PATH] [--json] COMMAND   (ragnarok ctl --help lists them)
 
 A self-hosted WebSocket chatroom server.
 
@@ -66,9 +67,15 @@ enum Command {
     Help,
     Version,
     Serve { config: PathBuf, check_only: bool },
+    Ctl { config: Option<PathBuf>, json: bool, args: Vec<String> },
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Fatal> {
+    let mut args = args.by_ref().peekable();
+    if args.peek().map(String::as_str) == Some("ctl") {
+        args.next();
+        return parse_ctl_args(args);
+    }
     let mut config = PathBuf::from("config.json");
     let mut check_only = false;
     while let Some(arg) = args.next() {
@@ -89,7 +96,84 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Fatal> 
     Ok(Command::Serve { config, check_only })
 }
 
+/// `ragnarok ctl [--config PATH] [--json] COMMAND ...`: the options come
+/// first, everything from the command on is the command's.
+fn parse_ctl_args(mut args: impl Iterator<Item = String>) -> Result<Command, Fatal> {
+    let (mut config, mut json) = (None, false);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--json" => json = true,
+            "-c" | "--config" => match args.next() {
+                Some(path) => config = Some(PathBuf::from(path)),
+                None => return Err(Fatal::Usage(format!("{arg} needs a file path"))),
+            },
+            _ => {
+                let args = std::iter::once(arg).chain(args).collect();
+                return Ok(Command::Ctl { config, json, args });
+            }
+        }
+    }
+    Ok(Command::Ctl { config, json, args: Vec::new() })
+}
+
+/// `ragnarok ctl`: asks the server on the config's control socket, prints
+/// its answer (`--json`: the answer's data), exits with its code.
+fn ctl(config: Option<PathBuf>, json: bool, args: &[String]) -> ExitCode {
+    use ragnarok::control::{self, CtlError};
+    let run = || -> Result<(String, serde_json::Value), CtlError> {
+        let request = control::request_of(args)?;
+        // config.json here, else the package's.
+        let path = config.unwrap_or_else(|| {
+            let here = PathBuf::from("config.json");
+            if here.exists() { here } else { PathBuf::from("/etc/ragnarok/config.json") }
+        });
+        let config = Config::load(&path).map_err(|e| match &e {
+            ConfigError::Read { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                CtlError::NoPermission(e.to_string())
+            }
+            _ => CtlError::Usage(e.to_string()),
+        })?;
+        let socket = config.control_socket.ok_or_else(|| {
+            CtlError::Usage(format!("{}: \"control_socket\" is off (\"\")", path.display()))
+        })?;
+        control::ask(&socket, &request)
+    };
+    match run() {
+        Ok((text, data)) => {
+            say(&if json { data.to_string() } else { text });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json && matches!(e, CtlError::Refused(_)) {
+                say(&serde_json::json!({ "error": e.message() }).to_string());
+            }
+            eprintln!("ragnarok ctl: {}", e.message());
+            if matches!(e, CtlError::Usage(_)) {
+                eprintln!("Try 'ragnarok ctl --help'.");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("ctl") {
+        return match parse_args(args.into_iter()) {
+            Ok(Command::Ctl { config, json, args }) => ctl(config, json, &args),
+            Ok(_) => {
+                say(ragnarok::control::USAGE);
+                ExitCode::SUCCESS
+            }
+            Err(fatal) => {
+                eprintln!("ragnarok: {fatal}");
+                ExitCode::from(fatal.exit_code())
+            }
+        };
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => {
@@ -110,6 +194,7 @@ fn run() -> Result<(), Fatal> {
             return Ok(());
         }
         Command::Serve { config, check_only } => (config, check_only),
+        Command::Ctl { .. } => unreachable!("main handles ctl"),
     };
     let config = Config::load(&path).map_err(|e| match &e {
         ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
@@ -153,6 +238,7 @@ fn run() -> Result<(), Fatal> {
 
     let address = format!("{}:{}", config.server_ip, config.server_port);
     let mut server = Server::bind(&config, tls).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => Fatal::Config(e.to_string()),
         io::ErrorKind::PermissionDenied => {
             Fatal::NoPermission(format!("cannot listen on {address}: {e}"))
         }

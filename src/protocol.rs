@@ -54,6 +54,14 @@ pub enum ErrorCode {
     MessageTimeout,
     /// Plaintext in an `e2e_room`: only the sealed form is relayed.
     EncryptionRequired,
+    /// Removed from the room by its owner or a moderator.
+    Kicked,
+    /// The name, the address or its network is banned.
+    Banned,
+    /// `ctl lock`: no new logins.
+    RoomLocked,
+    /// Muted: what you send reaches no one.
+    Muted,
 }
 
 impl ErrorCode {
@@ -81,6 +89,10 @@ impl ErrorCode {
             ErrorCode::LoginPending => "login_pending",
             ErrorCode::MessageTimeout => "message_timeout",
             ErrorCode::EncryptionRequired => "encryption_required",
+            ErrorCode::Kicked => "kicked",
+            ErrorCode::Banned => "banned",
+            ErrorCode::RoomLocked => "room_locked",
+            ErrorCode::Muted => "muted",
         }
     }
 }
@@ -109,6 +121,7 @@ pub enum Kind {
     PublicKey,
     Error,
     ServerName,
+    Announcement,
 }
 
 impl Kind {
@@ -123,6 +136,7 @@ impl Kind {
             Kind::PublicKey => "PublicKey",
             Kind::Error => "Error",
             Kind::ServerName => "ServerName",
+            Kind::Announcement => "Announcement",
         }
     }
 }
@@ -374,6 +388,8 @@ pub enum Reply<'a> {
         #[serde(rename = "TgtUser", skip_serializing_if = "Option::is_none")]
         target: Option<&'a str>,
     },
+    /// The server's own words (the owner's `say`, moderation): from no user.
+    Announcement { text: &'a str },
 }
 
 impl Reply<'_> {
@@ -386,6 +402,7 @@ impl Reply<'_> {
             Reply::PublicKeys { .. } => Kind::PublicKeys,
             Reply::UsersJoined { .. } => Kind::UsersJoined,
             Reply::UsersLeft { .. } => Kind::UsersLeft,
+            Reply::Announcement { .. } => Kind::Announcement,
             Reply::Error { .. } => Kind::Error,
         }
     }

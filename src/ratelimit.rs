@@ -47,6 +47,12 @@ impl TokenBucket {
         }
     }
 
+    /// The tokens there would be at `now`, taking none.
+    pub fn level(&self, now: Instant, per_sec: u32, burst: u32) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * f64::from(per_sec)).min(f64::from(burst))
+    }
+
     /// Charges an allowed message for work beyond one token (a large reply):
     /// what follows waits until the bucket has refilled. The bucket never
     /// goes below empty this way, so this alone never makes a flood.

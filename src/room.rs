@@ -178,6 +178,28 @@ impl Room {
         }
     }
 
+    /// Everyone online, by name: (name, comparison key, the connection if
+    /// here, else the node).
+    pub fn members(&self) -> impl Iterator<Item = (&str, &str, Result<ConnId, &str>)> {
+        self.names.iter().filter_map(|(name, key)| {
+            let at = match &self.users.get(key)?.at {
+                At::Local { id, .. } => Ok(*id),
+                At::Remote { node } => Err(&**node),
+            };
+            Some((&**name, &**key, at))
+        })
+    }
+
+    /// Users online on this node.
+    pub fn online_here(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The server's own words to everyone here (not kept in the history).
+    pub fn announce(&mut self, text: &str, out: &mut Effects) {
+        self.emit(out, Outbound::new(To::Everyone, &Reply::Announcement { text }));
+    }
+
     /// The comparison key of local user `id`'s name.
     pub fn name_key_of(&self, id: ConnId) -> Option<Rc<str>> {
         self.local.get(&id).cloned()

@@ -7,6 +7,7 @@
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,7 @@ use slab::Slab;
 mod node;
 
 mod apply;
+mod command;
 use crate::addresses::{Addresses, Peer};
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
@@ -28,6 +30,7 @@ use crate::effect::{ConnId, Effects, Ending};
 use crate::history::History;
 use crate::http::HttpPolicy;
 use crate::metrics::{self, Stats};
+use crate::moderation::Rules;
 use crate::outbox;
 use crate::peerlog::{Abuse, Class, PeerLog};
 use crate::protocol::{ErrorCode, Rejection};
@@ -35,7 +38,9 @@ use crate::ratelimit::LogBudget;
 use crate::room::Room;
 use crate::session::{Cx, Session};
 use crate::tls;
-use crate::tokens::{LISTENER, METRICS, METRICS_REQUESTS, SIGNALS, Target};
+use crate::tokens::{
+    CONTROL, CONTROL_REQUESTS, LISTENER, METRICS, METRICS_REQUESTS, SIGNALS, Target,
+};
 use crate::transport::{Socket, Transport};
 
 /// Bytes a connection may have queued above `max_outbound_bytes` for control
@@ -85,6 +90,8 @@ struct Client<S> {
     charged: bool,
     /// Tells this connection from a later one under the same slab key.
     serial: u64,
+    /// When its user logged in (for `ctl who`).
+    joined: Option<SystemTime>,
 }
 
 pub struct Server<S = TcpStream> {
@@ -134,6 +141,11 @@ pub struct Server<S = TcpStream> {
     metrics: Option<metrics::Endpoint>,
     /// The link to the other nodes, when `redis_url` is set.
     cluster: Option<Cluster>,
+    /// The owner's rules (bans, mutes, the lock), and where bans are kept.
+    rules: Rules,
+    state_file: Option<PathBuf>,
+    /// The control socket of `ragnarok ctl`, when `control_socket` is set.
+    control: Option<command::Endpoint>,
     next_serial: u64,
     /// The Autobahn echo endpoint (feature `testing`): every session echoes.
     #[cfg(feature = "testing")]
@@ -164,6 +176,10 @@ impl Server<TcpStream> {
             let addr = endpoint.listener().local_addr()?;
             info!("health and metrics on http://{addr}/healthz and /metrics");
             server.metrics = Some(endpoint);
+        }
+        server.load_rules()?;
+        if let Some(path) = &config.control_socket {
+            server.control = command::open(path, server.poll.registry(), CONTROL);
         }
         server.phase = Phase::Running { listener: Some(listener) };
         Ok(server)
@@ -314,6 +330,9 @@ impl<S: Socket + Source> Server<S> {
             grown_since_trim: false,
             cert_not_after: config.tls.as_ref().and_then(|files| tls::not_after(&files.cert)),
             metrics: None,
+            rules: Rules::new(config.room_logins_per_sec),
+            state_file: config.state_file.clone(),
+            control: None,
             cluster: None,
             next_serial: 0,
             #[cfg(feature = "testing")]
@@ -374,7 +393,13 @@ impl<S: Socket + Source> Server<S> {
         self.next_serial += 1;
         let serial = self.next_serial;
         let charged = charged.is_some();
-        self.clients.insert(Client { conn, session: Session::new(), charged, serial });
+        self.clients.insert(Client {
+            conn,
+            session: Session::new(),
+            charged,
+            serial,
+            joined: None,
+        });
         Ok(key)
     }
 
@@ -438,6 +463,12 @@ impl<S: Socket + Source> Server<S> {
                     self.settle(now);
                 }
                 Target::MetricsRequest(key) => self.answer_metrics(key),
+                Target::Control => {
+                    if let Some(endpoint) = &mut self.control {
+                        endpoint.accept(self.poll.registry(), CONTROL_REQUESTS, now);
+                    }
+                }
+                Target::ControlRequest(key) => self.answer_control(key, now),
                 Target::Connection(key) => self.on_ready(
                     key,
                     event.is_readable() || event.is_read_closed() || event.is_error(),
@@ -561,6 +592,10 @@ impl<S: Socket + Source> Server<S> {
         if let Some(endpoint) = &mut self.metrics {
             endpoint.expire(self.poll.registry(), now);
         }
+        if let Some(endpoint) = &mut self.control {
+            endpoint.expire(self.poll.registry(), now);
+        }
+        self.expire_rules();
         let keys: Vec<ConnId> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(client) = self.clients.get_mut(key) else { continue };
@@ -642,6 +677,8 @@ impl<S: Socket + Source> Server<S> {
             peer: conn.peer,
             charged: charged.then_some(conn.peer.ip),
             now,
+            rules: &mut self.rules,
+            wall: SystemTime::now(),
         };
         f(session, &mut cx);
     }

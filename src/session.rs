@@ -4,7 +4,7 @@
 //! decides, under the rate limit and the keep-alive, and pushes `Effect`s.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use log::info;
 use tungstenite::Message;
@@ -12,6 +12,7 @@ use tungstenite::Message;
 use crate::addresses::{Addresses, Peer};
 use crate::config::Limits;
 use crate::effect::{ClusterCall, ConnId, Count, Effect, Effects, Ending, Push};
+use crate::moderation::Rules;
 use crate::peerlog::{Abuse, Class, PeerLog};
 use crate::protocol::{ErrorCode, Rejection, Request, close_code, parse_request};
 use crate::ratelimit::{ByteBucket, TokenBucket, Verdict};
@@ -32,6 +33,10 @@ pub struct Cx<'a> {
     /// that has not named its client yet).
     pub charged: Option<IpAddr>,
     pub now: Instant,
+    /// The owner's rules: bans, mutes, the lock, the room-wide login rate.
+    pub rules: &'a mut Rules,
+    /// The wall clock, for the rules' ends.
+    pub wall: SystemTime,
 }
 
 impl Cx<'_> {
@@ -299,6 +304,9 @@ impl Session {
                     );
                     return refused_login(why, cx);
                 }
+                if let Err(why) = cx.rules.admits(name, cx.peer.ip, cx.wall, cx.now) {
+                    return refused_login(why, cx);
+                }
                 if !cx.room.is_clustered() {
                     return self.join(name, cx);
                 }
@@ -316,6 +324,12 @@ impl Session {
                 }
             }
             (Message::Text(text), None) if self.is_chatting() => match parse_request(&text) {
+                Ok(Request::Broadcast { .. } | Request::PrivateMessage { .. })
+                    if let Some(Err(why)) =
+                        cx.room.name_key_of(cx.id).map(|key| cx.rules.may_speak(&key, cx.wall)) =>
+                {
+                    self.refuse(why, cx)
+                }
                 Ok(request) => {
                     cx.out.push(Effect::Count(Count::Received(Some(request.kind()))));
                     if let (Request::OnlineUsers, Some(bucket)) = (&request, &mut self.bucket) {
@@ -395,6 +409,7 @@ impl Session {
                 }
                 self.phase = Phase::Chatting { ping_sent: None, bytes: ByteBucket::new(cx.now) };
                 cx.addresses.logged_in(cx.peer.ip, cx.now);
+                cx.rules.logged_in(cx.now);
                 // Chatting starts with a whole burst, whatever the login cost.
                 if let Some(bucket) = &mut self.bucket {
                     *bucket = TokenBucket::new(cx.limits.rate_limit_burst, cx.now);
@@ -564,6 +579,7 @@ mod tests {
         log: PeerLog,
         limits: Limits,
         now: Instant,
+        rules: Rules,
     }
 
     impl World {
@@ -577,6 +593,7 @@ mod tests {
                 log: PeerLog::default(),
                 limits: config.limits,
                 now: Instant::now(),
+                rules: Rules::default(),
             }
         }
 
@@ -611,6 +628,8 @@ mod tests {
                 peer: Peer::direct("192.0.2.1:5000".parse().unwrap()),
                 charged: None,
                 now: self.now,
+                rules: &mut self.rules,
+                wall: SystemTime::now(),
             };
             f(&mut cx);
             let mut actions = Vec::new();

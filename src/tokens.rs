@@ -14,8 +14,12 @@ pub const METRICS: Token = Token(usize::MAX - 2);
 pub const REDIS_COMMANDS: Token = Token(usize::MAX - 3);
 /// The cluster's subscription connection to Redis.
 pub const REDIS_SUBSCRIPTION: Token = Token(usize::MAX - 4);
+/// The control socket of `ragnarok ctl`.
+pub const CONTROL: Token = Token(usize::MAX - 5);
 /// Requests on the metrics listener: slab key + this.
 pub const METRICS_REQUESTS: usize = usize::MAX / 2;
+/// Requests on the control socket: slab key + this (above the metrics').
+pub const CONTROL_REQUESTS: usize = usize::MAX / 4 * 3;
 
 /// What a token names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +29,9 @@ pub enum Target {
     Metrics,
     /// Either of the cluster's two Redis connections.
     Redis,
+    Control,
     MetricsRequest(usize),
+    ControlRequest(usize),
     Connection(usize),
 }
 
@@ -36,6 +42,8 @@ impl Target {
             SIGNALS => Target::Signals,
             METRICS => Target::Metrics,
             REDIS_COMMANDS | REDIS_SUBSCRIPTION => Target::Redis,
+            CONTROL => Target::Control,
+            Token(key) if key >= CONTROL_REQUESTS => Target::ControlRequest(key - CONTROL_REQUESTS),
             Token(key) if key >= METRICS_REQUESTS => Target::MetricsRequest(key - METRICS_REQUESTS),
             Token(key) => Target::Connection(key),
         }
@@ -51,6 +59,8 @@ mod tests {
         assert_eq!(Target::of(LISTENER), Target::Listener);
         assert_eq!(Target::of(REDIS_SUBSCRIPTION), Target::Redis);
         assert_eq!(Target::of(Token(METRICS_REQUESTS + 3)), Target::MetricsRequest(3));
+        assert_eq!(Target::of(CONTROL), Target::Control);
+        assert_eq!(Target::of(Token(CONTROL_REQUESTS + 2)), Target::ControlRequest(2));
         assert_eq!(Target::of(Token(7)), Target::Connection(7));
     }
 }

@@ -51,6 +51,7 @@ impl<S: Socket + Source> Server<S> {
             Effect::LoggedIn(conn) => {
                 if let Some(client) = self.clients.get_mut(conn) {
                     client.conn.allow_messages(self.limits.max_message_bytes);
+                    client.joined = Some(std::time::SystemTime::now());
                 }
             }
             Effect::End { conn, how } => self.end(conn, how, now),

@@ -22,6 +22,7 @@ mod login_frames;
 mod login_throttle;
 mod malformed;
 mod metrics;
+mod moderation;
 mod names;
 mod origins;
 mod partial_messages;

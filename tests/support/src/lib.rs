@@ -130,12 +130,14 @@ pub fn quiet() -> RwLockWriteGuard<'static, ()> {
 
 /// The base config for tests: the seed's keys, port 0, a password, rate
 /// limiting at its defaults. The per-address rates of new connections and
-/// logins are off: every test client comes from 127.0.0.1, and many tests
-/// open more than a minute's worth; the tests of those rates set them.
+/// logins, and the room-wide login rate, are off: every test client comes
+/// from 127.0.0.1, and many tests open more than a minute's worth; the tests
+/// of those rates set them.
 pub fn base_config() -> Value {
     json!({
         "connections_per_minute_per_ip": 0,
         "logins_per_minute_per_ip": 0,
+        "room_logins_per_sec": 0,
         "SSL": false,
         "SSL_Cert": "cert.pem",
         "SSL_Key": "key.pem",

@@ -1,0 +1,408 @@
+//! The owner's rules for the room: bans (of a name, an address or a
+//! network, until a time or for good), mutes, the lock, and the room-wide
+//! login rate. Asked at each login and message; changed by `ragnarok ctl`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::addresses::Cidr;
+use crate::names;
+use crate::protocol::{ErrorCode, Rejection};
+use crate::ratelimit::{TokenBucket, Verdict};
+
+/// Who a ban is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A name, by its comparison key (`names::check`): its look-alikes too.
+    Name { key: String, shown: String },
+    /// An address (a network of one) or a network.
+    Net(Cidr),
+}
+
+impl Target {
+    /// An address or network (`192.0.2.7`, `2001:db8::/64`), else a name.
+    pub fn parse(text: &str) -> Result<Target, String> {
+        if let Ok(net) = text.parse::<Cidr>() {
+            return Ok(Target::Net(net));
+        }
+        match names::check(text) {
+            Ok(name) => Ok(Target::Name { key: name.key, shown: name.display }),
+            Err(why) => {
+                Err(format!("{text:?} is neither an address, a network nor a name: {}", why.text))
+            }
+        }
+    }
+
+    pub fn shown(&self) -> String {
+        match self {
+            Target::Name { shown, .. } => shown.clone(),
+            Target::Net(net) => net.to_string(),
+        }
+    }
+
+    fn covers(&self, name_key: Option<&str>, ip: IpAddr) -> bool {
+        match self {
+            Target::Name { key, .. } => name_key == Some(key.as_str()),
+            Target::Net(net) => net.contains(ip),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub target: Target,
+    /// `None`: until it is lifted.
+    pub until: Option<SystemTime>,
+    pub reason: String,
+    /// Who banned: `ctl` (the operator) or a moderator's name.
+    pub by: String,
+    pub since: SystemTime,
+}
+
+#[derive(Default)]
+pub struct Rules {
+    bans: Vec<Ban>,
+    /// Muted names by comparison key: (as shown, until).
+    mutes: HashMap<String, (String, Option<SystemTime>)>,
+    locked: bool,
+    /// Logins per second in the whole room (`room_logins_per_sec`; 0 = no limit).
+    logins_per_sec: u32,
+    logins: Option<TokenBucket>,
+}
+
+impl Rules {
+    pub fn new(logins_per_sec: u32) -> Rules {
+        Rules { logins_per_sec, ..Rules::default() }
+    }
+
+    /// Whether `name` from `ip` may log in now: not banned, the room not
+    /// locked, the room-wide login rate not passed (checked before the name
+    /// is tried; `logged_in` takes the token).
+    pub fn admits(
+        &self,
+        name: &str,
+        ip: IpAddr,
+        wall: SystemTime,
+        now: Instant,
+    ) -> Result<(), Rejection> {
+        let key = names::check(name).ok().map(|n| n.key);
+        if let Some(ban) =
+            self.bans.iter().find(|b| live(b.until, wall) && b.target.covers(key.as_deref(), ip))
+        {
+            let what = match ban.target {
+                Target::Name { .. } => "this name is banned",
+                Target::Net(_) => "your address is banned",
+            };
+            let text = format!("{what}{}{}", until_text(ban.until, wall), reason_text(&ban.reason));
+            return Err(Rejection::new(ErrorCode::Banned, text));
+        }
+        if self.locked {
+            return Err(Rejection::new(
+                ErrorCode::RoomLocked,
+                "the room is locked: no new logins for now; try again later",
+            ));
+        }
+        if self.logins_per_sec > 0
+            && let Some(bucket) = &self.logins
+            && bucket.level(now, self.logins_per_sec, self.logins_per_sec) < 1.0
+        {
+            return Err(Rejection::new(
+                ErrorCode::TooManyLogins,
+                "the room is taking too many logins right now: try again in a few seconds",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Someone logged in: a token of the room-wide rate.
+    pub fn logged_in(&mut self, now: Instant) {
+        if self.logins_per_sec == 0 {
+            return;
+        }
+        let (rate, burst) = (self.logins_per_sec, self.logins_per_sec);
+        let bucket = self.logins.get_or_insert_with(|| TokenBucket::new(burst, now));
+        let _: Verdict = bucket.take(now, rate, burst);
+    }
+
+    pub fn set_logins_per_sec(&mut self, per_sec: u32) {
+        self.logins_per_sec = per_sec;
+    }
+
+    /// Whether the user of `name_key` may send to others now.
+    pub fn may_speak(&self, name_key: &str, wall: SystemTime) -> Result<(), Rejection> {
+        match self.mutes.get(name_key) {
+            Some((_, until)) if live(*until, wall) => Err(Rejection::new(
+                ErrorCode::Muted,
+                format!(
+                    "you are muted{}: nothing you send reaches anyone",
+                    until_text(*until, wall)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a ban (replacing one of the same target).
+    pub fn ban(&mut self, ban: Ban) {
+        self.bans.retain(|b| b.target != ban.target);
+        self.bans.push(ban);
+    }
+
+    /// Lifts the ban of `target`: whether there was one.
+    pub fn unban(&mut self, target: &Target) -> bool {
+        let before = self.bans.len();
+        self.bans.retain(|b| &b.target != target);
+        self.bans.len() != before
+    }
+
+    /// The bans in force, oldest first.
+    pub fn bans(&self, wall: SystemTime) -> impl Iterator<Item = &Ban> {
+        self.bans.iter().filter(move |b| live(b.until, wall))
+    }
+
+    pub fn mute(&mut self, key: &str, shown: &str, until: Option<SystemTime>) {
+        self.mutes.insert(key.to_owned(), (shown.to_owned(), until));
+    }
+
+    pub fn unmute(&mut self, key: &str) -> bool {
+        self.mutes.remove(key).is_some()
+    }
+
+    /// Locks or unlocks the room: whether that changed anything.
+    pub fn set_locked(&mut self, locked: bool) -> bool {
+        std::mem::replace(&mut self.locked, locked) != locked
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// Forgets bans and mutes that ended: whether a ban did (to save).
+    pub fn expire(&mut self, wall: SystemTime) -> bool {
+        self.mutes.retain(|_, (_, until)| live(*until, wall));
+        let before = self.bans.len();
+        self.bans.retain(|b| live(b.until, wall));
+        self.bans.len() != before
+    }
+
+    /// The bans as the state file keeps them.
+    pub fn save(&self) -> String {
+        let bans: Vec<Value> = self.bans.iter().map(ban_json).collect();
+        let mut text = serde_json::to_string_pretty(&json!({ "bans": bans })).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    /// Takes the bans of a state file.
+    pub fn load(&mut self, text: &str) -> Result<(), String> {
+        let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let list = value["bans"].as_array().ok_or("no \"bans\" list")?;
+        for (i, b) in list.iter().enumerate() {
+            let ban = ban_of(b).ok_or_else(|| format!("ban {} is not a ban: {b}", i + 1))?;
+            self.ban(ban);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a rule that ends at `until` is in force at `wall`.
+fn live(until: Option<SystemTime>, wall: SystemTime) -> bool {
+    until.is_none_or(|t| t > wall)
+}
+
+fn until_text(until: Option<SystemTime>, wall: SystemTime) -> String {
+    match until.and_then(|t| t.duration_since(wall).ok()) {
+        Some(left) => format!(" for {} more", human_duration(left)),
+        None => String::new(),
+    }
+}
+
+fn reason_text(reason: &str) -> String {
+    match reason.is_empty() {
+        true => String::new(),
+        false => format!(" ({reason})"),
+    }
+}
+
+/// `90s` → "1 min 30 s", as people read it.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min{}", s / 60, rest(s % 60, "s")),
+        3600..86400 => format!("{} h{}", s / 3600, rest(s % 3600 / 60, "min")),
+        _ => format!("{} d{}", s / 86400, rest(s % 86400 / 3600, "h")),
+    }
+}
+
+fn rest(n: u64, unit: &str) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" {n} {unit}"),
+    }
+}
+
+/// `30s`, `10m`, `2h`, `7d`, `1w` or bare seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 10m, 2h, 7d)"))?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(format!("{text:?} is not a duration (e.g. 30s, 10m, 2h, 7d)")),
+    };
+    match n.checked_mul(unit) {
+        Some(secs) if secs > 0 && secs <= 10 * 365 * 86400 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{text:?}: a duration must be from 1 s to 10 years")),
+    }
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn ban_json(b: &Ban) -> Value {
+    let (kind, target) = match &b.target {
+        Target::Name { shown, .. } => ("name", shown.clone()),
+        Target::Net(net) => ("net", net.to_string()),
+    };
+    json!({
+        kind: target,
+        "until": b.until.map(secs),
+        "reason": b.reason,
+        "by": b.by,
+        "since": secs(b.since),
+    })
+}
+
+fn ban_of(v: &Value) -> Option<Ban> {
+    let target = match (v["name"].as_str(), v["net"].as_str()) {
+        (Some(name), None) => {
+            let n = names::check(name).ok()?;
+            Target::Name { key: n.key, shown: n.display }
+        }
+        (None, Some(net)) => Target::Net(net.parse().ok()?),
+        _ => return None,
+    };
+    let time = |s: u64| UNIX_EPOCH.checked_add(Duration::from_secs(s));
+    let until = match &v["until"] {
+        Value::Null => None,
+        u => Some(time(u.as_u64()?)?),
+    };
+    Some(Ban {
+        target,
+        until,
+        reason: v["reason"].as_str().unwrap_or_default().to_owned(),
+        by: v["by"].as_str().unwrap_or_default().to_owned(),
+        since: time(v["since"].as_u64().unwrap_or(0))?,
+    })
+}
+
+/// What a ban's JSON in `ctl bans --json` says.
+pub fn describe(b: &Ban, wall: SystemTime) -> Value {
+    let mut v = ban_json(b);
+    v["left_secs"] = json!(b.until.and_then(|t| t.duration_since(wall).ok()).map(|d| d.as_secs()));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bans_by_name_and_network_with_an_end() {
+        let (wall, now) = (UNIX_EPOCH + Duration::from_secs(1_000_000), Instant::now());
+        let mut rules = Rules::new(0);
+        let ban = |target: &str, secs: Option<u64>| Ban {
+            target: Target::parse(target).unwrap(),
+            until: secs.map(|s| wall + Duration::from_secs(s)),
+            reason: "spam".into(),
+            by: "ctl".into(),
+            since: wall,
+        };
+        rules.ban(ban("Troll", Some(600)));
+        rules.ban(ban("198.51.100.0/24", None));
+        let code = |r: Result<(), Rejection>| r.err().map(|r| r.code);
+        assert_eq!(
+            code(rules.admits("troll", ip("192.0.2.1"), wall, now)),
+            Some(ErrorCode::Banned)
+        );
+        assert_eq!(
+            code(rules.admits("tr0ll", ip("192.0.2.1"), wall, now)),
+            Some(ErrorCode::Banned),
+            "look-alikes"
+        );
+        assert_eq!(
+            code(rules.admits("alice", ip("198.51.100.9"), wall, now)),
+            Some(ErrorCode::Banned)
+        );
+        assert_eq!(code(rules.admits("alice", ip("192.0.2.1"), wall, now)), None);
+        let later = wall + Duration::from_secs(601);
+        assert_eq!(code(rules.admits("troll", ip("192.0.2.1"), later, now)), None, "the ban ended");
+        let text = rules.admits("troll", ip("192.0.2.1"), wall, now).unwrap_err().text;
+        assert_eq!(text, "this name is banned for 10 min more (spam)");
+
+        // The state file keeps them.
+        let mut again = Rules::new(0);
+        again.load(&rules.save()).unwrap();
+        assert_eq!(again.bans, rules.bans);
+        assert!(again.unban(&Target::parse("198.51.100.0/24").unwrap()));
+        assert!(!again.unban(&Target::parse("198.51.100.0/24").unwrap()));
+        assert!(again.expire(later));
+        assert_eq!(again.bans(later).count(), 0);
+        assert!(Rules::new(0).load("{\"bans\": [{\"name\": \"\\u202e\"}]}").is_err());
+    }
+
+    #[test]
+    fn mutes_the_lock_and_the_room_wide_login_rate() {
+        let (wall, now) = (UNIX_EPOCH + Duration::from_secs(1_000_000), Instant::now());
+        let mut rules = Rules::new(2);
+        rules.mute("bob", "bob", Some(wall + Duration::from_secs(90)));
+        assert_eq!(rules.may_speak("bob", wall).unwrap_err().code, ErrorCode::Muted);
+        assert!(rules.may_speak("bob", wall + Duration::from_secs(90)).is_ok());
+        assert!(rules.unmute("bob") && rules.may_speak("bob", wall).is_ok());
+        assert!(rules.set_locked(true) && !rules.set_locked(true));
+        let code = |r: Result<(), Rejection>| r.err().map(|r| r.code);
+        assert_eq!(
+            code(rules.admits("new", ip("192.0.2.1"), wall, now)),
+            Some(ErrorCode::RoomLocked)
+        );
+        rules.set_locked(false);
+        for _ in 0..2 {
+            assert_eq!(code(rules.admits("new", ip("192.0.2.1"), wall, now)), None);
+            rules.logged_in(now);
+        }
+        let raid = rules.admits("new", ip("203.0.113.5"), wall, now);
+        assert_eq!(code(raid), Some(ErrorCode::TooManyLogins), "from any address");
+        assert_eq!(
+            code(rules.admits("new", ip("192.0.2.1"), wall, now + Duration::from_secs(1))),
+            None
+        );
+    }
+
+    #[test]
+    fn durations_as_people_write_them() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "0", "m", "10x", "-5m", "99999999999999999999d", "11000d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(human_duration(Duration::from_secs(90)), "1 min 30 s");
+        assert_eq!(human_duration(Duration::from_secs(7200)), "2 h");
+    }
+}

@@ -1,0 +1,219 @@
+//! The owner's hands: `ragnarok ctl` (the real binary) over the control
+//! socket of a real server: who, kick (with a duration), ban by name and by
+//! address (kept across a restart in the state file), mute, lock, say,
+//! stats, and its exit codes; and a control socket fed garbage.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+
+use ragnarok_testkit::*;
+use serde_json::{Value, json};
+
+/// Runs `ragnarok ctl --config <server's config> ARGS`: (exit code, stdout, stderr).
+fn ctl(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .arg("ctl")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run ragnarok ctl");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+fn ctl_ok(server: &TestServer, args: &[&str]) -> String {
+    let (code, out, err) = ctl(&server.dir.join("config.json"), args);
+    assert_eq!(code, 0, "ctl {args:?}: {out} {err}");
+    out
+}
+
+fn ctl_json(server: &TestServer, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ctl_ok(server, &all)).expect("JSON on stdout")
+}
+
+/// The login's end: the `Error` it got and the close code.
+fn refused(server: &TestServer, name: &str) -> (String, String, Option<u16>) {
+    let mut client = server.connect();
+    client.send_text(&server.password.clone());
+    client.send_text(name);
+    let (seen, ending) = client.recv_until_end();
+    let error = seen.iter().find(|m| m["msgType"] == "Error").cloned().unwrap_or(json!({}));
+    let field = |f: &str| error[f].as_str().unwrap_or_default().to_owned();
+    (field("code"), field("text"), ending.code())
+}
+
+#[test]
+fn who_kick_with_a_duration_say_and_stats() {
+    let server = TestServer::start(json!({}));
+    let (mut alice, mut bob) = server.login_two("alice", "bob");
+    let who = ctl_json(&server, &["who"]);
+    assert_eq!(who["online"], 2);
+    let users = who["users"].as_array().unwrap();
+    assert_eq!(
+        users.iter().map(|u| u["name"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    assert!(users.iter().all(|u| u["address"] == "127.0.0.1" && u["joined"].as_u64().is_some()));
+    let human = ctl_ok(&server, &["who"]);
+    assert!(human.starts_with("2 online\n") && human.contains("bob\t127.0.0.1\t"), "{human}");
+
+    let out = ctl_ok(&server, &["kick", "Bob", "--for", "1m", "--reason", "spamming links"]);
+    assert_eq!(out.trim(), "bob was kicked for 1 min: spamming links");
+    let (seen, ending) = bob.recv_until_end();
+    let error = seen.iter().find(|m| m["msgType"] == "Error").expect("an Error before the close");
+    assert_eq!(error["code"], "kicked");
+    assert!(error["text"].as_str().unwrap().contains("spamming links"), "{error}");
+    assert_eq!(ending.code(), Some(1008));
+    let said = alice.recv_type("Announcement");
+    assert_eq!(said["text"], "bob was kicked for 1 min: spamming links");
+    // Not before the minute is over, under a look-alike name neither.
+    let (code, text, close) = refused(&server, "b0b");
+    assert_eq!((code.as_str(), close), ("banned", Some(1008)), "{text}");
+    assert!(text.contains("this name is banned for"), "{text}");
+    assert!(server.wait_log("ctl: bob was kicked").contains("WARN"));
+
+    // An announcement reaches everyone; the server's own, from no user.
+    ctl_ok(&server, &["say", "maintenance", "at", "noon"]);
+    let said = alice.recv_type("Announcement");
+    assert_eq!(said, json!({"msgType": "Announcement", "text": "maintenance at noon"}));
+
+    let stats = ctl_json(&server, &["stats"]);
+    assert_eq!(
+        (stats["online"].clone(), stats["locked"].clone(), stats["bans"].clone()),
+        (json!(1), json!(false), json!(1))
+    );
+
+    // Refused: exit 1 and why; a bad command line: 64.
+    let config = server.dir.join("config.json");
+    let (code, _, err) = ctl(&config, &["kick", "nobody"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nobody is not online"), "{err}");
+    for bad in [&["kick"][..], &["fly"], &["kick", "a", "--for", "soon"], &[]] {
+        assert_eq!(ctl(&config, bad).0, 64, "{bad:?}");
+    }
+    let (code, _, err) = ctl(&server.dir.join("missing.json"), &["who"]);
+    assert_eq!(code, 64, "{err}");
+}
+
+#[test]
+fn bans_by_name_and_address_hold_across_a_restart() {
+    let state = temp_dir("state").join("state.json");
+    let state_file = state.to_str().unwrap().to_owned();
+    let server = TestServer::start(json!({ "state_file": state_file }));
+    let (mut alice, mut carol) = server.login_two("alice", "carol");
+    let out = ctl_ok(&server, &["ban", "carol", "--reason", "raid"]);
+    assert_eq!(out.trim(), "banned carol; removed 1");
+    let (seen, ending) = carol.recv_until_end();
+    assert_eq!(seen.iter().find(|m| m["msgType"] == "Error").unwrap()["code"], "banned");
+    assert_eq!(ending.code(), Some(1008));
+    assert_eq!(alice.recv_type("Announcement")["text"], "carol was banned: raid");
+    assert_eq!(refused(&server, "Carol").0, "banned");
+    let bans = ctl_json(&server, &["bans"]);
+    assert_eq!(bans["bans"][0]["name"], "carol");
+    assert_eq!(bans["bans"][0]["until"], Value::Null);
+    drop(alice);
+    drop(server);
+
+    // A new server with the same state file: the ban holds.
+    let server = TestServer::start(json!({ "state_file": state_file }));
+    assert_eq!(refused(&server, "carol").0, "banned");
+    server.wait_log("1 bans from");
+    ctl_ok(&server, &["unban", "carol"]);
+    let mut carol = server.login("carol");
+    assert_eq!(
+        ctl(&server.dir.join("config.json"), &["unban", "carol"]).0,
+        1,
+        "not banned any more"
+    );
+
+    // By address: everyone from it leaves, nobody from it comes in.
+    let mut dave = server.login("dave");
+    let out = ctl_ok(&server, &["ban", "127.0.0.0/8", "--for", "10m"]);
+    assert!(out.starts_with("banned 127.0.0.0/8 for 10 min; removed 2"), "{out}");
+    for client in [&mut carol, &mut dave] {
+        let (seen, _) = client.recv_until_end();
+        assert_eq!(seen.iter().find(|m| m["msgType"] == "Error").unwrap()["code"], "banned");
+    }
+    let (code, text, _) = refused(&server, "erin");
+    assert_eq!(code, "banned");
+    assert!(text.starts_with("your address is banned for"), "{text}");
+    let kept: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(kept["bans"][0]["net"], "127.0.0.0/8");
+    ctl_ok(&server, &["unban", "127.0.0.0/8"]);
+    server.login("erin");
+}
+
+#[test]
+fn mute_and_lock() {
+    let server = TestServer::start(json!({}));
+    let (mut alice, mut bob) = server.login_two("alice", "bob");
+    ctl_ok(&server, &["mute", "bob", "--for", "10m"]);
+    assert_eq!(alice.recv_type("Announcement")["text"], "bob was muted for 10 min");
+    assert_eq!(bob.recv_type("Announcement")["text"], "bob was muted for 10 min");
+    bob.send_json(json!({"msgType": "Broadcast", "text": "you cannot hear me"}));
+    let error = bob.recv_type("Error");
+    assert_eq!(error["code"], "muted");
+    bob.send_json(json!({"msgType": "PrivateMessage", "TgtUser": "alice", "text": "psst"}));
+    assert_eq!(bob.recv_type("Error")["code"], "muted");
+    ctl_ok(&server, &["unmute", "bob"]);
+    alice.recv_type("Announcement");
+    bob.send_json(json!({"msgType": "Broadcast", "text": "back"}));
+    let heard = alice.recv_type("Broadcast");
+    assert_eq!(heard["text"], "back", "nothing of the muted messages reached alice first");
+
+    ctl_ok(&server, &["lock"]);
+    assert_eq!(
+        alice.recv_type("Announcement")["text"],
+        "The room is locked: no new logins for now."
+    );
+    let (code, _, close) = refused(&server, "carol");
+    assert_eq!((code.as_str(), close), ("room_locked", Some(1008)));
+    assert_eq!(ctl(&server.dir.join("config.json"), &["lock"]).0, 1, "locked already");
+    // Those online stay and chat.
+    bob.send_json(json!({"msgType": "Broadcast", "text": "still here"}));
+    assert_eq!(alice.recv_type("Broadcast")["text"], "still here");
+    ctl_ok(&server, &["unlock"]);
+    server.login("carol");
+}
+
+#[test]
+fn the_control_socket_answers_garbage_with_an_error_and_stays_up() {
+    let server = TestServer::start(json!({}));
+    let socket = server.dir.join("ragnarok.sock");
+    let mode = std::fs::metadata(&socket).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o660, "the server's user and group only");
+    let ask = |bytes: &[u8]| {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let _ = s.write_all(bytes);
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    for bad in
+        [&b"who\n"[..], b"{\"cmd\": \"fly\"}\n", b"{\"cmd\": \"ban\", \"target\": \"\\u202e\"}\n"]
+    {
+        let answer: Value = serde_json::from_str(&ask(bad)).unwrap();
+        assert_eq!(answer["ok"], false, "{answer}");
+    }
+    let huge = vec![b'x'; 70 * 1024];
+    let answer: Value = serde_json::from_str(&ask(&huge)).unwrap();
+    assert!(answer["error"].as_str().unwrap().contains("at most"), "{answer}");
+    // Idle connections past the endpoint's 16 do not keep ctl out.
+    let idle: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&socket).unwrap()).collect();
+    assert!(ctl_ok(&server, &["who"]).starts_with("0 online"));
+    drop(idle);
+    // No server on the socket: 69.
+    drop(server);
+    let config = temp_dir("ctl").join("config.json");
+    std::fs::write(&config, r#"{"control_socket": "ragnarok.sock"}"#).unwrap();
+    let (code, _, err) = ctl(&config, &["who"]);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("no server answers on the control socket"), "{err}");
+}
