@@ -785,6 +785,7 @@ async function handle(data) {
       else line(m.history ? "history" : "live", m.SrcUser, String(m.text));
       break;
     case "PrivateMessage": await showPrivate(String(m.SrcUser), m.text); break;
+    case "Announcement": line("announcement", "server", String(m.text)); break;
     case "Error":
       // Before login an error is about the login: shown on its form, never in the chat.
       if (me) line("error", null, "Error (" + m.code + "): " + m.text);
