@@ -62,6 +62,58 @@ pub struct Ban {
     pub since: SystemTime,
 }
 
+/// What a moderator does: the room's owner through `ragnarok ctl`, or (the
+/// same JSON) an admin from the room. `for_secs`: how long; none = for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Kick { target: String, for_secs: Option<u64>, reason: String },
+    Ban { target: String, for_secs: Option<u64>, reason: String },
+    Unban { target: String },
+    Mute { target: String, for_secs: Option<u64> },
+    Unmute { target: String },
+    Lock,
+    Unlock,
+    Say { text: String },
+}
+
+impl Action {
+    /// The action a request names (`{"cmd": "kick", "target": ..., "for_secs":
+    /// ..., "reason": ...}`), `None` if its `cmd` is not an action, or why
+    /// it is not a valid one.
+    pub fn of_json(v: &Value) -> Option<Result<Action, String>> {
+        let text = |field: &str| v[field].as_str().unwrap_or_default().to_owned();
+        let target = || match text("target") {
+            t if t.is_empty() => Err("which user (or address)? \"target\" is missing".to_owned()),
+            t => Ok(t),
+        };
+        let for_secs = match &v["for_secs"] {
+            Value::Null => None,
+            n => match n.as_u64().filter(|&s| s > 0 && s <= 10 * 365 * 86400) {
+                Some(s) => Some(s),
+                None => {
+                    return Some(Err("\"for_secs\" must be from 1 to 10 years in seconds".into()));
+                }
+            },
+        };
+        let reason = text("reason").chars().take(200).collect::<String>();
+        let action = match v["cmd"].as_str()? {
+            "kick" => target().map(|target| Action::Kick { target, for_secs, reason }),
+            "ban" => target().map(|target| Action::Ban { target, for_secs, reason }),
+            "unban" => target().map(|target| Action::Unban { target }),
+            "mute" => target().map(|target| Action::Mute { target, for_secs }),
+            "unmute" => target().map(|target| Action::Unmute { target }),
+            "lock" => Ok(Action::Lock),
+            "unlock" => Ok(Action::Unlock),
+            "say" => match text("text") {
+                t if t.trim().is_empty() => Err("nothing to say".into()),
+                t => Ok(Action::Say { text: t }),
+            },
+            _ => return None,
+        };
+        Some(action)
+    }
+}
+
 #[derive(Default)]
 pub struct Rules {
     bans: Vec<Ban>,

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::{Phase, Server};
 use crate::control;
 use crate::effect::{Effect, Ending};
-use crate::moderation::{Ban, Target, describe, human_duration};
+use crate::moderation::{Action, Ban, Target, describe, human_duration};
 use crate::names;
 use crate::protocol::{ErrorCode, Rejection, close_code};
 use crate::tokens::CONTROL_REQUESTS;
@@ -73,67 +73,20 @@ impl<S: Socket + Source> Server<S> {
         self.settle(now);
     }
 
-    /// One command of `ragnarok ctl`.
+    /// One command of `ragnarok ctl`: a question about the server, or a
+    /// moderator's action (done as the room's owner).
     fn command(&mut self, request: &Value, now: Instant) -> Answer {
+        if let Some(action) = Action::of_json(request) {
+            return self.moderate(action?, OWNER);
+        }
         let wall = SystemTime::now();
-        let text = |field: &str| request[field].as_str().unwrap_or_default().to_owned();
-        let until = request["for_secs"].as_u64().map(|s| wall + Duration::from_secs(s));
-        let (target, reason) = (text("target"), text("reason"));
         match request["cmd"].as_str().unwrap_or_default() {
             "who" => Ok(self.who()),
-            "kick" => self.kick(&target, until, &reason, wall),
-            "ban" => self.ban(&target, until, &reason, wall),
-            "unban" => {
-                let target = Target::parse(&target)?;
-                if !self.rules.unban(&target) {
-                    return Err(format!("{} is not banned", target.shown()));
-                }
-                warn!("ctl: unbanned {}", target.shown());
-                self.save_rules();
-                Ok((format!("unbanned {}", target.shown()), json!({})))
-            }
             "bans" => {
                 let bans: Vec<Value> = self.rules.bans(wall).map(|b| describe(b, wall)).collect();
                 let lines: Vec<String> = self.rules.bans(wall).map(|b| ban_line(b, wall)).collect();
                 let text = if lines.is_empty() { "no bans".to_owned() } else { lines.join("\n") };
                 Ok((text, json!({ "bans": bans })))
-            }
-            "mute" | "unmute" => {
-                let name = names::check(&target).map_err(|r| r.text)?;
-                let shown = &name.display;
-                let said = if request["cmd"] == "mute" {
-                    self.rules.mute(&name.key, shown, until);
-                    format!("{shown} was muted{}", for_text(until, wall))
-                } else if self.rules.unmute(&name.key) {
-                    format!("{shown} is no longer muted")
-                } else {
-                    return Err(format!("{shown} is not muted"));
-                };
-                self.announce(&said);
-                Ok((said, json!({})))
-            }
-            "lock" | "unlock" => {
-                let locked = request["cmd"] == "lock";
-                if !self.rules.set_locked(locked) {
-                    return Err(format!(
-                        "the room is {} already",
-                        if locked { "locked" } else { "unlocked" }
-                    ));
-                }
-                let said = match locked {
-                    true => "The room is locked: no new logins for now.",
-                    false => "The room is open again.",
-                };
-                self.announce(said);
-                Ok((said.to_owned(), json!({ "locked": locked })))
-            }
-            "say" => {
-                let said = text("text");
-                if said.trim().is_empty() {
-                    return Err("nothing to say".into());
-                }
-                self.announce(&said);
-                Ok((format!("announced to {} users", self.room.online_here()), json!({})))
             }
             "stats" => Ok(self.stats_answer(now)),
             "reload" => {
@@ -142,6 +95,72 @@ impl<S: Socket + Source> Server<S> {
             }
             other => Err(format!("unknown command {other:?}")),
         }
+    }
+
+    /// A moderator's action, `by` the room's owner ([`OWNER`]) or an admin
+    /// by name: done, announced in the room, logged at WARN. The answer's
+    /// text says what was done, or why not.
+    pub(super) fn moderate(&mut self, action: Action, by: &str) -> Answer {
+        let wall = SystemTime::now();
+        let until = |secs: Option<u64>| secs.map(|s| wall + Duration::from_secs(s));
+        let answer = match action {
+            Action::Kick { target, for_secs, reason } => {
+                self.kick(&target, until(for_secs), &reason, by, wall)
+            }
+            Action::Ban { target, for_secs, reason } => {
+                self.ban(&target, until(for_secs), &reason, by, wall)
+            }
+            Action::Unban { target } => {
+                let target = Target::parse(&target)?;
+                if !self.rules.unban(&target) {
+                    return Err(format!("{} is not banned", target.shown()));
+                }
+                self.save_rules();
+                Ok((format!("unbanned {}", target.shown()), json!({})))
+            }
+            Action::Mute { target, for_secs } => {
+                let name = names::check(&target).map_err(|r| r.text)?;
+                self.rules.mute(&name.key, &name.display, until(for_secs));
+                let said = format!(
+                    "{} was muted{}{}",
+                    name.display,
+                    by_text(by),
+                    for_text(until(for_secs), wall)
+                );
+                self.announce(&said);
+                Ok((said, json!({})))
+            }
+            Action::Unmute { target } => {
+                let name = names::check(&target).map_err(|r| r.text)?;
+                if !self.rules.unmute(&name.key) {
+                    return Err(format!("{} is not muted", name.display));
+                }
+                let said = format!("{} is no longer muted", name.display);
+                self.announce(&said);
+                Ok((said, json!({})))
+            }
+            Action::Lock | Action::Unlock => {
+                let locked = action == Action::Lock;
+                if !self.rules.set_locked(locked) {
+                    let state = if locked { "locked" } else { "unlocked" };
+                    return Err(format!("the room is {state} already"));
+                }
+                let said = match locked {
+                    true => format!("The room is locked{}: no new logins for now.", by_text(by)),
+                    false => format!("The room is open again{}.", by_text(by)),
+                };
+                self.announce(&said);
+                Ok((said, json!({ "locked": locked })))
+            }
+            Action::Say { text } => {
+                self.announce(&text);
+                Ok((format!("announced to {} users", self.room.online_here()), json!({})))
+            }
+        };
+        if let Ok((done, _)) = &answer {
+            warn!("{}: {done}", if by == OWNER { "ctl" } else { by });
+        }
+        answer
     }
 
     fn who(&self) -> (String, Value) {
@@ -178,6 +197,7 @@ impl<S: Socket + Source> Server<S> {
         target: &str,
         until: Option<SystemTime>,
         reason: &str,
+        by: &str,
         wall: SystemTime,
     ) -> Answer {
         let name = names::check(target).map_err(|r| r.text)?;
@@ -205,7 +225,8 @@ impl<S: Socket + Source> Server<S> {
             self.save_rules();
         }
         let told = format!(
-            "you were kicked by the room's owner{}{}",
+            "you were kicked by {}{}{}",
+            if by == OWNER { "the room's owner" } else { by },
             reason_text(reason),
             until.map_or(String::new(), |_| format!(
                 "; you may come back{}",
@@ -213,8 +234,12 @@ impl<S: Socket + Source> Server<S> {
             ))
         );
         self.remove_user(id, ErrorCode::Kicked, told);
-        let said = format!("{shown} was kicked{}{}", for_text(until, wall), reason_text(reason));
-        warn!("ctl: {said}");
+        let said = format!(
+            "{shown} was kicked{}{}{}",
+            by_text(by),
+            for_text(until, wall),
+            reason_text(reason)
+        );
         self.announce(&said);
         Ok((said, json!({ "kicked": [shown] })))
     }
@@ -224,6 +249,7 @@ impl<S: Socket + Source> Server<S> {
         target: &str,
         until: Option<SystemTime>,
         reason: &str,
+        by: &str,
         wall: SystemTime,
     ) -> Answer {
         let target = Target::parse(target)?;
@@ -231,7 +257,7 @@ impl<S: Socket + Source> Server<S> {
             target: target.clone(),
             until,
             reason: reason.to_owned(),
-            by: "ctl".into(),
+            by: by.into(),
             since: wall,
         };
         self.rules.ban(ban);
@@ -250,24 +276,17 @@ impl<S: Socket + Source> Server<S> {
                 hit.then(|| (id, name.to_owned()))
             })
             .collect();
-        let told = format!(
-            "you were banned by the room's owner{}{}",
-            for_text(until, wall),
-            reason_text(reason)
-        );
+        let who = if by == OWNER { "the room's owner" } else { by };
+        let told =
+            format!("you were banned by {who}{}{}", for_text(until, wall), reason_text(reason));
         for (id, _) in &covered {
             self.remove_user(*id, ErrorCode::Banned, told.clone());
         }
         let names: Vec<&str> = covered.iter().map(|(_, n)| n.as_str()).collect();
-        warn!(
-            "ctl: banned {}{}{} (removed: {names:?})",
-            target.shown(),
-            for_text(until, wall),
-            reason_text(reason)
-        );
         let said = match &target {
             Target::Name { shown, .. } => {
-                format!("{shown} was banned{}{}", for_text(until, wall), reason_text(reason))
+                let (by, until) = (by_text(by), for_text(until, wall));
+                format!("{shown} was banned{by}{until}{}", reason_text(reason))
             }
             Target::Net(_) if names.is_empty() => String::new(),
             Target::Net(_) => {
@@ -277,8 +296,13 @@ impl<S: Socket + Source> Server<S> {
         if !said.is_empty() {
             self.announce(&said);
         }
-        let text =
-            format!("banned {}{}; removed {}", target.shown(), for_text(until, wall), names.len());
+        let text = format!(
+            "banned {}{}; removed {}{}",
+            target.shown(),
+            for_text(until, wall),
+            names.len(),
+            if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) }
+        );
         Ok((text, json!({ "removed": names })))
     }
 
@@ -326,7 +350,10 @@ impl<S: Socket + Source> Server<S> {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
-                return Err(io::Error::new(e.kind(), format!("state_file {}: {e}", path.display())));
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("state_file {}: {e}", path.display()),
+                ));
             }
         };
         self.rules.load(&text).map_err(|e| {
@@ -356,6 +383,17 @@ impl<S: Socket + Source> Server<S> {
         if self.rules.expire(SystemTime::now()) {
             self.save_rules();
         }
+    }
+}
+
+/// Who moderates when it is not a person: the owner, through `ctl`.
+pub const OWNER: &str = "ctl";
+
+/// " by alice" for an admin; nothing for the owner.
+fn by_text(by: &str) -> String {
+    match by == OWNER {
+        true => String::new(),
+        false => format!(" by {by}"),
     }
 }
 

@@ -107,7 +107,7 @@ fn bans_by_name_and_address_hold_across_a_restart() {
     let server = TestServer::start(json!({ "state_file": state_file }));
     let (mut alice, mut carol) = server.login_two("alice", "carol");
     let out = ctl_ok(&server, &["ban", "carol", "--reason", "raid"]);
-    assert_eq!(out.trim(), "banned carol; removed 1");
+    assert_eq!(out.trim(), "banned carol; removed 1 (carol)");
     let (seen, ending) = carol.recv_until_end();
     assert_eq!(seen.iter().find(|m| m["msgType"] == "Error").unwrap()["code"], "banned");
     assert_eq!(ending.code(), Some(1008));
