@@ -44,6 +44,8 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// Where bans are kept across restarts (standalone); `None` = nowhere.
     pub state_file: Option<PathBuf>,
+    /// Moderators in the room, each with their own password hash.
+    pub admins: Vec<crate::admins::Admin>,
 }
 
 /// `redis_url` and what goes with it.
@@ -151,9 +153,11 @@ enum Kind {
     Text(fn(&mut Draft, String)),
     CheckedText(fn(&mut Draft, String) -> Result<(), String>),
     List(fn(&mut Draft, Vec<String>) -> Result<(), String>),
+    /// Any JSON, checked by the setter (an object: `admins`).
+    Json(fn(&mut Draft, &Value) -> Result<(), String>),
 }
 
-use Kind::{Bool, CheckedText, Int, List, Text};
+use Kind::{Bool, CheckedText, Int, Json, List, Text};
 
 /// Every key `config.json` may hold: the original's, then the optional ones.
 /// Parsing, the defaults, the unknown-key suggestions and README's table
@@ -445,7 +449,18 @@ pub const KEYS: &[Key] = &[
         doc: "PEM CA certificates for rediss://; none = the system's",
         kind: Text(|d, path| d.redis_ca_file = Some(path)),
     },
+    Key {
+        name: "admins",
+        default: None,
+        doc: "moderators in the room: {\"name\": password hash by `ragnarok hash-password`}; none = no moderators",
+        kind: Json(admins),
+    },
 ];
+
+fn admins(d: &mut Draft, value: &Value) -> Result<(), String> {
+    d.config.admins = crate::admins::of_json(value)?;
+    Ok(())
+}
 
 fn server_ip(d: &mut Draft, ip: String) -> Result<(), String> {
     if ip.trim().is_empty() {
@@ -586,6 +601,7 @@ impl Draft {
                 room_logins_per_sec: 0,
                 control_socket: None,
                 state_file: None,
+                admins: Vec::new(),
             },
             ssl: false,
             ssl_cert: None,
@@ -628,6 +644,7 @@ impl Draft {
                     .collect::<Result<_, _>>()?;
                 set(self, strings)?
             }
+            (Json(set), value) => set(self, value)?,
             (Bool(_), _) => return must_be("true or false"),
             (Int { .. }, _) => return must_be("a number"),
             (Text(_) | CheckedText(_), _) => return must_be("a string"),

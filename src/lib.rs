@@ -2,6 +2,7 @@
 //! poll loop; data flows `server` → `connection` → `session` → `room`.
 
 mod addresses;
+pub mod admins;
 pub mod cluster;
 pub mod config;
 mod connection;

@@ -19,6 +19,7 @@ use ragnarok::tls;
 const USAGE: &str = "\
 Usage: ragnarok [--config PATH] [--check-config]
        ragnarok ctl [--config PATH] [--json] COMMAND   (ragnarok ctl --help lists them)
+       ragnarok hash-password    (a password on stdin: its hash for the config's \"admins\")
 
 A self-hosted WebSocket chatroom server.
 
@@ -161,6 +162,9 @@ fn ctl(config: Option<PathBuf>, json: bool, args: &[String]) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("hash-password") {
+        return hash_password(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("ctl") {
         return match parse_args(args.into_iter()) {
             Ok(Command::Ctl { config, json, args }) => ctl(config, json, &args),
@@ -179,6 +183,100 @@ fn main() -> ExitCode {
         Err(fatal) => {
             eprintln!("ragnarok: {fatal}");
             ExitCode::from(fatal.exit_code())
+        }
+    }
+}
+
+/// `ragnarok hash-password`: reads one line from stdin (its line end taken
+/// off, as the login takes it off the password frame) and prints its
+/// Argon2id PHC string, for an admin in the config's `admins`. On a
+/// terminal it asks, and what is typed is not shown. The password is never
+/// printed or logged.
+fn hash_password(args: &[String]) -> ExitCode {
+    if let Some(arg) = args.first() {
+        let fatal = match arg.as_str() {
+            "-h" | "--help" => {
+                say(HASH_PASSWORD_USAGE);
+                return ExitCode::SUCCESS;
+            }
+            _ => Fatal::Usage(format!("hash-password takes no arguments, not {arg:?}")),
+        };
+        eprintln!("ragnarok: {fatal}");
+        return ExitCode::from(fatal.exit_code());
+    }
+    let mut line = String::new();
+    let read = {
+        let _quiet = Unechoed::on_terminal("Password (not shown): ");
+        io::stdin().read_line(&mut line)
+    };
+    if let Err(e) = read {
+        eprintln!("ragnarok: cannot read the password from stdin: {e}");
+        return ExitCode::from(66);
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("ragnarok: no password on stdin (one line: the password)");
+        return ExitCode::from(64);
+    }
+    if password.chars().count() < 12 {
+        eprintln!("ragnarok: warning: a short password; 12 characters or more are better");
+    }
+    match ragnarok::admins::hash_password(password) {
+        Ok(hash) => {
+            say(&hash);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ragnarok: cannot hash the password: {e}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+const HASH_PASSWORD_USAGE: &str = "\
+Usage: ragnarok hash-password < FILE     (or type it: it is not shown)
+
+Reads a password (one line; its line end is not part of it) and prints its
+Argon2id hash, for the config's \"admins\":
+
+    \"admins\": {\"alice\": \"$argon2id$v=19$m=8192,t=2,p=1$...\"}
+
+A moderator logs in with their own password instead of the room's.";
+
+/// Stdin's echo off while a terminal is read from (and a prompt on stderr);
+/// on again when dropped. Nothing on a pipe.
+struct Unechoed(Option<libc::termios>);
+
+impl Unechoed {
+    fn on_terminal(prompt: &str) -> Unechoed {
+        // SAFETY: isatty, tcgetattr and tcsetattr read and write the
+        // termios of fd 0 through a pointer to a local, initialised struct.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return Unechoed(None);
+            }
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut saved) != 0 {
+                return Unechoed(None);
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            quiet.c_lflag |= libc::ECHONL;
+            eprint!("{prompt}");
+            if libc::tcsetattr(0, libc::TCSANOW, &quiet) != 0 {
+                return Unechoed(None);
+            }
+            Unechoed(Some(saved))
+        }
+    }
+}
+
+impl Drop for Unechoed {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: as above, the termios saved before.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
         }
     }
 }
