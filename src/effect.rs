@@ -3,6 +3,7 @@
 //! out, in the order asked, and is the only code that touches a socket.
 
 use crate::cluster::Proposed;
+use crate::moderation::Action;
 use crate::protocol::{ErrorCode, Kind, Rejection, Reply};
 
 /// Identifies a connection; the server uses its slab key.
@@ -89,6 +90,13 @@ pub enum Effect {
     },
     Cluster(ClusterCall),
     Count(Count),
+    /// A moderator's action from the room (the session checked the role
+    /// and what moderators may do): carried out in their name as the
+    /// owner's `ragnarok ctl` would, or refused (`moderation_refused`).
+    Moderate {
+        by: ConnId,
+        action: Action,
+    },
     /// The Autobahn echo endpoint (feature `testing`): this message back to
     /// its sender, as it came (text or binary).
     #[cfg(feature = "testing")]

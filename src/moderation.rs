@@ -10,8 +10,12 @@ use serde_json::{Value, json};
 
 use crate::addresses::Cidr;
 use crate::names;
-use crate::protocol::{ErrorCode, Rejection};
+use crate::protocol::{ErrorCode, Rejection, Role};
 use crate::ratelimit::{TokenBucket, Verdict};
+
+/// Who moderates when it is not a person in the room: the owner, through
+/// `ragnarok ctl` (what a ban's `by` says then).
+pub const OWNER: &str = "ctl";
 
 /// Who a ban is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +99,8 @@ impl Action {
                 }
             },
         };
-        let reason = text("reason").chars().take(200).collect::<String>();
+        // (No control characters: the reason goes into the log.)
+        let reason = text("reason").chars().filter(|c| !c.is_control()).take(200).collect();
         let action = match v["cmd"].as_str()? {
             "kick" => target().map(|target| Action::Kick { target, for_secs, reason }),
             "ban" => target().map(|target| Action::Ban { target, for_secs, reason }),
@@ -130,13 +135,16 @@ impl Rules {
         Rules { logins_per_sec, ..Rules::default() }
     }
 
-    /// Whether `name` from `ip` may log in now: not banned, the room not
-    /// locked, the room-wide login rate not passed (checked before the name
-    /// is tried; `logged_in` takes the token).
+    /// Whether `name` from `ip` may log in now as `role`: not banned, the
+    /// room not locked, the room-wide login rate not passed (checked before
+    /// the name is tried; `logged_in` takes the token). A moderator (whose
+    /// password was checked, a few a second at most) comes in through a
+    /// lock and a raid's login rate: that is when they are needed.
     pub fn admits(
         &self,
         name: &str,
         ip: IpAddr,
+        role: Role,
         wall: SystemTime,
         now: Instant,
     ) -> Result<(), Rejection> {
@@ -150,6 +158,9 @@ impl Rules {
             };
             let text = format!("{what}{}{}", until_text(ban.until, wall), reason_text(&ban.reason));
             return Err(Rejection::new(ErrorCode::Banned, text));
+        }
+        if role == Role::Moderator {
+            return Ok(());
         }
         if self.locked {
             return Err(Rejection::new(
@@ -167,6 +178,53 @@ impl Rules {
             ));
         }
         Ok(())
+    }
+
+    /// Whether a moderator in the room may do `action` (the owner, through
+    /// `ctl`, may do anything): they act on names, not on addresses or
+    /// networks (they see no addresses); not on a moderator (`is_admin`
+    /// says whether a comparison key is one's: the owner settles moderators'
+    /// quarrels); and they do not lift the owner's bans.
+    pub fn may_moderate(
+        &self,
+        action: &Action,
+        is_admin: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        let name = |target: &str| match Target::parse(target)? {
+            Target::Name { key, shown } => Ok((key, shown)),
+            Target::Net(net) => Err(format!(
+                "{net} is an address: only the room's owner bans addresses (ragnarok ctl)"
+            )),
+        };
+        let not_a_moderator = |target: &str, what: &str| {
+            let (key, shown) = name(target)?;
+            match is_admin(&key) {
+                true => Err(format!(
+                    "{shown} is a moderator: only the room's owner can {what} a moderator"
+                )),
+                false => Ok(()),
+            }
+        };
+        match action {
+            Action::Kick { target, .. } => not_a_moderator(target, "kick"),
+            Action::Ban { target, .. } => not_a_moderator(target, "ban"),
+            Action::Mute { target, .. } => not_a_moderator(target, "mute"),
+            Action::Unban { target } => {
+                let (key, _) = name(target)?;
+                let owners = self.bans.iter().find_map(|b| match &b.target {
+                    Target::Name { key: k, shown } if b.by == OWNER && *k == key => Some(shown),
+                    _ => None,
+                });
+                match owners {
+                    Some(shown) => Err(format!(
+                        "{shown} was banned by the room's owner: only they can lift it"
+                    )),
+                    None => Ok(()),
+                }
+            }
+            Action::Unmute { target } => name(target).map(drop),
+            Action::Lock | Action::Unlock | Action::Say { .. } => Ok(()),
+        }
     }
 
     /// Someone logged in: a token of the room-wide rate.
@@ -389,22 +447,27 @@ mod tests {
         rules.ban(ban("198.51.100.0/24", None));
         let code = |r: Result<(), Rejection>| r.err().map(|r| r.code);
         assert_eq!(
-            code(rules.admits("troll", ip("192.0.2.1"), wall, now)),
+            code(rules.admits("troll", ip("192.0.2.1"), Role::Member, wall, now)),
             Some(ErrorCode::Banned)
         );
         assert_eq!(
-            code(rules.admits("tr0ll", ip("192.0.2.1"), wall, now)),
+            code(rules.admits("tr0ll", ip("192.0.2.1"), Role::Member, wall, now)),
             Some(ErrorCode::Banned),
             "look-alikes"
         );
         assert_eq!(
-            code(rules.admits("alice", ip("198.51.100.9"), wall, now)),
+            code(rules.admits("alice", ip("198.51.100.9"), Role::Member, wall, now)),
             Some(ErrorCode::Banned)
         );
-        assert_eq!(code(rules.admits("alice", ip("192.0.2.1"), wall, now)), None);
+        assert_eq!(code(rules.admits("alice", ip("192.0.2.1"), Role::Member, wall, now)), None);
         let later = wall + Duration::from_secs(601);
-        assert_eq!(code(rules.admits("troll", ip("192.0.2.1"), later, now)), None, "the ban ended");
-        let text = rules.admits("troll", ip("192.0.2.1"), wall, now).unwrap_err().text;
+        assert_eq!(
+            code(rules.admits("troll", ip("192.0.2.1"), Role::Member, later, now)),
+            None,
+            "the ban ended"
+        );
+        let text =
+            rules.admits("troll", ip("192.0.2.1"), Role::Member, wall, now).unwrap_err().text;
         assert_eq!(text, "this name is banned for 10 min more (spam)");
 
         // The state file keeps them.
@@ -429,20 +492,95 @@ mod tests {
         assert!(rules.set_locked(true) && !rules.set_locked(true));
         let code = |r: Result<(), Rejection>| r.err().map(|r| r.code);
         assert_eq!(
-            code(rules.admits("new", ip("192.0.2.1"), wall, now)),
+            code(rules.admits("new", ip("192.0.2.1"), Role::Member, wall, now)),
             Some(ErrorCode::RoomLocked)
         );
         rules.set_locked(false);
         for _ in 0..2 {
-            assert_eq!(code(rules.admits("new", ip("192.0.2.1"), wall, now)), None);
+            assert_eq!(code(rules.admits("new", ip("192.0.2.1"), Role::Member, wall, now)), None);
             rules.logged_in(now);
         }
-        let raid = rules.admits("new", ip("203.0.113.5"), wall, now);
+        let raid = rules.admits("new", ip("203.0.113.5"), Role::Member, wall, now);
         assert_eq!(code(raid), Some(ErrorCode::TooManyLogins), "from any address");
         assert_eq!(
-            code(rules.admits("new", ip("192.0.2.1"), wall, now + Duration::from_secs(1))),
+            code(rules.admits(
+                "new",
+                ip("192.0.2.1"),
+                Role::Member,
+                wall,
+                now + Duration::from_secs(1)
+            )),
             None
         );
+    }
+
+    #[test]
+    fn a_moderator_comes_in_through_a_lock_not_through_a_ban() {
+        let (wall, now) = (UNIX_EPOCH + Duration::from_secs(1_000_000), Instant::now());
+        let mut rules = Rules::new(1);
+        rules.set_locked(true);
+        let code = |r: Result<(), Rejection>| r.err().map(|r| r.code);
+        let (me, moderator) = (ip("192.0.2.1"), Role::Moderator);
+        assert_eq!(code(rules.admits("alice", me, moderator, wall, now)), None);
+        rules.set_locked(false);
+        rules.logged_in(now);
+        assert_eq!(
+            code(rules.admits("bob", me, Role::Member, wall, now)),
+            Some(ErrorCode::TooManyLogins)
+        );
+        assert_eq!(code(rules.admits("alice", me, moderator, wall, now)), None, "a raid's rate");
+        let ban = Ban {
+            target: Target::parse("alice").unwrap(),
+            until: None,
+            reason: String::new(),
+            by: OWNER.into(),
+            since: wall,
+        };
+        rules.ban(ban);
+        assert_eq!(code(rules.admits("alice", me, moderator, wall, now)), Some(ErrorCode::Banned));
+    }
+
+    #[test]
+    fn what_a_moderator_may_do() {
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut rules = Rules::new(0);
+        let is_admin = |key: &str| key == "alice" || key == "carol";
+        let action = |v: Value| Action::of_json(&v).unwrap().unwrap();
+        let may = |rules: &Rules, v: Value| rules.may_moderate(&action(v), is_admin);
+        assert_eq!(may(&rules, json!({"cmd": "kick", "target": "bob", "for_secs": 60})), Ok(()));
+        assert_eq!(may(&rules, json!({"cmd": "ban", "target": "bob"})), Ok(()));
+        assert_eq!(may(&rules, json!({"cmd": "mute", "target": "bob"})), Ok(()));
+        assert_eq!(may(&rules, json!({"cmd": "lock"})), Ok(()));
+        assert_eq!(may(&rules, json!({"cmd": "say", "text": "hi"})), Ok(()));
+        for cmd in ["kick", "ban", "mute"] {
+            // Another moderator, or a look-alike of one.
+            let why = may(&rules, json!({"cmd": cmd, "target": "Car0l"})).unwrap_err();
+            assert_eq!(
+                why,
+                format!("Car0l is a moderator: only the room's owner can {cmd} a moderator")
+            );
+        }
+        for cmd in ["ban", "unban"] {
+            let why = may(&rules, json!({"cmd": cmd, "target": "203.0.113.0/24"})).unwrap_err();
+            assert!(why.contains("only the room's owner bans addresses"), "{why}");
+        }
+        let why = may(&rules, json!({"cmd": "kick", "target": "\u{202e}x"})).unwrap_err();
+        assert!(why.contains("neither an address"), "{why}");
+        let ban = |by: &str| Ban {
+            target: Target::parse("dave").unwrap(),
+            until: None,
+            reason: String::new(),
+            by: by.into(),
+            since: wall,
+        };
+        rules.ban(ban("alice"));
+        assert_eq!(may(&rules, json!({"cmd": "unban", "target": "Dave"})), Ok(()));
+        rules.ban(ban(OWNER));
+        let why = may(&rules, json!({"cmd": "unban", "target": "Dave"})).unwrap_err();
+        assert_eq!(why, "dave was banned by the room's owner: only they can lift it");
+        // The reason goes into the log: no line breaks in it.
+        let kick = action(json!({"cmd": "kick", "target": "b", "reason": "x\nabuse from 1.2.3.4"}));
+        assert!(matches!(kick, Action::Kick { reason, .. } if reason == "xabuse from 1.2.3.4"));
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub enum Class {
     /// Messages refused after login (bad JSON, rate limited, ...): one line
     /// a minute per address, the rest counted.
     Messages,
+    /// A moderator's actions from the room (WARN, as the owner's are).
+    Moderation,
 }
 
 /// Lines an address may cause per minute, by class; one each for abuse
@@ -98,6 +100,8 @@ pub enum Class {
 const SESSION_LINES: u32 = 20;
 const REFUSAL_LINES: u32 = 10;
 const MESSAGE_LINES: u32 = 1;
+/// A moderator acting more than this a minute is counted, not logged.
+const MODERATION_LINES: u32 = 30;
 /// Lines per minute from all the addresses beyond `MAX_ADDRESSES`.
 const OVERFLOW_LINES: u32 = 20;
 /// Addresses tracked at once (an entry is about 300 bytes with the table's
@@ -150,6 +154,7 @@ struct Entry {
     sessions: Budget,
     refusals: Budget,
     messages: Budget,
+    moderation: Budget,
     abuse: [Budget; ABUSES],
 }
 
@@ -160,6 +165,7 @@ impl Entry {
             sessions: Budget::default(),
             refusals: Budget::default(),
             messages: Budget::default(),
+            moderation: Budget::default(),
             abuse: Default::default(),
         }
     }
@@ -168,6 +174,7 @@ impl Entry {
         self.sessions.idle()
             && self.refusals.idle()
             && self.messages.idle()
+            && self.moderation.idle()
             && self.abuse.iter().all(Budget::idle)
     }
 }
@@ -196,6 +203,7 @@ impl PeerLog {
                 Class::Sessions => entry.sessions.allow(now, SESSION_LINES),
                 Class::Refusals => entry.refusals.allow(now, REFUSAL_LINES),
                 Class::Messages => entry.messages.allow(now, MESSAGE_LINES),
+                Class::Moderation => entry.moderation.allow(now, MODERATION_LINES),
             },
             None => self.overflow.allow(now, OVERFLOW_LINES),
         }
@@ -228,6 +236,11 @@ impl PeerLog {
             }
             if let Some(n) = entry.messages.end(now) {
                 info!("{ip}: refused {n} more messages in the last minute");
+            }
+            if let Some(n) = entry.moderation.end(now) {
+                warn!(
+                    "{ip}: {n} more moderation actions in the last minute (not logged one by one)"
+                );
             }
             for what in Abuse::ALL {
                 if let Some(n) = entry.abuse[what.index()].end(now) {

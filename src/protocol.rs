@@ -20,6 +20,19 @@ pub enum Request {
     PublicKey {
         key: String,
     },
+    /// A moderator's action (`cmd`, `target`, `for_secs`, `reason`,
+    /// `text`: the fields of `ragnarok ctl`'s requests), the whole object
+    /// for `moderation::Action::of_json`.
+    Moderate(Value),
+}
+
+/// What a logged-in user is: a member, or a moderator (an admin of the
+/// config, logged in with their own password).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    #[default]
+    Member,
+    Moderator,
 }
 
 /// Why a client's message was refused. Each maps to a stable `code` string.
@@ -62,6 +75,11 @@ pub enum ErrorCode {
     RoomLocked,
     /// Muted: what you send reaches no one.
     Muted,
+    /// A `Moderate` from a user who is not a moderator.
+    NotAModerator,
+    /// A moderator's action that was not done (not online, not banned, a
+    /// moderator's name...): the text says why.
+    ModerationRefused,
 }
 
 impl ErrorCode {
@@ -93,6 +111,8 @@ impl ErrorCode {
             ErrorCode::Banned => "banned",
             ErrorCode::RoomLocked => "room_locked",
             ErrorCode::Muted => "muted",
+            ErrorCode::NotAModerator => "not_a_moderator",
+            ErrorCode::ModerationRefused => "moderation_refused",
         }
     }
 }
@@ -229,6 +249,8 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
             Ok(Request::PrivateMessage { target, text: take(fields.text, "text")? })
         }
         "OnlineUsers" => Ok(Request::OnlineUsers),
+        // Its fields are read as `ragnarok ctl`'s are (moderation.rs).
+        "Moderate" => serde_json::from_str(frame).map(Request::Moderate).map_err(not_json),
         "PublicKey" => {
             let key = take(fields.key, "key")?;
             check_public_key(&key)?;
@@ -237,7 +259,7 @@ pub fn parse_request(frame: &str) -> Result<Request, Rejection> {
         _ => Err(Rejection::new(
             ErrorCode::UnknownType,
             format!(
-                "unknown msgType {:?}: expected \"Broadcast\", \"PrivateMessage\", \"PublicKey\" or \"OnlineUsers\"",
+                "unknown msgType {:?}: expected \"Broadcast\", \"PrivateMessage\", \"PublicKey\", \"OnlineUsers\" or \"Moderate\"",
                 shortened(&kind)
             ),
         )),
@@ -329,6 +351,7 @@ impl Request {
             Request::PrivateMessage { .. } => "PrivateMessage",
             Request::OnlineUsers => "OnlineUsers",
             Request::PublicKey { .. } => "PublicKey",
+            Request::Moderate(_) => "Moderate",
         }
     }
 }
@@ -414,12 +437,17 @@ impl Reply<'_> {
 }
 
 /// `{"ServerName": ...}`, the first thing a user receives after logging in,
-/// with `"e2e_room": true` in an end-to-end encrypted room.
-pub fn server_name_json(name: &str, e2e_room: bool) -> String {
-    match e2e_room {
-        true => serde_json::json!({ "ServerName": name, "e2e_room": true }).to_string(),
-        false => serde_json::json!({ "ServerName": name }).to_string(),
+/// with `"e2e_room": true` in an end-to-end encrypted room and `"role":
+/// "moderator"` for a moderator (members get no `role`).
+pub fn server_name_json(name: &str, e2e_room: bool, role: Role) -> String {
+    let mut welcome = serde_json::json!({ "ServerName": name });
+    if e2e_room {
+        welcome["e2e_room"] = true.into();
     }
+    if role == Role::Moderator {
+        welcome["role"] = "moderator".into();
+    }
+    welcome.to_string()
 }
 
 /// In an `e2e_room`: refuses a `Broadcast` text that is not a sealed room
@@ -433,7 +461,7 @@ pub fn check_sealed(request: &Request) -> Result<(), Rejection> {
         Request::PrivateMessage { text, .. } => {
             (sealed_private_message(text.as_bytes()), "a PrivateMessage")
         }
-        Request::OnlineUsers | Request::PublicKey { .. } => return Ok(()),
+        Request::OnlineUsers | Request::PublicKey { .. } | Request::Moderate(_) => return Ok(()),
     };
     match ok {
         true => Ok(()),
@@ -498,6 +526,10 @@ mod tests {
             Ok(Request::PrivateMessage { target: "bob".into(), text: "c1ph3r".into() })
         );
         assert_eq!(parse_request(r#" {"msgType":"OnlineUsers"}"#), Ok(Request::OnlineUsers));
+        let kick = r#"{"msgType":"Moderate","cmd":"kick","target":"bob","for_secs":600}"#;
+        let fields =
+            serde_json::json!({"msgType":"Moderate","cmd":"kick","target":"bob","for_secs":600});
+        assert_eq!(parse_request(kick), Ok(Request::Moderate(fields)));
         let key = e2e2(ZERO_POINT, ZERO_POINT);
         assert_eq!(
             parse_request(&format!(r#"{{"msgType":"PublicKey","key":"{key}","x":1}}"#)),
@@ -628,8 +660,15 @@ mod tests {
         assert_eq!(json, r#"{"msgType":"OnlineUsers","Users":["a","b"]}"#);
         let err = Reply::Error { code: "user_offline", text: "t", target: Some("bob") }.to_json();
         assert_eq!(err, r#"{"msgType":"Error","code":"user_offline","text":"t","TgtUser":"bob"}"#);
-        assert_eq!(server_name_json("Ks", false), r#"{"ServerName":"Ks"}"#);
-        assert_eq!(server_name_json("Ks", true), r#"{"ServerName":"Ks","e2e_room":true}"#);
+        assert_eq!(server_name_json("Ks", false, Role::Member), r#"{"ServerName":"Ks"}"#);
+        assert_eq!(
+            server_name_json("Ks", true, Role::Member),
+            r#"{"ServerName":"Ks","e2e_room":true}"#
+        );
+        assert_eq!(
+            server_name_json("Ks", true, Role::Moderator),
+            r#"{"ServerName":"Ks","e2e_room":true,"role":"moderator"}"#
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::effect::{ClusterCall, Effect, Effects, Outbound, Push};
 pub use crate::effect::{ConnId, To};
 use crate::history::History;
 use crate::names::{self, Name};
-use crate::protocol::{self, ErrorCode, Kind, Rejection, Reply, Request, server_name_json};
+use crate::protocol::{self, ErrorCode, Kind, Rejection, Reply, Request, Role, server_name_json};
 
 /// Rooms with at most this many users get the full `OnlineUsers` list on
 /// every change; larger rooms get `UsersJoined` / `UsersLeft` deltas.
@@ -86,6 +86,8 @@ pub struct Room {
     /// Presence changes not yet announced (see `flush_presence`): local
     /// joiners (who get the welcome), other nodes' joiners, leavers.
     joined: Vec<ConnId>,
+    /// Those of `joined` who are moderators (their welcome says so).
+    joined_moderators: Vec<ConnId>,
     joined_remote: Vec<Rc<str>>,
     left: Vec<Rc<str>>,
     /// The last broadcasts, for joiners.
@@ -113,6 +115,7 @@ impl Room {
             order: Vec::new(),
             names: BTreeMap::new(),
             joined: Vec::new(),
+            joined_moderators: Vec::new(),
             joined_remote: Vec::new(),
             left: Vec::new(),
             history,
@@ -224,12 +227,19 @@ impl Room {
         Err(Rejection::new(ErrorCode::NameTaken, text))
     }
 
-    /// Adds a local user. The welcome (`ServerName`, `OnlineUsers`) and the
-    /// news for everyone else go out with the next `flush_presence`.
+    /// A member joins (the tests' shorthand of `join_as`).
+    #[cfg(test)]
+    pub fn join(&mut self, id: ConnId, name: &str) -> Result<(), Rejection> {
+        self.join_as(id, name, Role::Member)
+    }
+
+    /// Adds a local user, in `role`. The welcome (`ServerName` and, for a
+    /// moderator, `"role": "moderator"`; `OnlineUsers`) and the news for
+    /// everyone else go out with the next `flush_presence`.
     /// The name is checked and normalized by `names::check`; it is taken
     /// when an online name has the same comparison key ("Alice", "аlice"
     /// with a Cyrillic "а" and "alice" are one name).
-    pub fn join(&mut self, id: ConnId, name: &str) -> Result<(), Rejection> {
+    pub fn join_as(&mut self, id: ConnId, name: &str, role: Role) -> Result<(), Rejection> {
         let Name { display, key } = self.check_name(name)?;
         let name: Rc<str> = Rc::from(display);
         let name_key: Rc<str> = Rc::from(key);
@@ -240,6 +250,9 @@ impl Room {
         // Left and came back before anyone heard: nobody needs to hear either.
         self.left.retain(|n| *n != name);
         self.joined.push(id);
+        if role == Role::Moderator {
+            self.joined_moderators.push(id);
+        }
         Ok(())
     }
 
@@ -268,6 +281,7 @@ impl Room {
         match self.joined.iter().position(|&j| j == id) {
             Some(i) => {
                 self.joined.remove(i);
+                self.joined_moderators.retain(|&m| m != id);
             }
             None => self.left.push(member.name.clone()),
         }
@@ -408,6 +422,8 @@ impl Room {
                     None => out.refuse(from, Rejection::user_offline(&target)),
                 }
             }
+            // The session carries these out (only a moderator's reach the loop).
+            Request::Moderate(_) => {}
             Request::OnlineUsers => {
                 let first = Snapshot::Users { after: Rc::from("") };
                 let (part, rest) = self.part(&first, true);
@@ -478,6 +494,7 @@ impl Room {
             return;
         }
         let joined = std::mem::take(&mut self.joined);
+        let moderators = std::mem::take(&mut self.joined_moderators);
         let joined_remote = std::mem::take(&mut self.joined_remote);
         let left = std::mem::take(&mut self.left);
         let small = self.online() <= FULL_LIST_MAX;
@@ -486,7 +503,19 @@ impl Room {
         };
         if !joined.is_empty() {
             let to = || To::Many(joined.clone());
-            send(to(), (Kind::ServerName, server_name_json(&self.title, self.encrypted)));
+            let welcome =
+                |role| (Kind::ServerName, server_name_json(&self.title, self.encrypted, role));
+            match moderators.is_empty() {
+                true => send(to(), welcome(Role::Member)),
+                false => {
+                    let members: Vec<ConnId> =
+                        joined.iter().copied().filter(|id| !moderators.contains(id)).collect();
+                    if !members.is_empty() {
+                        send(To::Many(members), welcome(Role::Member));
+                    }
+                    send(To::Many(moderators), welcome(Role::Moderator));
+                }
+            }
             // A small room's full list goes to everyone; a large room's
             // joiners get its first part.
             let mut next = Some(Snapshot::Keys { after: None });

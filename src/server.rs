@@ -23,6 +23,7 @@ mod node;
 mod apply;
 mod command;
 use crate::addresses::{Addresses, Peer};
+use crate::admins::Admins;
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::{Connection, Flush, Input};
@@ -144,6 +145,8 @@ pub struct Server<S = TcpStream> {
     /// The owner's rules (bans, mutes, the lock), and where bans are kept.
     rules: Rules,
     state_file: Option<PathBuf>,
+    /// The moderators in the room (`admins`).
+    admins: Admins,
     /// The control socket of `ragnarok ctl`, when `control_socket` is set.
     control: Option<command::Endpoint>,
     next_serial: u64,
@@ -332,6 +335,7 @@ impl<S: Socket + Source> Server<S> {
             metrics: None,
             rules: Rules::new(config.room_logins_per_sec),
             state_file: config.state_file.clone(),
+            admins: Admins::new(&config.admins),
             control: None,
             cluster: None,
             next_serial: 0,
@@ -679,6 +683,7 @@ impl<S: Socket + Source> Server<S> {
             now,
             rules: &mut self.rules,
             wall: SystemTime::now(),
+            admins: &mut self.admins,
         };
         f(session, &mut cx);
     }

@@ -1,20 +1,24 @@
 //! One connection's chat session, free of I/O, and the owner of its life:
 //! handshaking → logging in (password, name, in a cluster the claim) →
-//! chatting → ended. The connection reports what happened; the session
-//! decides, under the rate limit and the keep-alive, and pushes `Effect`s.
+//! chatting (as a member or a moderator) → ended. The connection reports
+//! what happened; the session decides, under the rate limit and the
+//! keep-alive, and pushes `Effect`s.
 
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 use log::info;
+use serde_json::Value;
 use tungstenite::Message;
 
 use crate::addresses::{Addresses, Peer};
+use crate::admins::{Admins, Check};
 use crate::config::Limits;
 use crate::effect::{ClusterCall, ConnId, Count, Effect, Effects, Ending, Push};
-use crate::moderation::Rules;
+use crate::moderation::{Action, Rules};
+use crate::names;
 use crate::peerlog::{Abuse, Class, PeerLog};
-use crate::protocol::{ErrorCode, Rejection, Request, close_code, parse_request};
+use crate::protocol::{ErrorCode, Rejection, Request, Role, close_code, parse_request};
 use crate::ratelimit::{ByteBucket, TokenBucket, Verdict};
 use crate::room::Room;
 
@@ -37,6 +41,8 @@ pub struct Cx<'a> {
     pub rules: &'a mut Rules,
     /// The wall clock, for the rules' ends.
     pub wall: SystemTime,
+    /// The moderators (`admins`) and the bound on checking their passwords.
+    pub admins: &'a mut Admins,
 }
 
 impl Cx<'_> {
@@ -57,26 +63,57 @@ const MAX_HELD: usize = 16;
 #[derive(Debug)]
 enum Login {
     Password,
-    Name,
+    /// The password came; the name is awaited.
+    Name(Password),
     /// In a cluster: the name was asked of Redis, the answer is awaited.
-    /// What the client sends meanwhile is held, and handled once the name
-    /// is theirs.
-    Claiming(Held),
+    /// Boxed: a claim is short and a cluster's only, and every byte of a
+    /// session is paid per user.
+    Claiming(Box<Claim>),
+}
+
+/// A login waiting for the cluster's answer about the name.
+#[derive(Debug)]
+struct Claim {
+    /// What the client sends meanwhile: handled once the name is theirs.
+    held: Held,
+    /// What they will be (their password said so, with the name).
+    role: Role,
+    /// Kept in case the claim cannot be made and the name is chosen again.
+    password: Password,
+}
+
+/// The password frame, until the name comes.
+enum Password {
+    /// Checked when it came: the room's (a room without `admins`: as the
+    /// original server does).
+    Room,
+    /// In a room with `admins`: whose password it must be depends on the
+    /// name (an admin's own, or the room's), so it is checked with the
+    /// name. Boxed: most sessions never hold one, and every byte of a
+    /// session is paid per user.
+    #[allow(clippy::box_collection)]
+    Held(Box<String>),
+}
+
+/// Never shows the password.
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Password::Room => f.write_str("Room"),
+            Password::Held(_) => f.write_str("Held(..)"),
+        }
+    }
 }
 
 /// Text messages sent while the name is claimed, in order, within
-/// `MAX_HELD` messages and `max_message_bytes` bytes. Boxed on the first:
-/// most clients wait for the welcome, and every byte of a session is paid
-/// per user.
-/// (A `Vec` inline would make every session 24 bytes larger.)
+/// `MAX_HELD` messages and `max_message_bytes` bytes.
 #[derive(Debug, Default)]
-#[allow(clippy::box_collection)]
-struct Held(Option<Box<Vec<Message>>>);
+struct Held(Vec<Message>);
 
 impl Held {
     /// Keeps `message`, or refuses it (`login_pending`) past the bounds.
     fn push(&mut self, message: Message, max_bytes: usize) -> Result<(), Rejection> {
-        let held = self.0.get_or_insert_default();
+        let held = &mut self.0;
         let bytes: usize = held.iter().map(Message::len).sum();
         if held.len() >= MAX_HELD || bytes + message.len() > max_bytes {
             return Err(Rejection::new(
@@ -93,7 +130,7 @@ impl Held {
     }
 
     fn take(&mut self) -> Vec<Message> {
-        self.0.take().map(|held| *held).unwrap_or_default()
+        std::mem::take(&mut self.0)
     }
 }
 
@@ -119,6 +156,8 @@ enum Phase {
         ping_sent: Option<Instant>,
         /// What the user's messages may still cost in bytes (`pay_bytes`).
         bytes: ByteBucket,
+        /// A member, or a moderator (who may send `Moderate`).
+        role: Role,
     },
     /// Logged out, refused or disconnected: the connection is closing.
     Ended,
@@ -270,11 +309,11 @@ impl Session {
             Verdict::Refuse => return,
             Verdict::Flood => return self.flooded(cx),
         }
-        if let (Phase::LoggingIn { step: Login::Claiming(held), .. }, Message::Text(_)) =
+        if let (Phase::LoggingIn { step: Login::Claiming(claim), .. }, Message::Text(_)) =
             (&mut self.phase, &message)
         {
             // Handled once the name is claimed (`claimed`).
-            if let Err(why) = held.push(message, cx.limits.max_message_bytes) {
+            if let Err(why) = claim.held.push(message, cx.limits.max_message_bytes) {
                 self.refuse(why, cx);
             }
             return;
@@ -294,8 +333,17 @@ impl Session {
             (Message::Text(text), Some((Login::Password, since))) => {
                 self.on_password(strip_line_end(&text), since, cx)
             }
-            (Message::Text(text), Some((Login::Name, since))) => {
+            (Message::Text(text), Some((Login::Name(_), since))) => {
                 let name = strip_line_end(&text);
+                let role = match &self.phase {
+                    Phase::LoggingIn { step: Login::Name(Password::Held(given)), .. } => {
+                        match admin_or_room_password(given, name, cx) {
+                            Some(role) => role,
+                            None => return,
+                        }
+                    }
+                    _ => Role::Member,
+                };
                 if !cx.addresses.may_log_in(cx.peer.ip, cx.now) {
                     cx.log.abuse(Abuse::TooManyLogins, cx.peer.ip, cx.now);
                     let why = Rejection::new(
@@ -304,11 +352,11 @@ impl Session {
                     );
                     return refused_login(why, cx);
                 }
-                if let Err(why) = cx.rules.admits(name, cx.peer.ip, cx.wall, cx.now) {
+                if let Err(why) = cx.rules.admits(name, cx.peer.ip, role, cx.wall, cx.now) {
                     return refused_login(why, cx);
                 }
                 if !cx.room.is_clustered() {
-                    return self.join(name, cx);
+                    return self.join(name, role, cx);
                 }
                 match cx.room.check_name(name) {
                     Err(why) => refused_login(why, cx),
@@ -316,7 +364,14 @@ impl Session {
                         self.refuse(Rejection::cluster_unavailable(), cx)
                     }
                     Ok(checked) => {
-                        let step = Login::Claiming(Held::default());
+                        let password = match &mut self.phase {
+                            Phase::LoggingIn { step: Login::Name(password), .. } => {
+                                std::mem::replace(password, Password::Room)
+                            }
+                            _ => Password::Room,
+                        };
+                        let claim = Claim { held: Held::default(), role, password };
+                        let step = Login::Claiming(Box::new(claim));
                         self.phase = Phase::LoggingIn { step, since };
                         let (name, key) = (checked.display, checked.key);
                         cx.out.push(Effect::Cluster(ClusterCall::Claim { conn: cx.id, name, key }));
@@ -324,6 +379,7 @@ impl Session {
                 }
             }
             (Message::Text(text), None) if self.is_chatting() => match parse_request(&text) {
+                Ok(Request::Moderate(fields)) => self.moderate(&fields, cx),
                 Ok(Request::Broadcast { .. } | Request::PrivateMessage { .. })
                     if let Some(Err(why)) =
                         cx.room.name_key_of(cx.id).map(|key| cx.rules.may_speak(&key, cx.wall)) =>
@@ -368,11 +424,11 @@ impl Session {
     /// user joins, then what they sent meanwhile is handled, in order, as
     /// if it came now (rate limit included).
     pub fn claimed(&mut self, name: &str, cx: &mut Cx) {
-        let Phase::LoggingIn { step: Login::Claiming(held), .. } = &mut self.phase else {
+        let Phase::LoggingIn { step: Login::Claiming(claim), .. } = &mut self.phase else {
             return;
         };
-        let held = held.take();
-        self.join(name, cx);
+        let (held, role) = (claim.held.take(), claim.role);
+        self.join(name, role, cx);
         for message in held {
             let ended = |cx: &Cx| {
                 cx.out.iter().any(|e| matches!(e, Effect::End { conn, .. } if *conn == cx.id))
@@ -390,24 +446,32 @@ impl Session {
     /// The cluster refused the claim (`name_taken`) or could not be asked.
     /// What was held meanwhile is not delivered, and the refusal says so.
     pub fn claim_failed(&mut self, why: Rejection, cx: &mut Cx) {
-        let Phase::LoggingIn { step: Login::Claiming(held), since } = &mut self.phase else {
+        let Phase::LoggingIn { step: Login::Claiming(claim), since } = &mut self.phase else {
             return;
         };
-        let (why, since) = (with_discarded(why, held.take().len()), *since);
+        let (why, since) = (with_discarded(why, claim.held.take().len()), *since);
         if why.code == ErrorCode::NameTaken {
             return refused_login(why, cx);
         }
-        self.phase = Phase::LoggingIn { step: Login::Name, since };
+        let password = std::mem::replace(&mut claim.password, Password::Room);
+        self.phase = Phase::LoggingIn { step: Login::Name(password), since };
         self.refuse(why, cx)
     }
 
-    fn join(&mut self, name: &str, cx: &mut Cx) {
-        match cx.room.join(cx.id, name) {
+    fn join(&mut self, name: &str, role: Role, cx: &mut Cx) {
+        match cx.room.join_as(cx.id, name, role) {
             Ok(()) => {
                 if cx.may_log(Class::Sessions) {
-                    info!("{}: {name:?} logged in ({} online)", cx.peer, cx.room.online());
+                    let (peer, online) = (cx.peer, cx.room.online());
+                    match role {
+                        Role::Member => info!("{peer}: {name:?} logged in ({online} online)"),
+                        Role::Moderator => {
+                            info!("{peer}: {name:?} logged in as a moderator ({online} online)")
+                        }
+                    }
                 }
-                self.phase = Phase::Chatting { ping_sent: None, bytes: ByteBucket::new(cx.now) };
+                let bytes = ByteBucket::new(cx.now);
+                self.phase = Phase::Chatting { ping_sent: None, bytes, role };
                 cx.addresses.logged_in(cx.peer.ip, cx.now);
                 cx.rules.logged_in(cx.now);
                 // Chatting starts with a whole burst, whatever the login cost.
@@ -424,25 +488,50 @@ impl Session {
     }
 
     fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) {
-        let ip = cx.peer.ip;
-        if !cx.addresses.may_try_password(ip, cx.now) {
-            cx.log.abuse(Abuse::TooManyAttempts, ip, cx.now);
-            let why = Rejection::new(
-                ErrorCode::TooManyAttempts,
-                "too many wrong passwords from your address: wait a minute and try again",
-            );
-            return cx.end(Ending::policy("too many attempts", why));
-        }
-        if cx.room.check_password(given) {
-            self.phase = Phase::LoggingIn { step: Login::Name, since };
+        if !cx.admins.is_empty() {
+            // Checked with the name, which says whose password it must be.
+            let step = Login::Name(Password::Held(Box::new(given.to_owned())));
+            self.phase = Phase::LoggingIn { step, since };
             return;
         }
-        cx.addresses.wrong_password(ip, cx.now);
-        if cx.may_log(Class::Refusals) {
-            info!("{}: wrong password", cx.peer);
+        if !may_try_password(cx) {
+            return;
         }
-        let why = Rejection::new(ErrorCode::WrongPassword, "wrong password");
-        cx.end(Ending::policy("wrong password", why));
+        if cx.room.check_password(given) {
+            self.phase = Phase::LoggingIn { step: Login::Name(Password::Room), since };
+            return;
+        }
+        wrong_password(cx);
+    }
+
+    /// A `Moderate` request: a moderator's action goes to the loop
+    /// (`Effect::Moderate`) if moderators may do it; anyone else is told
+    /// `not_a_moderator`. The connection stays open either way.
+    fn moderate(&mut self, fields: &Value, cx: &mut Cx) {
+        let Phase::Chatting { role: Role::Moderator, .. } = self.phase else {
+            let why = "only moderators may moderate (the room's admins, logged in with their \
+                       own password)";
+            return self.refuse(Rejection::new(ErrorCode::NotAModerator, why), cx);
+        };
+        let action = match Action::of_json(fields) {
+            Some(Ok(action)) => action,
+            Some(Err(why)) => return self.refuse(Rejection::new(ErrorCode::InvalidField, why), cx),
+            None if fields.get("cmd").is_none() => {
+                let why = Rejection::new(ErrorCode::MissingField, "field \"cmd\" is missing");
+                return self.refuse(why, cx);
+            }
+            None => {
+                let why = "field \"cmd\" must be one of \"kick\", \"ban\", \"unban\", \"mute\", \
+                           \"unmute\", \"lock\", \"unlock\", \"say\"";
+                return self.refuse(Rejection::new(ErrorCode::InvalidField, why), cx);
+            }
+        };
+        let admins = &*cx.admins;
+        if let Err(why) = cx.rules.may_moderate(&action, |key| admins.is_admin(key)) {
+            return self.refuse(Rejection::new(ErrorCode::ModerationRefused, why), cx);
+        }
+        cx.out.push(Effect::Count(Count::Received(Some("Moderate"))));
+        cx.out.push(Effect::Moderate { by: cx.id, action });
     }
 
     /// The byte budget of a chatting user (`rate_limit_bytes_per_sec`,
@@ -535,6 +624,65 @@ impl Session {
     }
 }
 
+/// Whether the address may try a password now (`login_attempts_per_minute`);
+/// if not, the session ends with `too_many_attempts`.
+fn may_try_password(cx: &mut Cx) -> bool {
+    let ip = cx.peer.ip;
+    if cx.addresses.may_try_password(ip, cx.now) {
+        return true;
+    }
+    cx.log.abuse(Abuse::TooManyAttempts, ip, cx.now);
+    let why = Rejection::new(
+        ErrorCode::TooManyAttempts,
+        "too many wrong passwords from your address: wait a minute and try again",
+    );
+    cx.end(Ending::policy("too many attempts", why));
+    false
+}
+
+/// A wrong password: counted for the address, and the session ends.
+fn wrong_password(cx: &mut Cx) {
+    cx.addresses.wrong_password(cx.peer.ip, cx.now);
+    if cx.may_log(Class::Refusals) {
+        info!("{}: wrong password", cx.peer);
+    }
+    let why = Rejection::new(ErrorCode::WrongPassword, "wrong password");
+    cx.end(Ending::policy("wrong password", why));
+}
+
+/// In a room with `admins`, once the name is known: the password frame
+/// `given` must be the admin's own under an admin's name (or a look-alike
+/// of it), the room's under any other. The role it gives; `None`: the
+/// session ends (a wrong password, too many attempts from the address or
+/// of admin passwords in the whole server).
+fn admin_or_room_password(given: &str, name: &str, cx: &mut Cx) -> Option<Role> {
+    if !may_try_password(cx) {
+        return None;
+    }
+    let key = names::check(name).ok().map(|n| n.key);
+    let check = key.map_or(Check::NotAnAdmin, |key| cx.admins.check(&key, given, cx.now));
+    match check {
+        Check::Right => Some(Role::Moderator),
+        Check::NotAnAdmin if cx.room.check_password(given) => Some(Role::Member),
+        Check::Busy => {
+            if cx.may_log(Class::Refusals) {
+                info!("{}: a moderator's password not checked: too many at once", cx.peer);
+            }
+            let why = Rejection::new(
+                ErrorCode::TooManyAttempts,
+                "too many moderator logins are being tried right now: wait a few seconds \
+                 and try again",
+            );
+            cx.end(Ending::policy("too many attempts", why));
+            None
+        }
+        Check::Wrong | Check::NotAnAdmin => {
+            wrong_password(cx);
+            None
+        }
+    }
+}
+
 fn refused_login(why: Rejection, cx: &mut Cx) {
     if cx.may_log(Class::Refusals) {
         info!("{}: login refused: {}", cx.peer, why.code.as_str());
@@ -555,7 +703,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::cluster::Proposed;
-    use crate::effect::Outbound;
+    use crate::effect::{Outbound, To};
     use crate::history::History;
     use crate::room::{Link, Mode};
 
@@ -569,6 +717,7 @@ mod tests {
         LoggedIn,
         Claim { name: String, key: String },
         Close { code: u16, reason: &'static str, why: Option<Rejection> },
+        Moderate(crate::moderation::Action),
     }
 
     struct World {
@@ -580,6 +729,9 @@ mod tests {
         limits: Limits,
         now: Instant,
         rules: Rules,
+        admins: Admins,
+        /// `log_in` lets a second pass before each login.
+        spaced: bool,
     }
 
     impl World {
@@ -594,7 +746,21 @@ mod tests {
                 limits: config.limits,
                 now: Instant::now(),
                 rules: Rules::default(),
+                admins: Admins::default(),
+                spaced: true,
             }
+        }
+
+        /// A room with the password `password` and these admins.
+        fn with_admins(password: &str, admins: &[(&str, &str)]) -> Self {
+            let admins: serde_json::Map<String, Value> = admins
+                .iter()
+                .map(|(name, pw)| {
+                    (name.to_string(), crate::admins::hash_password(pw).unwrap().into())
+                })
+                .collect();
+            let admins = crate::admins::of_json(&Value::Object(admins)).unwrap();
+            World { admins: Admins::new(&admins), ..World::new(password) }
         }
 
         fn send(&mut self, session: &mut Session, id: ConnId, text: &str) -> Action {
@@ -630,6 +796,7 @@ mod tests {
                 now: self.now,
                 rules: &mut self.rules,
                 wall: SystemTime::now(),
+                admins: &mut self.admins,
             };
             f(&mut cx);
             let mut actions = Vec::new();
@@ -653,6 +820,7 @@ mod tests {
                     Effect::End { how: Ending::Close { code, reason, why }, .. } => {
                         Action::Close { code, reason, why }
                     }
+                    Effect::Moderate { action, .. } => Action::Moderate(action),
                     other => panic!("not a session's effect: {other:?}"),
                 };
                 actions.push(this);
@@ -809,7 +977,7 @@ mod tests {
 
     #[test]
     fn a_session_stays_small() {
-        // 64 bytes before the held messages of a claim (boxed, in `Login::Claiming`):
+        // 64 bytes before a claim (boxed, in `Login::Claiming`):
         // the phase (40: chatting holds the keep-alive's and the byte budget's
         // moments) and the message bucket (24).
         assert!(std::mem::size_of::<Session>() <= 64, "{}", std::mem::size_of::<Session>());
@@ -851,6 +1019,159 @@ mod tests {
         assert_eq!(w.send(&mut s, 1, r#"{"msgType":"Broadcast","text":"hi"}"#), Action::Nothing);
         assert!(w.out.iter().any(|o| o.json.contains("\"hi\"")));
         assert!(!s.is_unauthenticated());
+    }
+
+    fn role(s: &Session) -> Option<Role> {
+        match s.phase {
+            Phase::Chatting { role, .. } => Some(role),
+            _ => None,
+        }
+    }
+
+    /// Logs in with `password` and `name` on a new session: the last action.
+    fn log_in(w: &mut World, id: ConnId, password: &str, name: &str) -> (Session, Action) {
+        let mut s = Session::new();
+        if w.spaced {
+            // Past the bound on admin password checks in the whole server.
+            w.now += Duration::from_secs(1);
+        }
+        s.opened(w.now, &w.limits);
+        assert_eq!(w.send(&mut s, id, password), Action::Nothing, "checked with the name");
+        let action = w.send(&mut s, id, name);
+        (s, action)
+    }
+
+    #[test]
+    fn an_admin_name_takes_the_admins_own_password_and_no_other() {
+        let mut w = World::with_admins("963", &[("alice", "her own"), ("carol", "carol's")]);
+        let (s, action) = log_in(&mut w, 1, "her own\n", "alice\r\n");
+        assert_eq!((action, role(&s)), (Action::LoggedIn, Some(Role::Moderator)));
+        // The room's password, another admin's, or hers under another name.
+        for (id, password, name) in
+            [(2, "963", "carol"), (3, "her own", "carol"), (4, "her own", "bob")]
+        {
+            let (s, action) = log_in(&mut w, id, password, name);
+            assert_eq!(code(action), Some(ErrorCode::WrongPassword), "{password} {name}");
+            assert_eq!(role(&s), None);
+        }
+        // A look-alike of an admin's name is that admin: their password.
+        w.room.leave(1);
+        for look_alike in ["ALICE", "a1ice", "\u{430}lice"] {
+            let (_, action) = log_in(&mut w, 5, "963", look_alike);
+            assert_eq!(code(action), Some(ErrorCode::WrongPassword), "{look_alike}");
+        }
+        let (s, action) = log_in(&mut w, 5, "her own", "Alice");
+        assert_eq!((action, role(&s)), (Action::LoggedIn, Some(Role::Moderator)));
+        // Everyone else: the room's password, as a member.
+        let (s, action) = log_in(&mut w, 6, "963", "bob");
+        assert_eq!((action, role(&s)), (Action::LoggedIn, Some(Role::Member)));
+        let (_, action) = log_in(&mut w, 7, "000", "dave");
+        assert_eq!(code(action), Some(ErrorCode::WrongPassword), "refused at the name");
+        let mut out = Effects::new();
+        w.room.flush_presence(&mut out);
+        let welcomes: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send(o) if o.json.contains("ServerName") => Some((o.to.clone(), &*o.json)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            welcomes,
+            [
+                (To::Many(vec![6]), r#"{"ServerName":"t"}"#),
+                (To::Many(vec![5]), r#"{"ServerName":"t","role":"moderator"}"#),
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_admin_passwords_count_for_the_address_and_checks_are_bounded_for_all() {
+        let mut w = World::with_admins("", &[("alice", "pw")]);
+        let allowed = w.limits.login_attempts_per_minute as usize;
+        for i in 0..allowed {
+            let (_, action) = log_in(&mut w, i, "guess", "alice");
+            assert_eq!(code(action), Some(ErrorCode::WrongPassword), "{i}");
+        }
+        let (_, action) = log_in(&mut w, 99, "pw", "alice");
+        assert_eq!(code(action), Some(ErrorCode::TooManyAttempts), "not checked");
+        let (_, action) = log_in(&mut w, 99, "", "bob");
+        assert_eq!(code(action), Some(ErrorCode::TooManyAttempts), "any name from there");
+
+        // From many addresses: a few checks a second in the whole server.
+        let mut w = World::with_admins("", &[("alice", "pw")]);
+        (w.limits.login_attempts_per_minute, w.spaced) = (0, false);
+        let codes: Vec<_> = (0..6).map(|i| code(log_in(&mut w, i, "guess", "alice").1)).collect();
+        let busy = Some(ErrorCode::TooManyAttempts);
+        assert_eq!(
+            codes,
+            [Some(ErrorCode::WrongPassword); 4].into_iter().chain([busy, busy]).collect::<Vec<_>>()
+        );
+        let (s, _) = log_in(&mut w, 10, "", "bob");
+        assert_eq!(role(&s), Some(Role::Member), "members are not held up");
+        w.now += Duration::from_secs(1);
+        let (s, _) = log_in(&mut w, 11, "pw", "alice");
+        assert_eq!(role(&s), Some(Role::Moderator));
+    }
+
+    #[test]
+    fn only_a_moderator_moderates() {
+        let mut w = World::with_admins("", &[("alice", "pw"), ("carol", "pw2")]);
+        let (mut alice, _) = log_in(&mut w, 1, "pw", "alice");
+        let (mut bob, _) = log_in(&mut w, 2, "", "bob");
+        let kick =
+            r#"{"msgType":"Moderate","cmd":"kick","target":"bob","for_secs":600,"reason":"spam"}"#;
+        assert_eq!(code(w.send(&mut bob, 2, kick)), Some(ErrorCode::NotAModerator));
+        assert!(bob.is_chatting(), "stays open");
+        match w.send(&mut alice, 1, kick) {
+            Action::Moderate(crate::moderation::Action::Kick { target, for_secs, reason }) => {
+                assert_eq!((&*target, for_secs, &*reason), ("bob", Some(600), "spam"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (request, expected) in [
+            (
+                r#"{"msgType":"Moderate","cmd":"kick","target":"Car0l"}"#,
+                ErrorCode::ModerationRefused,
+            ),
+            (
+                r#"{"msgType":"Moderate","cmd":"ban","target":"10.0.0.0/8"}"#,
+                ErrorCode::ModerationRefused,
+            ),
+            (r#"{"msgType":"Moderate","cmd":"fly"}"#, ErrorCode::InvalidField),
+            (r#"{"msgType":"Moderate","cmd":"kick"}"#, ErrorCode::InvalidField),
+            (
+                r#"{"msgType":"Moderate","cmd":"mute","target":"bob","for_secs":-1}"#,
+                ErrorCode::InvalidField,
+            ),
+            (r#"{"msgType":"Moderate"}"#, ErrorCode::MissingField),
+        ] {
+            assert_eq!(code(w.send(&mut alice, 1, request)), Some(expected), "{request}");
+        }
+        assert!(alice.is_chatting());
+    }
+
+    #[test]
+    fn in_a_cluster_a_moderator_is_claimed_as_one_and_may_choose_again() {
+        let mut w = World::with_admins("963", &[("alice", "pw")]);
+        w.room.set_mode(Mode::Node(Link::Down));
+        let mut s = Session::new();
+        s.opened(w.now, &w.limits);
+        w.send(&mut s, 1, "pw");
+        assert_eq!(code(w.send(&mut s, 1, "alice")), Some(ErrorCode::ClusterUnavailable));
+        w.room.set_mode(Mode::Node(Link::Up));
+        assert!(matches!(w.send(&mut s, 1, "alice"), Action::Claim { .. }), "the password kept");
+        let why = Rejection::cluster_unavailable();
+        w.with(1, |cx| s.claim_failed(why, cx));
+        assert!(matches!(w.send(&mut s, 1, "alice"), Action::Claim { .. }), "kept again");
+        assert_eq!(w.with(1, |cx| s.claimed("alice", cx)), Action::LoggedIn);
+        assert_eq!(role(&s), Some(Role::Moderator));
+    }
+
+    #[test]
+    fn a_held_password_is_never_shown() {
+        let step = Login::Name(Password::Held(Box::new("hunter2".into())));
+        assert!(!format!("{step:?}").contains("hunter2"), "{step:?}");
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl<S: Socket + Source> Server<S> {
             Effect::End { conn, how } => self.end(conn, how, now),
             Effect::Cluster(call) => self.call_cluster(call, now),
             Effect::Count(count) => self.stats.record(count),
+            Effect::Moderate { by, action } => self.moderate_from_room(by, action, now),
             #[cfg(feature = "testing")]
             Effect::Echo { conn, message } => {
                 let frame = match &message {

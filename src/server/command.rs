@@ -1,6 +1,7 @@
 //! The owner's commands (`ragnarok ctl`, over the control socket) carried
 //! out: who is online, kicks, bans, mutes, the lock, announcements, reload,
-//! stats. Each one that touches users is effects like any other decision.
+//! stats; and the same actions from a moderator in the room (`Moderate`).
+//! Each one that touches users is effects like any other decision.
 
 use std::fs;
 use std::io;
@@ -16,9 +17,10 @@ use serde_json::{Value, json};
 
 use super::{Phase, Server};
 use crate::control;
-use crate::effect::{Effect, Ending};
-use crate::moderation::{Action, Ban, Target, describe, human_duration};
+use crate::effect::{ConnId, Effect, Ending, Push};
+use crate::moderation::{Action, Ban, OWNER, Target, describe, human_duration};
 use crate::names;
+use crate::peerlog::Class;
 use crate::protocol::{ErrorCode, Rejection, close_code};
 use crate::tokens::CONTROL_REQUESTS;
 use crate::transport::Socket;
@@ -77,7 +79,11 @@ impl<S: Socket + Source> Server<S> {
     /// moderator's action (done as the room's owner).
     fn command(&mut self, request: &Value, now: Instant) -> Answer {
         if let Some(action) = Action::of_json(request) {
-            return self.moderate(action?, OWNER);
+            let answer = self.moderate(action?, OWNER);
+            if let Ok((done, _)) = &answer {
+                warn!("ctl: {done}");
+            }
+            return answer;
         }
         let wall = SystemTime::now();
         match request["cmd"].as_str().unwrap_or_default() {
@@ -97,13 +103,37 @@ impl<S: Socket + Source> Server<S> {
         }
     }
 
+    /// A moderator's `Moderate` from the room (`Effect::Moderate`; the
+    /// session checked that they are one and may do this): done in their
+    /// name, and logged at WARN naming them and their address, within the
+    /// budget of their address (`peerlog.rs`); refused, they are told why
+    /// (`moderation_refused`).
+    pub(super) fn moderate_from_room(&mut self, id: ConnId, action: Action, now: Instant) {
+        let Some(client) = self.clients.get(id).filter(|c| c.session.is_chatting()) else {
+            return;
+        };
+        let peer = client.conn.peer;
+        let Some(name) = self.room.name_of(id).map(str::to_owned) else { return };
+        match self.moderate(action, &name) {
+            Ok((done, _)) => {
+                if self.peer_log.allow(Class::Moderation, peer.ip, now) {
+                    warn!("moderator {name} ({peer}): {done}");
+                }
+            }
+            Err(why) => {
+                let why = Rejection::new(ErrorCode::ModerationRefused, why);
+                self.effects.refuse(id, why);
+            }
+        }
+    }
+
     /// A moderator's action, `by` the room's owner ([`OWNER`]) or an admin
-    /// by name: done, announced in the room, logged at WARN. The answer's
-    /// text says what was done, or why not.
+    /// by name: done and announced in the room (the caller logs it). The
+    /// answer's text says what was done, or why not.
     pub(super) fn moderate(&mut self, action: Action, by: &str) -> Answer {
         let wall = SystemTime::now();
         let until = |secs: Option<u64>| secs.map(|s| wall + Duration::from_secs(s));
-        let answer = match action {
+        match action {
             Action::Kick { target, for_secs, reason } => {
                 self.kick(&target, until(for_secs), &reason, by, wall)
             }
@@ -116,6 +146,9 @@ impl<S: Socket + Source> Server<S> {
                     return Err(format!("{} is not banned", target.shown()));
                 }
                 self.save_rules();
+                if by != OWNER {
+                    self.announce(&format!("{} was unbanned by {by}", target.shown()));
+                }
                 Ok((format!("unbanned {}", target.shown()), json!({})))
             }
             Action::Mute { target, for_secs } => {
@@ -135,7 +168,10 @@ impl<S: Socket + Source> Server<S> {
                 if !self.rules.unmute(&name.key) {
                     return Err(format!("{} is not muted", name.display));
                 }
-                let said = format!("{} is no longer muted", name.display);
+                let said = match by == OWNER {
+                    true => format!("{} is no longer muted", name.display),
+                    false => format!("{} was unmuted by {by}", name.display),
+                };
                 self.announce(&said);
                 Ok((said, json!({})))
             }
@@ -153,14 +189,14 @@ impl<S: Socket + Source> Server<S> {
                 Ok((said, json!({ "locked": locked })))
             }
             Action::Say { text } => {
-                self.announce(&text);
+                // A moderator's words are theirs: the announcement says whose.
+                match by == OWNER {
+                    true => self.announce(&text),
+                    false => self.announce(&format!("{by} (moderator): {text}")),
+                }
                 Ok((format!("announced to {} users", self.room.online_here()), json!({})))
             }
-        };
-        if let Ok((done, _)) = &answer {
-            warn!("{}: {done}", if by == OWNER { "ctl" } else { by });
         }
-        answer
     }
 
     fn who(&self) -> (String, Value) {
@@ -218,7 +254,7 @@ impl<S: Socket + Source> Server<S> {
                 target,
                 until: Some(until),
                 reason: reason.to_owned(),
-                by: "ctl".into(),
+                by: by.into(),
                 since: wall,
             };
             self.rules.ban(ban);
@@ -385,9 +421,6 @@ impl<S: Socket + Source> Server<S> {
         }
     }
 }
-
-/// Who moderates when it is not a person: the owner, through `ctl`.
-pub const OWNER: &str = "ctl";
 
 /// " by alice" for an admin; nothing for the owner.
 fn by_text(by: &str) -> String {

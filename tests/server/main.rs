@@ -4,6 +4,7 @@
 //! malformed input). Each module was a test binary of its own; see
 //! TESTING.md. The harness is `ragnarok-testkit` (tests/support).
 
+mod admins;
 mod binary_flood;
 mod broadcast;
 mod byte_budget;
