@@ -12,6 +12,8 @@ const enc = new TextEncoder();
 const utf8 = new TextDecoder("utf-8", { fatal: true }); // invalid UTF-8 is "could not be decrypted", as in the Rust client
 
 let ws, me = null, target = null;
+let moderator = false; // the welcome said "role": "moderator"
+let menuFor = null;    // the name whose moderation menu is open
 let identity = null; // {priv, raw, fp}: this browser's identity key IK, kept in IndexedDB
 let session = null;  // {priv, raw, key, name}: this connection's session key EK, what we published, our name once relayed
 const online = new Set(); // names; OnlineUsers replaces it, UsersJoined / UsersLeft add and remove
@@ -621,6 +623,7 @@ function drawUsers() {
   const ul = $("users").querySelector("ul");
   const names = [...online].sort();
   if (me && online.has(me)) { names.splice(names.indexOf(me), 1); names.unshift(me); } // yourself first
+  if (menuFor && !online.has(menuFor)) closeModMenu(false); // they left
   ul.replaceChildren(...names.map(userItem));
   $("count").textContent = String(online.size);
   drawConversation();
@@ -652,12 +655,150 @@ function userItem(name) {
     li.append(mark);
   }
   if (name === target) li.className = "selected";
-  li.tabIndex = 0;
-  li.setAttribute("role", "button");
   li.title = name === target ? "Back to the room" : "Send " + name + " an encrypted private message";
-  li.onclick = () => selectTarget(name === target ? null : name);
-  li.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); li.click(); } };
+  li.onclick = (e) => { if (!e.target.closest(".modbtn")) selectTarget(name === target ? null : name); };
+  const pick = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); selectTarget(name === target ? null : name); } };
+  if (!moderator) {
+    li.tabIndex = 0;
+    li.setAttribute("role", "button");
+    li.onkeydown = pick;
+    return li;
+  }
+  // A moderator's row: the name (a button of its own) and the menu button
+  // beside it, never one inside the other.
+  const who = document.createElement("span");
+  who.className = "pick";
+  who.tabIndex = 0;
+  who.setAttribute("role", "button");
+  who.append(...li.childNodes);
+  who.onkeydown = pick;
+  const menu = document.createElement("button");
+  menu.type = "button";
+  menu.className = "modbtn";
+  menu.textContent = "\u22EF";
+  menu.title = "Moderate " + name;
+  menu.setAttribute("aria-label", "Moderate " + name);
+  menu.setAttribute("aria-haspopup", "menu");
+  menu.setAttribute("aria-expanded", String(menuFor === name));
+  menu.onclick = () => (menuFor === name ? closeModMenu(true) : openModMenu(name, menu));
+  menu.onkeydown = (e) => { if (e.key === "ArrowDown") { e.preventDefault(); openModMenu(name, menu); } };
+  li.classList.add("mod");
+  li.append(who, menu);
   return li;
+}
+
+// --- A moderator's tools: the menu on a name, the form asking for a reason, the lock ---
+
+// What each item of the menu sends (`Moderate`, docs/PROTOCOL.md); a mute
+// carries no reason in the protocol, so it asks none.
+const MOD_ACTIONS = {
+  kick: { cmd: "kick", verb: "Kick", what: (n) => `Kick ${n}: they can come back at once`, reason: true },
+  kick10: { cmd: "kick", verb: "Kick", what: (n) => `Kick ${n} for 10 minutes`, for_secs: 600, reason: true },
+  mute10: { cmd: "mute", verb: "Mute", what: (n) => `Mute ${n} for 10 minutes: what they send reaches no one`, for_secs: 600 },
+  unmute: { cmd: "unmute", verb: "Unmute", what: (n) => `Unmute ${n}` },
+  ban: { cmd: "ban", verb: "Ban", what: (n) => `Ban ${n} (and look-alikes of the name) until the ban is lifted`, reason: true },
+};
+const menuItems = () => [...$("modmenu").querySelectorAll('[role="menuitem"]')];
+const menuButton = (name) => $("users").querySelector(`li[data-user="${CSS.escape(name)}"] .modbtn`);
+
+/// Opens the menu of `name` under its button, the first item focused.
+function openModMenu(name, button) {
+  menuFor = name;
+  const menu = $("modmenu");
+  menu.setAttribute("aria-label", "Moderate " + name);
+  menu.hidden = false;
+  const at = button.getBoundingClientRect();
+  const width = menu.offsetWidth, height = menu.offsetHeight;
+  menu.style.left = Math.max(4, Math.min(at.right - width, window.innerWidth - width - 4)) + "px";
+  menu.style.top = (at.bottom + height + 4 <= window.innerHeight ? at.bottom + 2 : Math.max(4, at.top - height - 2)) + "px";
+  button.setAttribute("aria-expanded", "true");
+  menuItems()[0].focus();
+}
+
+/// Closes the menu; `refocus`: back to the button it opened from.
+function closeModMenu(refocus) {
+  const name = menuFor;
+  menuFor = null;
+  $("modmenu").hidden = true;
+  const button = name && menuButton(name);
+  if (button) {
+    button.setAttribute("aria-expanded", "false");
+    if (refocus) button.focus();
+  }
+}
+
+$("modmenu").onkeydown = (e) => {
+  const items = menuItems(), at = items.indexOf(document.activeElement);
+  const move = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: items.length - 1 }[e.key];
+  if (move !== undefined) {
+    e.preventDefault();
+    items[(move + items.length) % items.length].focus();
+  } else if (e.key === "Escape") {
+    e.preventDefault();
+    e.stopPropagation();
+    closeModMenu(true);
+  } else if (e.key === "Tab") {
+    closeModMenu(false);
+  }
+};
+$("modmenu").onclick = (e) => {
+  const item = e.target.closest('[role="menuitem"]');
+  if (!item || !menuFor) return;
+  const name = menuFor;
+  closeModMenu(false);
+  openModForm(name, item.dataset.act);
+};
+document.addEventListener("mousedown", (e) => {
+  if (menuFor && !e.target.closest("#modmenu, .modbtn")) closeModMenu(false);
+});
+
+/// The inline form of one action on `name`: what will be done, a reason
+/// where the action takes one, and the button that does it.
+let modAction = null; // {name, act}
+function openModForm(name, act) {
+  const a = MOD_ACTIONS[act];
+  modAction = { name, act };
+  $("modform-what").textContent = a.what(name);
+  $("modform-reason").value = "";
+  $("modform-reason-row").hidden = !a.reason;
+  $("modform-go").textContent = a.verb;
+  $("modform").hidden = false;
+  showPeople(false);
+  (a.reason ? $("modform-reason") : $("modform-go")).focus();
+}
+
+function closeModForm() {
+  modAction = null;
+  $("modform").hidden = true;
+  $("text").focus();
+}
+
+function moderate(request) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  ws.send(JSON.stringify({ msgType: "Moderate", ...request }));
+}
+
+$("modform").onsubmit = (e) => {
+  e.preventDefault();
+  if (!modAction) return;
+  const a = MOD_ACTIONS[modAction.act];
+  const request = { cmd: a.cmd, target: modAction.name };
+  if (a.for_secs) request.for_secs = a.for_secs;
+  const reason = $("modform-reason").value.trim();
+  if (a.reason && reason) request.reason = reason;
+  moderate(request);
+  closeModForm();
+};
+$("modform-cancel").onclick = closeModForm;
+$("modform").onkeydown = (e) => { if (e.key === "Escape") { e.preventDefault(); closeModForm(); } };
+$("lock").onclick = () => moderate({ cmd: "lock" });
+$("unlock").onclick = () => moderate({ cmd: "unlock" });
+
+/// The page as a moderator's or a member's, as the welcome says.
+function showRole() {
+  $("role").hidden = !moderator;
+  $("modtools").hidden = !moderator;
+  if (!moderator) { $("modform").hidden = true; $("modmenu").hidden = true; menuFor = null; }
 }
 
 /// A click on a name (or on the "to …" chip): private messages to `name`,
@@ -756,6 +897,8 @@ async function handle(data) {
     $("title").textContent = m.ServerName;
     document.title = m.ServerName + " · Ragnarok";
     $("status").textContent = "signed in as " + me;
+    moderator = m.role === "moderator";
+    showRole();
     $("lobby").hidden = true;
     $("chat").hidden = false;
     $("people").hidden = false;

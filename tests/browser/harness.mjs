@@ -16,7 +16,7 @@ import WebSocket from "ws";
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const { server: BUILT_BIN, peer: BUILT_PEER } = build();
-const BIN = process.env.RAGNAROK_BIN || BUILT_BIN;
+export const BIN = process.env.RAGNAROK_BIN || BUILT_BIN;
 export const PEER = BUILT_PEER;
 const SHOTS = process.env.SCREENSHOT_DIR || path.join(root, "tests/screenshots");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
