@@ -54,5 +54,10 @@ fn round_trip(request: &Request) {
             let json = json!({"msgType": "OnlineUsers"});
             assert_eq!(&again(json.to_string()), request);
         }
+        // The whole object, for `Action::of_json`: as it was sent.
+        Request::Moderate(fields) => {
+            assert_eq!(fields["msgType"], "Moderate");
+            assert_eq!(&again(fields.to_string()), request);
+        }
     }
 }
