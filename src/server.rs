@@ -145,6 +145,8 @@ pub struct Server<S = TcpStream> {
     /// The owner's rules (bans, mutes, the lock), and where bans are kept.
     rules: Rules,
     state_file: Option<PathBuf>,
+    /// Failures to write `state_file`, logged once a minute.
+    unsaved_log: LogBudget,
     /// The moderators in the room (`admins`).
     admins: Admins,
     /// The control socket of `ragnarok ctl`, when `control_socket` is set.
@@ -335,6 +337,7 @@ impl<S: Socket + Source> Server<S> {
             metrics: None,
             rules: Rules::new(config.room_logins_per_sec),
             state_file: config.state_file.clone(),
+            unsaved_log: LogBudget::default(),
             admins: Admins::new(&config.admins),
             control: None,
             cluster: None,
@@ -587,6 +590,9 @@ impl<S: Socket + Source> Server<S> {
         }
         if let Some(n) = self.refused_log.unlogged(now) {
             warn!("refused {n} more connections in the last minute (server full)");
+        }
+        if let Some(n) = self.unsaved_log.unlogged(now) {
+            error!("bans not saved {n} more times in the last minute");
         }
         self.peer_log.tick(now);
         self.addresses.sweep(now);

@@ -404,12 +404,16 @@ impl<S: Socket + Source> Server<S> {
     }
 
     /// Writes the bans to `state_file`: a new file, then a rename, so that
-    /// a crash leaves the old file or the new one, never half of one.
-    fn save_rules(&self) {
+    /// a crash leaves the old file or the new one, never half of one. A
+    /// failure is logged once a minute (moderators in the room can ban as
+    /// fast as they may send), then counted (`tick`).
+    fn save_rules(&mut self) {
         let Some(path) = &self.state_file else { return };
         let tmp = path.with_extension("tmp");
         let written = fs::write(&tmp, self.rules.save()).and_then(|()| fs::rename(&tmp, path));
-        if let Err(e) = written {
+        if let Err(e) = written
+            && self.unsaved_log.allow(Instant::now())
+        {
             error!("bans not saved to {} (they hold until a restart): {e}", path.display());
         }
     }
