@@ -313,6 +313,7 @@ impl<S: Socket + Source> Server<S> {
                 trusted_proxies: config.trusted_proxies.clone(),
                 max_message_bytes: config.limits.max_message_bytes,
                 e2e_room: config.e2e_room,
+                rate_limit: (config.limits.rate_limit_per_sec, config.limits.rate_limit_burst),
             },
             limits,
             effects: Vec::new(),
