@@ -447,6 +447,26 @@ pub const KEYS: &[Key] = &[
     },
 ];
 
+/// The keys a running server cannot take on a reload (SIGHUP, `ragnarok ctl
+/// reload`): a change is reported and the old value kept until a restart.
+/// They are bound into the listening sockets (`SSL` on or off as well), the
+/// cluster's link, or what clients already hold (`e2e_room`). Also
+/// `server_name` while `e2e_room` is on: the room's title is bound into
+/// every encrypted room message, so a live rename would split its members
+/// (server/reload.rs decides that one).
+pub const RESTART_KEYS: &[&str] = &[
+    "SSL",
+    "server_ip",
+    "server_port",
+    "reuse_port",
+    "redis_url",
+    "cluster_name",
+    "redis_ca_file",
+    "metrics_addr",
+    "control_socket",
+    "e2e_room",
+];
+
 fn server_ip(d: &mut Draft, ip: String) -> Result<(), String> {
     if ip.trim().is_empty() {
         return Err("must not be empty".into());
@@ -780,6 +800,13 @@ fn bad(key: &'static str, message: &str) -> ConfigError {
 }
 
 impl Config {
+    /// The log level in force: `RUST_LOG` when it names a level (it
+    /// overrides `log_level`, at start and on a reload), else `log_level`.
+    pub fn log_filter(&self) -> LevelFilter {
+        let from_env = std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok());
+        from_env.unwrap_or(self.log_level)
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -1038,6 +1065,20 @@ mod tests {
             let times = listed.iter().filter(|&&n| n == key.name).count();
             assert_eq!(times, 1, "README lists {:?} {times} times", key.name);
         }
+    }
+
+    #[test]
+    fn every_restart_key_is_a_key() {
+        for name in RESTART_KEYS {
+            assert!(
+                KEYS.iter().any(|k| k.name == *name),
+                "{name:?} is in RESTART_KEYS, not in KEYS"
+            );
+        }
+        let mut sorted = RESTART_KEYS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), RESTART_KEYS.len(), "a key twice in RESTART_KEYS");
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl Room {
             left: Vec::new(),
             history,
             receiving: Vec::new(),
-            part_budget: (outbound_limit / 8).clamp(2048, 128 * 1024),
+            part_budget: part_budget(outbound_limit),
             encrypted: false,
         }
     }
@@ -127,6 +127,25 @@ impl Room {
     pub fn encrypted(mut self, on: bool) -> Self {
         self.encrypted = on;
         self
+    }
+
+    /// A reload: the title new joiners are sent (`ServerName`) and the
+    /// password checked from now on; users in the room stay.
+    pub fn set_title_and_password(&mut self, title: &str, password: &str) {
+        title.clone_into(&mut self.title);
+        password.clone_into(&mut self.password);
+    }
+
+    /// A reload: the history is trimmed to its new bounds (nothing else is lost).
+    pub fn set_history_limits(&mut self, size: usize, max_bytes: usize) {
+        self.history.set_limits(size, max_bytes);
+    }
+
+    /// A reload changed `max_outbound_bytes`: snapshot parts are sized for
+    /// the new limit, which no open connection is below (server/reload.rs
+    /// lowers it only for those not in the room yet).
+    pub fn set_outbound_limit(&mut self, outbound_limit: usize) {
+        self.part_budget = part_budget(outbound_limit);
     }
 
     /// Standalone, or a node of a cluster (and whether its link is up).
@@ -682,6 +701,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Most bytes of one snapshot part for a user who may have `outbound_limit`
+/// bytes queued.
+fn part_budget(outbound_limit: usize) -> usize {
+    (outbound_limit / 8).clamp(2048, 128 * 1024)
 }
 
 #[cfg(test)]

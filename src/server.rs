@@ -22,6 +22,9 @@ mod node;
 
 mod apply;
 mod command;
+mod reload;
+pub use reload::Reloaded;
+
 use crate::addresses::{Addresses, Peer};
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
@@ -80,14 +83,16 @@ enum Phase {
     },
 }
 
-/// A connection, the chat session on it, and whether its address is
-/// charged for the per-address limits.
+/// A connection, the chat session on it, and the address it is charged
+/// to for the per-address limits.
 struct Client<S> {
     conn: Connection<S>,
     session: Session,
-    /// Charged to `conn.peer.ip` (false only for a trusted proxy that has
-    /// not named its client yet).
-    charged: bool,
+    /// The address charged: `conn.peer.ip` as it was then (`None` only for
+    /// a trusted proxy that has not named its client yet). Kept, so that
+    /// what is released is what was charged even if a reload changed
+    /// `trusted_proxies` meanwhile.
+    charged: Option<IpAddr>,
     /// Tells this connection from a later one under the same slab key.
     serial: u64,
     /// When its user logged in (for `ctl who`).
@@ -101,6 +106,10 @@ pub struct Server<S = TcpStream> {
     tls: Option<Arc<ServerConfig>>,
     /// Where the certificate and key are read from again on SIGHUP.
     tls_files: Option<TlsFiles>,
+    /// The config in force (keys that need a restart at their start values).
+    config: Config,
+    /// Where `reload_config` reads it again (`set_config_path`).
+    config_path: Option<PathBuf>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     clients: Slab<Client<S>>,
     room: Room,
@@ -202,8 +211,8 @@ impl Server<TcpStream> {
         }
     }
 
-    /// Shut down gracefully on SIGINT and SIGTERM; reload the certificate
-    /// and key on SIGHUP.
+    /// Shut down gracefully on SIGINT and SIGTERM; reload the config, the
+    /// certificate and the key on SIGHUP.
     pub fn handle_signals(&mut self) -> io::Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -298,6 +307,8 @@ impl<S: Socket + Source> Server<S> {
             phase: Phase::Running { listener: None },
             tls,
             tls_files: config.tls.clone(),
+            config: config.clone(),
+            config_path: None,
             signals: None,
             clients: Slab::new(),
             room: Room::new(
@@ -393,14 +404,8 @@ impl<S: Socket + Source> Server<S> {
         let conn = Connection::new(transport, peer, self.limits.max_outbound_bytes, now);
         self.next_serial += 1;
         let serial = self.next_serial;
-        let charged = charged.is_some();
-        self.clients.insert(Client {
-            conn,
-            session: Session::new(),
-            charged,
-            serial,
-            joined: None,
-        });
+        let client = Client { conn, session: Session::new(), charged, serial, joined: None };
+        self.clients.insert(client);
         Ok(key)
     }
 
@@ -426,11 +431,11 @@ impl<S: Socket + Source> Server<S> {
         let Some(client) = self.clients.get_mut(key) else { return };
         client.session.opened(now, &self.limits);
         let peer = client.conn.peer;
-        if client.charged {
+        if client.charged.is_some() {
             return;
         }
         match self.addresses.open(peer.ip, now) {
-            Ok(()) => client.charged = true,
+            Ok(()) => client.charged = Some(peer.ip),
             Err(refused) => {
                 self.peer_log.abuse(Abuse::of(&refused), peer.ip, now);
                 Stats::count(&mut self.stats.connections_refused, refused.reason(), 1);
@@ -527,6 +532,11 @@ impl<S: Socket + Source> Server<S> {
             }
         }
         if reload {
+            // The config first: a new `SSL_Cert` or `SSL_Key` is read now.
+            match self.reload_config(now) {
+                Ok(reloaded) => info!("SIGHUP: reloaded config: {reloaded}"),
+                Err(e) => error!("SIGHUP: kept the old config: {e}"),
+            }
             self.reload_tls();
         }
         if !stop {
@@ -676,7 +686,7 @@ impl<S: Socket + Source> Server<S> {
             limits: &self.limits,
             id,
             peer: conn.peer,
-            charged: charged.then_some(conn.peer.ip),
+            charged: *charged,
             now,
             rules: &mut self.rules,
             wall: SystemTime::now(),
@@ -744,8 +754,7 @@ impl<S: Socket + Source> Server<S> {
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
-        if client.charged {
-            let ip = client.conn.peer.ip;
+        if let Some(ip) = client.charged {
             self.addresses.close(ip, now);
         }
         let (received, sent) = client.conn.traffic();

@@ -297,6 +297,13 @@ impl Link {
         &self.node
     }
 
+    /// A reload changed `history_size` or `history_max_bytes`: broadcasts
+    /// from now on keep this many on Redis, and the next sync asks for this
+    /// much.
+    pub fn set_history(&mut self, (size, bytes): (usize, usize)) {
+        (self.history_size, self.history_bytes) = (size, bytes);
+    }
+
     pub fn is_up(&self) -> bool {
         matches!(self.state, State::Up { .. })
     }

@@ -90,8 +90,19 @@ impl<S: Socket + Source> Server<S> {
             }
             "stats" => Ok(self.stats_answer(now)),
             "reload" => {
+                // As SIGHUP: the config file, then the certificate and key.
+                let reloaded = match self.reload_config(now) {
+                    Ok(reloaded) => reloaded,
+                    Err(e) => {
+                        error!("ctl reload: kept the old config: {e}");
+                        return Err(format!("kept the old config: {e}"));
+                    }
+                };
+                info!("ctl reload: reloaded config: {reloaded}");
                 self.reload_tls();
-                Ok(("reloaded the certificate and key (if TLS is on)".into(), json!({})))
+                let data =
+                    json!({ "applied": reloaded.applied, "needs_restart": reloaded.needs_restart });
+                Ok((format!("reloaded config: {reloaded}"), data))
             }
             other => Err(format!("unknown command {other:?}")),
         }

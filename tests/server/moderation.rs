@@ -217,3 +217,46 @@ fn the_control_socket_answers_garbage_with_an_error_and_stays_up() {
     assert_eq!(code, 69, "{err}");
     assert!(err.contains("no server answers on the control socket"), "{err}");
 }
+
+#[test]
+fn ctl_reload_changes_the_password_while_everyone_stays() {
+    let server = TestServer::start(json!({}));
+    let (mut alice, mut bob) = server.login_two("alice", "bob");
+    let path = server.dir.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["server_password"] = json!("new secret");
+    config["server_port"] = json!(1);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let reloaded = ctl_json(&server, &["reload"]);
+    assert_eq!(reloaded["applied"], json!(["server_password"]));
+    assert_eq!(reloaded["needs_restart"], json!(["server_port"]));
+    // Nobody was dropped; the old password is refused, the new one taken.
+    bob.send_json(json!({"msgType": "Broadcast", "text": "still here"}));
+    assert_eq!(alice.recv_type("Broadcast")["text"], "still here");
+    assert_eq!(refused(&server, "carol").0, "wrong_password");
+    let mut carol = server.connect();
+    carol.send_text("new secret");
+    carol.send_text("carol");
+    assert!(carol.recv_json()["ServerName"].is_string());
+    // A config that does not load: refused whole, exit 1, the old one kept.
+    std::fs::write(&path, r#"{"server_pasword": "x"}"#).unwrap();
+    let (code, _, err) = ctl(&path, &["reload"]);
+    assert_eq!(code, 64, "ctl cannot read its own config either: {err}");
+    std::fs::write(&path, config.to_string().replace("new secret", "third")).unwrap();
+    let mut broken = config.clone();
+    broken["max_message_bytes"] = json!(1);
+    let ctl_config = temp_dir("ctl-reload").join("config.json");
+    std::fs::write(
+        &ctl_config,
+        json!({"control_socket": server.dir.join("ragnarok.sock")}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(&path, broken.to_string()).unwrap();
+    let (code, _, err) = ctl(&ctl_config, &["reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("kept the old config") && err.contains("max_message_bytes"), "{err}");
+    let mut dave = server.connect();
+    dave.send_text("new secret");
+    dave.send_text("dave");
+    assert!(dave.recv_json()["ServerName"].is_string(), "the config in force still holds");
+}
