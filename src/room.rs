@@ -96,6 +96,8 @@ pub struct Room {
     part_budget: usize,
     /// `e2e_room`: broadcasts and private messages only in sealed form.
     encrypted: bool,
+    /// Remote users added with a key the users here have not been sent.
+    rekeyed: Vec<Rc<str>>,
 }
 
 impl Room {
@@ -119,6 +121,7 @@ impl Room {
             receiving: Vec::new(),
             part_budget: part_budget(outbound_limit),
             encrypted: false,
+            rekeyed: Vec::new(),
         }
     }
 
@@ -207,6 +210,17 @@ impl Room {
             };
             Some((&**name, &**key, at))
         })
+    }
+
+    /// Whether a broadcast (or private message) from another node may be
+    /// delivered here: in an `e2e_room` only the sealed form (a node set up
+    /// without `e2e_room` must not put plaintext in front of our users).
+    pub fn takes_from_cluster(&self, private: bool, text: &str) -> bool {
+        let sealed = match private {
+            true => protocol::sealed_private_message(text.as_bytes()),
+            false => protocol::sealed_room_message(text.as_bytes()),
+        };
+        !self.encrypted || sealed
     }
 
     /// Users online on this node.
@@ -303,6 +317,10 @@ impl Room {
             return Err(*id);
         }
         let name_key: Rc<str> = Rc::from(key);
+        let had = self.users.get(&name_key).and_then(|m| m.key.clone());
+        if user.key.is_some() && user.key.as_deref() != had.as_deref() {
+            self.rekeyed.push(name_key.clone());
+        }
         self.remove_remote(&name_key);
         let name: Rc<str> = Rc::from(display);
         match self.left.iter().position(|n| *n == name) {
@@ -493,6 +511,19 @@ impl Room {
     /// and the recent history; the others get the full list in a small
     /// room, or one `UsersJoined` / `UsersLeft` delta in a large one.
     pub fn flush_presence(&mut self, out: &mut Effects) {
+        let rekeyed = std::mem::take(&mut self.rekeyed);
+        self.flush_lists(out);
+        // Users of another node who came back with their key (a resync):
+        // everyone here learns it again, after the list that names them.
+        for name_key in rekeyed {
+            if let Some(Member { name, key: Some(key), .. }) = self.users.get(&name_key) {
+                let reply = Reply::PublicKey { source: name, key };
+                out.push(Effect::Send(Outbound::new(To::Everyone, &reply)));
+            }
+        }
+    }
+
+    fn flush_lists(&mut self, out: &mut Effects) {
         if self.joined.is_empty() && self.left.is_empty() && self.joined_remote.is_empty() {
             return;
         }
@@ -1092,6 +1123,34 @@ mod tests {
 
     fn remote(node: &str, name: &str) -> RemoteUser {
         RemoteUser { node: Rc::from(node), name: name.into(), key: None }
+    }
+
+    #[test]
+    fn a_remote_user_back_with_a_key_has_it_sent_again() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20);
+        room.set_mode(Mode::Node(Link::Up));
+        joined(&mut room, 1, "alice");
+        let with_key = |key: &str| RemoteUser { key: Some(key.into()), ..remote("n2", "bob") };
+        let keys_sent = |room: &mut Room, user: RemoteUser| {
+            room.add_remote(user).unwrap();
+            let mut out = Vec::new();
+            room.flush_presence(&mut out);
+            let keys = sent(&out).into_iter().filter(|o| o.kind == Kind::PublicKey);
+            keys.map(|o| parse(&o)["key"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys_sent(&mut room, with_key("K1")),
+            ["K1"],
+            "a resync that brings bob with his key"
+        );
+        assert_eq!(
+            keys_sent(&mut room, with_key("K1")),
+            Vec::<String>::new(),
+            "the same key: nothing new"
+        );
+        assert_eq!(keys_sent(&mut room, with_key("K2")), ["K2"]);
+        room.remove_node("n2");
+        assert_eq!(keys_sent(&mut room, with_key("K2")), ["K2"], "back after leaving");
     }
 
     #[test]

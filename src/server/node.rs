@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::event::Source;
 
 use super::Server;
@@ -97,12 +97,22 @@ impl<S: Socket + Source> Server<S> {
                     self.room.remove_remote(&key);
                 }
             }
-            Note::Event(Event::Say { name, text }) => self.room.say(&name, &text, out),
+            Note::Event(Event::Say { name, text })
+                if self.room.takes_from_cluster(false, &text) =>
+            {
+                self.room.say(&name, &text, out)
+            }
             Note::Event(Event::PublicKey { key, pk, .. }) => {
                 self.room.set_public_key(&key, &pk, out)
             }
-            Note::Event(Event::Private { to, from, text }) => {
+            Note::Event(Event::Private { to, from, text })
+                if self.room.takes_from_cluster(true, &text) =>
+            {
                 self.room.deliver_private(&to, &from, &text, out)
+            }
+            // Plaintext from a node without `e2e_room`: not shown here.
+            Note::Event(Event::Say { .. } | Event::Private { .. }) => {
+                debug!("cluster: plaintext from another node dropped (this room is e2e_room)");
             }
             Note::Event(Event::Node { node, users }) => {
                 if *node == *me {
