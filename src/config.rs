@@ -130,10 +130,10 @@ impl From<&Limits> for PerAddressLimits {
 /// One key of `config.json`.
 pub struct Key {
     pub name: &'static str,
-    /// The value when the key is absent, as JSON text, exactly as README's
-    /// table shows it; `None`: off, or nothing (README says which).
+    /// The value when the key is absent, as JSON text, exactly as docs/CONFIG.md's
+    /// table shows it; `None`: off, or nothing (the table says which).
     pub default: Option<&'static str>,
-    /// What the key is for, in one line (README has the details).
+    /// What the key is for, in one line (docs/CONFIG.md has the details).
     pub doc: &'static str,
     kind: Kind,
 }
@@ -156,7 +156,7 @@ enum Kind {
 use Kind::{Bool, CheckedText, Int, List, Text};
 
 /// Every key `config.json` may hold: the original's, then the optional ones.
-/// Parsing, the defaults, the unknown-key suggestions and README's table
+/// Parsing, the defaults, the unknown-key suggestions and docs/CONFIG.md's table
 /// (checked by a test) all come from here.
 pub const KEYS: &[Key] = &[
     Key {
@@ -1043,12 +1043,12 @@ mod tests {
         assert_eq!(cluster.name, DEFAULT_CLUSTER_NAME);
     }
 
-    /// README's two config tables list exactly the keys of `KEYS`, with
+    /// docs/CONFIG.md's two config tables list exactly the keys of `KEYS`, with
     /// the same defaults: a literal in backticks, or a word for "none".
     #[test]
-    fn readme_lists_every_key_with_its_default() {
-        let readme = include_str!("../README.md");
-        let start = readme.find("\n## config.json").expect("README has a config.json section");
+    fn config_md_lists_every_key_with_its_default() {
+        let readme = include_str!("../docs/CONFIG.md");
+        let start = readme.find("\n## config.json").expect("CONFIG.md has a config.json section");
         let section = &readme[start + 1..];
         let section = &section[..section[1..].find("\n## ").map_or(section.len(), |end| end + 1)];
         let mut listed = Vec::new();

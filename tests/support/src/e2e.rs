@@ -567,7 +567,8 @@ impl Client {
 
     /// `user`'s key is gone from the picture: its pair's state is kept.
     fn retire(&mut self, user: &str) {
-        if let Some(Peer { key: Ok(key), pair: Some(pair), senders, .. }) = self.online.remove(user) {
+        if let Some(Peer { key: Ok(key), pair: Some(pair), senders, .. }) = self.online.remove(user)
+        {
             self.retired.insert((key.identity, key.session), (pair, senders));
         }
     }
