@@ -226,13 +226,22 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
     let kept = cluster.redis.command(&format!("HEXISTS ragnarok:{}:bans carol", cluster.name));
     assert_eq!(kept, ":1", "kept on Redis");
 
-    // A node restarted reads the bans back from Redis (so does a new one).
+    // A node restarted reads the bans (and mutes) back from Redis (so does
+    // a new one); one that has ended is dropped there.
+    let short = Instant::now();
+    ctl_ok(&cluster.nodes[0], &["ban", "zed", "--for", "1s"]);
+    ctl_ok(&cluster.nodes[0], &["mute", "yan", "--for", "10m"]);
+    announced(&mut dave, "zed was banned for 1 s");
+    announced(&mut dave, "yan was muted for 10 min");
     drop(dave);
+    std::thread::sleep(std::time::Duration::from_millis(1100).saturating_sub(short.elapsed()));
     cluster.nodes[1] = TestServer::start(cluster.node_config());
     for node in &cluster.nodes {
         assert_eq!(refused(node, "carol").0, "banned");
     }
-    cluster.nodes[1].wait_log("cluster: 1 bans, 0 mutes, the room unlocked");
+    cluster.nodes[1].wait_log("cluster: 1 bans, 1 mutes, the room unlocked");
+    let gone = cluster.redis.command(&format!("HEXISTS ragnarok:{}:bans zed", cluster.name));
+    assert_eq!(gone, ":0", "the ended ban dropped from Redis");
     cluster.nodes[1].wait_log("is not used in a cluster: bans are kept in Redis");
     assert!(!cluster.nodes[0].dir.join("ragnarok-state.json").exists(), "no state_file written");
     // Lifted from the restarted node: carol comes back, on either node.
