@@ -156,6 +156,8 @@ pub struct Server<S = TcpStream> {
     /// The control socket of `ragnarok ctl`, when `control_socket` is set.
     control: Option<command::Endpoint>,
     next_serial: u64,
+    /// The next `ctl` request proposed to the cluster.
+    next_ticket: u64,
     /// The Autobahn echo endpoint (feature `testing`): every session echoes.
     #[cfg(feature = "testing")]
     echo: bool,
@@ -186,7 +188,9 @@ impl Server<TcpStream> {
             info!("health and metrics on http://{addr}/healthz and /metrics");
             server.metrics = Some(endpoint);
         }
-        server.load_rules()?;
+        if config.cluster.is_none() {
+            server.load_rules()?; // a cluster's are on Redis
+        }
         if let Some(path) = &config.control_socket {
             server.control = command::open(path, server.poll.registry(), CONTROL);
         }
@@ -347,6 +351,7 @@ impl<S: Socket + Source> Server<S> {
             control: None,
             cluster: None,
             next_serial: 0,
+            next_ticket: 0,
             #[cfg(feature = "testing")]
             echo: false,
         })

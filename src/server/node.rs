@@ -20,6 +20,9 @@ impl<S: Socket + Source> Server<S> {
     /// Makes this server one node of the cluster: it connects at once and
     /// serves its users meanwhile (what needs the cluster waits for it).
     pub fn join_cluster(&mut self, mut cluster: Cluster) {
+        if let Some(path) = &self.state_file {
+            info!("state_file {} is not used in a cluster: bans are kept in Redis", path.display());
+        }
         self.room.set_mode(Mode::Node(Link::Down));
         cluster.tick(self.poll.registry(), Instant::now());
         self.cluster = Some(cluster);
@@ -128,6 +131,23 @@ impl<S: Socket + Source> Server<S> {
                 let gone = self.room.remove_node(&node);
                 info!("cluster: node {node} stopped renewing its lease: {gone} of its users left");
             }
+            Note::Event(Event::Moderate { node, conn, by, at, action }) => {
+                let done = self.moderated(&by, at, &action);
+                if let Err(why) = &done {
+                    info!("cluster: a moderator's action from node {node} not done here: {why}");
+                }
+                // The proposer answers the `ctl` request that asked.
+                if *node == *me
+                    && let Some(ticket) = Origin::parse(&conn).and_then(Origin::ticket)
+                {
+                    self.answer_held(ticket, done);
+                }
+            }
+            Note::Refused { origin, why } if origin.ticket().is_some() => {
+                if let Some(ticket) = origin.ticket() {
+                    self.answer_held(ticket, Err(why.text));
+                }
+            }
             Note::Refused { origin, why } => {
                 self.with_origin(origin, now, |session, cx| {
                     if session.is_claiming() {
@@ -137,8 +157,9 @@ impl<S: Socket + Source> Server<S> {
                     }
                 });
             }
-            Note::Synced { users, history, conflicts } => {
+            Note::Synced { users, history, conflicts, rules } => {
                 self.room.set_mode(Mode::Node(Link::Up));
+                self.take_cluster_rules(rules);
                 self.room.set_history(&history);
                 let mut lost = self.room.resync(users);
                 lost.extend(conflicts.iter().filter_map(|key| self.room.local_id(key)));
@@ -164,6 +185,7 @@ impl<S: Socket + Source> Server<S> {
                     To::Everyone,
                     &Reply::Error { code: code.as_str(), text: &text, target: None },
                 );
+                self.answer_all_held();
             }
         }
     }
