@@ -9,28 +9,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startServer, launch, newPage, login, openPage, waitForKey, openConversation, sendTo, shot, rawClient, startPeer,
-  hostile, logText, sleep, e2e2Party,
+  newPage, login, openPage, waitForKey, openConversation, sendTo, shot, rawClient, startPeer,
+  hostile, logText, sleep, e2e2Party, until, withRoom as withServer,
 } from "./harness.mjs";
 
-async function withRoom(body) {
-  const { server, port } = await startServer(false, { e2e_room: true });
-  const browser = await launch();
-  try {
-    await body({ browser, port, url: `http://localhost:${port}/` });
-  } finally {
-    await browser.close();
-    server.kill();
-  }
-}
-
-async function until(f, what) {
-  for (const deadline = Date.now() + 10000; Date.now() < deadline; await sleep(50)) {
-    const v = await f();
-    if (v) return v;
-  }
-  throw new Error("timed out waiting for " + what);
-}
+const withRoom = (body) => withServer(body, { e2e_room: true });
 
 /// The line `who: text` shown as read (decrypted or our own), in `page`'s log.
 const shown = (page, who, text) => page.waitForSelector(`.msg.live:has(.who:text-is("${who}")):has-text("${text}")`);

@@ -4,38 +4,11 @@
 //! and the lock hold on every node; everyone hears each announcement once;
 //! a node restarted reads the bans back from Redis.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use ragnarok_testkit::cluster::*;
-use ragnarok_testkit::{TestServer, binary};
+use ragnarok_testkit::{TestServer, ctl};
 use serde_json::{Value, json};
-
-/// Runs `ragnarok ctl --config <node's config> ARGS`: (exit code, stdout, stderr).
-fn ctl(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary())
-        .arg("ctl")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run ragnarok ctl");
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
-}
-
-fn ctl_ok(node: &TestServer, args: &[&str]) -> String {
-    let (code, out, err) = ctl(&node.dir.join("config.json"), args);
-    assert_eq!(code, 0, "ctl {args:?}: {out} {err}");
-    out
-}
-
-fn ctl_json(node: &TestServer, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&ctl_ok(node, &all)).expect("JSON on stdout")
-}
 
 /// A login on `node` that is refused: (code, text, close code) of its end.
 /// While the node is still joining the cluster, it is tried again.
@@ -108,7 +81,7 @@ fn ctl_on_one_node_kicks_mutes_locks_and_speaks_on_both() {
     }
 
     // Everyone, with their node: none for this node's own users.
-    let who = ctl_json(one, &["who"]);
+    let who = one.ctl_json(&["who"]);
     assert_eq!(who["online"], 3, "{who}");
     let node_of = |who: &Value, name: &str| {
         let users = who["users"].as_array().unwrap();
@@ -118,17 +91,17 @@ fn ctl_on_one_node_kicks_mutes_locks_and_speaks_on_both() {
     let second = node_of(&who, "bob");
     assert!(second.as_str().is_some_and(|n| !n.is_empty()), "{who}");
     assert_eq!(node_of(&who, "carol"), second);
-    let from_two = ctl_json(two, &["who"]);
+    let from_two = two.ctl_json(&["who"]);
     assert_eq!(node_of(&from_two, "bob"), Value::Null);
     assert!(node_of(&from_two, "alice").is_string() && node_of(&from_two, "alice") != second);
-    let human = ctl_ok(one, &["who"]);
+    let human = one.ctl_ok(&["who"]);
     let line = format!("bob\t-\t-\t{}", second.as_str().unwrap());
     assert!(human.starts_with("3 online\n") && human.contains(&line), "{human}");
     assert!(human.contains("alice\t127.0.0.1\t") && human.contains("\there"), "{human}");
 
     // A kick of a user on the other node, with a duration: answered once
     // done, as standalone.
-    let out = ctl_ok(one, &["kick", "Bob", "--for", "1m", "--reason", "spamming links"]);
+    let out = one.ctl_ok(&["kick", "Bob", "--for", "1m", "--reason", "spamming links"]);
     assert_eq!(out.trim(), "bob was kicked for 1 min: spamming links");
     let told = removed(&mut bob, "kicked");
     assert!(told.contains("spamming links"), "{told}");
@@ -149,7 +122,7 @@ fn ctl_on_one_node_kicks_mutes_locks_and_speaks_on_both() {
 
     // An announcement: once for everyone, whichever node they are on (the
     // next one each hears is this one: the kick's was not heard twice).
-    let out = ctl_ok(one, &["say", "maintenance", "at", "noon"]);
+    let out = one.ctl_ok(&["say", "maintenance", "at", "noon"]);
     assert_eq!(out.trim(), "announced to 2 users");
     for user in [&mut alice, &mut carol] {
         let said = user.wait_for(after(CONVERGE), "the say", |m| m["msgType"] == "Announcement");
@@ -157,13 +130,13 @@ fn ctl_on_one_node_kicks_mutes_locks_and_speaks_on_both() {
     }
 
     // A mute of a user on the other node.
-    ctl_ok(one, &["mute", "carol", "--for", "10m"]);
+    one.ctl_ok(&["mute", "carol", "--for", "10m"]);
     announced(&mut alice, "carol was muted for 10 min");
     announced(&mut carol, "carol was muted for 10 min");
     carol.send(json!({"msgType": "Broadcast", "text": "you cannot hear me"}));
     let error = carol.wait_for(after(CONVERGE), "an Error", |m| m["msgType"] == "Error");
     assert_eq!(error["code"], "muted", "{error}");
-    assert_eq!(ctl_ok(two, &["unmute", "carol"]).trim(), "carol is no longer muted", "from node 2");
+    assert_eq!(two.ctl_ok(&["unmute", "carol"]).trim(), "carol is no longer muted", "from node 2");
     announced(&mut alice, "carol is no longer muted");
     announced(&mut carol, "carol is no longer muted");
     carol.send(json!({"msgType": "Broadcast", "text": "back"}));
@@ -173,7 +146,7 @@ fn ctl_on_one_node_kicks_mutes_locks_and_speaks_on_both() {
     assert_eq!(code, 1, "not muted any more: {err}");
 
     // The lock: logins refused on both nodes; those online stay.
-    ctl_ok(one, &["lock"]);
+    one.ctl_ok(&["lock"]);
     announced(&mut alice, "The room is locked: no new logins for now.");
     announced(&mut carol, "The room is locked: no new logins for now.");
     for node in [one, two] {
@@ -182,11 +155,11 @@ fn ctl_on_one_node_kicks_mutes_locks_and_speaks_on_both() {
     }
     let (code, _, err) = ctl(&two.dir.join("config.json"), &["lock"]);
     assert_eq!(code, 1, "locked already, as node 2 knows too: {err}");
-    assert_eq!(ctl_json(two, &["stats"])["locked"], true);
+    assert_eq!(two.ctl_json(&["stats"])["locked"], true);
     carol.send(json!({"msgType": "Broadcast", "text": "still here"}));
     let heard = alice.wait_for(after(CONVERGE), "a Broadcast", |m| m["msgType"] == "Broadcast");
     assert_eq!(heard["text"], "still here");
-    ctl_ok(one, &["unlock"]);
+    one.ctl_ok(&["unlock"]);
     announced(&mut alice, "The room is open again.");
     announced(&mut carol, "The room is open again.");
     login_once_let_in(&cluster, 1, "dave");
@@ -212,7 +185,7 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
     }
 
     // By name, from node 1, of a user on node 2.
-    let out = ctl_ok(&cluster.nodes[0], &["ban", "carol", "--reason", "raid"]);
+    let out = cluster.nodes[0].ctl_ok(&["ban", "carol", "--reason", "raid"]);
     assert_eq!(out.trim(), "banned carol; removed 1 (carol)");
     removed(&mut carol, "banned");
     announced(&mut alice, "carol was banned: raid");
@@ -221,7 +194,7 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
         let (code, text, close) = refused(node, "Carol");
         assert_eq!((code.as_str(), close), ("banned", Some(1008)), "{text}");
     }
-    let bans = ctl_json(&cluster.nodes[1], &["bans"]);
+    let bans = cluster.nodes[1].ctl_json(&["bans"]);
     assert_eq!(bans["bans"][0]["name"], "carol", "node 2 holds it too: {bans}");
     let kept = cluster.redis.command(&format!("HEXISTS ragnarok:{}:bans carol", cluster.name));
     assert_eq!(kept, ":1", "kept on Redis");
@@ -229,8 +202,8 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
     // A node restarted reads the bans (and mutes) back from Redis (so does
     // a new one); one that has ended is dropped there.
     let short = Instant::now();
-    ctl_ok(&cluster.nodes[0], &["ban", "zed", "--for", "1s"]);
-    ctl_ok(&cluster.nodes[0], &["mute", "yan", "--for", "10m"]);
+    cluster.nodes[0].ctl_ok(&["ban", "zed", "--for", "1s"]);
+    cluster.nodes[0].ctl_ok(&["mute", "yan", "--for", "10m"]);
     announced(&mut dave, "zed was banned for 1 s");
     announced(&mut dave, "yan was muted for 10 min");
     drop(dave);
@@ -245,7 +218,7 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
     cluster.nodes[1].wait_log("is not used in a cluster: bans are kept in Redis");
     assert!(!cluster.nodes[0].dir.join("ragnarok-state.json").exists(), "no state_file written");
     // Lifted from the restarted node: carol comes back, on either node.
-    ctl_ok(&cluster.nodes[1], &["unban", "carol"]);
+    cluster.nodes[1].ctl_ok(&["unban", "carol"]);
     let carol = login_once_let_in(&cluster, 0, "carol");
     drop(carol);
     let (code, _, err) = ctl(&cluster.nodes[0].dir.join("config.json"), &["unban", "carol"]);
@@ -259,7 +232,7 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
     while !(alice.users.contains("erin") && alice.users.contains("frank")) {
         assert!(alice.next(deadline).is_some(), "alice never saw erin and frank");
     }
-    let out = ctl_ok(&cluster.nodes[0], &["ban", "127.0.0.0/8", "--for", "10m"]);
+    let out = cluster.nodes[0].ctl_ok(&["ban", "127.0.0.0/8", "--for", "10m"]);
     assert!(out.starts_with("banned 127.0.0.0/8 for 10 min; removed 1 (alice)"), "{out}");
     for user in [&mut alice, &mut erin, &mut frank] {
         removed(user, "banned");
@@ -269,7 +242,7 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
         assert_eq!(code, "banned", "{text}");
         assert!(text.starts_with("your address is banned for"), "{text}");
     }
-    ctl_ok(&cluster.nodes[1], &["unban", "127.0.0.0/8"]);
+    cluster.nodes[1].ctl_ok(&["unban", "127.0.0.0/8"]);
     login_once_let_in(&cluster, 0, "gina");
     login_once_let_in(&cluster, 1, "hank");
     let left = cluster.redis.command(&format!("HLEN ragnarok:{}:bans", cluster.name));
