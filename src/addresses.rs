@@ -231,6 +231,12 @@ impl Addresses {
         Addresses { entries: HashMap::new(), limits: limits.into() }
     }
 
+    /// A reload changed the limits: they apply to what comes next (new
+    /// connections, passwords, logins); nothing open is closed for them.
+    pub fn set_limits(&mut self, limits: impl Into<PerAddressLimits>) {
+        self.limits = limits.into();
+    }
+
     /// A new connection from `ip`, counted as a handshake until it logs in.
     /// A refused one costs nothing but the check (and no entry is kept for
     /// it beyond what the address had).

@@ -148,6 +148,11 @@ impl Admins {
         Admins { by_key, checks: None }
     }
 
+    /// The list of a reloaded config (the bound on checks goes on).
+    pub fn set(&mut self, admins: &[Admin]) {
+        self.by_key = admins.iter().map(|a| (a.key.clone(), a.clone())).collect();
+    }
+
     /// No admins: logins are as in a room without moderators.
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()

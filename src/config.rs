@@ -132,10 +132,10 @@ impl From<&Limits> for PerAddressLimits {
 /// One key of `config.json`.
 pub struct Key {
     pub name: &'static str,
-    /// The value when the key is absent, as JSON text, exactly as README's
-    /// table shows it; `None`: off, or nothing (README says which).
+    /// The value when the key is absent, as JSON text, exactly as docs/CONFIG.md's
+    /// table shows it; `None`: off, or nothing (the table says which).
     pub default: Option<&'static str>,
-    /// What the key is for, in one line (README has the details).
+    /// What the key is for, in one line (docs/CONFIG.md has the details).
     pub doc: &'static str,
     kind: Kind,
 }
@@ -160,7 +160,7 @@ enum Kind {
 use Kind::{Bool, CheckedText, Int, Json, List, Text};
 
 /// Every key `config.json` may hold: the original's, then the optional ones.
-/// Parsing, the defaults, the unknown-key suggestions and README's table
+/// Parsing, the defaults, the unknown-key suggestions and docs/CONFIG.md's table
 /// (checked by a test) all come from here.
 pub const KEYS: &[Key] = &[
     Key {
@@ -461,6 +461,26 @@ fn admins(d: &mut Draft, value: &Value) -> Result<(), String> {
     d.config.admins = crate::admins::of_json(value)?;
     Ok(())
 }
+
+/// The keys a running server cannot take on a reload (SIGHUP, `ragnarok ctl
+/// reload`): a change is reported and the old value kept until a restart.
+/// They are bound into the listening sockets (`SSL` on or off as well), the
+/// cluster's link, or what clients already hold (`e2e_room`). Also
+/// `server_name` while `e2e_room` is on: the room's title is bound into
+/// every encrypted room message, so a live rename would split its members
+/// (server/reload.rs decides that one).
+pub const RESTART_KEYS: &[&str] = &[
+    "SSL",
+    "server_ip",
+    "server_port",
+    "reuse_port",
+    "redis_url",
+    "cluster_name",
+    "redis_ca_file",
+    "metrics_addr",
+    "control_socket",
+    "e2e_room",
+];
 
 fn server_ip(d: &mut Draft, ip: String) -> Result<(), String> {
     if ip.trim().is_empty() {
@@ -797,6 +817,13 @@ fn bad(key: &'static str, message: &str) -> ConfigError {
 }
 
 impl Config {
+    /// The log level in force: `RUST_LOG` when it names a level (it
+    /// overrides `log_level`, at start and on a reload), else `log_level`.
+    pub fn log_filter(&self) -> LevelFilter {
+        let from_env = std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok());
+        from_env.unwrap_or(self.log_level)
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -1033,12 +1060,12 @@ mod tests {
         assert_eq!(cluster.name, DEFAULT_CLUSTER_NAME);
     }
 
-    /// README's two config tables list exactly the keys of `KEYS`, with
+    /// docs/CONFIG.md's two config tables list exactly the keys of `KEYS`, with
     /// the same defaults: a literal in backticks, or a word for "none".
     #[test]
-    fn readme_lists_every_key_with_its_default() {
-        let readme = include_str!("../README.md");
-        let start = readme.find("\n## config.json").expect("README has a config.json section");
+    fn config_md_lists_every_key_with_its_default() {
+        let readme = include_str!("../docs/CONFIG.md");
+        let start = readme.find("\n## config.json").expect("CONFIG.md has a config.json section");
         let section = &readme[start + 1..];
         let section = &section[..section[1..].find("\n## ").map_or(section.len(), |end| end + 1)];
         let mut listed = Vec::new();
@@ -1055,6 +1082,20 @@ mod tests {
             let times = listed.iter().filter(|&&n| n == key.name).count();
             assert_eq!(times, 1, "README lists {:?} {times} times", key.name);
         }
+    }
+
+    #[test]
+    fn every_restart_key_is_a_key() {
+        for name in RESTART_KEYS {
+            assert!(
+                KEYS.iter().any(|k| k.name == *name),
+                "{name:?} is in RESTART_KEYS, not in KEYS"
+            );
+        }
+        let mut sorted = RESTART_KEYS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), RESTART_KEYS.len(), "a key twice in RESTART_KEYS");
     }
 
     #[test]

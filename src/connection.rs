@@ -230,6 +230,28 @@ impl<S: Socket> Connection<S> {
         }
     }
 
+    /// A reload: `max_outbound_bytes` for a connection not in the room yet
+    /// (its queue holds a few small replies at most).
+    pub fn set_outbound_limit(&mut self, limit: usize) {
+        self.outbox.set_limit(limit);
+    }
+
+    /// A reload, for a user in the room: a larger `max_message_bytes` or
+    /// `max_outbound_bytes` is taken, a smaller one is not (it would cut off
+    /// a user who did nothing wrong, or whose page was told the old limit;
+    /// it applies from their next login).
+    pub fn raise_limits(&mut self, max_message_bytes: usize, max_outbound_bytes: usize) {
+        self.outbox.set_limit(self.outbox.limit().max(max_outbound_bytes));
+        if let State::Open { ws, .. } = &mut self.state
+            && ws.get_config().max_message_size.is_some_and(|now| now < max_message_bytes)
+        {
+            ws.set_config(|c| {
+                c.max_message_size = Some(max_message_bytes);
+                c.max_frame_size = Some(max_message_bytes);
+            });
+        }
+    }
+
     /// The socket reported readable (`hung_up`: and the peer's end of stream).
     pub fn on_readable(&mut self, hung_up: bool) {
         self.transport.on_readable(hung_up);

@@ -1,6 +1,8 @@
 //! A small local listener on the event loop's poll where each connection
 //! sends one request and gets one answer: the health and metrics listener
-//! (TCP) and the control socket of `ragnarok ctl` (Unix) are both one.
+//! (TCP) and the control socket of `ragnarok ctl` (Unix) are both one. An
+//! answer may come later than the request (`hold`, `answer_held`): a
+//! `ctl` action in a cluster is answered once it has come back from Redis.
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -55,6 +57,8 @@ struct Request<S> {
     received: Vec<u8>,
     /// The answer and how much of it is written.
     answer: Option<(Vec<u8>, usize)>,
+    /// Complete, its answer to come (`answer_held`) under this ticket.
+    held: Option<u64>,
     opened: Instant,
 }
 
@@ -84,7 +88,8 @@ impl<L: Listener> Endpoint<L> {
             }
             let token = Token(first_token + self.requests.vacant_key());
             if registry.register(&mut socket, token, Interest::READABLE).is_ok() {
-                let request = Request { socket, received: Vec::new(), answer: None, opened: now };
+                let request =
+                    Request { socket, received: Vec::new(), answer: None, held: None, opened: now };
                 self.requests.insert(request);
             }
         }
@@ -101,12 +106,45 @@ impl<L: Listener> Endpoint<L> {
         respond: impl FnMut(&[u8]) -> Option<Vec<u8>>,
     ) {
         let Some(request) = self.requests.get_mut(key) else { return };
+        if request.held.is_some() {
+            return; // read whole; its answer is not known yet
+        }
         if request.advance(respond) {
             self.close(key, registry);
         } else if request.answer.is_some() {
             let token = Token(first_token + key);
             let _ = registry.reregister(&mut request.socket, token, Interest::WRITABLE);
         }
+    }
+
+    /// Request `key` is whole, and will be answered by `answer_held` under
+    /// `ticket` (or closed at its timeout, as any request).
+    pub fn hold(&mut self, key: usize, ticket: u64) {
+        if let Some(request) = self.requests.get_mut(key) {
+            request.held = Some(ticket);
+        }
+    }
+
+    /// Answers the request held under `ticket`, if it is still open.
+    pub fn answer_held(
+        &mut self,
+        ticket: u64,
+        answer: Vec<u8>,
+        registry: &Registry,
+        first_token: usize,
+    ) {
+        let Some((key, request)) = self.requests.iter_mut().find(|(_, r)| r.held == Some(ticket))
+        else {
+            return;
+        };
+        request.held = None;
+        request.answer = Some((answer, 0));
+        self.serve(key, registry, first_token, |_| None);
+    }
+
+    /// The tickets of the requests held.
+    pub fn held(&self) -> Vec<u64> {
+        self.requests.iter().filter_map(|(_, r)| r.held).collect()
     }
 
     /// Closes requests that took too long: to arrive, or in all.
@@ -116,7 +154,8 @@ impl<L: Listener> Endpoint<L> {
             .iter()
             .filter(|(_, r)| {
                 let age = now.saturating_duration_since(r.opened);
-                age >= REQUEST_TIMEOUT || (r.answer.is_none() && age >= HEAD_TIMEOUT)
+                let arriving = r.answer.is_none() && r.held.is_none();
+                age >= REQUEST_TIMEOUT || (arriving && age >= HEAD_TIMEOUT)
             })
             .map(|(key, _)| key)
             .collect();

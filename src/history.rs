@@ -30,6 +30,14 @@ impl History {
         (self.size, self.budget)
     }
 
+    /// A reload changed `history_size` or `history_max_bytes`: what is kept
+    /// is trimmed to the new bounds (the oldest go first); nothing is lost
+    /// when they grow.
+    pub fn set_limits(&mut self, size: usize, max_bytes: usize) {
+        (self.size, self.budget) = (size, max_bytes);
+        self.trim();
+    }
+
     /// A broadcast took effect.
     pub fn remember(&mut self, name: &str, text: &str) {
         if self.size == 0 {
@@ -38,6 +46,10 @@ impl History {
         let replay = Reply::Broadcast { source: name, text, history: true }.to_json();
         self.bytes += replay.len();
         self.replays.push_back(replay.into_boxed_str());
+        self.trim();
+    }
+
+    fn trim(&mut self) {
         while self.replays.len() > self.size || self.bytes > self.budget {
             let Some(old) = self.replays.pop_front() else { break };
             self.bytes -= old.len();
@@ -56,5 +68,32 @@ impl History {
     /// The replays, oldest first, each as it is sent.
     pub fn replays(&self) -> impl Iterator<Item = &str> {
         self.replays.iter().map(|r| &**r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_limits_trim_the_oldest_and_keep_the_rest() {
+        let mut h = History::new(10, 10_000);
+        for i in 0..6 {
+            h.remember("a", &format!("m{i}"));
+        }
+        let texts = |h: &History| h.replays().count();
+        h.set_limits(20, 20_000);
+        assert_eq!(texts(&h), 6, "raised: nothing lost");
+        h.set_limits(4, 20_000);
+        assert_eq!(texts(&h), 4);
+        assert!(h.replays().next().unwrap().contains("\"m2\""), "the oldest went first");
+        let one = h.replays().next().unwrap().len();
+        h.set_limits(4, 2 * one);
+        assert_eq!(texts(&h), 2);
+        assert!(h.replays().next().unwrap().contains("\"m4\""));
+        h.set_limits(0, 2 * one);
+        assert_eq!(texts(&h), 0);
+        h.remember("a", "later");
+        assert_eq!(texts(&h), 0, "off");
     }
 }

@@ -29,6 +29,9 @@ pub struct HttpPolicy {
     pub max_message_bytes: usize,
     /// `e2e_room`, told to the page (it says which kind of room it is).
     pub e2e_room: bool,
+    /// `rate_limit_per_sec` and `rate_limit_burst`, told to the page (it
+    /// paces a burst of key messages to pass).
+    pub rate_limit: (u32, u32),
 }
 
 impl HttpPolicy {
@@ -169,6 +172,8 @@ fn page(policy: &HttpPolicy, head_only: bool) -> Parsed {
     let limit = policy.max_message_bytes.to_string();
     let page = PAGE.replace("MAX_MESSAGE_BYTES", &limit);
     let page = page.replace("E2E_ROOM", if policy.e2e_room { "true" } else { "false" });
+    let page =
+        page.replace("RATE_LIMIT", &format!("{} {}", policy.rate_limit.0, policy.rate_limit.1));
     asset(&page, "text/html", head_only)
 }
 
@@ -330,6 +335,7 @@ mod tests {
     fn page_script_and_styles_are_served_with_the_same_policy() {
         // The page is told the message limit (0 with the default policy).
         let page = PAGE.replace("MAX_MESSAGE_BYTES", "0").replace("E2E_ROOM", "false");
+        let page = page.replace("RATE_LIMIT", "0 0");
         assert!(page.contains(r#"<meta name="max-message-bytes" content="0">"#));
         assert!(page.contains(r#"<meta name="e2e-room" content="false">"#));
         let files = [

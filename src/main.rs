@@ -320,7 +320,10 @@ fn run() -> Result<(), Fatal> {
         say(&format!("{}: OK", path.display()));
         return Ok(());
     }
-    let logger = simple_logger::SimpleLogger::new().with_level(config.log_level).env();
+    // The logger passes every level; what is logged is `log`'s max level,
+    // which a reload can change (`Config::log_filter`: RUST_LOG overrides
+    // `log_level`, and then the logger keeps to it too).
+    let logger = simple_logger::SimpleLogger::new().with_level(log::LevelFilter::Trace).env();
     // Under systemd (JOURNAL_STREAM set) journald stamps every line itself,
     // and takes its priority from a `<N>` prefix (so that `journalctl -p
     // warning` shows the WARN lines: docs/DEPLOY.md).
@@ -332,6 +335,7 @@ fn run() -> Result<(), Fatal> {
         None => logger.with_utc_timestamps().init(),
     };
     started.map_err(|e| Fatal::Software(format!("cannot start logging: {e}")))?;
+    log::set_max_level(config.log_filter());
     raise_fd_limit(config.limits.max_connections);
 
     let address = format!("{}:{}", config.server_ip, config.server_port);
@@ -342,6 +346,7 @@ fn run() -> Result<(), Fatal> {
         }
         _ => Fatal::Unavailable(format!("cannot listen on {address}: {e}")),
     })?;
+    server.set_config_path(path);
     if let Some(cluster) = &config.cluster {
         let (addr, tls) = reach_redis(cluster)?;
         // The history a joiner may be sent: as the room keeps it (history.rs).

@@ -117,6 +117,55 @@ impl Action {
         };
         Some(action)
     }
+
+    /// The request `of_json` reads back as this action (what a cluster's
+    /// `Moderate` event carries).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Action::Kick { target, for_secs, reason } => {
+                json!({ "cmd": "kick", "target": target, "for_secs": for_secs, "reason": reason })
+            }
+            Action::Ban { target, for_secs, reason } => {
+                json!({ "cmd": "ban", "target": target, "for_secs": for_secs, "reason": reason })
+            }
+            Action::Unban { target } => json!({ "cmd": "unban", "target": target }),
+            Action::Mute { target, for_secs } => {
+                json!({ "cmd": "mute", "target": target, "for_secs": for_secs })
+            }
+            Action::Unmute { target } => json!({ "cmd": "unmute", "target": target }),
+            Action::Lock => json!({ "cmd": "lock" }),
+            Action::Unlock => json!({ "cmd": "unlock" }),
+            Action::Say { text } => json!({ "cmd": "say", "text": text }),
+        }
+    }
+}
+
+impl Ban {
+    /// The ban as the state file (and a cluster's Redis) keeps it, times in
+    /// Unix seconds.
+    pub fn to_json(&self) -> Value {
+        ban_json(self)
+    }
+
+    /// The inverse of `to_json`; `None` if it is not a ban.
+    pub fn of_json(v: &Value) -> Option<Ban> {
+        ban_of(v)
+    }
+}
+
+/// A mute as a cluster's Redis keeps it: `{"name": .., "until": secs|null}`.
+pub fn mute_json(shown: &str, until: Option<SystemTime>) -> Value {
+    json!({ "name": shown, "until": until.map(secs) })
+}
+
+/// The inverse of `mute_json`: (name key, name as shown, until).
+pub fn mute_of(v: &Value) -> Option<(String, String, Option<SystemTime>)> {
+    let name = names::check(v["name"].as_str()?).ok()?;
+    let until = match &v["until"] {
+        Value::Null => None,
+        u => Some(UNIX_EPOCH.checked_add(Duration::from_secs(u.as_u64()?))?),
+    };
+    Some((name.key, name.display, until))
 }
 
 #[derive(Default)]
@@ -148,16 +197,8 @@ impl Rules {
         wall: SystemTime,
         now: Instant,
     ) -> Result<(), Rejection> {
-        let key = names::check(name).ok().map(|n| n.key);
-        if let Some(ban) =
-            self.bans.iter().find(|b| live(b.until, wall) && b.target.covers(key.as_deref(), ip))
-        {
-            let what = match ban.target {
-                Target::Name { .. } => "this name is banned",
-                Target::Net(_) => "your address is banned",
-            };
-            let text = format!("{what}{}{}", until_text(ban.until, wall), reason_text(&ban.reason));
-            return Err(Rejection::new(ErrorCode::Banned, text));
+        if let Some(why) = self.banned(name, ip, wall) {
+            return Err(why);
         }
         if role == Role::Moderator {
             return Ok(());
@@ -227,6 +268,21 @@ impl Rules {
         }
     }
 
+    /// Why `name` from `ip` is banned at `wall`, if a ban covers them.
+    pub fn banned(&self, name: &str, ip: IpAddr, wall: SystemTime) -> Option<Rejection> {
+        let key = names::check(name).ok().map(|n| n.key);
+        let ban = self
+            .bans
+            .iter()
+            .find(|b| live(b.until, wall) && b.target.covers(key.as_deref(), ip))?;
+        let what = match ban.target {
+            Target::Name { .. } => "this name is banned",
+            Target::Net(_) => "your address is banned",
+        };
+        let text = format!("{what}{}{}", until_text(ban.until, wall), reason_text(&ban.reason));
+        Some(Rejection::new(ErrorCode::Banned, text))
+    }
+
     /// Someone logged in: a token of the room-wide rate.
     pub fn logged_in(&mut self, now: Instant) {
         if self.logins_per_sec == 0 {
@@ -268,6 +324,11 @@ impl Rules {
         self.bans.len() != before
     }
 
+    /// Whether there is a ban of `target` (`unban` would lift one).
+    pub fn is_banned(&self, target: &Target) -> bool {
+        self.bans.iter().any(|b| &b.target == target)
+    }
+
     /// The bans in force, oldest first.
     pub fn bans(&self, wall: SystemTime) -> impl Iterator<Item = &Ban> {
         self.bans.iter().filter(move |b| live(b.until, wall))
@@ -279,6 +340,27 @@ impl Rules {
 
     pub fn unmute(&mut self, key: &str) -> bool {
         self.mutes.remove(key).is_some()
+    }
+
+    /// Whether the name of `key` is muted (`unmute` would lift it).
+    pub fn is_muted(&self, key: &str) -> bool {
+        self.mutes.contains_key(key)
+    }
+
+    /// The bans, mutes (key, as shown, until) and lock as a cluster keeps
+    /// them, in place of these (the room-wide login rate stays).
+    pub fn replace(
+        &mut self,
+        bans: Vec<Ban>,
+        mutes: Vec<(String, String, Option<SystemTime>)>,
+        locked: bool,
+    ) {
+        self.bans.clear();
+        for ban in bans {
+            self.ban(ban);
+        }
+        self.mutes = mutes.into_iter().map(|(key, shown, until)| (key, (shown, until))).collect();
+        self.locked = locked;
     }
 
     /// Locks or unlocks the room: whether that changed anything.
@@ -581,6 +663,47 @@ mod tests {
         // The reason goes into the log: no line breaks in it.
         let kick = action(json!({"cmd": "kick", "target": "b", "reason": "x\nabuse from 1.2.3.4"}));
         assert!(matches!(kick, Action::Kick { reason, .. } if reason == "xabuse from 1.2.3.4"));
+    }
+
+    #[test]
+    fn what_a_cluster_carries_reads_back_the_same() {
+        let actions = [
+            Action::Kick { target: "bob".into(), for_secs: Some(60), reason: "spam".into() },
+            Action::Ban { target: "10.0.0.0/8".into(), for_secs: None, reason: String::new() },
+            Action::Unban { target: "bob".into() },
+            Action::Mute { target: "bob".into(), for_secs: None },
+            Action::Unmute { target: "bob".into() },
+            Action::Lock,
+            Action::Unlock,
+            Action::Say { text: "hi".into() },
+        ];
+        for action in actions {
+            assert_eq!(Action::of_json(&action.to_json()), Some(Ok(action.clone())));
+        }
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ban = Ban {
+            target: Target::parse("Bob").unwrap(),
+            until: Some(wall + Duration::from_secs(60)),
+            reason: "r".into(),
+            by: "ctl".into(),
+            since: wall,
+        };
+        assert_eq!(Ban::of_json(&ban.to_json()), Some(ban.clone()));
+        let mute = mute_json("Bob", Some(wall));
+        assert_eq!(mute, json!({"name": "Bob", "until": 1_000_000}));
+        assert_eq!(mute_of(&mute), Some(("bob".into(), "Bob".into(), Some(wall))));
+        assert_eq!(mute_of(&json!({"name": "\u{202e}"})), None);
+        assert_eq!(mute_of(&json!({"name": "a", "until": u64::MAX})), None, "no such time");
+
+        // The cluster's rules replace this node's.
+        let mut rules = Rules::new(0);
+        rules.mute("al", "al", None);
+        rules.ban(Ban { target: Target::parse("al").unwrap(), ..ban.clone() });
+        rules.replace(vec![ban.clone()], vec![("cy".into(), "Cy".into(), None)], true);
+        assert!(rules.is_banned(&ban.target) && !rules.is_banned(&Target::parse("al").unwrap()));
+        assert!(rules.is_muted("cy") && !rules.is_muted("al") && rules.is_locked());
+        let why = rules.banned("b0b", ip("192.0.2.1"), wall).unwrap();
+        assert_eq!(why.text, "this name is banned for 1 min more (r)");
     }
 
     #[test]

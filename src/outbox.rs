@@ -79,6 +79,15 @@ impl Outbox {
         Outbox { chunks: VecDeque::new(), head: 0, queued: 0, limit, written: 0 }
     }
 
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A reload changed `max_outbound_bytes`.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     /// Past this the connection's input is not read until the queue drains:
     /// a client that sends without reading costs at most this much output.
     pub fn high_water(&self) -> usize {

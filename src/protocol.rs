@@ -476,7 +476,7 @@ pub fn check_sealed(request: &Request) -> Result<(), Rejection> {
 }
 
 /// `e2er1:` epoch `:` index `:` base64 of at least 92 bytes.
-fn sealed_room_message(text: &[u8]) -> bool {
+pub fn sealed_room_message(text: &[u8]) -> bool {
     let Some(rest) = text.strip_prefix(b"e2er1:") else { return false };
     let Some(rest) = counter(rest) else { return false };
     let Some(rest) = counter(rest) else { return false };
@@ -484,7 +484,7 @@ fn sealed_room_message(text: &[u8]) -> bool {
 }
 
 /// `e2e2:` or `e2e2k:`, counter `:`, base64 of at least the 16-byte tag.
-fn sealed_private_message(text: &[u8]) -> bool {
+pub fn sealed_private_message(text: &[u8]) -> bool {
     let Some(rest) = text.strip_prefix(b"e2e2:").or_else(|| text.strip_prefix(b"e2e2k:")) else {
         return false;
     };

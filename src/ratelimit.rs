@@ -53,6 +53,14 @@ impl TokenBucket {
         (self.tokens + elapsed * f64::from(per_sec)).min(f64::from(burst))
     }
 
+    /// A reload changed the burst: the bucket holds at most the new burst,
+    /// and one deep in refusals is lifted to half a burst below empty, so
+    /// that a smaller burst does not make a flood of what was not one.
+    pub fn fit(&mut self, burst: u32) {
+        let burst = f64::from(burst.max(1));
+        self.tokens = self.tokens.clamp(-burst / 2.0, burst);
+    }
+
     /// Charges an allowed message for work beyond one token (a large reply):
     /// what follows waits until the bucket has refilled. The bucket never
     /// goes below empty this way, so this alone never makes a flood.
@@ -177,6 +185,31 @@ mod tests {
         let later = t0 + Duration::from_millis(500);
         let verdicts: Vec<_> = (0..4).map(|_| bucket.take(later, rate, burst)).collect();
         assert_eq!(verdicts, [Allow, Allow, Allow, Refuse]);
+    }
+
+    #[test]
+    fn a_smaller_burst_fits_without_making_a_flood() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(40, t0);
+        for _ in 0..40 {
+            assert_eq!(b.take(t0, 1, 40), Verdict::Allow);
+        }
+        for _ in 0..30 {
+            assert_eq!(b.take(t0, 1, 40), Verdict::Refuse);
+        }
+        b.fit(10);
+        let verdicts: Vec<_> = (0..5).map(|_| b.take(t0, 1, 10)).collect();
+        assert_eq!(
+            verdicts[..4],
+            [Verdict::Refuse, Verdict::Refuse, Verdict::Refuse, Verdict::Refuse]
+        );
+        assert_eq!(verdicts[4], Verdict::Flood, "half a burst later");
+        // A full bucket holds the new burst, no more.
+        let mut b = TokenBucket::new(40, t0);
+        b.fit(2);
+        let verdicts: Vec<_> = (0..3).map(|_| b.take(t0, 1, 2)).collect();
+        assert_eq!(verdicts, [Verdict::Allow, Verdict::Allow, Verdict::Refuse]);
+        b.fit(0); // never with a rate (the config refuses it), and no panic
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Room {
     part_budget: usize,
     /// `e2e_room`: broadcasts and private messages only in sealed form.
     encrypted: bool,
+    /// Remote users added with a key the users here have not been sent.
+    rekeyed: Vec<Rc<str>>,
 }
 
 impl Room {
@@ -120,8 +122,9 @@ impl Room {
             left: Vec::new(),
             history,
             receiving: Vec::new(),
-            part_budget: (outbound_limit / 8).clamp(2048, 128 * 1024),
+            part_budget: part_budget(outbound_limit),
             encrypted: false,
+            rekeyed: Vec::new(),
         }
     }
 
@@ -130,6 +133,25 @@ impl Room {
     pub fn encrypted(mut self, on: bool) -> Self {
         self.encrypted = on;
         self
+    }
+
+    /// A reload: the title new joiners are sent (`ServerName`) and the
+    /// password checked from now on; users in the room stay.
+    pub fn set_title_and_password(&mut self, title: &str, password: &str) {
+        title.clone_into(&mut self.title);
+        password.clone_into(&mut self.password);
+    }
+
+    /// A reload: the history is trimmed to its new bounds (nothing else is lost).
+    pub fn set_history_limits(&mut self, size: usize, max_bytes: usize) {
+        self.history.set_limits(size, max_bytes);
+    }
+
+    /// A reload changed `max_outbound_bytes`: snapshot parts are sized for
+    /// the new limit, which no open connection is below (server/reload.rs
+    /// lowers it only for those not in the room yet).
+    pub fn set_outbound_limit(&mut self, outbound_limit: usize) {
+        self.part_budget = part_budget(outbound_limit);
     }
 
     /// Standalone, or a node of a cluster (and whether its link is up).
@@ -191,6 +213,17 @@ impl Room {
             };
             Some((&**name, &**key, at))
         })
+    }
+
+    /// Whether a broadcast (or private message) from another node may be
+    /// delivered here: in an `e2e_room` only the sealed form (a node set up
+    /// without `e2e_room` must not put plaintext in front of our users).
+    pub fn takes_from_cluster(&self, private: bool, text: &str) -> bool {
+        let sealed = match private {
+            true => protocol::sealed_private_message(text.as_bytes()),
+            false => protocol::sealed_room_message(text.as_bytes()),
+        };
+        !self.encrypted || sealed
     }
 
     /// Users online on this node.
@@ -298,6 +331,10 @@ impl Room {
             return Err(*id);
         }
         let name_key: Rc<str> = Rc::from(key);
+        let had = self.users.get(&name_key).and_then(|m| m.key.clone());
+        if user.key.is_some() && user.key.as_deref() != had.as_deref() {
+            self.rekeyed.push(name_key.clone());
+        }
         self.remove_remote(&name_key);
         let name: Rc<str> = Rc::from(display);
         match self.left.iter().position(|n| *n == name) {
@@ -490,6 +527,19 @@ impl Room {
     /// and the recent history; the others get the full list in a small
     /// room, or one `UsersJoined` / `UsersLeft` delta in a large one.
     pub fn flush_presence(&mut self, out: &mut Effects) {
+        let rekeyed = std::mem::take(&mut self.rekeyed);
+        self.flush_lists(out);
+        // Users of another node who came back with their key (a resync):
+        // everyone here learns it again, after the list that names them.
+        for name_key in rekeyed {
+            if let Some(Member { name, key: Some(key), .. }) = self.users.get(&name_key) {
+                let reply = Reply::PublicKey { source: name, key };
+                out.push(Effect::Send(Outbound::new(To::Everyone, &reply)));
+            }
+        }
+    }
+
+    fn flush_lists(&mut self, out: &mut Effects) {
         if self.joined.is_empty() && self.left.is_empty() && self.joined_remote.is_empty() {
             return;
         }
@@ -711,6 +761,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Most bytes of one snapshot part for a user who may have `outbound_limit`
+/// bytes queued.
+fn part_budget(outbound_limit: usize) -> usize {
+    (outbound_limit / 8).clamp(2048, 128 * 1024)
 }
 
 #[cfg(test)]
@@ -1096,6 +1152,34 @@ mod tests {
 
     fn remote(node: &str, name: &str) -> RemoteUser {
         RemoteUser { node: Rc::from(node), name: name.into(), key: None }
+    }
+
+    #[test]
+    fn a_remote_user_back_with_a_key_has_it_sent_again() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20);
+        room.set_mode(Mode::Node(Link::Up));
+        joined(&mut room, 1, "alice");
+        let with_key = |key: &str| RemoteUser { key: Some(key.into()), ..remote("n2", "bob") };
+        let keys_sent = |room: &mut Room, user: RemoteUser| {
+            room.add_remote(user).unwrap();
+            let mut out = Vec::new();
+            room.flush_presence(&mut out);
+            let keys = sent(&out).into_iter().filter(|o| o.kind == Kind::PublicKey);
+            keys.map(|o| parse(&o)["key"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys_sent(&mut room, with_key("K1")),
+            ["K1"],
+            "a resync that brings bob with his key"
+        );
+        assert_eq!(
+            keys_sent(&mut room, with_key("K1")),
+            Vec::<String>::new(),
+            "the same key: nothing new"
+        );
+        assert_eq!(keys_sent(&mut room, with_key("K2")), ["K2"]);
+        room.remove_node("n2");
+        assert_eq!(keys_sent(&mut room, with_key("K2")), ["K2"], "back after leaving");
     }
 
     #[test]

@@ -22,6 +22,9 @@ mod node;
 
 mod apply;
 mod command;
+mod reload;
+pub use reload::Reloaded;
+
 use crate::addresses::{Addresses, Peer};
 use crate::admins::Admins;
 use crate::cluster::Cluster;
@@ -81,14 +84,16 @@ enum Phase {
     },
 }
 
-/// A connection, the chat session on it, and whether its address is
-/// charged for the per-address limits.
+/// A connection, the chat session on it, and the address it is charged
+/// to for the per-address limits.
 struct Client<S> {
     conn: Connection<S>,
     session: Session,
-    /// Charged to `conn.peer.ip` (false only for a trusted proxy that has
-    /// not named its client yet).
-    charged: bool,
+    /// The address charged: `conn.peer.ip` as it was then (`None` only for
+    /// a trusted proxy that has not named its client yet). Kept, so that
+    /// what is released is what was charged even if a reload changed
+    /// `trusted_proxies` meanwhile.
+    charged: Option<IpAddr>,
     /// Tells this connection from a later one under the same slab key.
     serial: u64,
     /// When its user logged in (for `ctl who`).
@@ -102,6 +107,10 @@ pub struct Server<S = TcpStream> {
     tls: Option<Arc<ServerConfig>>,
     /// Where the certificate and key are read from again on SIGHUP.
     tls_files: Option<TlsFiles>,
+    /// The config in force (keys that need a restart at their start values).
+    config: Config,
+    /// Where `reload_config` reads it again (`set_config_path`).
+    config_path: Option<PathBuf>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     clients: Slab<Client<S>>,
     room: Room,
@@ -152,6 +161,8 @@ pub struct Server<S = TcpStream> {
     /// The control socket of `ragnarok ctl`, when `control_socket` is set.
     control: Option<command::Endpoint>,
     next_serial: u64,
+    /// The next `ctl` request proposed to the cluster.
+    next_ticket: u64,
     /// The Autobahn echo endpoint (feature `testing`): every session echoes.
     #[cfg(feature = "testing")]
     echo: bool,
@@ -182,7 +193,9 @@ impl Server<TcpStream> {
             info!("health and metrics on http://{addr}/healthz and /metrics");
             server.metrics = Some(endpoint);
         }
-        server.load_rules()?;
+        if config.cluster.is_none() {
+            server.load_rules()?; // a cluster's are on Redis
+        }
         if let Some(path) = &config.control_socket {
             server.control = command::open(path, server.poll.registry(), CONTROL);
         }
@@ -207,8 +220,8 @@ impl Server<TcpStream> {
         }
     }
 
-    /// Shut down gracefully on SIGINT and SIGTERM; reload the certificate
-    /// and key on SIGHUP.
+    /// Shut down gracefully on SIGINT and SIGTERM; reload the config, the
+    /// certificate and the key on SIGHUP.
     pub fn handle_signals(&mut self) -> io::Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -303,6 +316,8 @@ impl<S: Socket + Source> Server<S> {
             phase: Phase::Running { listener: None },
             tls,
             tls_files: config.tls.clone(),
+            config: config.clone(),
+            config_path: None,
             signals: None,
             clients: Slab::new(),
             room: Room::new(
@@ -318,6 +333,7 @@ impl<S: Socket + Source> Server<S> {
                 trusted_proxies: config.trusted_proxies.clone(),
                 max_message_bytes: config.limits.max_message_bytes,
                 e2e_room: config.e2e_room,
+                rate_limit: (config.limits.rate_limit_per_sec, config.limits.rate_limit_burst),
             },
             limits,
             effects: Vec::new(),
@@ -342,6 +358,7 @@ impl<S: Socket + Source> Server<S> {
             control: None,
             cluster: None,
             next_serial: 0,
+            next_ticket: 0,
             #[cfg(feature = "testing")]
             echo: false,
         })
@@ -399,14 +416,8 @@ impl<S: Socket + Source> Server<S> {
         let conn = Connection::new(transport, peer, self.limits.max_outbound_bytes, now);
         self.next_serial += 1;
         let serial = self.next_serial;
-        let charged = charged.is_some();
-        self.clients.insert(Client {
-            conn,
-            session: Session::new(),
-            charged,
-            serial,
-            joined: None,
-        });
+        let client = Client { conn, session: Session::new(), charged, serial, joined: None };
+        self.clients.insert(client);
         Ok(key)
     }
 
@@ -432,11 +443,11 @@ impl<S: Socket + Source> Server<S> {
         let Some(client) = self.clients.get_mut(key) else { return };
         client.session.opened(now, &self.limits);
         let peer = client.conn.peer;
-        if client.charged {
+        if client.charged.is_some() {
             return;
         }
         match self.addresses.open(peer.ip, now) {
-            Ok(()) => client.charged = true,
+            Ok(()) => client.charged = Some(peer.ip),
             Err(refused) => {
                 self.peer_log.abuse(Abuse::of(&refused), peer.ip, now);
                 Stats::count(&mut self.stats.connections_refused, refused.reason(), 1);
@@ -533,6 +544,11 @@ impl<S: Socket + Source> Server<S> {
             }
         }
         if reload {
+            // The config first: a new `SSL_Cert` or `SSL_Key` is read now.
+            match self.reload_config(now) {
+                Ok(reloaded) => info!("SIGHUP: reloaded config: {reloaded}"),
+                Err(e) => error!("SIGHUP: kept the old config: {e}"),
+            }
             self.reload_tls();
         }
         if !stop {
@@ -685,7 +701,7 @@ impl<S: Socket + Source> Server<S> {
             limits: &self.limits,
             id,
             peer: conn.peer,
-            charged: charged.then_some(conn.peer.ip),
+            charged: *charged,
             now,
             rules: &mut self.rules,
             wall: SystemTime::now(),
@@ -754,8 +770,7 @@ impl<S: Socket + Source> Server<S> {
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
-        if client.charged {
-            let ip = client.conn.peer.ip;
+        if let Some(ip) = client.charged {
             self.addresses.close(ip, now);
         }
         let (received, sent) = client.conn.traffic();

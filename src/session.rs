@@ -222,6 +222,31 @@ impl Session {
         }
     }
 
+    /// A reload changed the limits. The rate, the burst, the byte budget
+    /// and the timeouts are read from `Cx::limits` at every use, so they
+    /// apply at once; what a session keeps is its bucket: rate limiting
+    /// turned on gives an open session a full one, turned off takes it
+    /// away, and a smaller burst is fitted without making anyone a flood.
+    pub fn limits_changed(&mut self, limits: &Limits, now: Instant) {
+        if !matches!(self.phase, Phase::LoggingIn { .. } | Phase::Chatting { .. }) {
+            return;
+        }
+        let burst = limits.rate_limit_burst;
+        match &mut self.bucket {
+            _ if limits.rate_limit_per_sec == 0 => self.bucket = None,
+            Some(bucket) => bucket.fit(burst),
+            None => self.bucket = Some(TokenBucket::new(burst, now)),
+        }
+    }
+
+    /// A moderator whose name was taken out of `admins` (a reload): a
+    /// member from now on.
+    pub fn demote(&mut self) {
+        if let Phase::Chatting { role, .. } = &mut self.phase {
+            *role = Role::Member;
+        }
+    }
+
     /// Fragments arrived (frames of a message that are not its last, which
     /// `connection.rs` counts as they come): each costs a token, as a
     /// message does. A stream of them is a flood like any other.
@@ -973,6 +998,35 @@ mod tests {
         assert_eq!(code(w.send(&mut s, 1, &after)), Some(ErrorCode::RateLimited));
         let sent = w.proposed.iter().filter(|p| matches!(p, Proposed::Say { .. })).count();
         assert_eq!(sent, 1, "one burst's worth of bytes at once");
+    }
+
+    /// A reload: the rate limit read from the limits at every message,
+    /// the bucket added or dropped as rate limiting is turned on or off.
+    #[test]
+    fn a_reload_changes_the_rate_limit_of_open_sessions() {
+        let mut w = World::new("");
+        let mut s = Session::new();
+        s.opened(w.now, &w.limits);
+        w.send(&mut s, 1, "");
+        assert_eq!(w.send(&mut s, 1, "alice"), Action::LoggedIn);
+        let say = r#"{"msgType":"Broadcast","text":"hi"}"#;
+        let refused = |w: &mut World, s: &mut Session, n: usize| {
+            (0..n).filter(|_| code(w.send(s, 1, say)) == Some(ErrorCode::RateLimited)).count()
+        };
+        w.limits.rate_limit_per_sec = 0;
+        s.limits_changed(&w.limits, w.now);
+        assert_eq!(refused(&mut w, &mut s, 100), 0, "off");
+        (w.limits.rate_limit_per_sec, w.limits.rate_limit_burst) = (1, 3);
+        s.limits_changed(&w.limits, w.now);
+        assert_eq!(refused(&mut w, &mut s, 4), 1, "on again: a full bucket of the new burst");
+        w.limits.rate_limit_burst = 40;
+        s.limits_changed(&w.limits, w.now);
+        assert_eq!(refused(&mut w, &mut s, 1), 1, "a larger burst fills at the rate");
+        assert!(s.is_chatting());
+        // Not opened yet: nothing to change.
+        let mut t = Session::new();
+        t.limits_changed(&w.limits, w.now);
+        assert!(t.bucket.is_none());
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn policy() -> HttpPolicy {
         trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
         max_message_bytes: 16384,
         e2e_room: false,
+        rate_limit: (20, 40),
     }
 }
 

@@ -16,26 +16,92 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// "id.serial", as a `Join` event carries it.
+    /// No connection: request `ticket` of `ragnarok ctl`, waiting for its
+    /// answer. A refusal goes to that answer; no connection has this id.
+    pub fn control(ticket: u64) -> Origin {
+        Origin { id: CONTROL, serial: ticket }
+    }
+
+    /// The ticket of a `control` origin.
+    pub fn ticket(self) -> Option<u64> {
+        (self.id == CONTROL).then_some(self.serial)
+    }
+
+    /// "id.serial" (or "ctl.ticket"), as a `Join` or `Moderate` event
+    /// carries it.
     pub fn parse(conn: &str) -> Option<Origin> {
         let (id, serial) = conn.split_once('.')?;
-        Some(Origin { id: id.parse().ok()?, serial: serial.parse().ok()? })
+        let serial = serial.parse().ok()?;
+        match id {
+            "ctl" => Some(Origin::control(serial)),
+            id => Some(Origin { id: id.parse().ok().filter(|&id| id != CONTROL)?, serial }),
+        }
     }
 
     /// The inverse of `parse`.
     pub fn to_conn(self) -> String {
-        format!("{}.{}", self.id, self.serial)
+        match self.ticket() {
+            Some(ticket) => format!("ctl.{ticket}"),
+            None => format!("{}.{}", self.id, self.serial),
+        }
     }
 }
+
+/// The id of `Origin::control`: never a slab key.
+const CONTROL: usize = usize::MAX;
 
 /// In a cluster, what a local user asked that the whole room must see in
 /// one order: the server publishes it, and it takes effect when it comes
 /// back from Redis as an `Event`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proposed {
-    Say { name: Rc<str>, text: String },
-    PublicKey { name_key: Rc<str>, key: String },
-    Private { to_key: Rc<str>, to_name: Rc<str>, from: Rc<str>, text: String },
+    Say {
+        name: Rc<str>,
+        text: String,
+    },
+    PublicKey {
+        name_key: Rc<str>,
+        key: String,
+    },
+    Private {
+        to_key: Rc<str>,
+        to_name: Rc<str>,
+        from: Rc<str>,
+        text: String,
+    },
+    /// A moderator's action (`action`: as `moderation::Action::to_json`
+    /// writes it) by `by`, at `at` (Unix seconds: its durations run from
+    /// then on every node), and what Redis keeps of it.
+    Moderate {
+        by: String,
+        at: u64,
+        action: Json,
+        kept: Kept,
+    },
+}
+
+/// What a moderator's action leaves on Redis, for the nodes that (re)join
+/// later (`moderate.lua`): bans by their target as shown, mutes by name
+/// key, each as its JSON; the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    Nothing,
+    Ban { target: String, ban: String },
+    Unban { target: String },
+    Mute { key: String, mute: String },
+    Unmute { key: String },
+    Lock,
+    Unlock,
+}
+
+/// The room's rules as Redis keeps them, read back at each sync: the bans'
+/// JSON, the mutes' (name key, JSON), the lock. (Ended bans and mutes are
+/// left out: the sync drops them.)
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeptRules {
+    pub bans: Vec<String>,
+    pub mutes: Vec<(String, String)>,
+    pub locked: bool,
 }
 
 /// A user online on another node of the cluster.
@@ -96,6 +162,17 @@ pub enum Event {
     Dead {
         node: String,
     },
+    /// A moderator's action, proposed by `node` for `conn` (see `Join`; a
+    /// `ctl` request is "ctl.<ticket>"): every node applies it to its own
+    /// users and rules. `at`: Unix seconds, when its durations start.
+    #[serde(rename = "mod")]
+    Moderate {
+        node: String,
+        conn: String,
+        by: String,
+        at: u64,
+        action: Json,
+    },
 }
 
 impl Event {
@@ -141,6 +218,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
         assert_eq!(Origin::parse("3.7"), Some(Origin { id: 3, serial: 7 }));
         assert_eq!(Origin::parse("3"), None);
+        // A ctl request: no connection's id.
+        assert_eq!(Origin::parse("ctl.9"), Some(Origin::control(9)));
+        assert_eq!(Origin::control(9).ticket(), Some(9));
+        assert_eq!(Origin { id: 3, serial: 9 }.ticket(), None);
+        assert_eq!(Origin::parse(&format!("{}.1", usize::MAX)), None);
         let node: Event = serde_json::from_str(
             r#"{"e":"node","node":"n","users":[["bob","Bob",""],["al","Al","K"]]}"#,
         )
@@ -175,6 +257,16 @@ mod tests {
                 r#"{"e":"pm","to":"b","from":"A","text":"t"}"#,
             ),
             (Event::Dead { node: "n".into() }, r#"{"e":"dead","node":"n"}"#),
+            (
+                Event::Moderate {
+                    node: "n".into(),
+                    conn: Origin::control(7).to_conn(),
+                    by: "ctl".into(),
+                    at: 1_700_000_000,
+                    action: serde_json::json!({"cmd": "lock"}),
+                },
+                r#"{"e":"mod","node":"n","conn":"ctl.7","by":"ctl","at":1700000000,"action":{"cmd":"lock"}}"#,
+            ),
         ];
         for (event, json) in events {
             assert_eq!(event.to_json(), json);

@@ -61,6 +61,11 @@ impl Cluster {
         self.link.is_up()
     }
 
+    /// A reload changed the history's bounds: see `Link::set_history`.
+    pub fn set_history(&mut self, history: (usize, usize)) {
+        self.link.set_history(history);
+    }
+
     /// What happened since the last call, in order.
     pub fn take_notes(&mut self) -> VecDeque<Note> {
         self.link.take_notes()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 
-use super::event::{Event, LocalUser, Origin, Proposed, RemoteUser};
+use super::event::{Event, KeptRules, LocalUser, Origin, Proposed, RemoteUser};
 use super::scripts::{self, Script};
 use crate::protocol::{ErrorCode, Rejection};
 use crate::ratelimit::LogBudget;
@@ -60,17 +60,19 @@ pub enum Note {
     Event(Event),
     /// What `origin` asked was not done, and why (`name_taken` for a
     /// claim, `cluster_unavailable`, `user_offline`, `message_too_big`).
+    /// A `ctl` request's origin (`Origin::control`) is no connection.
     Refused {
         origin: Origin,
         why: Rejection,
     },
     /// The link is up (again): the room as the cluster has it now.
     /// `conflicts`: comparison keys of local users whose names are
-    /// another node's.
+    /// another node's. `rules`: the bans, mutes and lock Redis keeps.
     Synced {
         users: Vec<RemoteUser>,
         history: Vec<(String, String)>,
         conflicts: Vec<String>,
+        rules: KeptRules,
     },
     /// The link broke; it is being mended. Events may have been missed.
     Down {
@@ -169,6 +171,7 @@ enum Pending {
     Say(Origin),
     PublicKey(Origin),
     Private { origin: Origin, target: String },
+    Moderate(Origin),
     Leave,
     Lease,
     Sync,
@@ -181,7 +184,8 @@ impl Pending {
             Pending::Claim { origin, .. }
             | Pending::Say(origin)
             | Pending::PublicKey(origin)
-            | Pending::Private { origin, .. } => Some(*origin),
+            | Pending::Private { origin, .. }
+            | Pending::Moderate(origin) => Some(*origin),
             _ => None,
         }
     }
@@ -295,6 +299,13 @@ impl Link {
 
     pub fn node(&self) -> &Rc<str> {
         &self.node
+    }
+
+    /// A reload changed `history_size` or `history_max_bytes`: broadcasts
+    /// from now on keep this many on Redis, and the next sync asks for this
+    /// much.
+    pub fn set_history(&mut self, (size, bytes): (usize, usize)) {
+        (self.history_size, self.history_bytes) = (size, bytes);
     }
 
     pub fn is_up(&self) -> bool {
@@ -442,7 +453,7 @@ impl Link {
         self.eval(command, Pending::Leave, now);
     }
 
-    /// Publishes what a local user asked; it takes effect on every node
+    /// Publishes what a local user (or `ctl`) asked; it takes effect on every node
     /// (this one too) when it comes back as an event. Redis drops it if it
     /// arrives after the moment this node would have given up on it (so a
     /// message refused with `cluster_unavailable` is never sent later).
@@ -480,6 +491,15 @@ impl Link {
                 let target = to_name.to_string();
                 let command = scripts::private(prefix, deadline, &to_key, json);
                 (command, Pending::Private { origin, target })
+            }
+            Proposed::Moderate { by, at, action, kept } => {
+                let conn = origin.to_conn();
+                let json = Event::Moderate { node: node.to_string(), conn, by, at, action };
+                let json = json.to_json();
+                if json.len() > MAX_EVENT_BYTES {
+                    return self.refuse_too_big(origin);
+                }
+                (scripts::moderate(prefix, deadline, &kept, json), Pending::Moderate(origin))
             }
         };
         self.eval(command, pending, now);
@@ -617,7 +637,10 @@ impl Link {
                 }
                 _ => self.granted.push(origin),
             },
-            Pending::Say(origin) | Pending::PublicKey(origin) | Pending::Private { origin, .. }
+            Pending::Say(origin)
+            | Pending::PublicKey(origin)
+            | Pending::Private { origin, .. }
+            | Pending::Moderate(origin)
                 if reply == Value::Int(-1) =>
             {
                 if self.refused_log.allow(now) {
@@ -627,7 +650,7 @@ impl Link {
                 }
                 self.refuse(origin, Rejection::cluster_unavailable());
             }
-            Pending::Say(_) | Pending::PublicKey(_) => {}
+            Pending::Say(_) | Pending::PublicKey(_) | Pending::Moderate(_) => {}
             Pending::Private { origin, target } => {
                 if reply == Value::Int(0) {
                     self.refuse(origin, Rejection::user_offline(&target));
@@ -652,6 +675,9 @@ impl Link {
             Value::Array(keys),
             Value::Array(history),
             Value::Int(redis_ms),
+            Value::Array(bans),
+            Value::Array(mutes),
+            Value::Int(locked),
         ] = &parts[..]
         else {
             return Err(LinkError::BadSync);
@@ -682,6 +708,15 @@ impl Link {
             })
             .collect();
         let conflicts = conflicts.iter().map(text).collect();
+        // HGETALLs: field, value, field, value...
+        let pairs = |list: &[Value]| -> Vec<(String, String)> {
+            list.chunks(2).filter_map(|kv| Some((text(kv.first()?), text(kv.get(1)?)))).collect()
+        };
+        let rules = KeptRules {
+            bans: pairs(bans).into_iter().map(|(_, ban)| ban).collect(),
+            mutes: pairs(mutes),
+            locked: *locked == 1,
+        };
         let seq = *seq as u64;
         let up = State::Up { lease_due: now + LEASE_EVERY, marker: Some((seq, now)) };
         let State::Joining { early, left, .. } = std::mem::replace(&mut self.state, up) else {
@@ -697,7 +732,7 @@ impl Link {
             self.node,
             remote.len()
         );
-        self.notes.push_back(Note::Synced { users: remote, history, conflicts });
+        self.notes.push_back(Note::Synced { users: remote, history, conflicts, rules });
         for key in left {
             self.leave(&key, now);
         }

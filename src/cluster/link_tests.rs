@@ -2,6 +2,9 @@
 //! messages are made here, time is moved by hand, and what the link asks
 //! for (`Out`) and tells the server (`Note`) is checked.
 
+use serde_json::json;
+
+use super::super::event::Kept;
 use super::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -103,10 +106,11 @@ impl Bench {
         assert_eq!(self.commands(), ["connect"]);
         self.link.connected(self.now);
         let sent = self.commands();
-        assert_eq!(sent.len(), 8, "{sent:?}");
-        assert!(sent[..7].iter().all(|c| c.starts_with("cmd SCRIPT LOAD")), "{sent:?}");
-        assert_eq!(sent[7], "sub SUBSCRIBE ragnarok:room:events");
-        for _ in 0..7 {
+        let scripts = Script::ALL.len();
+        assert_eq!(sent.len(), scripts + 1, "{sent:?}");
+        assert!(sent[..scripts].iter().all(|c| c.starts_with("cmd SCRIPT LOAD")), "{sent:?}");
+        assert_eq!(sent[scripts], "sub SUBSCRIBE ragnarok:room:events");
+        for _ in 0..scripts {
             self.reply(b("sha"));
         }
         assert!(!self.link.wants_sync(), "not before the subscription is confirmed");
@@ -121,22 +125,15 @@ impl Bench {
         assert!(sent[0].starts_with("cmd sync ragnarok:room: "), "{sent:?}");
     }
 
-    /// The sync's reply: `seq`, `users` as (key, node, name), no history.
+    /// The sync's reply: `seq`, `users` as (key, node, name), no history,
+    /// no rules.
     fn synced(&mut self, seq: u64, users: Vec<(&str, &str, &str)>) {
         let mut hash = Vec::new();
         for (key, node, name) in users {
             hash.push(b(key));
             hash.push(b(&format!("{node}\n{name}")));
         }
-        let reply = Value::Array(vec![
-            Value::Int(seq as i64),
-            Value::Array(vec![]),
-            Value::Array(hash),
-            Value::Array(vec![]),
-            Value::Array(vec![]),
-            Value::Int(1_000_000),
-        ]);
-        self.reply(reply);
+        self.reply(sync_reply(seq, hash, 1_000_000, no_rules()));
     }
 
     /// The link broke (asked to disconnect, told the server when it was up).
@@ -182,6 +179,32 @@ fn downs(notes: &[Note]) -> Vec<String> {
         .collect()
 }
 
+/// A sync's reply: `seq`, the users' hash, Redis's clock, and the rules'
+/// bans, mutes and lock; no conflicts, keys or history.
+fn sync_reply(
+    seq: u64,
+    users: Vec<Value>,
+    redis_ms: i64,
+    [bans, mutes, locked]: [Value; 3],
+) -> Value {
+    Value::Array(vec![
+        Value::Int(seq as i64),
+        Value::Array(vec![]),
+        Value::Array(users),
+        Value::Array(vec![]),
+        Value::Array(vec![]),
+        Value::Int(redis_ms),
+        bans,
+        mutes,
+        locked,
+    ])
+}
+
+/// A sync's rules when Redis keeps none: no bans, no mutes, not locked.
+fn no_rules() -> [Value; 3] {
+    [Value::Array(vec![]), Value::Array(vec![]), Value::Int(0)]
+}
+
 fn say_to(name: &str, text: &str) -> Proposed {
     Proposed::Say { name: name.into(), text: text.into() }
 }
@@ -208,11 +231,17 @@ fn connects_loads_subscribes_and_syncs() {
         Value::Array(vec![b("cy"), b("CYKEY")]),
         Value::Array(vec![b(r#"{"e":"say","name":"Cy","text":"old"}"#), b("not json")]),
         Value::Int(1_000_500),
+        Value::Array(vec![]),
+        Value::Array(vec![]),
+        Value::Int(0),
     ]);
     bench.reply(reply);
     assert!(bench.link.is_up());
     let notes = bench.notes();
-    let [Note::Synced { users, history, conflicts }] = &notes[..] else { panic!("{notes:?}") };
+    let [Note::Synced { users, history, conflicts, rules }] = &notes[..] else {
+        panic!("{notes:?}")
+    };
+    assert_eq!(rules, &KeptRules::default());
     assert_eq!(
         users,
         &[RemoteUser { node: "other".into(), name: "Cy".into(), key: Some("CYKEY".into()) }]
@@ -228,7 +257,7 @@ fn the_sync_command_carries_the_users() {
     let mut bench = Bench::new();
     bench.tick();
     bench.link.connected(bench.now);
-    for _ in 0..7 {
+    for _ in Script::ALL {
         bench.reply(b("sha"));
     }
     bench.link.on_message(Value::Array(vec![b("subscribe"), b("c"), Value::Int(1)]), bench.now);
@@ -470,15 +499,7 @@ fn proposals_carry_a_deadline_and_late_ones_are_refused() {
     let mut bench = Bench::new();
     bench.join(&[]);
     // Redis's clock 700 ms ahead of ours.
-    let reply = Value::Array(vec![
-        Value::Int(5),
-        Value::Array(vec![]),
-        Value::Array(vec![]),
-        Value::Array(vec![]),
-        Value::Array(vec![]),
-        Value::Int(1_000_700),
-    ]);
-    bench.reply(reply);
+    bench.reply(sync_reply(5, vec![], 1_000_700, no_rules()));
     bench.notes();
     bench.link.propose(origin(1), say_to("Al", "hi"), bench.now);
     let deadline = 1_000_000 + 700 + 2500;
@@ -604,4 +625,118 @@ fn a_bad_sync_reply_breaks_the_join() {
     assert!(!bench.link.is_up());
     assert!(bench.commands().contains(&"disconnect".to_owned()));
     assert!(bench.notes().is_empty(), "never up");
+}
+
+fn lock() -> Proposed {
+    Proposed::Moderate {
+        by: "ctl".into(),
+        at: 1000,
+        action: json!({"cmd": "lock"}),
+        kept: Kept::Lock,
+    }
+}
+
+#[test]
+fn a_moderation_from_ctl_is_kept_then_published_and_comes_back() {
+    let mut bench = Bench::up(10);
+    let me = bench.node();
+    let ban = r#"{"name":"bob","until":1600,"reason":"","by":"ctl","since":1000}"#;
+    let what = Proposed::Moderate {
+        by: "ctl".into(),
+        at: 1000,
+        action: json!({"cmd": "kick", "target": "bob", "for_secs": 600, "reason": ""}),
+        kept: Kept::Ban { target: "bob".into(), ban: ban.into() },
+    };
+    bench.link.propose(Origin::control(7), what, bench.now);
+    let event = format!(
+        r#"{{"e":"mod","node":"{me}","conn":"ctl.7","by":"ctl","at":1000,"action":{{"cmd":"kick","for_secs":600,"reason":"","target":"bob"}}}}"#
+    );
+    let deadline = 1_000_000 + 2500;
+    assert_eq!(
+        bench.commands(),
+        [format!("cmd moderate ragnarok:room: {deadline} ban bob {ban} {event}")]
+    );
+    assert_eq!(bench.link.stats().published, 1);
+    bench.reply(Value::Int(1));
+    assert!(bench.notes().is_empty(), "done: the event will say so");
+    // It comes back in the room's order, like any event: every node (this
+    // one too) applies it; the proposer knows its request by `conn`.
+    bench.message(11, &event);
+    let notes = bench.notes();
+    let [Note::Event(Event::Moderate { node, conn, at, .. })] = &notes[..] else {
+        panic!("{notes:?}")
+    };
+    assert_eq!((node, Origin::parse(conn), *at), (&me, Some(Origin::control(7)), 1000));
+}
+
+#[test]
+fn a_moderation_not_done_is_refused_to_its_ctl_request() {
+    // Past its deadline: Redis dropped it.
+    let mut bench = Bench::up(10);
+    bench.link.propose(Origin::control(1), lock(), bench.now);
+    assert_eq!(bench.commands().len(), 1);
+    bench.reply(Value::Int(-1));
+    let notes = bench.notes();
+    let [Note::Refused { origin, why }] = &notes[..] else { panic!("{notes:?}") };
+    assert_eq!((origin.ticket(), why.code), (Some(1), ErrorCode::ClusterUnavailable));
+    // Unanswered when the link breaks.
+    bench.link.propose(Origin::control(2), lock(), bench.now);
+    bench.link.broken(LinkError::NoSocket, bench.now);
+    let notes = bench.assert_broke();
+    assert_eq!(refused(&notes), [(Origin::control(2).id, ErrorCode::ClusterUnavailable)]);
+    // The link down: refused at once, nothing sent.
+    bench.link.propose(Origin::control(3), lock(), bench.now);
+    let notes = bench.notes();
+    assert!(matches!(&notes[..], [Note::Refused { origin, .. }] if origin.ticket() == Some(3)));
+    assert!(bench.commands().is_empty());
+    // Refused by Redis (out of memory): that request only.
+    let mut bench = Bench::up(10);
+    bench.link.propose(Origin::control(4), lock(), bench.now);
+    bench.reply(Value::Error("OOM command not allowed".into()));
+    let notes = bench.notes();
+    assert!(matches!(&notes[..], [Note::Refused { origin, .. }] if origin.ticket() == Some(4)));
+    assert!(bench.link.is_up());
+}
+
+#[test]
+fn the_sync_reads_the_rules_back() {
+    let mut bench = Bench::new();
+    bench.join(&[]);
+    let ban = r#"{"name":"bob","until":null,"reason":"","by":"ctl","since":1}"#;
+    let mute = r#"{"name":"Cy","until":5000}"#;
+    let rules = [
+        Value::Array(vec![b("bob"), b(ban), b("10.0.0.0/8"), b("{}"), b("odd field")]),
+        Value::Array(vec![b("cy"), b(mute), Value::Int(3), Value::Array(vec![])]),
+        Value::Int(1),
+    ];
+    bench.reply(sync_reply(12, vec![], 1_000_000, rules));
+    assert!(bench.link.is_up());
+    let notes = bench.notes();
+    let [Note::Synced { rules, .. }] = &notes[..] else { panic!("{notes:?}") };
+    // What is not text comes as "", for the server to refuse; a field
+    // without a value is left out.
+    assert_eq!(
+        rules,
+        &KeptRules {
+            bans: vec![ban.into(), "{}".into()],
+            mutes: vec![("cy".into(), mute.into()), (String::new(), String::new())],
+            locked: true,
+        }
+    );
+    // An older sync's answer (no rules) is not a sync.
+    let mut bench = Bench::new();
+    bench.join(&[]);
+    let Value::Array(mut short) = sync_reply(12, vec![], 1_000_000, no_rules()) else {
+        unreachable!()
+    };
+    short.truncate(6);
+    bench.reply(Value::Array(short));
+    assert!(!bench.link.is_up());
+    assert!(bench.commands().contains(&"disconnect".to_owned()));
+    // Nor is a lock that is not a number.
+    let mut bench = Bench::new();
+    bench.join(&[]);
+    let rules = [Value::Array(vec![]), Value::Array(vec![]), b("1")];
+    bench.reply(sync_reply(12, vec![], 1_000_000, rules));
+    assert!(!bench.link.is_up());
 }

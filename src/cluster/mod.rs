@@ -7,6 +7,6 @@ mod io;
 mod link;
 mod scripts;
 
-pub use event::{Event, LocalUser, Origin, Proposed, RemoteUser};
+pub use event::{Event, Kept, KeptRules, LocalUser, Origin, Proposed, RemoteUser};
 pub use io::Cluster;
 pub use link::{ClusterStats, LinkError, MAX_EVENT_BYTES, Note};

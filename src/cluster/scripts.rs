@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use super::event::LocalUser;
+use super::event::{Kept, LocalUser};
 use crate::redis::Command;
 
 /// One script. Every change to the room is one: it changes the state on
@@ -12,8 +12,8 @@ use crate::redis::Command;
 /// one atomic step, so that every node sees every change once and in one
 /// order, and notices a gap. No script takes `KEYS`: the Redis keys are the
 /// prefix (`ARGV[1]`, `ragnarok:<cluster_name>:`) followed by `users`,
-/// `pubkeys`, `history`, `seq`, `nodes`, `node:<id>` and the channel
-/// `events`.
+/// `pubkeys`, `history`, `seq`, `nodes`, `node:<id>`, the room's rules
+/// (`bans`, `mutes`, `locked`) and the channel `events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Script {
     Claim,
@@ -23,10 +23,11 @@ pub enum Script {
     Private,
     Lease,
     Sync,
+    Moderate,
 }
 
 impl Script {
-    pub const ALL: [Script; 7] = [
+    pub const ALL: [Script; 8] = [
         Script::Claim,
         Script::Leave,
         Script::Say,
@@ -34,6 +35,7 @@ impl Script {
         Script::Private,
         Script::Lease,
         Script::Sync,
+        Script::Moderate,
     ];
 
     pub fn text(self) -> &'static str {
@@ -53,6 +55,9 @@ impl Script {
             }
             Script::Lease => include_str!("scripts/lease.lua"),
             Script::Sync => include_str!("scripts/sync.lua"),
+            Script::Moderate => {
+                concat!(include_str!("scripts/deadline.lua"), include_str!("scripts/moderate.lua"))
+            }
         }
     }
 
@@ -120,6 +125,27 @@ pub fn public_key(
 /// name key, 4 the `Private` event.
 pub fn private(prefix: &str, deadline_ms: i64, to_key: &str, event: String) -> Command {
     Script::Private.eval(prefix).arg(deadline_ms.to_string()).arg(to_key).arg(event)
+}
+
+/// deadline.lua + moderate.lua. ARGV: 1 prefix, 2 deadline, 3 what to keep,
+/// 4 its field, 5 its value, 6 the `Moderate` event.
+pub fn moderate(prefix: &str, deadline_ms: i64, kept: &Kept, event: String) -> Command {
+    let (keep, field, value) = match kept {
+        Kept::Nothing => ("", "", ""),
+        Kept::Ban { target, ban } => ("ban", &**target, &**ban),
+        Kept::Unban { target } => ("unban", &**target, ""),
+        Kept::Mute { key, mute } => ("mute", &**key, &**mute),
+        Kept::Unmute { key } => ("unmute", &**key, ""),
+        Kept::Lock => ("lock", "", ""),
+        Kept::Unlock => ("unlock", "", ""),
+    };
+    Script::Moderate
+        .eval(prefix)
+        .arg(deadline_ms.to_string())
+        .arg(keep)
+        .arg(field)
+        .arg(value)
+        .arg(event)
 }
 
 /// lease.lua. ARGV: 1 prefix, 2 node, 3 lease (ms).
@@ -204,6 +230,7 @@ mod tests {
             private("p:", 5, "al", "{}".into()),
             lease("p:", "n", 10_000),
             sync("p:", "n", 10_000, (50, 1000), &[]),
+            moderate("p:", 5, &Kept::Lock, "{}".into()),
         ];
         for command in &built {
             let script = script_of(command);
@@ -224,11 +251,36 @@ mod tests {
 
     #[test]
     fn proposals_check_their_deadline_first() {
-        for script in [Script::Say, Script::PublicKey, Script::Private] {
+        for script in [Script::Say, Script::PublicKey, Script::Private, Script::Moderate] {
             assert!(script.text().starts_with(include_str!("scripts/deadline.lua")));
         }
         let command = say("p:", 1234, 7, "E".into());
         assert_eq!(argv(&command), [&b"p:"[..], b"1234", b"7", b"E"]);
+    }
+
+    #[test]
+    fn a_moderation_names_what_redis_keeps() {
+        let kept = [
+            (Kept::Nothing, ["", "", ""]),
+            (Kept::Ban { target: "bob".into(), ban: "B".into() }, ["ban", "bob", "B"]),
+            (Kept::Unban { target: "10.0.0.0/8".into() }, ["unban", "10.0.0.0/8", ""]),
+            (Kept::Mute { key: "bob".into(), mute: "M".into() }, ["mute", "bob", "M"]),
+            (Kept::Unmute { key: "bob".into() }, ["unmute", "bob", ""]),
+            (Kept::Lock, ["lock", "", ""]),
+            (Kept::Unlock, ["unlock", "", ""]),
+        ];
+        let text = Script::Moderate.text();
+        for (kept, [keep, field, value]) in kept {
+            let command = moderate("p:", 9, &kept, "E".into());
+            let args = argv(&command);
+            assert_eq!(
+                args,
+                [&b"p:"[..], b"9", keep.as_bytes(), field.as_bytes(), value.as_bytes(), b"E"]
+            );
+            if !keep.is_empty() {
+                assert!(text.contains(&format!("keep == '{keep}'")), "{keep} not in moderate.lua");
+            }
+        }
     }
 
     #[test]

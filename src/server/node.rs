@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::event::Source;
 
 use super::Server;
@@ -20,6 +20,9 @@ impl<S: Socket + Source> Server<S> {
     /// Makes this server one node of the cluster: it connects at once and
     /// serves its users meanwhile (what needs the cluster waits for it).
     pub fn join_cluster(&mut self, mut cluster: Cluster) {
+        if let Some(path) = &self.state_file {
+            info!("state_file {} is not used in a cluster: bans are kept in Redis", path.display());
+        }
         self.room.set_mode(Mode::Node(Link::Down));
         cluster.tick(self.poll.registry(), Instant::now());
         self.cluster = Some(cluster);
@@ -97,12 +100,22 @@ impl<S: Socket + Source> Server<S> {
                     self.room.remove_remote(&key);
                 }
             }
-            Note::Event(Event::Say { name, text }) => self.room.say(&name, &text, out),
+            Note::Event(Event::Say { name, text })
+                if self.room.takes_from_cluster(false, &text) =>
+            {
+                self.room.say(&name, &text, out)
+            }
             Note::Event(Event::PublicKey { key, pk, .. }) => {
                 self.room.set_public_key(&key, &pk, out)
             }
-            Note::Event(Event::Private { to, from, text }) => {
+            Note::Event(Event::Private { to, from, text })
+                if self.room.takes_from_cluster(true, &text) =>
+            {
                 self.room.deliver_private(&to, &from, &text, out)
+            }
+            // Plaintext from a node without `e2e_room`: not shown here.
+            Note::Event(Event::Say { .. } | Event::Private { .. }) => {
+                debug!("cluster: plaintext from another node dropped (this room is e2e_room)");
             }
             Note::Event(Event::Node { node, users }) => {
                 if *node == *me {
@@ -118,6 +131,35 @@ impl<S: Socket + Source> Server<S> {
                 let gone = self.room.remove_node(&node);
                 info!("cluster: node {node} stopped renewing its lease: {gone} of its users left");
             }
+            Note::Event(Event::Moderate { node, conn, by, at, action }) => {
+                let done = self.moderated(&by, at, &action);
+                if let Err(why) = &done {
+                    info!("cluster: a moderator's action from node {node} not done here: {why}");
+                }
+                // The proposer answers the `ctl` request that asked, or the
+                // moderator in the room (still the same connection).
+                match Origin::parse(&conn).filter(|_| *node == *me) {
+                    Some(origin) if origin.ticket().is_some() => {
+                        if let Some(ticket) = origin.ticket() {
+                            self.answer_held(ticket, done);
+                        }
+                    }
+                    Some(origin)
+                        if self
+                            .clients
+                            .get(origin.id)
+                            .is_some_and(|c| c.serial == origin.serial) =>
+                    {
+                        self.moderated_from_room(origin.id, &by, done, now);
+                    }
+                    _ => {}
+                }
+            }
+            Note::Refused { origin, why } if origin.ticket().is_some() => {
+                if let Some(ticket) = origin.ticket() {
+                    self.answer_held(ticket, Err(why.text));
+                }
+            }
             Note::Refused { origin, why } => {
                 self.with_origin(origin, now, |session, cx| {
                     if session.is_claiming() {
@@ -127,8 +169,9 @@ impl<S: Socket + Source> Server<S> {
                     }
                 });
             }
-            Note::Synced { users, history, conflicts } => {
+            Note::Synced { users, history, conflicts, rules } => {
                 self.room.set_mode(Mode::Node(Link::Up));
+                self.take_cluster_rules(rules);
                 self.room.set_history(&history);
                 let mut lost = self.room.resync(users);
                 lost.extend(conflicts.iter().filter_map(|key| self.room.local_id(key)));
@@ -154,6 +197,7 @@ impl<S: Socket + Source> Server<S> {
                     To::Everyone,
                     &Reply::Error { code: code.as_str(), text: &text, target: None },
                 );
+                self.answer_all_held();
             }
         }
     }

@@ -14,12 +14,18 @@ const utf8 = new TextDecoder("utf-8", { fatal: true }); // invalid UTF-8 is "cou
 let ws, me = null, target = null;
 let moderator = false; // the welcome said "role": "moderator"
 let menuFor = null;    // the name whose moderation menu is open
+let welcomed = false; // this connection had its ServerName
 let identity = null; // {priv, raw, fp}: this browser's identity key IK, kept in IndexedDB
 let session = null;  // {priv, raw, key, name}: this connection's session key EK, what we published, our name once relayed
 const online = new Set(); // names; OnlineUsers replaces it, UsersJoined / UsersLeft add and remove
 // name -> a usable key {key, ik, ek, ikPub, ekPub, ikB64, fp, safety, pair, sent, window}
 // or {key, bad: true} (not the documented format, not on the curve): that user only gets nothing.
 const peers = new Map();
+// Published key -> the state of the pair with it, for the whole connection:
+// a key that leaves and comes back (or turns up under another name) goes on
+// with its counters, replay window and epochs, never from 1 again (that would
+// reuse AES-GCM nonces, and take old messages again as new).
+const byKey = new Map();
 const records = new Map(); // name -> {name, ik (base64), verified}: the identity accepted for each name (IndexedDB)
 const newThisVisit = new Set(); // names whose first key this page load recorded (trust on first use)
 let db = null;
@@ -201,6 +207,13 @@ const KEY_FORMAT = new RegExp(`^e2e2:${POINT}:${POINT}$`);
 /// Checks one published key on its own: the exact format, and both points
 /// import as P-256 public keys (on the curve). Anything else is unusable.
 async function importPeer(key) {
+  if (byKey.has(key)) return byKey.get(key);
+  const peer = await importKey(key);
+  if (!byKey.has(key)) byKey.set(key, peer); // (two imports of one key may race: the first one stays)
+  return byKey.get(key);
+}
+
+async function importKey(key) {
   const m = typeof key === "string" && KEY_FORMAT.exec(key);
   if (!m) return { key, bad: true };
   const ik = fromB64(m[1]), ek = fromB64(m[2]);
@@ -265,7 +278,7 @@ async function setPeerKey(name, key, live) {
     // A joiner of an encrypted room gets everyone's room keys: say who, with
     // which key (the list of who is online is the server's word).
     if (e2eRoom && live) {
-      line("notice", null, `${name} can read the room from now on: key ${peer.fp} (${TRUST_NOTE[keyState(name)]}).`);
+      announceReader(name, peer);
     }
   }
   renderUsers();
@@ -411,7 +424,7 @@ async function publishKey() {
   const ek = await crypto.subtle.generateKey(EC, false, ["deriveBits"]); // this connection's only
   const raw = new Uint8Array(await crypto.subtle.exportKey("raw", ek.publicKey));
   session = { priv: ek.privateKey, raw, key: "e2e2:" + b64(identity.raw) + ":" + b64(raw), name: null };
-  ws.send(JSON.stringify({ msgType: "PublicKey", key: session.key }));
+  put(JSON.stringify({ msgType: "PublicKey", key: session.key }));
 }
 
 // --- The encrypted room: sender keys ---------------------------------------
@@ -542,9 +555,18 @@ function whyRoomNotSendable() {
   return "";
 }
 
-/// Makes a new epoch and gives it to every reader (each name with its exact
-/// key), at most 30 key messages at once and then 15 a second: the rate limit.
-async function rotate(readers, tag) {
+/// The readers of the room now: every other online user with a usable key,
+/// as [name, the key's state] (the state checked is the one sealed to).
+function roomReaders() {
+  const usable = (n) => n !== session.name && peers.get(n) && !peers.get(n).bad;
+  return [...online].filter(usable).sort().map((n) => [n, peers.get(n)]);
+}
+const readersTag = (readers) => JSON.stringify(readers.map(([n, p]) => [n, p.key]));
+
+/// Makes a new epoch and gives it to every reader, each sealed to the key
+/// that was checked (never to one that replaced it meanwhile), as fast as
+/// the server's rate limit lets them through.
+async function rotate(readers) {
   const pair = await crypto.subtle.generateKey(SIGN, false, ["sign", "verify"]); // private half not extractable
   const spk = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
   const ck = crypto.getRandomValues(new Uint8Array(32));
@@ -554,15 +576,45 @@ async function rotate(readers, tag) {
   new DataView(payload.buffer).setBigUint64(1, BigInt(epoch));
   payload.set(ck, 9);
   payload.set(spk, 41);
-  sender = { epoch, ck, index: 0, sign: pair.privateKey, readers: tag };
-  let sent = 0;
-  for (const name of readers) {
-    if (sent >= 30 && (sent - 30) % 15 === 0) await new Promise((r) => setTimeout(r, 1000));
-    const peer = peers.get(name);
-    if (!peer || peer.bad) continue; // gone meanwhile: the next message makes a new epoch anyway
-    ws.send(JSON.stringify({ msgType: "PrivateMessage", TgtUser: name, text: await sealFor(name, peer, payload, "e2e2k") }));
-    sent++;
+  sender = { epoch, ck, index: 0, sign: pair.privateKey, readers: readersTag(readers) };
+  for (const [name, peer] of readers) {
+    announceReader(name, peer);
+    const sealed = await sealFor(name, peer, payload, "e2e2k");
+    await token();
+    put(JSON.stringify({ msgType: "PrivateMessage", TgtUser: name, text: sealed }));
   }
+}
+
+/// Says in the log who can read the room from now on, once per key: the
+/// list of who is online is the server's word (it could add a ghost).
+const announced = new Set();
+function announceReader(name, peer) {
+  if (announced.has(name + "\n" + peer.key)) return;
+  announced.add(name + "\n" + peer.key);
+  line("notice", null, `${name} can read the room from now on: key ${peer.fp} (${TRUST_NOTE[keyState(name)]}).`);
+}
+
+// The server's rate limit, kept here as well, so that a burst of key
+// messages waits for tokens instead of being refused (docs/PROTOCOL.md).
+const RATE = Number(document.querySelector('meta[name="rate-limit"]')?.content.split(" ")[0]) || 0;
+const BURST = Number(document.querySelector('meta[name="rate-limit"]')?.content.split(" ")[1]) || 0;
+const bucket = { tokens: BURST, last: 0 };
+function refill() {
+  const now = performance.now();
+  bucket.tokens = Math.min(BURST, bucket.tokens + ((now - bucket.last) / 1000) * RATE);
+  bucket.last = now;
+}
+/// Sends a frame on the socket, counting it against the rate limit.
+function put(data) {
+  refill();
+  bucket.tokens -= 1;
+  ws.send(data);
+}
+/// Waits until a frame can go without passing the rate limit (keeping a
+/// few tokens for pongs and what the user types meanwhile).
+async function token() {
+  if (!RATE) return;
+  for (refill(); bucket.tokens < 3; refill()) await new Promise((r) => setTimeout(r, ((3 - bucket.tokens) / RATE) * 1000));
 }
 
 /// Seals `text` for the room: a new epoch first if the readers changed,
@@ -574,9 +626,17 @@ async function sendRoom(text, sent) {
   const length = 4 * Math.ceil((enc.encode(text).length + 92) / 3);
   const worst = `e2er1:${epochs + 1}:${(sender ? sender.index : 0) + 1}:` + "A".repeat(length);
   if (!fits(JSON.stringify({ msgType: "Broadcast", text: worst }))) return;
-  const readers = [...online].filter((n) => n !== session.name && peers.get(n) && !peers.get(n).bad).sort();
-  const tag = JSON.stringify(readers.map((n) => [n, peers.get(n).key]));
-  if (!sender || sender.readers !== tag) await rotate(readers, tag);
+  const readers = roomReaders();
+  if (!sender || sender.readers !== readersTag(readers)) {
+    await rotate(readers);
+    // Anything may have happened while the keys went out: a key changed, a
+    // reader left. Then this message does not go under that epoch.
+    const whyNow = whyRoomNotSendable() || (readers.every(([n, p]) => peers.get(n) === p) ? "" : "someone left or changed keys meanwhile");
+    if (whyNow) {
+      sender = null;
+      return line("error", null, `Not sent to the room: ${whyNow}. Your text is kept.`);
+    }
+  }
   const i = ++sender.index;
   const mk = await hmac(sender.ck, 1);
   sender.ck = await hmac(sender.ck, 2);
@@ -587,7 +647,7 @@ async function sendRoom(text, sent) {
   const sealed = `e2er1:${sender.epoch}:${i}:${b64(concat(iv, ct, sig))}`;
   ownSent.set(sender.epoch + ":" + i, { text, sealed, shown: false });
   if (ownSent.size > 256) ownSent.delete(ownSent.keys().next().value);
-  ws.send(JSON.stringify({ msgType: "Broadcast", text: sealed }));
+  put(JSON.stringify({ msgType: "Broadcast", text: sealed }));
   sent();
 }
 
@@ -892,6 +952,10 @@ async function handle(data) {
   try { m = JSON.parse(data); } catch { return line("error", null, "unreadable message from the server"); }
   if (!m || typeof m !== "object") return;
   if ("ServerName" in m) {
+    // One welcome per connection: a second one (never sent by a real server)
+    // must not change the room's kind or our keys mid-session.
+    if (welcomed) return line("error", null, "The server sent a second welcome: ignored.");
+    welcomed = true;
     // Our name as typed, in the form the server keeps (NFC) until the relay of our key confirms it.
     me = $("name").value.trim().normalize("NFC");
     $("title").textContent = m.ServerName;
@@ -904,11 +968,14 @@ async function handle(data) {
     $("people").hidden = false;
     $("text").focus();
     peers.clear();
+    byKey.clear(); // a new session key: new pairs
     e2eRoom = m.e2e_room === true;
     roomTitle = String(m.ServerName);
     sender = null;
     epochs = 0;
     ownSent.clear();
+    announced.clear();
+    Object.assign(bucket, { tokens: BURST, last: performance.now() }); // chatting starts with a whole burst
     earlier = null;
     showRoomKind();
     await publishKey();
@@ -946,6 +1013,8 @@ $("login").onsubmit = (e) => {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   if (ws) { ws.onmessage = ws.onclose = null; ws.close(); } // a refused attempt: nothing more from it
   const sock = ws = new WebSocket(`${scheme}://${location.host}/`);
+  welcomed = false;
+  session = null;
   $("status").textContent = "connecting…";
   sock.onopen = () => { sock.send($("password").value); sock.send($("name").value.trim()); };
   sock.onmessage = (e) => { if (sock === ws) onMessage(e.data); };
@@ -993,7 +1062,7 @@ async function send(text, to) {
   if (!to && e2eRoom) return sendRoom(text, sent);
   if (!to) {
     const json = JSON.stringify({ msgType: "Broadcast", text });
-    if (fits(json)) { sent(); ws.send(json); }
+    if (fits(json)) { sent(); put(json); }
     return;
   }
   const why = whyNotSendable(to);
@@ -1006,7 +1075,7 @@ async function send(text, to) {
   // Anything may have happened while encrypting (they left, their key changed).
   const whyNow = peers.get(to) === peer ? whyNotSendable(to) : `${to}'s key changed while encrypting`;
   if (whyNow) return refuse(to, whyNow);
-  ws.send(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: sealed }));
+  put(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: sealed }));
   sent();
   line("private", "to " + to, text, "encrypted · " + TRUST_NOTE[keyState(to)], "lock");
 }

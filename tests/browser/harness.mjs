@@ -54,6 +54,28 @@ export function lines(stream, onLine) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/// Polls `f` until it returns something truthy (10 s at most).
+export async function until(f, what) {
+  for (const deadline = Date.now() + 10000; Date.now() < deadline; await sleep(50)) {
+    const v = await f();
+    if (v) return v;
+  }
+  throw new Error("timed out waiting for " + what);
+}
+
+/// Runs `body` with a fresh server (plain ws on localhost, a secure
+/// context; `extra` config keys on top) and a browser, and stops both after it.
+export async function withRoom(body, extra = {}) {
+  const { server, port } = await startServer(false, extra);
+  const browser = await launch();
+  try {
+    await body({ browser, port, url: `http://localhost:${port}/` });
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+}
+
 /// The real server on a free port; `extra` config keys on top (e.g. `{ e2e_room: true }`).
 export async function startServer(tls, extra = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), "ragnarok-browser-"));

@@ -7,31 +7,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createECDH } from "node:crypto";
 import {
-  startServer, launch, newPage, login, openPage, waitForKey, openConversation, sendTo, shot, rawClient, hostile,
-  logText, sleep, e2e2Party, parseKey, pairKeys, seal, sealRaw, open, fingerprint, safetyNumber,
+  newPage, login, openPage, waitForKey, openConversation, sendTo, shot, rawClient, hostile,
+  logText, sleep, until, withRoom, e2e2Party, parseKey, pairKeys, seal, sealRaw, open, fingerprint, safetyNumber,
 } from "./harness.mjs";
-
-/// Runs `body` with a fresh server (plain ws on localhost, a secure context)
-/// and a browser, and stops both after it.
-async function withRoom(body) {
-  const { server, port } = await startServer(false);
-  const browser = await launch();
-  try {
-    await body({ browser, port, url: `http://localhost:${port}/` });
-  } finally {
-    await browser.close();
-    server.kill();
-  }
-}
-
-/// Polls `f` until it returns something truthy (10 s at most).
-async function until(f, what) {
-  for (const deadline = Date.now() + 10000; Date.now() < deadline; await sleep(50)) {
-    const v = await f();
-    if (v) return v;
-  }
-  throw new Error("timed out waiting for " + what);
-}
 
 const count = (page, sel) => page.locator(sel).count();
 const occurrences = (text, part) => text.split(part).length - 1;

@@ -11,6 +11,7 @@ mod e2e_room;
 mod history;
 mod login_burst;
 mod message_size;
+mod moderation;
 mod names;
 mod node_kill;
 mod presence;

@@ -307,3 +307,35 @@ fn without_admins_the_password_is_answered_at_once_and_with_them_at_the_name() {
     assert_eq!((seen[0]["code"].as_str(), ending.code()), (Some("wrong_password"), Some(1008)));
     server.login("bob");
 }
+
+#[test]
+fn a_reload_takes_a_new_list_of_admins_without_dropping_anyone() {
+    let (alice_hash, erin_hash) = (hash_password(ALICE), hash_password(ERIN));
+    let server = TestServer::start(json!({ "admins": { "alice": alice_hash } }));
+    let (mut alice, welcome) = log_in(&server, ALICE, "alice");
+    assert_eq!(welcome["role"], "moderator");
+    let (mut bob, _) = log_in(&server, PASSWORD, "bob");
+    alice.recv_type("OnlineUsers");
+
+    // alice out, erin in: `ragnarok ctl reload` (as SIGHUP).
+    let mut config = base_config();
+    config["admins"] = json!({ "erin": erin_hash });
+    std::fs::write(server.dir.join("config.json"), config.to_string()).unwrap();
+    let out = server.ctl_ok(&["reload"]);
+    assert!(out.contains(r#"applied ["admins"]"#), "{out}");
+
+    // alice stays, a member now; erin's name takes erin's password.
+    alice.send_json(moderate("kick", "bob"));
+    error(&mut alice, "not_a_moderator");
+    bob.send_json(broadcast("still here"));
+    assert_eq!(alice.recv_type("Broadcast")["text"], "still here");
+    assert_eq!(refused(&server, PASSWORD, "erin").0, "wrong_password");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_erin, welcome) = log_in(&server, ERIN, "erin");
+    assert_eq!(welcome["role"], "moderator");
+    drop(alice);
+    // (bob's lists until the one without alice.)
+    while bob.recv_type("OnlineUsers")["Users"].as_array().unwrap().contains(&json!("alice")) {}
+    let (_alice, welcome) = log_in(&server, PASSWORD, "alice");
+    assert_eq!(welcome, json!({ "ServerName": "Test Room" }), "the room's password, a member");
+}

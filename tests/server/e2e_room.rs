@@ -739,3 +739,30 @@ fn a_changed_identity_key_of_an_online_user_blocks_sending_until_confirmed() {
     bob.say("carol is gone");
     alice.reads("bob", "carol is gone");
 }
+
+/// After an attacker's review: a key that leaves and comes back goes on
+/// with its counter (a nonce is never used twice); a key that turns up
+/// without the server listing its user makes no reader; another key under
+/// one's own name is refused.
+#[test]
+fn a_key_that_comes_back_goes_on_and_only_listed_users_read() {
+    let mut alice = e2e::Client::new(e2e::Keys::generate());
+    let (bob, ghost) = (e2e::Keys::generate().published(), e2e::Keys::generate().published());
+    let mine = alice.published().to_owned();
+    assert_eq!(alice.on_key("alice", &mine), e2e::KeyEvent::Mine);
+    alice.on_key("bob", &bob);
+    assert!(alice.seal("bob", "one").unwrap().starts_with("e2e2:1:"));
+    alice.on_left("bob");
+    alice.on_key("bob", &bob);
+    assert!(alice.seal("bob", "two").unwrap().starts_with("e2e2:2:"), "the counter goes on");
+    let other = e2e::Keys::generate().published();
+    assert!(matches!(alice.on_key("alice", &other), e2e::KeyEvent::Unusable(_)));
+    assert!(matches!(alice.on_key("bob2", &bob), e2e::KeyEvent::Unusable(_)), "one key, two names");
+
+    alice.take(&json!({"ServerName": "Ks", "e2e_room": true}));
+    alice.take(&json!({"msgType": "OnlineUsers", "Users": ["alice", "bob"]}));
+    alice.take(&json!({"msgType": "PublicKey", "SrcUser": "ghost", "key": ghost}));
+    assert_eq!(alice.room_readers(), ["bob"], "a key alone makes nobody a reader");
+    alice.take(&json!({"msgType": "UsersJoined", "Users": ["ghost"]}));
+    assert_eq!(alice.room_readers(), ["bob", "ghost"]);
+}

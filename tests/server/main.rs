@@ -1,6 +1,6 @@
 //! One `ragnarok` server over real sockets (ws and wss): login, broadcast,
-//! presence, history, private messages, the web page, metrics, certificate
-//! reload, shutdown, and the hostile tests (floods, slow readers, limits,
+//! presence, history, private messages, the web page, metrics, config and
+//! certificate reload, shutdown, and the hostile tests (floods, slow readers, limits,
 //! malformed input). Each module was a test binary of its own; see
 //! TESTING.md. The harness is `ragnarok-testkit` (tests/support).
 
@@ -33,6 +33,7 @@ mod plain_http_on_tls;
 mod presence;
 mod private_message;
 mod protocol_violations;
+mod reload;
 mod shutdown;
 mod slow_reader;
 mod stalled_handshake;

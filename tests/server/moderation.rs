@@ -5,36 +5,9 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::Command;
 
 use ragnarok_testkit::*;
 use serde_json::{Value, json};
-
-/// Runs `ragnarok ctl --config <server's config> ARGS`: (exit code, stdout, stderr).
-fn ctl(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary())
-        .arg("ctl")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run ragnarok ctl");
-    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
-}
-
-fn ctl_ok(server: &TestServer, args: &[&str]) -> String {
-    let (code, out, err) = ctl(&server.dir.join("config.json"), args);
-    assert_eq!(code, 0, "ctl {args:?}: {out} {err}");
-    out
-}
-
-fn ctl_json(server: &TestServer, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&ctl_ok(server, &all)).expect("JSON on stdout")
-}
 
 /// The login's end: the `Error` it got and the close code.
 fn refused(server: &TestServer, name: &str) -> (String, String, Option<u16>) {
@@ -51,7 +24,7 @@ fn refused(server: &TestServer, name: &str) -> (String, String, Option<u16>) {
 fn who_kick_with_a_duration_say_and_stats() {
     let server = TestServer::start(json!({}));
     let (mut alice, mut bob) = server.login_two("alice", "bob");
-    let who = ctl_json(&server, &["who"]);
+    let who = server.ctl_json(&["who"]);
     assert_eq!(who["online"], 2);
     let users = who["users"].as_array().unwrap();
     assert_eq!(
@@ -59,10 +32,10 @@ fn who_kick_with_a_duration_say_and_stats() {
         ["alice", "bob"]
     );
     assert!(users.iter().all(|u| u["address"] == "127.0.0.1" && u["joined"].as_u64().is_some()));
-    let human = ctl_ok(&server, &["who"]);
+    let human = server.ctl_ok(&["who"]);
     assert!(human.starts_with("2 online\n") && human.contains("bob\t127.0.0.1\t"), "{human}");
 
-    let out = ctl_ok(&server, &["kick", "Bob", "--for", "1m", "--reason", "spamming links"]);
+    let out = server.ctl_ok(&["kick", "Bob", "--for", "1m", "--reason", "spamming links"]);
     assert_eq!(out.trim(), "bob was kicked for 1 min: spamming links");
     let (seen, ending) = bob.recv_until_end();
     let error = seen.iter().find(|m| m["msgType"] == "Error").expect("an Error before the close");
@@ -78,11 +51,11 @@ fn who_kick_with_a_duration_say_and_stats() {
     assert!(server.wait_log("ctl: bob was kicked").contains("WARN"));
 
     // An announcement reaches everyone; the server's own, from no user.
-    ctl_ok(&server, &["say", "maintenance", "at", "noon"]);
+    server.ctl_ok(&["say", "maintenance", "at", "noon"]);
     let said = alice.recv_type("Announcement");
     assert_eq!(said, json!({"msgType": "Announcement", "text": "maintenance at noon"}));
 
-    let stats = ctl_json(&server, &["stats"]);
+    let stats = server.ctl_json(&["stats"]);
     assert_eq!(
         (stats["online"].clone(), stats["locked"].clone(), stats["bans"].clone()),
         (json!(1), json!(false), json!(1))
@@ -106,14 +79,14 @@ fn bans_by_name_and_address_hold_across_a_restart() {
     let state_file = state.to_str().unwrap().to_owned();
     let server = TestServer::start(json!({ "state_file": state_file }));
     let (mut alice, mut carol) = server.login_two("alice", "carol");
-    let out = ctl_ok(&server, &["ban", "carol", "--reason", "raid"]);
+    let out = server.ctl_ok(&["ban", "carol", "--reason", "raid"]);
     assert_eq!(out.trim(), "banned carol; removed 1 (carol)");
     let (seen, ending) = carol.recv_until_end();
     assert_eq!(seen.iter().find(|m| m["msgType"] == "Error").unwrap()["code"], "banned");
     assert_eq!(ending.code(), Some(1008));
     assert_eq!(alice.recv_type("Announcement")["text"], "carol was banned: raid");
     assert_eq!(refused(&server, "Carol").0, "banned");
-    let bans = ctl_json(&server, &["bans"]);
+    let bans = server.ctl_json(&["bans"]);
     assert_eq!(bans["bans"][0]["name"], "carol");
     assert_eq!(bans["bans"][0]["until"], Value::Null);
     drop(alice);
@@ -123,7 +96,7 @@ fn bans_by_name_and_address_hold_across_a_restart() {
     let server = TestServer::start(json!({ "state_file": state_file }));
     assert_eq!(refused(&server, "carol").0, "banned");
     server.wait_log("1 bans from");
-    ctl_ok(&server, &["unban", "carol"]);
+    server.ctl_ok(&["unban", "carol"]);
     let mut carol = server.login("carol");
     assert_eq!(
         ctl(&server.dir.join("config.json"), &["unban", "carol"]).0,
@@ -133,7 +106,7 @@ fn bans_by_name_and_address_hold_across_a_restart() {
 
     // By address: everyone from it leaves, nobody from it comes in.
     let mut dave = server.login("dave");
-    let out = ctl_ok(&server, &["ban", "127.0.0.0/8", "--for", "10m"]);
+    let out = server.ctl_ok(&["ban", "127.0.0.0/8", "--for", "10m"]);
     assert!(out.starts_with("banned 127.0.0.0/8 for 10 min; removed 2"), "{out}");
     for client in [&mut carol, &mut dave] {
         let (seen, _) = client.recv_until_end();
@@ -144,7 +117,7 @@ fn bans_by_name_and_address_hold_across_a_restart() {
     assert!(text.starts_with("your address is banned for"), "{text}");
     let kept: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(kept["bans"][0]["net"], "127.0.0.0/8");
-    ctl_ok(&server, &["unban", "127.0.0.0/8"]);
+    server.ctl_ok(&["unban", "127.0.0.0/8"]);
     server.login("erin");
 }
 
@@ -152,7 +125,7 @@ fn bans_by_name_and_address_hold_across_a_restart() {
 fn mute_and_lock() {
     let server = TestServer::start(json!({}));
     let (mut alice, mut bob) = server.login_two("alice", "bob");
-    ctl_ok(&server, &["mute", "bob", "--for", "10m"]);
+    server.ctl_ok(&["mute", "bob", "--for", "10m"]);
     assert_eq!(alice.recv_type("Announcement")["text"], "bob was muted for 10 min");
     assert_eq!(bob.recv_type("Announcement")["text"], "bob was muted for 10 min");
     bob.send_json(json!({"msgType": "Broadcast", "text": "you cannot hear me"}));
@@ -160,13 +133,13 @@ fn mute_and_lock() {
     assert_eq!(error["code"], "muted");
     bob.send_json(json!({"msgType": "PrivateMessage", "TgtUser": "alice", "text": "psst"}));
     assert_eq!(bob.recv_type("Error")["code"], "muted");
-    ctl_ok(&server, &["unmute", "bob"]);
+    server.ctl_ok(&["unmute", "bob"]);
     alice.recv_type("Announcement");
     bob.send_json(json!({"msgType": "Broadcast", "text": "back"}));
     let heard = alice.recv_type("Broadcast");
     assert_eq!(heard["text"], "back", "nothing of the muted messages reached alice first");
 
-    ctl_ok(&server, &["lock"]);
+    server.ctl_ok(&["lock"]);
     assert_eq!(
         alice.recv_type("Announcement")["text"],
         "The room is locked: no new logins for now."
@@ -177,7 +150,7 @@ fn mute_and_lock() {
     // Those online stay and chat.
     bob.send_json(json!({"msgType": "Broadcast", "text": "still here"}));
     assert_eq!(alice.recv_type("Broadcast")["text"], "still here");
-    ctl_ok(&server, &["unlock"]);
+    server.ctl_ok(&["unlock"]);
     server.login("carol");
 }
 
@@ -207,7 +180,7 @@ fn the_control_socket_answers_garbage_with_an_error_and_stays_up() {
     assert!(answer["error"].as_str().unwrap().contains("at most"), "{answer}");
     // Idle connections past the endpoint's 16 do not keep ctl out.
     let idle: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&socket).unwrap()).collect();
-    assert!(ctl_ok(&server, &["who"]).starts_with("0 online"));
+    assert!(server.ctl_ok(&["who"]).starts_with("0 online"));
     drop(idle);
     // No server on the socket: 69.
     drop(server);
@@ -216,4 +189,47 @@ fn the_control_socket_answers_garbage_with_an_error_and_stays_up() {
     let (code, _, err) = ctl(&config, &["who"]);
     assert_eq!(code, 69, "{err}");
     assert!(err.contains("no server answers on the control socket"), "{err}");
+}
+
+#[test]
+fn ctl_reload_changes_the_password_while_everyone_stays() {
+    let server = TestServer::start(json!({}));
+    let (mut alice, mut bob) = server.login_two("alice", "bob");
+    let path = server.dir.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["server_password"] = json!("new secret");
+    config["server_port"] = json!(1);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let reloaded = server.ctl_json(&["reload"]);
+    assert_eq!(reloaded["applied"], json!(["server_password"]));
+    assert_eq!(reloaded["needs_restart"], json!(["server_port"]));
+    // Nobody was dropped; the old password is refused, the new one taken.
+    bob.send_json(json!({"msgType": "Broadcast", "text": "still here"}));
+    assert_eq!(alice.recv_type("Broadcast")["text"], "still here");
+    assert_eq!(refused(&server, "carol").0, "wrong_password");
+    let mut carol = server.connect();
+    carol.send_text("new secret");
+    carol.send_text("carol");
+    assert!(carol.recv_json()["ServerName"].is_string());
+    // A config that does not load: refused whole, exit 1, the old one kept.
+    std::fs::write(&path, r#"{"server_pasword": "x"}"#).unwrap();
+    let (code, _, err) = ctl(&path, &["reload"]);
+    assert_eq!(code, 64, "ctl cannot read its own config either: {err}");
+    std::fs::write(&path, config.to_string().replace("new secret", "third")).unwrap();
+    let mut broken = config.clone();
+    broken["max_message_bytes"] = json!(1);
+    let ctl_config = temp_dir("ctl-reload").join("config.json");
+    std::fs::write(
+        &ctl_config,
+        json!({"control_socket": server.dir.join("ragnarok.sock")}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(&path, broken.to_string()).unwrap();
+    let (code, _, err) = ctl(&ctl_config, &["reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("kept the old config") && err.contains("max_message_bytes"), "{err}");
+    let mut dave = server.connect();
+    dave.send_text("new secret");
+    dave.send_text("dave");
+    assert!(dave.recv_json()["ServerName"].is_string(), "the config in force still holds");
 }

@@ -2,7 +2,9 @@
 -- ARGV: 1 prefix, 2 node, 3 lease in ms, 4 history count, 5 history bytes,
 -- then 3 per user from 6 on: name key, name, public key or ''.
 -- Answers {seq of its Node event, conflicting name keys, users (HGETALL),
--- public keys (HGETALL), history (oldest first), Redis's clock in ms}.
+-- public keys (HGETALL), history (oldest first), Redis's clock in ms,
+-- bans (HGETALL), mutes (HGETALL), 1 if the room is locked else 0}; bans
+-- and mutes that have ended are dropped first.
 local p, node = ARGV[1], ARGV[2]
 redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
 redis.call('SADD', p .. 'nodes', node)
@@ -47,6 +49,22 @@ if count > 0 then
   end
 end
 local t = redis.call('TIME')
+-- A ban's or mute's JSON has "until": Unix seconds, or null for good.
+local function in_force(hash)
+  local all, kept = redis.call('HGETALL', p .. hash), {}
+  for i = 1, #all, 2 do
+    local ok, rule = pcall(cjson.decode, all[i + 1])
+    local ends = ok and type(rule) == 'table' and rule['until']
+    if type(ends) == 'number' and ends <= tonumber(t[1]) then
+      redis.call('HDEL', p .. hash, all[i])
+    else
+      table.insert(kept, all[i])
+      table.insert(kept, all[i + 1])
+    end
+  end
+  return kept
+end
 return {seq, conflicts, redis.call('HGETALL', p .. 'users'),
         redis.call('HGETALL', p .. 'pubkeys'), history,
-        tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+        tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
+        in_force('bans'), in_force('mutes'), redis.call('EXISTS', p .. 'locked')}

@@ -541,6 +541,13 @@ pub struct Client {
     records: std::collections::HashMap<String, Record>,
     /// This client's side of the encrypted room (`e2e_room`).
     pub(crate) room: crate::e2e_room::Room,
+    /// The state of pairs whose key went (a leave, a new key), by key: a key
+    /// that comes back goes on with its counters, window and epochs, never
+    /// from 1 again (that would reuse nonces and take old messages as new).
+    retired: std::collections::HashMap<(Point, Point), (Pair, crate::e2e_room::Senders)>,
+    /// Who is online by the server's lists, once one came (readers are
+    /// taken from it: a key alone makes nobody a reader).
+    pub(crate) listed: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Client {
@@ -553,6 +560,16 @@ impl Client {
             online: Default::default(),
             records: Default::default(),
             room: Default::default(),
+            retired: Default::default(),
+            listed: None,
+        }
+    }
+
+    /// `user`'s key is gone from the picture: its pair's state is kept.
+    fn retire(&mut self, user: &str) {
+        if let Some(Peer { key: Ok(key), pair: Some(pair), senders, .. }) = self.online.remove(user)
+        {
+            self.retired.insert((key.identity, key.session), (pair, senders));
         }
     }
 
@@ -585,6 +602,10 @@ impl Client {
             self.me = Some(user.to_owned());
             return KeyEvent::Mine;
         }
+        if self.me.as_deref() == Some(user) {
+            // Another key under our own name: not ours, stored nowhere.
+            return KeyEvent::Unusable(KeyError::Format);
+        }
         let parsed = match PeerKey::parse(key) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -598,9 +619,12 @@ impl Client {
             // The same key again: the same session, as it was.
             return if *unconfirmed { KeyEvent::Changed } else { KeyEvent::Known };
         }
-        let Some(pair) = self.keys.pairwise(&parsed) else {
-            // Our own key under another name: nobody else can hold it.
+        let elsewhere = self.online.iter().any(|(u, p)| u != user && p.key.as_ref() == Ok(&parsed));
+        let Some(pair) = self.keys.pairwise(&parsed).filter(|_| !elsewhere) else {
+            // Our own key under another name (nobody else can hold it), or
+            // one key under two names at once.
             let e = KeyError::Format;
+            self.retire(user);
             self.online.insert(user.into(), Peer::unusable(e));
             return KeyEvent::Unusable(e);
         };
@@ -613,7 +637,9 @@ impl Client {
             Some(r) if r.identity == *parsed.identity() => (KeyEvent::Known, false),
             Some(_) => (KeyEvent::Changed, true),
         };
-        let senders = Default::default();
+        self.retire(user);
+        let kept = self.retired.remove(&(parsed.identity, parsed.session));
+        let (pair, senders) = kept.unwrap_or((pair, Default::default()));
         self.online
             .insert(user.into(), Peer { key: Ok(parsed), pair: Some(pair), unconfirmed, senders });
         event
@@ -643,7 +669,7 @@ impl Client {
     /// `user` left: their key goes (a new one will come with their return);
     /// their record stays.
     pub fn on_left(&mut self, user: &str) {
-        self.online.remove(user);
+        self.retire(user);
     }
 
     /// The user accepts `user`'s new identity key: it replaces the record,

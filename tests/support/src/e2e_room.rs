@@ -371,7 +371,11 @@ impl Client {
             (Ok(key), Some(_)) => Some((name.clone(), (*key.identity(), *key.session()))),
             _ => None,
         };
-        self.online.iter().filter_map(usable).collect()
+        // Only those the server lists as online (once it sent a list).
+        let listed = |(name, _): &(&String, &e2e::Peer)| {
+            self.listed.as_ref().is_none_or(|l| l.contains(name.as_str()))
+        };
+        self.online.iter().filter(listed).filter_map(usable).collect()
     }
 
     /// Seals `text` for the room: a new epoch and its key messages first if
@@ -507,12 +511,27 @@ impl Client {
                     .collect(),
                 None => Vec::new(),
             },
-            "UsersLeft" => self.left(names(m).map(str::to_owned).collect()),
+            "UsersLeft" => {
+                let listed = self.listed.get_or_insert_with(Default::default);
+                names(m).for_each(|u| _ = listed.remove(u));
+                self.left(names(m).map(str::to_owned).collect())
+            }
+            "UsersJoined" => {
+                let listed = self.listed.get_or_insert_with(Default::default);
+                listed.extend(names(m).map(str::to_owned));
+                Vec::new()
+            }
             // A whole list (not the first part of one): whoever is not in it left.
             "OnlineUsers" if m.get("more").is_none() => {
                 let online: BTreeSet<&str> = names(m).collect();
+                self.listed = Some(online.iter().map(|u| u.to_string()).collect());
                 let gone = self.online.keys().filter(|u| !online.contains(u.as_str()));
                 self.left(gone.cloned().collect())
+            }
+            "OnlineUsers" => {
+                let listed = self.listed.get_or_insert_with(Default::default);
+                listed.extend(names(m).map(str::to_owned));
+                Vec::new()
             }
             "PrivateMessage" => {
                 let (from, text) = (str_of("SrcUser"), str_of("text"));

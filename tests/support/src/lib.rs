@@ -9,7 +9,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -713,4 +713,34 @@ pub fn ca_signed(dir: &std::path::Path) -> CaCerts {
     std::fs::write(&certs.cert, cert.pem()).unwrap();
     std::fs::write(&certs.key, key.serialize_pem()).unwrap();
     certs
+}
+
+/// Runs `ragnarok ctl --config CONFIG ARGS` (the real binary): (exit code,
+/// stdout, stderr).
+pub fn ctl(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .arg("ctl")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run ragnarok ctl");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+impl TestServer {
+    /// `ragnarok ctl ARGS` against this server; it must succeed: its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = ctl(&self.dir.join("config.json"), args);
+        assert_eq!(code, 0, "ctl {args:?}: {out} {err}");
+        out
+    }
+
+    /// `ragnarok ctl --json ARGS`: the answer's data.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ctl_ok(&all)).expect("JSON on stdout")
+    }
 }
