@@ -116,6 +116,25 @@ impl FromStr for Cidr {
                 .filter(|&b| b <= width)
                 .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {width}"))?,
         };
+        // The host bits cleared: 10.0.0.5/8 is 10.0.0.0/8.
+        let net = match net {
+            IpAddr::V4(a) => IpAddr::V4(
+                u32::from(a)
+                    .checked_shr(32 - bits as u32)
+                    .unwrap_or(0)
+                    .checked_shl(32 - bits as u32)
+                    .unwrap_or(0)
+                    .into(),
+            ),
+            IpAddr::V6(a) => IpAddr::V6(
+                u128::from(a)
+                    .checked_shr(128 - bits as u32)
+                    .unwrap_or(0)
+                    .checked_shl(128 - bits as u32)
+                    .unwrap_or(0)
+                    .into(),
+            ),
+        };
         Ok(Cidr { net, bits })
     }
 }

@@ -149,8 +149,15 @@ impl Admins {
     }
 
     /// The list of a reloaded config (the bound on checks goes on).
-    pub fn set(&mut self, admins: &[Admin]) {
-        self.by_key = admins.iter().map(|a| (a.key.clone(), a.clone())).collect();
+    /// Takes a new list: the keys of admins removed, or whose password
+    /// changed (a session that logged in with the old one is one no more).
+    pub fn set(&mut self, admins: &[Admin]) -> Vec<String> {
+        let new: HashMap<String, Admin> =
+            admins.iter().map(|a| (a.key.clone(), a.clone())).collect();
+        let gone = self.by_key.iter().filter(|(k, a)| new.get(*k).is_none_or(|n| n.hash != a.hash));
+        let gone = gone.map(|(k, _)| k.clone()).collect();
+        self.by_key = new;
+        gone
     }
 
     /// No admins: logins are as in a room without moderators.
@@ -183,6 +190,18 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::time::Duration;
+
+    #[test]
+    fn a_new_list_names_who_is_an_admin_no_more() {
+        let (one, two) = (hash_password("one").unwrap(), hash_password("two").unwrap());
+        let mut admins = Admins::default();
+        assert!(admins.set(&of_json(&json!({"alice": one, "bob": one})).unwrap()).is_empty());
+        // bob's password changed, alice was removed, carol is new.
+        let gone = admins.set(&of_json(&json!({"bob": two, "carol": one})).unwrap());
+        let mut gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+        gone.sort();
+        assert_eq!(gone, ["alice", "bob"]);
+    }
 
     #[test]
     fn a_hash_checks_its_own_password_only() {

@@ -18,13 +18,30 @@ use crate::ratelimit::{TokenBucket, Verdict};
 pub const OWNER: &str = "ctl";
 
 /// Who a ban is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
 pub enum Target {
     /// A name, by its comparison key (`names::check`): its look-alikes too.
     Name { key: String, shown: String },
     /// An address (a network of one) or a network.
     Net(Cidr),
 }
+
+/// Two targets are the same ban when they cover the same: names by their
+/// comparison key (`ban Troll` is lifted by `unban troll`), networks as
+/// parsed (their host bits cleared).
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        match (self, other) {
+            (Target::Name { key: a, .. }, Target::Name { key: b, .. }) => a == b,
+            (Target::Net(a), Target::Net(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The most bans a room keeps: a moderator may not add past it (each ban
+/// is checked at every login, and the state file is written whole).
+pub const MAX_BANS: usize = 10_000;
 
 impl Target {
     /// An address or network (`192.0.2.7`, `2001:db8::/64`), else a name.
@@ -246,23 +263,34 @@ impl Rules {
                 false => Ok(()),
             }
         };
-        match action {
-            Action::Kick { target, .. } => not_a_moderator(target, "kick"),
-            Action::Ban { target, .. } => not_a_moderator(target, "ban"),
-            Action::Mute { target, .. } => not_a_moderator(target, "mute"),
-            Action::Unban { target } => {
-                let (key, _) = name(target)?;
-                let owners = self.bans.iter().find_map(|b| match &b.target {
-                    Target::Name { key: k, shown } if b.by == OWNER && *k == key => Some(shown),
-                    _ => None,
-                });
-                match owners {
-                    Some(shown) => Err(format!(
-                        "{shown} was banned by the room's owner: only they can lift it"
-                    )),
-                    None => Ok(()),
+        // A ban of the owner's is the owner's to change: a moderator's ban
+        // (or kick for a while) of the same name would replace it.
+        let owners_ban = |target: &str| {
+            let (key, _) = name(target)?;
+            let owners = self.bans.iter().find_map(|b| match &b.target {
+                Target::Name { key: k, shown } if b.by == OWNER && *k == key => Some(shown),
+                _ => None,
+            });
+            match owners {
+                Some(shown) => {
+                    Err(format!("{shown} was banned by the room's owner: only they can change it"))
                 }
+                None => Ok(()),
             }
+        };
+        match action {
+            Action::Kick { target, for_secs: None, .. } => not_a_moderator(target, "kick"),
+            Action::Kick { .. } | Action::Ban { .. } if self.bans.len() >= MAX_BANS => {
+                Err(format!(
+                    "the room has {MAX_BANS} bans already: ask its owner (ragnarok ctl bans, unban)"
+                ))
+            }
+            Action::Kick { target, .. } | Action::Ban { target, .. } => {
+                not_a_moderator(target, "ban")?;
+                owners_ban(target)
+            }
+            Action::Mute { target, .. } => not_a_moderator(target, "mute"),
+            Action::Unban { target } => owners_ban(target),
             Action::Unmute { target } => name(target).map(drop),
             Action::Lock | Action::Unlock | Action::Say { .. } => Ok(()),
         }
@@ -659,7 +687,19 @@ mod tests {
         assert_eq!(may(&rules, json!({"cmd": "unban", "target": "Dave"})), Ok(()));
         rules.ban(ban(OWNER));
         let why = may(&rules, json!({"cmd": "unban", "target": "Dave"})).unwrap_err();
-        assert_eq!(why, "dave was banned by the room's owner: only they can lift it");
+        assert_eq!(why, "dave was banned by the room's owner: only they can change it");
+        // Nor replace it with a short ban of theirs (found by an attacker's review).
+        for replace in [
+            json!({"cmd": "ban", "target": "dave", "for_secs": 1}),
+            json!({"cmd": "kick", "target": "Dave", "for_secs": 1}),
+        ] {
+            assert!(may(&rules, replace).unwrap_err().contains("only they can change it"));
+        }
+        assert_eq!(
+            may(&rules, json!({"cmd": "kick", "target": "dave"})),
+            Ok(()),
+            "a plain kick is no ban"
+        );
         // The reason goes into the log: no line breaks in it.
         let kick = action(json!({"cmd": "kick", "target": "b", "reason": "x\nabuse from 1.2.3.4"}));
         assert!(matches!(kick, Action::Kick { reason, .. } if reason == "xabuse from 1.2.3.4"));
@@ -704,6 +744,28 @@ mod tests {
         assert!(rules.is_muted("cy") && !rules.is_muted("al") && rules.is_locked());
         let why = rules.banned("b0b", ip("192.0.2.1"), wall).unwrap();
         assert_eq!(why.text, "this name is banned for 1 min more (r)");
+    }
+
+    #[test]
+    fn a_ban_is_the_same_ban_however_it_is_spelled() {
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ban = |target: &str| Ban {
+            target: Target::parse(target).unwrap(),
+            until: None,
+            reason: String::new(),
+            by: OWNER.into(),
+            since: wall,
+        };
+        let mut rules = Rules::new(0);
+        rules.ban(ban("Troll"));
+        rules.ban(ban("tr0ll"));
+        rules.ban(ban("10.0.0.5/8"));
+        assert_eq!(rules.bans(wall).count(), 2, "Troll and tr0ll are one ban");
+        assert!(rules.unban(&Target::parse("TROLL").unwrap()));
+        assert!(rules.unban(&Target::parse("10.0.0.0/8").unwrap()));
+        assert_eq!(Target::parse("10.0.0.5/8").unwrap().shown(), "10.0.0.0/8");
+        assert_eq!(Target::parse("2001:db8::7/64").unwrap().shown(), "2001:db8::/64");
+        assert_eq!(Target::parse("0.0.0.0/0").unwrap().shown(), "0.0.0.0/0");
     }
 
     #[test]

@@ -103,6 +103,13 @@ pub(crate) fn check(name: &str) -> Result<Name, Rejection> {
             "a username must contain a letter, digit, punctuation mark or symbol".into(),
         );
     }
+    // A name that reads as an address or a network could not be told from
+    // one by `ragnarok ctl ban` and moderators (found by a review).
+    if display.parse::<crate::addresses::Cidr>().is_ok() {
+        return refuse(format!(
+            "a username must not be an address or a network ({display:?} reads as one)"
+        ));
+    }
     let key = key(&display);
     Ok(Name { display, key })
 }
@@ -280,6 +287,16 @@ mod tests {
         ];
         for (name, what) in cases {
             assert_eq!(refused(name), format!("a username must not contain {what}"), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_names_that_read_as_addresses() {
+        for name in ["6.6.6.6", "0.0.0.0/0", "::1", "2001:db8::/32", "::ffff:1.2.3.4"] {
+            assert!(check(name).unwrap_err().text.contains("must not be an address"), "{name}");
+        }
+        for name in ["1.2.3", "v6.6.6.6", "10.0.0.1 x", "a::b::c"] {
+            assert!(check(name).is_ok(), "{name}");
         }
     }
 

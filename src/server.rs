@@ -156,6 +156,8 @@ pub struct Server<S = TcpStream> {
     state_file: Option<PathBuf>,
     /// Failures to write `state_file`, logged once a minute.
     unsaved_log: LogBudget,
+    /// Bans changed since `state_file` was last written (at the next tick).
+    rules_unsaved: bool,
     /// The moderators in the room (`admins`).
     admins: Admins,
     /// The control socket of `ragnarok ctl`, when `control_socket` is set.
@@ -255,6 +257,9 @@ impl Server<TcpStream> {
             }
             self.finish_round(&mut events)?;
             if let Phase::Stopping { deadline } = self.phase {
+                if self.clients.is_empty() || now >= deadline {
+                    self.write_rules();
+                }
                 if self.clients.is_empty() {
                     info!("shutdown complete");
                     return Ok(());
@@ -354,6 +359,7 @@ impl<S: Socket + Source> Server<S> {
             rules: Rules::new(config.room_logins_per_sec),
             state_file: config.state_file.clone(),
             unsaved_log: LogBudget::default(),
+            rules_unsaved: false,
             admins: Admins::new(&config.admins),
             control: None,
             cluster: None,

@@ -360,6 +360,19 @@ impl Session {
             }
             (Message::Text(text), Some((Login::Name(_), since))) => {
                 let name = strip_line_end(&text);
+                // What costs nothing first: a banned name or address, or an
+                // address past its logins, spends no moderator's password check.
+                if !cx.addresses.may_log_in(cx.peer.ip, cx.now) {
+                    cx.log.abuse(Abuse::TooManyLogins, cx.peer.ip, cx.now);
+                    let why = Rejection::new(
+                        ErrorCode::TooManyLogins,
+                        "too many logins from your address: wait a little and try again",
+                    );
+                    return refused_login(why, cx);
+                }
+                if let Some(why) = cx.rules.banned(name, cx.peer.ip, cx.wall) {
+                    return refused_login(why, cx);
+                }
                 let role = match &self.phase {
                     Phase::LoggingIn { step: Login::Name(Password::Held(given)), .. } => {
                         match admin_or_room_password(given, name, cx) {
@@ -369,14 +382,6 @@ impl Session {
                     }
                     _ => Role::Member,
                 };
-                if !cx.addresses.may_log_in(cx.peer.ip, cx.now) {
-                    cx.log.abuse(Abuse::TooManyLogins, cx.peer.ip, cx.now);
-                    let why = Rejection::new(
-                        ErrorCode::TooManyLogins,
-                        "too many logins from your address: wait a little and try again",
-                    );
-                    return refused_login(why, cx);
-                }
                 if let Err(why) = cx.rules.admits(name, cx.peer.ip, role, cx.wall, cx.now) {
                     return refused_login(why, cx);
                 }

@@ -42,7 +42,13 @@ pub fn open(path: &Path, registry: &Registry, token: Token) -> Option<Endpoint> 
             }
             fs::remove_file(path)?;
         }
-        let listener = UnixListener::bind(path)?;
+        // Made 0660 from the start (no moment where others may connect);
+        // the server has one thread, so the umask is ours for the moment.
+        // SAFETY: umask only swaps the process's file mode mask.
+        let old = unsafe { libc::umask(0o117) };
+        let bound = UnixListener::bind(path);
+        unsafe { libc::umask(old) };
+        let listener = bound?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
         Endpoint::new(listener, registry, token)
     })();
@@ -678,13 +684,21 @@ impl<S: Socket + Source> Server<S> {
     /// a crash leaves the old file or the new one, never half of one. A
     /// failure is logged once a minute (moderators in the room can ban as
     /// fast as they may send), then counted (`tick`).
-    fn save_rules(&mut self) {
-        if self.cluster.is_some() {
-            return; // a cluster keeps them in Redis
+    /// The bans changed: `state_file` is written at the next tick (at most
+    /// once a second however fast bans come, and at shutdown).
+    pub(super) fn save_rules(&mut self) {
+        self.rules_unsaved = self.cluster.is_none() && self.state_file.is_some();
+    }
+
+    /// Writes the bans to `state_file`: a new file of the server's own
+    /// (mode 0600, never through a symlink), synced, then renamed over the
+    /// old one, so that a crash leaves the old file or the new one.
+    pub(super) fn write_rules(&mut self) {
+        if !std::mem::take(&mut self.rules_unsaved) {
+            return;
         }
         let Some(path) = &self.state_file else { return };
-        let tmp = path.with_extension("tmp");
-        let written = fs::write(&tmp, self.rules.save()).and_then(|()| fs::rename(&tmp, path));
+        let written = write_atomically(path, self.rules.save().as_bytes());
         if let Err(e) = written
             && self.unsaved_log.allow(Instant::now())
         {
@@ -692,12 +706,35 @@ impl<S: Socket + Source> Server<S> {
         }
     }
 
-    /// Forgets bans and mutes that ended (at every tick).
+    /// Forgets bans and mutes that ended, and writes what changed (at
+    /// every tick).
     pub(super) fn expire_rules(&mut self) {
         if self.rules.expire(SystemTime::now()) {
             self.save_rules();
         }
+        self.write_rules();
     }
+}
+
+/// `path` replaced by a file of `bytes`, or left as it was.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp); // a leftover of a crash (a symlink: only the link goes)
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Unix seconds as a time (`at` of a cluster's action: network input).

@@ -7,7 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use log::warn;
+use log::{error, warn};
 use mio::event::Source;
 
 use super::Server;
@@ -96,10 +96,19 @@ impl<S: Socket + Source> Server<S> {
         // The owner's rules stay; the room-wide login rate and where bans
         // are kept follow the file (the next ban writes the new file).
         self.rules.set_logins_per_sec(config.room_logins_per_sec);
-        self.state_file = config.state_file.clone();
+        if self.state_file != config.state_file {
+            // Another file: its bans are taken too, and it gets them all.
+            self.state_file = config.state_file.clone();
+            if self.cluster.is_none()
+                && let Err(e) = self.load_rules()
+            {
+                error!("state_file: {e}; its bans were not taken");
+            }
+            self.save_rules();
+        }
         self.addresses.set_limits(limits);
         self.room.set_title_and_password(&config.server_name, &config.server_password);
-        self.admins.set(&config.admins);
+        let demoted = self.admins.set(&config.admins);
         self.room.set_history_limits(config.history_size, config.history_max_bytes);
         self.room.set_outbound_limit(limits.max_outbound_bytes);
         if let Some(cluster) = &mut self.cluster {
@@ -108,7 +117,7 @@ impl<S: Socket + Source> Server<S> {
         for (id, client) in &mut self.clients {
             client.session.limits_changed(limits, now);
             if let Some(key) = self.room.name_key_of(id)
-                && !self.admins.is_admin(&key)
+                && demoted.iter().any(|k| **k == *key)
             {
                 client.session.demote();
             }

@@ -31,15 +31,22 @@ fn wrong_passwords_lock_the_address_out_for_a_minute() {
 /// again.
 #[test]
 fn logins_from_one_address_have_a_rate() {
+    let _quiet = quiet();
     for server in TestServer::both(json!({"logins_per_minute_per_ip": 60})) {
         for i in 0..60 {
             drop(server.login(&format!("user{i}")));
         }
-        let mut client = server.connect();
-        client.send_text(PASSWORD);
-        client.send_text("one_too_many");
-        let (seen, ending) = client.recv_until_end();
-        assert_eq!(seen[0]["code"], "too_many_logins", "{seen:?}");
+        // The burst is spent: the next login is refused. (A slow machine
+        // may take over a second for the 60, and a token comes back each
+        // second: a few more may pass first, never many.)
+        let mut refused = (0..5).find_map(|i| {
+            let mut client = server.connect();
+            client.send_text(PASSWORD);
+            client.send_text(&format!("one_too_many{i}"));
+            (client.recv_json()["code"] == "too_many_logins").then_some(client)
+        });
+        let (_, ending) =
+            refused.as_mut().expect("a login refused right after the burst").recv_until_end();
         assert_eq!(ending.code(), Some(1008));
         server.wait_log("login refused: too_many_logins");
         server.wait_log("abuse from 127.0.0.1: too_many_logins");

@@ -89,6 +89,11 @@ fn bans_by_name_and_address_hold_across_a_restart() {
     let bans = server.ctl_json(&["bans"]);
     assert_eq!(bans["bans"][0]["name"], "carol");
     assert_eq!(bans["bans"][0]["until"], Value::Null);
+    // Written within a second (at most once a second, however fast bans come).
+    let kept = wait_for_file(&state, "\"carol\"");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(kept.contains("raid"));
     drop(alice);
     drop(server);
 
@@ -115,7 +120,7 @@ fn bans_by_name_and_address_hold_across_a_restart() {
     let (code, text, _) = refused(&server, "erin");
     assert_eq!(code, "banned");
     assert!(text.starts_with("your address is banned for"), "{text}");
-    let kept: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let kept: Value = serde_json::from_str(&wait_for_file(&state, "127.0.0.0/8")).unwrap();
     assert_eq!(kept["bans"][0]["net"], "127.0.0.0/8");
     server.ctl_ok(&["unban", "127.0.0.0/8"]);
     server.login("erin");
@@ -232,4 +237,21 @@ fn ctl_reload_changes_the_password_while_everyone_stays() {
     dave.send_text("new secret");
     dave.send_text("dave");
     assert!(dave.recv_json()["ServerName"].is_string(), "the config in force still holds");
+}
+
+/// The text of `path` once it holds `needle` (5 s at most).
+fn wait_for_file(path: &std::path::Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never held {needle}: {text}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
