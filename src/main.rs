@@ -357,6 +357,7 @@ fn run() -> Result<(), Fatal> {
     server.handle_signals().map_err(|e| Fatal::Software(format!("cannot handle signals: {e}")))?;
     let access = if config.server_password.is_empty() { "public" } else { "password protected" };
     info!("Ragnarok listening on {} (room {:?}, {access})", server.url(), config.server_name);
+    server.open_control(&config);
     server.run().map_err(|e| Fatal::Software(format!("event loop failed: {e}")))
 }
 

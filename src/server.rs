@@ -198,9 +198,6 @@ impl Server<TcpStream> {
         if config.cluster.is_none() {
             server.load_rules()?; // a cluster's are on Redis
         }
-        if let Some(path) = &config.control_socket {
-            server.control = command::open(path, server.poll.registry(), CONTROL);
-        }
         server.phase = Phase::Running { listener: Some(listener) };
         Ok(server)
     }
@@ -219,6 +216,15 @@ impl Server<TcpStream> {
         match self.local_addr {
             Some(addr) => format!("{scheme}://{addr}"),
             None => format!("{scheme}://(not listening)"),
+        }
+    }
+
+    /// Opens the control socket of `ragnarok ctl` (`control_socket`), once
+    /// the server is otherwise ready: a server that cannot start never
+    /// leaves one behind, and its log says where it listens first.
+    pub fn open_control(&mut self, config: &Config) {
+        if let Some(path) = &config.control_socket {
+            self.control = command::open(path, self.poll.registry(), CONTROL);
         }
     }
 
