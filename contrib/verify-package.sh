@@ -129,8 +129,10 @@ else
     fail "the server as the unit runs it: ragnarok ctl stats as root:"
     printf '%s\n%s\n' "$stats" "$(cat "$server_log")" | sed 's/^/    /'
 fi
+# The server writes the bans at its next tick (once a second at most).
 check "ragnarok ctl ban: kept in /var/lib/ragnarok/state.json, the user ragnarok's, 0600" \
     bash -c "cd / && ragnarok ctl --config $test_config ban 192.0.2.1 --for 1h &&
+        for _ in \$(seq 50); do grep -qs 192.0.2.1 /var/lib/ragnarok/state.json && break; sleep 0.1; done &&
         grep -q 192.0.2.1 /var/lib/ragnarok/state.json &&
         test \"\$(stat -c '%U %a' /var/lib/ragnarok/state.json)\" = 'ragnarok 600'"
 check "ragnarok ctl as another user: refused" \
