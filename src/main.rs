@@ -356,8 +356,13 @@ fn run() -> Result<(), Fatal> {
     }
     server.handle_signals().map_err(|e| Fatal::Software(format!("cannot handle signals: {e}")))?;
     let access = if config.server_password.is_empty() { "public" } else { "password protected" };
+    // Open before the line that says the server listens (tests and scripts
+    // wait for it), named after it.
+    let control = server.open_control(&config);
     info!("Ragnarok listening on {} (room {:?}, {access})", server.url(), config.server_name);
-    server.open_control(&config);
+    if let Some(path) = control {
+        info!("control socket for `ragnarok ctl` at {}", path.display());
+    }
     server.run().map_err(|e| Fatal::Software(format!("event loop failed: {e}")))
 }
 

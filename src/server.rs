@@ -222,10 +222,11 @@ impl Server<TcpStream> {
     /// Opens the control socket of `ragnarok ctl` (`control_socket`), once
     /// the server is otherwise ready: a server that cannot start never
     /// leaves one behind, and its log says where it listens first.
-    pub fn open_control(&mut self, config: &Config) {
-        if let Some(path) = &config.control_socket {
-            self.control = command::open(path, self.poll.registry(), CONTROL);
-        }
+    /// Where it listens, if it does.
+    pub fn open_control<'a>(&mut self, config: &'a Config) -> Option<&'a std::path::Path> {
+        let path = config.control_socket.as_deref()?;
+        self.control = command::open(path, self.poll.registry(), CONTROL);
+        self.control.as_ref().map(|_| path)
     }
 
     /// Shut down gracefully on SIGINT and SIGTERM; reload the config, the

@@ -53,10 +53,7 @@ pub fn open(path: &Path, registry: &Registry, token: Token) -> Option<Endpoint> 
         Endpoint::new(listener, registry, token)
     })();
     match bound {
-        Ok(endpoint) => {
-            info!("control socket for `ragnarok ctl` at {}", path.display());
-            Some(endpoint)
-        }
+        Ok(endpoint) => Some(endpoint),
         Err(e) => {
             error!("no control socket (ragnarok ctl will not work): {}: {e}", path.display());
             None

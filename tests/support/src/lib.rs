@@ -465,6 +465,10 @@ impl Client {
             match self.ws.read() {
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
                 Ok(message) => return message,
+                // A signal to the test process (a child it ran exiting): again.
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                    continue;
+                }
                 Err(e) => panic!("no message: {e}"),
             }
         }
