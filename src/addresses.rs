@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -117,23 +117,11 @@ impl FromStr for Cidr {
                 .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {width}"))?,
         };
         // The host bits cleared: 10.0.0.5/8 is 10.0.0.0/8.
+        let host = u32::from(width - bits);
+        let masked = |x: u128| x.checked_shr(host).map_or(0, |x| x << host);
         let net = match net {
-            IpAddr::V4(a) => IpAddr::V4(
-                u32::from(a)
-                    .checked_shr(32 - bits as u32)
-                    .unwrap_or(0)
-                    .checked_shl(32 - bits as u32)
-                    .unwrap_or(0)
-                    .into(),
-            ),
-            IpAddr::V6(a) => IpAddr::V6(
-                u128::from(a)
-                    .checked_shr(128 - bits as u32)
-                    .unwrap_or(0)
-                    .checked_shl(128 - bits as u32)
-                    .unwrap_or(0)
-                    .into(),
-            ),
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(masked(u32::from(a).into()) as u32)),
+            IpAddr::V6(a) => IpAddr::V6(masked(a.into()).into()),
         };
         Ok(Cidr { net, bits })
     }
