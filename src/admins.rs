@@ -20,7 +20,7 @@ use crate::ratelimit::{TokenBucket, Verdict};
 
 /// Memory of `ragnarok hash-password`'s Argon2id, in KiB (8 MiB), and its
 /// passes: a check takes about 5 ms on one core (measured in release on an
-/// AMD EPYC: 5.1 ms median, 5.6 ms p90; docs/DEPLOY.md section 14), on the
+/// AMD EPYC: 5.1 ms median, 5.6 ms p90; docs/DEPLOY.md section 15), on the
 /// one thread that serves everyone, where OWASP's first choice (19 MiB, 2
 /// passes) takes 14 ms.
 pub const M_COST_KIB: u32 = 8 * 1024;

@@ -38,7 +38,7 @@ pub struct Config {
     pub reuse_port: bool,
     /// Broadcasts and private messages only in their sealed (encrypted) form.
     pub e2e_room: bool,
-    /// Logins per second in the whole room (anti-raid); 0 = no limit.
+    /// Logins per second into this server, from any address (anti-raid); 0 = no limit.
     pub room_logins_per_sec: u32,
     /// The Unix socket `ragnarok ctl` talks to; `None` = off.
     pub control_socket: Option<PathBuf>,
@@ -268,7 +268,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "room_logins_per_sec",
         default: Some("50"),
-        doc: "logins per second in the whole room, from any address (a burst of as many): a raid from many addresses waits; 0 = no limit",
+        doc: "logins per second into this server, from any address (a burst of as many): a raid from many addresses waits; 0 = no limit",
         kind: Int { min: 0, max: 1_000_000, set: |d, n| d.config.room_logins_per_sec = n as u32 },
     },
     Key {
@@ -1074,13 +1074,14 @@ mod tests {
             let name = cells[1].trim_matches('`');
             let default = cells[2].strip_prefix('`').and_then(|d| d.strip_suffix('`'));
             let key = KEYS.iter().find(|k| k.name == name);
-            let key = key.unwrap_or_else(|| panic!("README lists {name:?}, which is no key"));
-            assert_eq!(default, key.default, "README's default for {name:?}");
+            let key =
+                key.unwrap_or_else(|| panic!("docs/CONFIG.md lists {name:?}, which is no key"));
+            assert_eq!(default, key.default, "docs/CONFIG.md's default for {name:?}");
             listed.push(name);
         }
         for key in KEYS {
             let times = listed.iter().filter(|&&n| n == key.name).count();
-            assert_eq!(times, 1, "README lists {:?} {times} times", key.name);
+            assert_eq!(times, 1, "docs/CONFIG.md lists {:?} {times} times", key.name);
         }
     }
 

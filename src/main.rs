@@ -340,13 +340,18 @@ fn run() -> Result<(), Fatal> {
 
     let address = format!("{}:{}", config.server_ip, config.server_port);
     let mut server = Server::bind(&config, tls).map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidData => Fatal::Config(e.to_string()),
         io::ErrorKind::PermissionDenied => {
             Fatal::NoPermission(format!("cannot listen on {address}: {e}"))
         }
         _ => Fatal::Unavailable(format!("cannot listen on {address}: {e}")),
     })?;
     server.set_config_path(path);
+    if config.cluster.is_none() {
+        server.load_rules().map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => Fatal::NoPermission(e.to_string()),
+            _ => Fatal::Config(e.to_string()),
+        })?;
+    }
     if let Some(cluster) = &config.cluster {
         let (addr, tls) = reach_redis(cluster)?;
         // The history a joiner may be sent: as the room keeps it (history.rs).

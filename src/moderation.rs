@@ -57,6 +57,16 @@ impl Target {
         }
     }
 
+    /// What tells this ban from others where they are kept by name (Redis's
+    /// hash of bans): names by comparison key, so that `ban Bob` and
+    /// `unban bob` are one field.
+    pub fn field(&self) -> String {
+        match self {
+            Target::Name { key, .. } => format!("name:{key}"),
+            Target::Net(net) => format!("net:{net}"),
+        }
+    }
+
     pub fn shown(&self) -> String {
         match self {
             Target::Name { shown, .. } => shown.clone(),
@@ -191,7 +201,7 @@ pub struct Rules {
     /// Muted names by comparison key: (as shown, until).
     mutes: HashMap<String, (String, Option<SystemTime>)>,
     locked: bool,
-    /// Logins per second in the whole room (`room_logins_per_sec`; 0 = no limit).
+    /// Logins per second into this server (`room_logins_per_sec`; 0 = no limit).
     logins_per_sec: u32,
     logins: Option<TokenBucket>,
 }

@@ -195,9 +195,6 @@ impl Server<TcpStream> {
             info!("health and metrics on http://{addr}/healthz and /metrics");
             server.metrics = Some(endpoint);
         }
-        if config.cluster.is_none() {
-            server.load_rules()?; // a cluster's are on Redis
-        }
         server.phase = Phase::Running { listener: Some(listener) };
         Ok(server)
     }

@@ -322,7 +322,7 @@ impl<S: Socket + Source> Server<S> {
         let end = |secs: Option<u64>| until(since, secs);
         let ban = |target: Target, until: Option<SystemTime>, reason: &str| {
             let ban = Ban { target, until, reason: reason.to_owned(), by: by.to_owned(), since };
-            Kept::Ban { target: ban.target.shown(), ban: ban.to_json().to_string() }
+            Kept::Ban { target: ban.target.field(), ban: ban.to_json().to_string() }
         };
         Ok(match action {
             Action::Kick { for_secs: None, .. } | Action::Say { .. } => Kept::Nothing,
@@ -334,7 +334,7 @@ impl<S: Socket + Source> Server<S> {
             Action::Ban { target, for_secs, reason } => {
                 ban(Target::parse(target)?, end(*for_secs)?, reason)
             }
-            Action::Unban { target } => Kept::Unban { target: Target::parse(target)?.shown() },
+            Action::Unban { target } => Kept::Unban { target: Target::parse(target)?.field() },
             Action::Mute { target, for_secs } => {
                 let name = names::check(target).map_err(|r| r.text)?;
                 let mute = mute_json(&name.display, end(*for_secs)?).to_string();
@@ -653,8 +653,9 @@ impl<S: Socket + Source> Server<S> {
         (text, data)
     }
 
-    /// Takes the bans kept in `state_file`, if there is one.
-    pub(super) fn load_rules(&mut self) -> io::Result<()> {
+    /// Takes the bans kept in `state_file`, if there is one (standalone: a
+    /// cluster's are on Redis). The error names the file.
+    pub fn load_rules(&mut self) -> io::Result<()> {
         let Some(path) = &self.state_file else { return Ok(()) };
         let text = match fs::read_to_string(path) {
             Ok(text) => text,
@@ -677,10 +678,6 @@ impl<S: Socket + Source> Server<S> {
         Ok(())
     }
 
-    /// Writes the bans to `state_file`: a new file, then a rename, so that
-    /// a crash leaves the old file or the new one, never half of one. A
-    /// failure is logged once a minute (moderators in the room can ban as
-    /// fast as they may send), then counted (`tick`).
     /// The bans changed: `state_file` is written at the next tick (at most
     /// once a second however fast bans come, and at shutdown).
     pub(super) fn save_rules(&mut self) {

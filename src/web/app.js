@@ -614,7 +614,8 @@ function put(data) {
 /// few tokens for pongs and what the user types meanwhile).
 async function token() {
   if (!RATE) return;
-  for (refill(); bucket.tokens < 3; refill()) await new Promise((r) => setTimeout(r, ((3 - bucket.tokens) / RATE) * 1000));
+  const keep = Math.min(3, BURST); // a burst of 1 or 2 keeps nothing in hand
+  for (refill(); bucket.tokens < keep; refill()) await new Promise((r) => setTimeout(r, ((keep - bucket.tokens) / RATE) * 1000));
 }
 
 /// Seals `text` for the room: a new epoch first if the readers changed,

@@ -196,7 +196,7 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
     }
     let bans = cluster.nodes[1].ctl_json(&["bans"]);
     assert_eq!(bans["bans"][0]["name"], "carol", "node 2 holds it too: {bans}");
-    let kept = cluster.redis.command(&format!("HEXISTS ragnarok:{}:bans carol", cluster.name));
+    let kept = cluster.redis.command(&format!("HEXISTS ragnarok:{}:bans name:carol", cluster.name));
     assert_eq!(kept, ":1", "kept on Redis");
 
     // A node restarted reads the bans (and mutes) back from Redis (so does
@@ -213,7 +213,7 @@ fn bans_by_name_and_address_hold_on_every_node_and_after_a_restart() {
         assert_eq!(refused(node, "carol").0, "banned");
     }
     cluster.nodes[1].wait_log("cluster: 1 bans, 1 mutes, the room unlocked");
-    let gone = cluster.redis.command(&format!("HEXISTS ragnarok:{}:bans zed", cluster.name));
+    let gone = cluster.redis.command(&format!("HEXISTS ragnarok:{}:bans name:zed", cluster.name));
     assert_eq!(gone, ":0", "the ended ban dropped from Redis");
     cluster.nodes[1].wait_log("is not used in a cluster: bans are kept in Redis");
     assert!(!cluster.nodes[0].dir.join("ragnarok-state.json").exists(), "no state_file written");
