@@ -104,6 +104,7 @@ fn five_seconds_of_login_churn_write_at_most_30_kb_of_log() {
     eprintln!("{attempts} logins in 5 s: {bytes} bytes of log");
     assert!(attempts > 1000, "only {attempts} logins: not a test of the log");
     assert!(bytes <= 30_000, "{attempts} logins wrote {bytes} bytes of log");
-    // The first logins of the minute are logged, at INFO, as before.
-    server.wait_log("\"u0\" logged in");
+    // The first logins of the minute are logged, at INFO, as before (whose:
+    // the four threads race, and a slow machine may start thread 0 last).
+    assert!(server.wait_log("\" logged in (").contains("INFO"));
 }
