@@ -224,9 +224,16 @@ impl Rules {
         wall: SystemTime,
         now: Instant,
     ) -> Result<(), Rejection> {
-        if let Some(why) = self.banned(name, ip, wall) {
-            return Err(why);
+        match self.banned(name, ip, wall) {
+            Some(why) => Err(why),
+            None => self.admits_unbanned(role, now),
         }
+    }
+
+    /// The rest of `admits`, for a login whose bans were checked already
+    /// (`banned`, before any password check): the lock and the room-wide
+    /// login rate, which a moderator passes.
+    pub fn admits_unbanned(&self, role: Role, now: Instant) -> Result<(), Rejection> {
         if role == Role::Moderator {
             return Ok(());
         }
@@ -443,8 +450,14 @@ fn live(until: Option<SystemTime>, wall: SystemTime) -> bool {
     until.is_none_or(|t| t > wall)
 }
 
+/// How long a rule that ends at `until` still holds at `wall` (`None`: for
+/// good, or over).
+pub fn left(until: Option<SystemTime>, wall: SystemTime) -> Option<Duration> {
+    until.and_then(|t| t.duration_since(wall).ok())
+}
+
 fn until_text(until: Option<SystemTime>, wall: SystemTime) -> String {
-    match until.and_then(|t| t.duration_since(wall).ok()) {
+    match left(until, wall) {
         Some(left) => format!(" for {} more", human_duration(left)),
         None => String::new(),
     }
@@ -540,7 +553,7 @@ fn ban_of(v: &Value) -> Option<Ban> {
 /// What a ban's JSON in `ctl bans --json` says.
 pub fn describe(b: &Ban, wall: SystemTime) -> Value {
     let mut v = ban_json(b);
-    v["left_secs"] = json!(b.until.and_then(|t| t.duration_since(wall).ok()).map(|d| d.as_secs()));
+    v["left_secs"] = json!(left(b.until, wall).map(|d| d.as_secs()));
     v
 }
 

@@ -382,7 +382,7 @@ impl Session {
                     }
                     _ => Role::Member,
                 };
-                if let Err(why) = cx.rules.admits(name, cx.peer.ip, role, cx.wall, cx.now) {
+                if let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
                     return refused_login(why, cx);
                 }
                 if !cx.room.is_clustered() {

@@ -18,7 +18,9 @@ use super::{Phase, Server};
 use crate::cluster::{Kept, KeptRules, Origin, Proposed};
 use crate::control;
 use crate::effect::{ConnId, Effect, Ending, Push};
-use crate::moderation::{Action, Ban, OWNER, Target, describe, human_duration, mute_json, mute_of};
+use crate::moderation::{
+    Action, Ban, OWNER, Target, describe, human_duration, left, mute_json, mute_of,
+};
 use crate::names;
 use crate::peerlog::Class;
 use crate::protocol::{ErrorCode, Rejection, close_code};
@@ -765,7 +767,7 @@ fn by_text(by: &str) -> String {
 }
 
 fn for_text(until: Option<SystemTime>, wall: SystemTime) -> String {
-    match until.and_then(|t| t.duration_since(wall).ok()) {
+    match left(until, wall) {
         Some(d) => format!(" for {}", human_duration(d)),
         None => String::new(),
     }
@@ -779,7 +781,7 @@ fn reason_text(reason: &str) -> String {
 }
 
 fn ban_line(b: &Ban, wall: SystemTime) -> String {
-    let left = b.until.and_then(|t| t.duration_since(wall).ok());
+    let left = left(b.until, wall);
     format!(
         "{}\t{}\tby {}{}",
         b.target.shown(),
