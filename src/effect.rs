@@ -88,6 +88,8 @@ pub enum ClusterCall {
         key: String,
         token_hash: String,
         new_token_hash: Option<String>,
+        /// The room's lock keeps this login out, should the name be free.
+        locked_out: bool,
     },
 }
 

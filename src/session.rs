@@ -484,13 +484,20 @@ impl Session {
         since: Instant,
         cx: &mut Cx,
     ) {
-        if let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
+        // A resume in a cluster: Redis says whether the session is held
+        // (the lock is checked there, should the name be free).
+        let resuming = resume.is_some();
+        if !resuming && let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
             return refused_login(why, cx);
         }
         if !cx.room.is_clustered() {
             return self.join(name, role, welcome, cx);
         }
-        match cx.room.check_name(name) {
+        let checked = match resuming {
+            true => names::check(name),
+            false => cx.room.check_name(name),
+        };
+        match checked {
             Err(why) => refused_login(why, cx),
             Ok(_) if !cx.room.reaches_everyone() => {
                 self.refuse(Rejection::cluster_unavailable(), cx)
@@ -505,6 +512,7 @@ impl Session {
                         key,
                         token_hash: resume::token_hash(&ask.token),
                         new_token_hash: token_hash,
+                        locked_out: role == Role::Member,
                     },
                     None => ClusterCall::Claim { conn: cx.id, name, key, token_hash },
                 };

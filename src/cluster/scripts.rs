@@ -104,8 +104,8 @@ pub fn claim(
 }
 
 /// resume.lua. ARGV: 1 prefix, 2 node, 3 name key, 4 name, 5 the token's
-/// hash, 6 the new session's token hash or '', 7 the `Resume` event, 8 the
-/// `Join` event.
+/// hash, 6 the new session's token hash or '', 7 '1' if the lock keeps a
+/// new session out, 8 the `Resume` event, 9 the `Join` event.
 #[allow(clippy::too_many_arguments)]
 pub fn resume(
     prefix: &str,
@@ -114,6 +114,7 @@ pub fn resume(
     name: &str,
     token_hash: &str,
     new_token_hash: Option<&str>,
+    locked_out: bool,
     resumed: String,
     joined: String,
 ) -> Command {
@@ -124,6 +125,7 @@ pub fn resume(
         .arg(name)
         .arg(token_hash)
         .arg(new_token_hash.unwrap_or(""))
+        .arg(if locked_out { "1" } else { "0" })
         .arg(resumed)
         .arg(joined)
 }
@@ -265,7 +267,7 @@ mod tests {
             [LocalUser { name_key: "al".into(), name: "Al".into(), key: None, token: None }];
         let built = [
             claim("p:", "n", "al", "Al", "{}".into(), Some("H")),
-            resume("p:", "n", "al", "Al", "H", None, "{}".into(), "{}".into()),
+            resume("p:", "n", "al", "Al", "H", None, true, "{}".into(), "{}".into()),
             leave("p:", "n", "al", "{}".into()),
             say("p:", 5, 50, "{}".into()),
             public_key("p:", 5, "n", "al", "K".into(), "{}".into()),
