@@ -502,7 +502,7 @@ impl Room {
         let mut gone = Vec::new();
         while self.away.front().is_some_and(|(until, _)| *until <= now) {
             let Some((_, key)) = self.away.pop_front() else { break };
-            if self.end_away(&key, out) {
+            if self.end_away(&key, out).is_some() {
                 gone.push(key);
             }
         }
@@ -510,19 +510,20 @@ impl Room {
     }
 
     /// An away session ends (its deadline, a kick, a ban): the user leaves.
-    pub fn end_away(&mut self, name_key: &str, _out: &mut Effects) -> bool {
+    /// Their name, if they were away here.
+    pub fn end_away(&mut self, name_key: &str, _out: &mut Effects) -> Option<Rc<str>> {
         if !matches!(self.users.get(name_key).map(|m| &m.at), Some(At::Away)) {
-            return false;
+            return None;
         }
         self.away.retain(|(_, k)| **k != *name_key);
-        let Some(member) = self.users.remove(name_key) else { return false };
+        let member = self.users.remove(name_key)?;
         self.names.remove(&member.name);
         if member.token.is_some() {
             self.resumable -= 1;
         }
         self.changed_presence();
-        self.left.push(member.name);
-        true
+        self.left.push(member.name.clone());
+        Some(member.name)
     }
 
     /// In a cluster: the session under `name_key` was resumed for a

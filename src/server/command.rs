@@ -6,6 +6,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use super::{Phase, Server};
 use crate::cluster::{Kept, KeptRules, Origin, Proposed};
 use crate::control;
-use crate::effect::{ConnId, Effect, Ending, Push};
+use crate::effect::{ClusterCall, ConnId, Effect, Ending, Push};
 use crate::moderation::{
     Action, Ban, OWNER, Target, describe, human_duration, left, mute_json, mute_of,
 };
@@ -535,6 +536,7 @@ impl<S: Socket + Source> Server<S> {
         if let Some(id) = self.room.local_id(&name.key) {
             self.remove_user(id, ErrorCode::Kicked, told);
         }
+        self.end_away(&name.key);
         let said = format!(
             "{shown} was kicked{}{}{}",
             by_text(by),
@@ -586,6 +588,11 @@ impl<S: Socket + Source> Server<S> {
             self.remove_user(*id, ErrorCode::Banned, told.clone());
         }
         let mut names: Vec<String> = covered.into_iter().map(|(_, n)| n).collect();
+        if let Target::Name { key, .. } = &target
+            && let Some(name) = self.end_away(key)
+        {
+            names.push(name.to_string());
+        }
         let said = match &target {
             Target::Name { shown, .. } => {
                 let (by, until) = (by_text(by), for_text(until, wall));
@@ -616,6 +623,18 @@ impl<S: Socket + Source> Server<S> {
             if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) }
         );
         Ok((text, json!({ "removed": names })))
+    }
+
+    /// A kicked or banned user whose connection dropped: their session,
+    /// kept here for a resume, ends too (its token with it), and in a
+    /// cluster the name is free. Their name, if they were away here.
+    fn end_away(&mut self, key: &str) -> Option<Rc<str>> {
+        let name = self.room.end_away(key, &mut self.effects)?;
+        if self.cluster.is_some() {
+            let release = ClusterCall::Release { name_key: key.to_owned() };
+            self.effects.push(Effect::Cluster(release));
+        }
+        Some(name)
     }
 
     /// Ends a user's session with an `Error` of `code` and Close 1008.
