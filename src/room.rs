@@ -497,7 +497,7 @@ impl Room {
     }
 
     /// Sessions away past their deadline leave now (announced with the
-    /// next lists). Their name keys, for the cluster.
+    /// next lists; in a cluster their names are released). Their name keys.
     pub fn expire(&mut self, now: Instant, out: &mut Effects) -> Vec<Rc<str>> {
         let mut gone = Vec::new();
         while self.away.front().is_some_and(|(until, _)| *until <= now) {
@@ -509,9 +509,10 @@ impl Room {
         gone
     }
 
-    /// An away session ends (its deadline, a kick, a ban): the user leaves.
-    /// Their name, if they were away here.
-    pub fn end_away(&mut self, name_key: &str, _out: &mut Effects) -> Option<Rc<str>> {
+    /// An away session ends (its deadline, a kick, a ban, more sessions
+    /// away than `max_away`): the user leaves, and in a cluster the name is
+    /// released (whatever ended it). Their name, if they were away here.
+    pub fn end_away(&mut self, name_key: &str, out: &mut Effects) -> Option<Rc<str>> {
         if !matches!(self.users.get(name_key).map(|m| &m.at), Some(At::Away)) {
             return None;
         }
@@ -523,6 +524,10 @@ impl Room {
         }
         self.changed_presence();
         self.left.push(member.name.clone());
+        if self.is_clustered() {
+            let name_key = name_key.to_owned();
+            out.push(Effect::Cluster(ClusterCall::Release { name_key }));
+        }
         Some(member.name)
     }
 
@@ -1774,5 +1779,43 @@ mod tests {
         let local = room.local_users();
         assert_eq!(local.len(), 1);
         assert_eq!((&*local[0].name_key, &*local[0].name), ("alice", "alice"));
+    }
+
+    /// A resumable member who has been welcomed (so that a drop keeps them).
+    fn joined_resumable(room: &mut Room, id: ConnId, name: &str) {
+        let welcome = Welcome::Resumable { token: format!("token of {name}") };
+        room.join_as(id, name, Role::Member, welcome).unwrap();
+        room.flush_presence(&mut Vec::new());
+    }
+
+    fn released(out: &Effects) -> Vec<String> {
+        let release = |effect: &Effect| match effect {
+            Effect::Cluster(ClusterCall::Release { name_key }) => Some(name_key.clone()),
+            _ => None,
+        };
+        out.iter().filter_map(release).collect()
+    }
+
+    /// In a cluster an away session that ends, however it ends, frees its
+    /// name on Redis: at its deadline, and also when more sessions are away
+    /// than `max_away` and the longest-away one leaves early.
+    #[test]
+    fn an_away_session_that_ends_frees_its_name_in_a_cluster() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(1);
+        room.set_mode(Mode::Node(Link::Up));
+        joined_resumable(&mut room, 1, "alice");
+        joined_resumable(&mut room, 2, "bob");
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(60);
+        let mut out = Vec::new();
+        assert!(room.detach(1, later, &mut out));
+        assert!(released(&out).is_empty());
+        assert!(room.detach(2, later, &mut out));
+        assert_eq!(released(&out), ["alice"], "alice left early to make room");
+        assert_eq!(room.away(), 1);
+        let mut out = Vec::new();
+        assert_eq!(room.expire(later, &mut out), [Rc::from("bob")]);
+        assert_eq!(released(&out), ["bob"]);
+        assert_eq!((room.away(), room.online()), (0, 0));
     }
 }

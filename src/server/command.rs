@@ -6,7 +6,6 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
@@ -18,7 +17,7 @@ use serde_json::{Value, json};
 use super::{Phase, Server};
 use crate::cluster::{Kept, KeptRules, Origin, Proposed};
 use crate::control;
-use crate::effect::{ClusterCall, ConnId, Effect, Ending, Push};
+use crate::effect::{ConnId, Effect, Ending, Push};
 use crate::moderation::{
     Action, Ban, OWNER, Target, describe, human_duration, left, mute_json, mute_of,
 };
@@ -536,7 +535,9 @@ impl<S: Socket + Source> Server<S> {
         if let Some(id) = self.room.local_id(&name.key) {
             self.remove_user(id, ErrorCode::Kicked, told);
         }
-        self.end_away(&name.key);
+        // Their connection dropped: the session kept for their resume ends
+        // too (its token with it).
+        self.room.end_away(&name.key, &mut self.effects);
         let said = format!(
             "{shown} was kicked{}{}{}",
             by_text(by),
@@ -588,8 +589,9 @@ impl<S: Socket + Source> Server<S> {
             self.remove_user(*id, ErrorCode::Banned, told.clone());
         }
         let mut names: Vec<String> = covered.into_iter().map(|(_, n)| n).collect();
+        // Away (their connection dropped): the session kept for a resume.
         if let Target::Name { key, .. } = &target
-            && let Some(name) = self.end_away(key)
+            && let Some(name) = self.room.end_away(key, &mut self.effects)
         {
             names.push(name.to_string());
         }
@@ -623,18 +625,6 @@ impl<S: Socket + Source> Server<S> {
             if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) }
         );
         Ok((text, json!({ "removed": names })))
-    }
-
-    /// A kicked or banned user whose connection dropped: their session,
-    /// kept here for a resume, ends too (its token with it), and in a
-    /// cluster the name is free. Their name, if they were away here.
-    fn end_away(&mut self, key: &str) -> Option<Rc<str>> {
-        let name = self.room.end_away(key, &mut self.effects)?;
-        if self.cluster.is_some() {
-            let release = ClusterCall::Release { name_key: key.to_owned() };
-            self.effects.push(Effect::Cluster(release));
-        }
-        Some(name)
     }
 
     /// Ends a user's session with an `Error` of `code` and Close 1008.
