@@ -752,8 +752,12 @@ impl Room {
             // that session is over (its resume will be a reset).
             Some(At::Away) => {
                 self.away.retain(|(_, k)| **k != *key);
-                if let Some(Member { token: Some(_), .. }) = self.users.remove(key.as_str()) {
-                    self.resumable -= 1;
+                if let Some(member) = self.users.remove(key.as_str()) {
+                    // (Its spelling may not be the new one's.)
+                    self.names.remove(&member.name);
+                    if member.token.is_some() {
+                        self.resumable -= 1;
+                    }
                 }
             }
             _ => {}
@@ -1817,5 +1821,24 @@ mod tests {
         assert_eq!(room.expire(later, &mut out), [Rc::from("bob")]);
         assert_eq!(released(&out), ["bob"]);
         assert_eq!((room.away(), room.online()), (0, 0));
+    }
+
+    /// The cluster gives the name of a session away here to someone else
+    /// (under another spelling of it): the away session is over, and its
+    /// spelling is not listed next to the new one's.
+    #[test]
+    fn a_name_the_cluster_gives_away_is_listed_once() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(4);
+        room.set_mode(Mode::Node(Link::Up));
+        joined(&mut room, 1, "carol");
+        joined_resumable(&mut room, 2, "Alice");
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        assert!(room.detach(2, later, &mut Vec::new()));
+        room.add_remote(remote("n2", "alice")).unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&sent(&out)[0])["Users"], json!(["alice", "carol"]));
+        assert_eq!((room.online(), room.away()), (2, 0));
+        assert_eq!(room.members().count(), 2);
     }
 }
