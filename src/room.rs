@@ -88,8 +88,9 @@ impl Welcome {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resumed {
     /// The session is this connection's now; `took_over`: the connection
-    /// that still had it, to be closed without leaving.
-    Yes { took_over: Option<ConnId> },
+    /// that still had it, to be closed without leaving; `exact`: what it
+    /// missed was replayed (else a reset).
+    Yes { took_over: Option<ConnId>, exact: bool },
     /// Nobody holds the name: log in afresh (a reset).
     NotHeld,
     /// Somebody does, with another token.
@@ -605,6 +606,7 @@ impl Room {
                 why,
             )
         };
+        let exact = missed.is_ok();
         match missed {
             Ok(missed) => {
                 let json = protocol::resumed_json(
@@ -653,7 +655,7 @@ impl Room {
                 self.send_snapshot(id, true, out);
             }
         }
-        Resumed::Yes { took_over }
+        Resumed::Yes { took_over, exact }
     }
 
     /// A resumed session's view of the room: the list (with the room's
@@ -1848,7 +1850,7 @@ mod tests {
         let right = ask("Alice", "T-alice", epoch, last_seen);
         assert_eq!(
             room.resume(4, &right, false, Role::Member, &mut out),
-            Resumed::Yes { took_over: None }
+            Resumed::Yes { took_over: None, exact: true }
         );
         let messages = sent(&out);
         let resumed = parse(&messages[0]);
@@ -1870,7 +1872,7 @@ mod tests {
         let again = ask("alice", "T-alice", epoch, last_seen);
         assert_eq!(
             room.resume(5, &again, false, Role::Member, &mut out),
-            Resumed::Yes { took_over: Some(4) }
+            Resumed::Yes { took_over: Some(4), exact: false }
         );
         let resumed = parse(&sent(&out)[0]);
         assert_eq!(resumed["reset"], true, "{resumed}");
