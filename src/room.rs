@@ -255,7 +255,6 @@ impl Room {
         let wanted = self.max_away > 0 && (self.is_clustered() || self.resumable > 0);
         match wanted {
             true => self.journal.record(seq, to, kind, json),
-            false if self.journal.is_empty() => {}
             false => self.journal.forget_to(seq),
         }
     }
@@ -819,12 +818,16 @@ impl Room {
                 (At::Remote { node }, Some(u)) => {
                     *node != u.node || *m.name != *u.name || m.key.as_deref() != u.key.as_deref()
                 }
+                // Away here, but the cluster gave the name to another node.
+                (At::Away, Some(_)) => true,
                 (At::Local { .. } | At::Away, _) => false,
             })
             .map(|(k, _)| k.clone())
             .collect();
         for key in &stale {
-            self.remove_remote(key);
+            if self.remove_remote(key).is_none() {
+                self.end_away(key, &mut Vec::new());
+            }
         }
         let mut conflicts = Vec::new();
         for (key, user) in wanted {
