@@ -98,6 +98,8 @@ pub enum ClusterCall {
 pub enum Count {
     /// A message from a logged-in user, by `msgType` (`None`: refused).
     Received(Option<&'static str>),
+    /// A `Resume`, by how it went: `exact`, `reset`, `refused`.
+    Resume(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

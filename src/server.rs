@@ -823,6 +823,7 @@ impl<S: Socket + Source> Server<S> {
         let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let snapshot = metrics::Snapshot {
             users_online: self.room.online(),
+            sessions_away: self.room.away(),
             phases,
             bytes_in,
             bytes_out,
