@@ -487,7 +487,11 @@ impl Session {
         // A resume in a cluster: Redis says whether the session is held
         // (the lock is checked there, should the name be free).
         let resuming = resume.is_some();
-        if !resuming && let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
+        let admitted = match resuming {
+            true => cx.rules.admits_by_rate(role, cx.now),
+            false => cx.rules.admits_unbanned(role, cx.now),
+        };
+        if let Err(why) = admitted {
             return refused_login(why, cx);
         }
         if !cx.room.is_clustered() {
@@ -575,8 +579,12 @@ impl Session {
         let (held, role) = (claim.held.take(), claim.role);
         match cx.room.resume(cx.id, &ask, true, role, cx.out) {
             Resumed::Yes { took_over, exact } => self.resumed(role, took_over, exact, cx),
-            // Not known here (yet): an unlikely race; the client logs in again.
+            // Not known here (nodes that disagree on a name's rules): the
+            // name Redis moved here is freed, the client logs in again.
             Resumed::NotHeld | Resumed::Refused => {
+                if let Ok(name) = names::check(&ask.name) {
+                    cx.out.push(Effect::Cluster(ClusterCall::Release { name_key: name.key }));
+                }
                 let why = Rejection::cluster_unavailable();
                 return refused_login(with_discarded(why, held.len()), cx);
             }
@@ -642,7 +650,7 @@ impl Session {
         if why.code == ErrorCode::ResumeRefused {
             return wrong_token(cx);
         }
-        if why.code == ErrorCode::NameTaken {
+        if matches!(why.code, ErrorCode::NameTaken | ErrorCode::RoomLocked) {
             return refused_login(why, cx);
         }
         let password = std::mem::replace(&mut claim.password, Password::Room);
