@@ -1225,7 +1225,7 @@ function loginRefused(m) {
   const why = STOP[m.code];
   // kicked, banned, taken over: at any time; the others only answer a login.
   if (!why || (link.live && !["kicked", "banned", "resumed_elsewhere"].includes(m.code))) return false;
-  stop(why + (m.text ? " " + m.text : ""));
+  stop(why);
   if (me) line("error", null, "Error (" + m.code + "): " + m.text);
   else $("login-error").textContent = m.text;
   return true;
@@ -1245,7 +1245,7 @@ function stop(why) {
   $("link").className = "link stopped";
   $("link").textContent = "disconnected";
   $("status").textContent = "disconnected";
-  line("notice", null, why + " Reload the page to sign in again.");
+  line("notice", null, "Disconnected: " + why + " Reload the page to sign in again.");
 }
 
 /// Opens a socket and signs in: Resume when there is a session to resume, Login otherwise.
@@ -1417,6 +1417,7 @@ function showNotify() {
   $("notify").hidden = false;
   try { notifyOn = Notification.permission === "granted" && localStorage.getItem("ragnarok-notify") === "1"; } catch { notifyOn = false; }
   $("notify").setAttribute("aria-pressed", String(notifyOn));
+  $("notify").textContent = notifyOn ? "Notifying: turn off" : "Notify me";
 }
 $("notify").onclick = async () => {
   if (!notifyOn && Notification.permission !== "granted") await Notification.requestPermission();
@@ -1429,6 +1430,7 @@ $("notify").onclick = async () => {
   }
   try { localStorage.setItem("ragnarok-notify", notifyOn ? "1" : "0"); } catch { /* kept for this page only */ }
   $("notify").setAttribute("aria-pressed", String(notifyOn));
+  $("notify").textContent = notifyOn ? "Notifying: turn off" : "Notify me";
 };
 function notify(title, body) {
   if (!notifyOn || document.visibilityState !== "hidden" || Notification.permission !== "granted") return;
