@@ -100,7 +100,7 @@ impl<S: Socket + Source> Server<S> {
             Ending::ShutDown => {
                 conn.shut_down(now);
             }
-            Ending::Lost(_) => {}
+            Ending::Lost { .. } => {}
         }
         schedule(&mut self.to_flush, client, id);
     }
@@ -118,7 +118,12 @@ impl<S: Socket + Source> Server<S> {
     /// as one of the round's (its gathered frames), so batching is kept; a
     /// reader whose socket is full costs one write that would block per
     /// 64 KiB queued, at most 16 before it is cut off.
-    fn deliver(&mut self, Outbound { to, kind, json }: Outbound, now: Instant) {
+    ///
+    /// A numbered message goes to resumable sessions with its `seq` (one
+    /// more frame, made once, only if one of them is a recipient).
+    fn deliver(&mut self, message: Outbound, now: Instant) {
+        let sequenced = message.sequenced_json();
+        let Outbound { to, kind, json, .. } = message;
         let recipients = match &to {
             To::One(_) => 1,
             To::Many(ids) => ids.len(),
@@ -126,13 +131,16 @@ impl<S: Socket + Source> Server<S> {
         };
         self.stats.delivered(kind, recipients as u64);
         let frame = outbox::text_frame(&json);
+        let frames = Frames { plain: &frame, sequenced: sequenced.as_deref(), made: None };
         let mut queues = Queues {
             every: (self.limits.max_outbound_bytes / 4).min(WRITE_GATHER),
             slow: Vec::new(),
             full: Vec::new(),
         };
         let clients = &mut self.clients;
-        let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut queues, id, &frame);
+        let mut frames = frames;
+        let mut send =
+            |id: ConnId| enqueue(clients, &mut self.to_flush, &mut queues, id, &mut frames);
         match to {
             To::One(id) => send(id),
             To::Many(ids) => ids.into_iter().for_each(send),
@@ -180,6 +188,23 @@ impl<S: Socket + Source> Server<S> {
     }
 }
 
+/// One message's frames: as it is, and with its `seq` for resumable
+/// sessions (framed at the first of them).
+struct Frames<'a> {
+    plain: &'a SharedFrame,
+    sequenced: Option<&'a str>,
+    made: Option<SharedFrame>,
+}
+
+impl Frames<'_> {
+    fn for_session(&mut self, sequenced: bool) -> &SharedFrame {
+        match (sequenced, self.sequenced) {
+            (true, Some(json)) => self.made.get_or_insert_with(|| outbox::text_frame(json)),
+            _ => self.plain,
+        }
+    }
+}
+
 /// What queueing one message left to do, by connection.
 struct Queues {
     /// A queue passing a multiple of this is written at once.
@@ -195,7 +220,7 @@ fn enqueue<S: Socket>(
     to_flush: &mut Vec<ConnId>,
     queues: &mut Queues,
     id: ConnId,
-    frame: &SharedFrame,
+    frames: &mut Frames,
 ) {
     let Some(client) = clients.get_mut(id) else {
         return;
@@ -204,6 +229,7 @@ fn enqueue<S: Socket>(
     if !client.session.is_chatting() {
         return;
     }
+    let frame = frames.for_session(client.session.is_sequenced());
     let before = client.conn.queued();
     if client.conn.send(frame).is_err() {
         queues.slow.push(id);

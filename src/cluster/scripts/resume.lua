@@ -1,0 +1,32 @@
+-- RESUME: gives the session holding a name to one of this node's
+-- connections if the token is that session's (publishing the Resume:
+-- nobody leaves, nobody joins); a name nobody live holds is claimed as by
+-- CLAIM (publishing a Join).
+-- ARGV: 1 prefix, 2 node, 3 name key, 4 name, 5 the token's hash, 6 the
+-- new session's token hash (if the name is free), 7 the Resume event
+-- (JSON), 8 the Join event (JSON).
+-- Answers 1 (resumed), 2 (claimed afresh), or 0 (held, another token).
+local p, node, key = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('HGET', p .. 'users', key)
+if cur then
+  local owner, name = string.match(cur, '^([^\n]*)\n(.*)$')
+  if owner == node or redis.call('EXISTS', p .. 'node:' .. owner) == 1 then
+    if redis.call('HGET', p .. 'tokens', key) ~= ARGV[5] then
+      return 0
+    end
+    redis.call('HSET', p .. 'users', key, node .. '\n' .. name)
+    local seq = redis.call('INCR', p .. 'seq')
+    redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[7])
+    return 1
+  end
+end
+redis.call('HSET', p .. 'users', key, node .. '\n' .. ARGV[4])
+redis.call('HDEL', p .. 'pubkeys', key)
+if ARGV[6] ~= '' then
+  redis.call('HSET', p .. 'tokens', key, ARGV[6])
+else
+  redis.call('HDEL', p .. 'tokens', key)
+end
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[8])
+return 2
