@@ -1099,7 +1099,7 @@ const link = {
   had: false,     // we were signed in: a drop is healed, not the end
   attempt: 0,     // attempts in a row that did not get in (the backoff)
   timer: null,    // the next attempt
-  deadline: null, // an attempt that does not get in within 10 s is given up
+  deadline: null, // an attempt that does not get in within 8 s is given up (a link that hangs)
   stopped: "",    // why the page no longer reconnects ("": it does)
   away: null,     // after a (re)login, until its OnlineUsers: {before: names online before, or null}
   dedupe: null,   // after a reset: "who\ntext" of the lines on screen, which its history must not repeat
@@ -1276,7 +1276,7 @@ function connect() {
       sock.onclose = null;
       sock.close();
       linkDown({});
-    }, 10000);
+    }, 8000);
   }
 }
 

@@ -246,6 +246,58 @@ test("an encrypted private message works across a resume, both ways", { timeout:
     assert.equal(await bob.locator(".msg.undecrypted").count(), 0, "nothing refused on bob's page");
   }));
 
+test("the browser's online and visibilitychange events retry at once, past an attempt that hangs", { timeout: 90000 }, () =>
+  withRelay(async ({ browser, relay: r, port }) => {
+    const bob = await seedClient(port, "bob");
+    const alice = await openPage(browser, r.url, "alice");
+    for (const [i, fire] of [
+      [1, () => window.dispatchEvent(new Event("online"))],
+      [2, () => document.dispatchEvent(new Event("visibilitychange"))], // the tab is visible
+    ]) {
+      r.cut("refuse");
+      await alice.waitForSelector("#link:has-text('reconnecting')");
+      await sleep(3000);
+      r.mode = "hold"; // longer than the longest backoff: an attempt hangs here
+      await sleep(6000);
+      assert.ok(r.held.size >= 1, "an attempt hangs in the relay");
+      r.mode = "open"; // the held attempt stays hung: only a new one gets through
+      bob.send({ msgType: "Broadcast", text: `while away ${i}` });
+      const at = Date.now();
+      await alice.evaluate(fire);
+      await alice.waitForSelector(`.msg.live:has-text("while away ${i}")`, { timeout: 2500 });
+      await alice.waitForSelector("#link", { state: "hidden", timeout: 1000 });
+      console.log(`event ${i}: resumed ${Date.now() - at} ms after it`);
+      for (const c of r.held) c.destroy();
+    }
+    neverLeft(bob, "alice");
+  }));
+
+test("an encrypted room goes on across a resume: sender keys kept, both ways", { timeout: 90000 }, () =>
+  withRelay(async ({ browser, relay: r, url }) => {
+    const bob = await openPage(browser, url, "bob");
+    const alice = await openPage(browser, r.url, "alice");
+    await waitForKey(alice, "bob");
+    await waitForKey(bob, "alice");
+    const shown = (page, who, text) => page.waitForSelector(`.msg.live:has(.who:text-is("${who}")):has-text("${text}")`, { timeout: 20000 });
+    await sendTo(alice, null, "sealed before");
+    await shown(bob, "alice", "sealed before");
+    await sendTo(bob, null, "sealed from bob before");
+    await shown(alice, "bob", "sealed from bob before");
+    r.cut("refuse");
+    await alice.waitForSelector("#link:has-text('reconnecting')");
+    await sendTo(bob, null, "sealed while alice was away");
+    await sleep(2000);
+    r.open();
+    await shown(alice, "bob", "sealed while alice was away");
+    await alice.waitForSelector("#link", { state: "hidden" });
+    await sendTo(alice, null, "sealed after");
+    await shown(bob, "alice", "sealed after");
+    await sendTo(bob, null, "sealed from bob after");
+    await shown(alice, "bob", "sealed from bob after");
+    for (const page of [alice, bob]) assert.equal(await page.locator(".msg.undecrypted").count(), 0, "nothing refused");
+    assert.equal(await count(alice, "sealed while alice was away"), 1);
+  }, { e2e_room: true }));
+
 test("the server restarted while cut off: the page says messages may be missing and starts a new session", { timeout: 120000 }, () =>
   withRelay(async (ctx) => {
     const { browser, relay: r } = ctx;
