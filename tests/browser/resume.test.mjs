@@ -334,6 +334,30 @@ test("the server restarted while cut off: the page says messages may be missing 
     assert.ok(!bob.all.some((m) => m.msgType === "Broadcast" && m.text === "typed before the reset"), "not sent after a reset");
   }));
 
+test("away longer than the grace: a reset; the history repeats nothing on screen and brings what was missed", { timeout: 90000 }, () =>
+  withRelay(async ({ browser, relay: r, port }) => {
+    const bob = await seedClient(port, "bob");
+    const alice = await openPage(browser, r.url, "alice");
+    for (const text of ["old one", "old two"]) bob.send({ msgType: "Broadcast", text });
+    await alice.waitForSelector('.msg.live:has-text("old two")');
+    r.cut("refuse");
+    await alice.waitForSelector("#link:has-text('reconnecting')");
+    // The grace (2 s) ends: the others see alice leave.
+    await bob.next((m) => (m.msgType === "UsersLeft" && m.Users.includes("alice")) ||
+      (m.msgType === "OnlineUsers" && !m.Users.includes("alice")), "alice's leave after the grace");
+    bob.send({ msgType: "Broadcast", text: "said while alice was gone" });
+    await sleep(500);
+    r.open();
+    await alice.waitForSelector(".msg.reset:has-text('some messages may be missing')", { timeout: 20000 });
+    await alice.waitForSelector('.msg.history:has-text("said while alice was gone")');
+    await alice.waitForSelector("#link", { state: "hidden" });
+    await sleep(500);
+    for (const text of ["old one", "old two", "said while alice was gone"]) assert.equal(await count(alice, text), 1, `"${text}" once`);
+    await shot(alice, "resume-reset-desktop.png");
+    await sendTo(alice, null, "alice is back");
+    await bob.next((m) => m.msgType === "Broadcast" && m.text === "alice is back");
+  }, { resume_grace_secs: 2 }));
+
 test("polish: the room's name before login, own messages, join and leave lines, fingerprint on demand, notifications", { timeout: 90000 }, async () => {
   const name = 'Tom & "Jerry" <b>room</b>';
   const { server, port } = await startServer(false, { server_name: name });
