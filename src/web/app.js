@@ -1204,17 +1204,17 @@ function namesOf(names) {
 }
 
 // Joins and leaves in the log, batched: what arrives within half a second is one line.
-const people = { joined: [], left: [], timer: null };
+const batch = { joined: [], left: [], timer: null };
 function notePeople(m, joined, left) {
   if (link.away) return; // the snapshot of a login: nobody came, we did
   if (m.msgType !== "OnlineUsers" && m.seq === undefined && link.resume) return; // a part of a snapshot, not news
-  for (const u of joined) if (u !== me) { const i = people.left.indexOf(u); if (i >= 0) people.left.splice(i, 1); else people.joined.push(u); }
-  for (const u of left) if (u !== me) { const i = people.joined.indexOf(u); if (i >= 0) people.joined.splice(i, 1); else people.left.push(u); }
-  if (!people.timer && (people.joined.length || people.left.length)) {
-    people.timer = setTimeout(() => {
-      people.timer = null;
-      if (people.joined.length) line("presence", null, namesOf(people.joined.splice(0)) + " joined");
-      if (people.left.length) line("presence", null, namesOf(people.left.splice(0)) + " left");
+  for (const u of joined) if (u !== me) { const i = batch.left.indexOf(u); if (i >= 0) batch.left.splice(i, 1); else batch.joined.push(u); }
+  for (const u of left) if (u !== me) { const i = batch.joined.indexOf(u); if (i >= 0) batch.joined.splice(i, 1); else batch.left.push(u); }
+  if (!batch.timer && (batch.joined.length || batch.left.length)) {
+    batch.timer = setTimeout(() => {
+      batch.timer = null;
+      if (batch.joined.length) line("presence", null, namesOf(batch.joined.splice(0)) + " joined");
+      if (batch.left.length) line("presence", null, namesOf(batch.left.splice(0)) + " left");
     }, 500);
   }
 }
