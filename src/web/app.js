@@ -1173,9 +1173,10 @@ async function onResumed(m) {
   if (session && !session.name) put(JSON.stringify({ msgType: "PublicKey", key: session.key }));
 }
 
+/// Says that what was missed cannot be told exactly (the server's reason, if any, on hover).
 function resetLine(m) {
-  const why = typeof m.why === "string" && m.why ? ` (${m.why})` : "";
-  line("reset", null, "You were away too long, or the server restarted: some messages may be missing" + why + ".");
+  const div = line("reset", null, "You were away too long, or the server restarted: some messages may be missing.");
+  if (typeof m.why === "string" && m.why) div.title = "The server says: " + m.why;
 }
 
 /// After the first OnlineUsers of a (re)login: who came and went while we
