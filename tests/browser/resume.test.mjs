@@ -170,9 +170,14 @@ test("a repeat (a seq at or below the highest seen) is never shown; a newer one 
 test("typed while cut off: shown as sending, sent once after the resume and marked sent", { timeout: 90000 }, () =>
   withRelay(async ({ browser, relay: r, port }) => {
     const watcher = await seedClient(port, "watcher");
+    const dave = await seedClient(port, "dave");
     const alice = await openPage(browser, r.url, "alice", PHONE);
+    await alice.waitForSelector('#users li[data-user="dave"]', { state: "attached" }); // (a phone: in the drawer)
     r.cut("refuse");
     await alice.waitForSelector("#link:has-text('reconnecting')");
+    // Meanwhile carol comes and dave goes: said once the list is back.
+    await seedClient(port, "carol");
+    dave.ws.close(1000);
     await alice.fill("#text", "typed in the tunnel");
     await alice.press("#text", "Enter");
     const pending = alice.locator(".msg.own.pending", { hasText: "typed in the tunnel" });
@@ -193,6 +198,7 @@ test("typed while cut off: shown as sending, sent once after the resume and mark
     const got = watcher.all.filter((m) => m.msgType === "Broadcast").map((m) => m.text);
     assert.deepEqual(got, ["typed in the tunnel", "and a second one"], "each sent once, in order");
     assert.equal(await count(alice, "typed in the tunnel"), 1, "shown once on the page");
+    await alice.waitForSelector('.msg.presence:has-text("While you were away: carol joined; dave left.")');
     await shot(alice, "resume-chat-phone.png");
   }));
 
