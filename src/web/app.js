@@ -1015,6 +1015,9 @@ async function handle(data) {
     case "Announcement": line("announcement", "server", String(m.text)); break;
     case "Error":
       if (loginRefused(m)) break;
+      // A passing refusal of a reconnection (too many logins, the cluster
+      // away): said by the indicator, not once per attempt in the log.
+      if (me && !link.live) { $("link").textContent = "reconnecting… (" + m.text + ")"; break; }
       // Before login an error is about the login: shown on its form, never in the chat.
       if (me) line("error", null, "Error (" + m.code + "): " + m.text);
       else $("login-error").textContent = m.text;
