@@ -88,6 +88,8 @@ pub enum ClusterCall {
         key: String,
         token_hash: String,
         new_token_hash: Option<String>,
+        /// The room's lock keeps this login out, should the name be free.
+        locked_out: bool,
     },
 }
 
@@ -96,6 +98,8 @@ pub enum ClusterCall {
 pub enum Count {
     /// A message from a logged-in user, by `msgType` (`None`: refused).
     Received(Option<&'static str>),
+    /// A `Resume`, by how it went: `exact`, `reset`, `refused`.
+    Resume(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

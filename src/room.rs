@@ -88,8 +88,9 @@ impl Welcome {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resumed {
     /// The session is this connection's now; `took_over`: the connection
-    /// that still had it, to be closed without leaving.
-    Yes { took_over: Option<ConnId> },
+    /// that still had it, to be closed without leaving; `exact`: what it
+    /// missed was replayed (else a reset).
+    Yes { took_over: Option<ConnId>, exact: bool },
     /// Nobody holds the name: log in afresh (a reset).
     NotHeld,
     /// Somebody does, with another token.
@@ -254,7 +255,6 @@ impl Room {
         let wanted = self.max_away > 0 && (self.is_clustered() || self.resumable > 0);
         match wanted {
             true => self.journal.record(seq, to, kind, json),
-            false if self.journal.is_empty() => {}
             false => self.journal.forget_to(seq),
         }
     }
@@ -497,32 +497,38 @@ impl Room {
     }
 
     /// Sessions away past their deadline leave now (announced with the
-    /// next lists). Their name keys, for the cluster.
+    /// next lists; in a cluster their names are released). Their name keys.
     pub fn expire(&mut self, now: Instant, out: &mut Effects) -> Vec<Rc<str>> {
         let mut gone = Vec::new();
         while self.away.front().is_some_and(|(until, _)| *until <= now) {
             let Some((_, key)) = self.away.pop_front() else { break };
-            if self.end_away(&key, out) {
+            if self.end_away(&key, out).is_some() {
                 gone.push(key);
             }
         }
         gone
     }
 
-    /// An away session ends (its deadline, a kick, a ban): the user leaves.
-    pub fn end_away(&mut self, name_key: &str, _out: &mut Effects) -> bool {
+    /// An away session ends (its deadline, a kick, a ban, more sessions
+    /// away than `max_away`): the user leaves, and in a cluster the name is
+    /// released (whatever ended it). Their name, if they were away here.
+    pub fn end_away(&mut self, name_key: &str, out: &mut Effects) -> Option<Rc<str>> {
         if !matches!(self.users.get(name_key).map(|m| &m.at), Some(At::Away)) {
-            return false;
+            return None;
         }
         self.away.retain(|(_, k)| **k != *name_key);
-        let Some(member) = self.users.remove(name_key) else { return false };
+        let member = self.users.remove(name_key)?;
         self.names.remove(&member.name);
         if member.token.is_some() {
             self.resumable -= 1;
         }
         self.changed_presence();
-        self.left.push(member.name);
-        true
+        self.left.push(member.name.clone());
+        if self.is_clustered() {
+            let name_key = name_key.to_owned();
+            out.push(Effect::Cluster(ClusterCall::Release { name_key }));
+        }
+        Some(member.name)
     }
 
     /// In a cluster: the session under `name_key` was resumed for a
@@ -605,6 +611,7 @@ impl Room {
                 why,
             )
         };
+        let exact = missed.is_ok();
         match missed {
             Ok(missed) => {
                 let json = protocol::resumed_json(
@@ -653,7 +660,7 @@ impl Room {
                 self.send_snapshot(id, true, out);
             }
         }
-        Resumed::Yes { took_over }
+        Resumed::Yes { took_over, exact }
     }
 
     /// A resumed session's view of the room: the list (with the room's
@@ -746,8 +753,12 @@ impl Room {
             // that session is over (its resume will be a reset).
             Some(At::Away) => {
                 self.away.retain(|(_, k)| **k != *key);
-                if let Some(Member { token: Some(_), .. }) = self.users.remove(key.as_str()) {
-                    self.resumable -= 1;
+                if let Some(member) = self.users.remove(key.as_str()) {
+                    // (Its spelling may not be the new one's.)
+                    self.names.remove(&member.name);
+                    if member.token.is_some() {
+                        self.resumable -= 1;
+                    }
                 }
             }
             _ => {}
@@ -817,12 +828,16 @@ impl Room {
                 (At::Remote { node }, Some(u)) => {
                     *node != u.node || *m.name != *u.name || m.key.as_deref() != u.key.as_deref()
                 }
+                // Away here, but the cluster gave the name to another node.
+                (At::Away, Some(_)) => true,
                 (At::Local { .. } | At::Away, _) => false,
             })
             .map(|(k, _)| k.clone())
             .collect();
         for key in &stale {
-            self.remove_remote(key);
+            if self.remove_remote(key).is_none() {
+                self.end_away(key, &mut Vec::new());
+            }
         }
         let mut conflicts = Vec::new();
         for (key, user) in wanted {
@@ -1773,5 +1788,218 @@ mod tests {
         let local = room.local_users();
         assert_eq!(local.len(), 1);
         assert_eq!((&*local[0].name_key, &*local[0].name), ("alice", "alice"));
+    }
+
+    /// A room with resuming on, and `name` in it as a resumable session
+    /// (token "T-name"); what its welcome said.
+    fn resumable(room: &mut Room, id: ConnId, name: &str) -> Value {
+        let welcome = Welcome::Resumable { token: format!("T-{name}") };
+        room.join_as(id, name, Role::Member, welcome).unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        let mine = sent(&out).into_iter().find(|o| o.to == To::One(id)).unwrap();
+        parse(&mine)
+    }
+
+    fn ask(name: &str, token: &str, epoch: &str, seq: u64) -> Ask {
+        Ask { name: name.into(), token: token.into(), epoch: epoch.into(), seq }
+    }
+
+    /// The numbered messages among `out` for `id`, as (seq, JSON).
+    fn numbered_for(out: &[Effect], id: ConnId) -> Vec<(u64, Value)> {
+        let to_id = |o: &Outbound| match &o.to {
+            To::One(i) => *i == id,
+            To::Many(ids) => ids.contains(&id),
+            To::Everyone => true,
+        };
+        sent(out)
+            .into_iter()
+            .filter(|o| to_id(o))
+            .filter_map(|o| Some((o.seq?, parse(&o))))
+            .collect()
+    }
+
+    #[test]
+    fn a_dropped_session_stays_online_and_gets_exactly_what_it_missed() {
+        let mut room = Room::new("Ks", "", History::new(5, 1 << 16), 1 << 20).resumable(10);
+        let welcome = resumable(&mut room, 1, "alice");
+        let (epoch, seq) = (welcome["resume"]["epoch"].clone(), welcome["resume"]["seq"].clone());
+        assert_eq!(welcome["resume"]["token"], "T-alice");
+        assert_eq!(seq, 1, "the position of alice's own join");
+        joined(&mut room, 2, "bob");
+        let mut out = Vec::new();
+        room.say("bob", "seen", &mut out);
+        let last_seen = numbered_for(&out, 1).last().unwrap().0;
+        // The connection drops: no leave for anyone.
+        let (now, grace) = (Instant::now(), std::time::Duration::from_secs(60));
+        assert!(room.detach(1, now + grace, &mut out));
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert!(sent(&out).is_empty(), "{out:?}");
+        assert_eq!(room.online(), 2);
+        assert_eq!(room.check_name("alice").unwrap_err().code, ErrorCode::NameTaken);
+        // What it misses: broadcasts, a private message to it; not one to another.
+        let mut out = Vec::new();
+        room.say("bob", "m1", &mut out);
+        room.handle(
+            2,
+            Request::PrivateMessage { target: "alice".into(), text: "pm".into() },
+            &mut out,
+        );
+        joined(&mut room, 3, "carol");
+        room.handle(
+            2,
+            Request::PrivateMessage { target: "carol".into(), text: "x".into() },
+            &mut out,
+        );
+        room.say("carol", "m2", &mut out);
+        // A wrong token is refused; the right one resumes on connection 4.
+        let epoch = epoch.as_str().unwrap();
+        let mut out = Vec::new();
+        let wrong =
+            room.resume(4, &ask("alice", "T-bob", epoch, last_seen), false, Role::Member, &mut out);
+        assert_eq!(wrong, Resumed::Refused);
+        assert!(out.is_empty());
+        let right = ask("Alice", "T-alice", epoch, last_seen);
+        assert_eq!(
+            room.resume(4, &right, false, Role::Member, &mut out),
+            Resumed::Yes { took_over: None, exact: true }
+        );
+        let messages = sent(&out);
+        let resumed = parse(&messages[0]);
+        assert_eq!(
+            (resumed["msgType"].as_str(), resumed["missed"].as_u64()),
+            (Some("Resumed"), Some(3))
+        );
+        let replay = numbered_for(&out, 4);
+        let texts: Vec<&str> = replay.iter().filter_map(|(_, m)| m["text"].as_str()).collect();
+        assert_eq!(texts, ["m1", "pm", "m2"]);
+        let seqs: Vec<u64> = replay.iter().map(|(s, _)| *s).collect();
+        assert!(seqs.windows(2).all(|w| w[0] <= w[1]) && seqs[0] > last_seen, "{seqs:?}");
+        let list = &replay.last().unwrap().1;
+        assert_eq!(list["Users"], json!(["alice", "bob", "carol"]));
+        assert_eq!(room.local_members(), &[2, 3, 4][..]);
+        // Resuming again from a position too old for the journal: a reset.
+        let mut out = Vec::new();
+        room.journal.forget_to(room.seq);
+        let again = ask("alice", "T-alice", epoch, last_seen);
+        assert_eq!(
+            room.resume(5, &again, false, Role::Member, &mut out),
+            Resumed::Yes { took_over: Some(4), exact: false }
+        );
+        let resumed = parse(&sent(&out)[0]);
+        assert_eq!(resumed["reset"], true, "{resumed}");
+        assert!(sent(&out).iter().any(|o| o.json.contains("\"history\":true")));
+        // Another epoch is a reset too; a name nobody holds is not resumed.
+        let mut out = Vec::new();
+        let other = ask("alice", "T-alice", "other", room.seq);
+        room.resume(6, &other, false, Role::Member, &mut out);
+        assert_eq!(parse(&sent(&out)[0])["reset"], true);
+        assert_eq!(
+            room.resume(7, &ask("zed", "T", epoch, 0), false, Role::Member, &mut out),
+            Resumed::NotHeld
+        );
+    }
+
+    #[test]
+    fn an_away_session_leaves_when_its_grace_ends() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(2);
+        resumable(&mut room, 1, "alice");
+        joined(&mut room, 2, "bob");
+        let now = Instant::now();
+        let mut out = Vec::new();
+        assert!(room.detach(1, now + std::time::Duration::from_secs(5), &mut out));
+        assert!(!room.detach(2, now, &mut out), "bob has no token: he leaves as always");
+        room.leave(2);
+        assert!(room.expire(now, &mut out).is_empty());
+        let gone = room.expire(now + std::time::Duration::from_secs(5), &mut out);
+        assert_eq!(gone.iter().map(|k| &**k).collect::<Vec<_>>(), ["alice"]);
+        room.flush_presence(&mut out);
+        assert_eq!(room.online(), 0);
+        assert_eq!(room.resumable, 0);
+        // More away than allowed: the longest away leaves at once.
+        for (id, name) in [(3, "c"), (4, "d"), (5, "e")] {
+            resumable(&mut room, id, name);
+        }
+        let mut out = Vec::new();
+        for id in [3, 4, 5] {
+            room.detach(id, now + std::time::Duration::from_secs(60), &mut out);
+        }
+        assert_eq!((room.away(), room.online()), (2, 2));
+        assert!(room.check_name("c").is_ok(), "c was away longest");
+    }
+
+    #[test]
+    fn plain_sessions_get_no_numbers_and_standalone_keeps_no_journal_for_them() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(10);
+        let welcome = joined(&mut room, 1, "alice");
+        assert_eq!(parse(&welcome[0]), json!({"ServerName": "Ks"}));
+        let mut out = Vec::new();
+        room.say("alice", "hi", &mut out);
+        assert!(room.journal.is_empty(), "nobody may resume: nothing kept");
+        let message = &sent(&out)[0];
+        assert_eq!(message.json, r#"{"msgType":"Broadcast","SrcUser":"alice","text":"hi"}"#);
+        let numbered = message.sequenced_json().unwrap();
+        assert_eq!(numbered, format!(r#"{{"seq":{},{}"#, message.seq.unwrap(), &message.json[1..]));
+        resumable(&mut room, 2, "bob");
+        room.say("alice", "kept", &mut out);
+        assert!(!room.journal.is_empty());
+    }
+
+    /// A resumable member who has been welcomed (so that a drop keeps them).
+    fn joined_resumable(room: &mut Room, id: ConnId, name: &str) {
+        let welcome = Welcome::Resumable { token: format!("token of {name}") };
+        room.join_as(id, name, Role::Member, welcome).unwrap();
+        room.flush_presence(&mut Vec::new());
+    }
+
+    fn released(out: &Effects) -> Vec<String> {
+        let release = |effect: &Effect| match effect {
+            Effect::Cluster(ClusterCall::Release { name_key }) => Some(name_key.clone()),
+            _ => None,
+        };
+        out.iter().filter_map(release).collect()
+    }
+
+    /// In a cluster an away session that ends, however it ends, frees its
+    /// name on Redis: at its deadline, and also when more sessions are away
+    /// than `max_away` and the longest-away one leaves early.
+    #[test]
+    fn an_away_session_that_ends_frees_its_name_in_a_cluster() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(1);
+        room.set_mode(Mode::Node(Link::Up));
+        joined_resumable(&mut room, 1, "alice");
+        joined_resumable(&mut room, 2, "bob");
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(60);
+        let mut out = Vec::new();
+        assert!(room.detach(1, later, &mut out));
+        assert!(released(&out).is_empty());
+        assert!(room.detach(2, later, &mut out));
+        assert_eq!(released(&out), ["alice"], "alice left early to make room");
+        assert_eq!(room.away(), 1);
+        let mut out = Vec::new();
+        assert_eq!(room.expire(later, &mut out), [Rc::from("bob")]);
+        assert_eq!(released(&out), ["bob"]);
+        assert_eq!((room.away(), room.online()), (0, 0));
+    }
+
+    /// The cluster gives the name of a session away here to someone else
+    /// (under another spelling of it): the away session is over, and its
+    /// spelling is not listed next to the new one's.
+    #[test]
+    fn a_name_the_cluster_gives_away_is_listed_once() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(4);
+        room.set_mode(Mode::Node(Link::Up));
+        joined(&mut room, 1, "carol");
+        joined_resumable(&mut room, 2, "Alice");
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        assert!(room.detach(2, later, &mut Vec::new()));
+        room.add_remote(remote("n2", "alice")).unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&sent(&out)[0])["Users"], json!(["alice", "carol"]));
+        assert_eq!((room.online(), room.away()), (2, 0));
+        assert_eq!(room.members().count(), 2);
     }
 }

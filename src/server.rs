@@ -30,7 +30,7 @@ use crate::admins::Admins;
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::{Connection, Flush, Input};
-use crate::effect::{ClusterCall, ConnId, Effect, Effects, Ending};
+use crate::effect::{ConnId, Effects, Ending};
 use crate::history::History;
 use crate::http::HttpPolicy;
 use crate::metrics::{self, Stats};
@@ -619,9 +619,6 @@ impl<S: Socket + Source> Server<S> {
             gone.len(),
             self.room.online()
         );
-        for key in gone {
-            self.effects.push(Effect::Cluster(ClusterCall::Release { name_key: key.to_string() }));
-        }
         self.settle(now);
     }
 
@@ -827,6 +824,7 @@ impl<S: Socket + Source> Server<S> {
         let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let snapshot = metrics::Snapshot {
             users_online: self.room.online(),
+            sessions_away: self.room.away(),
             phases,
             bytes_in,
             bytes_out,

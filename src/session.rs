@@ -484,13 +484,20 @@ impl Session {
         since: Instant,
         cx: &mut Cx,
     ) {
-        if let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
+        // A resume in a cluster: Redis says whether the session is held
+        // (the lock is checked there, should the name be free).
+        let resuming = resume.is_some();
+        if !resuming && let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
             return refused_login(why, cx);
         }
         if !cx.room.is_clustered() {
             return self.join(name, role, welcome, cx);
         }
-        match cx.room.check_name(name) {
+        let checked = match resuming {
+            true => names::check(name),
+            false => cx.room.check_name(name),
+        };
+        match checked {
             Err(why) => refused_login(why, cx),
             Ok(_) if !cx.room.reaches_everyone() => {
                 self.refuse(Rejection::cluster_unavailable(), cx)
@@ -505,6 +512,7 @@ impl Session {
                         key,
                         token_hash: resume::token_hash(&ask.token),
                         new_token_hash: token_hash,
+                        locked_out: role == Role::Member,
                     },
                     None => ClusterCall::Claim { conn: cx.id, name, key, token_hash },
                 };
@@ -547,8 +555,9 @@ impl Session {
             return self.log_in(&name, role, welcome, Some(ask), since, cx);
         }
         match cx.room.resume(cx.id, &ask, false, role, cx.out) {
-            Resumed::Yes { took_over } => self.resumed(role, took_over, cx),
+            Resumed::Yes { took_over, exact } => self.resumed(role, took_over, exact, cx),
             Resumed::NotHeld => {
+                cx.out.push(Effect::Count(Count::Resume("reset")));
                 let welcome = fresh(cx);
                 self.log_in(&ask.name, role, welcome, None, since, cx)
             }
@@ -565,7 +574,7 @@ impl Session {
         let Some(ask) = claim.resume.take() else { return };
         let (held, role) = (claim.held.take(), claim.role);
         match cx.room.resume(cx.id, &ask, true, role, cx.out) {
-            Resumed::Yes { took_over } => self.resumed(role, took_over, cx),
+            Resumed::Yes { took_over, exact } => self.resumed(role, took_over, exact, cx),
             // Not known here (yet): an unlikely race; the client logs in again.
             Resumed::NotHeld | Resumed::Refused => {
                 let why = Rejection::cluster_unavailable();
@@ -577,7 +586,9 @@ impl Session {
 
     /// The session is this connection's again (`took_over`: the one that
     /// had it, closed without leaving). Charged to this address as a login.
-    fn resumed(&mut self, role: Role, took_over: Option<ConnId>, cx: &mut Cx) {
+    fn resumed(&mut self, role: Role, took_over: Option<ConnId>, exact: bool, cx: &mut Cx) {
+        let how = if exact { "exact" } else { "reset" };
+        cx.out.push(Effect::Count(Count::Resume(how)));
         if cx.may_log(Class::Sessions) {
             let name = cx.room.name_of(cx.id).unwrap_or_default();
             info!("{}: {name:?} resumed their session ({} online)", cx.peer, cx.room.online());
@@ -877,6 +888,7 @@ const SESSION_OVER: &str = "your session had ended (it was away longer than the 
 /// A `Resume` with a token that is not the session's: counted as a wrong
 /// password of the address, and the session ends.
 fn wrong_token(cx: &mut Cx) {
+    cx.out.push(Effect::Count(Count::Resume("refused")));
     cx.addresses.wrong_password(cx.peer.ip, cx.now);
     if cx.may_log(Class::Refusals) {
         info!("{}: a resume with a wrong token", cx.peer);

@@ -130,7 +130,7 @@ impl Cluster {
         origin: Origin,
         key_and_name: (&str, &str),
         token_hash: &str,
-        new_token: Option<&str>,
+        new_token: (Option<&str>, bool),
         now: Instant,
     ) {
         self.count_backlog();

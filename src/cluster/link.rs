@@ -429,14 +429,15 @@ impl Link {
         };
         *step = Joining::Syncing;
         let history = (self.history_size, self.history_bytes);
-        let command = scripts::sync(
-            &self.prefix,
-            &self.node,
-            LEASE_TTL.as_millis(),
-            history,
-            &self.node,
-            users,
-        );
+        // The epoch Redis takes if it has none (new, or emptied): a new one
+        // every time, so that a Redis emptied and filled again by this same
+        // node does not name its new memory as the old.
+        let epoch = crate::resume::new_epoch();
+        // (And the last number this node's users were given: a Redis that
+        // lost the count starts again above it, never at what they saw.)
+        let at = (epoch.as_str(), self.seq);
+        let command =
+            scripts::sync(&self.prefix, &self.node, LEASE_TTL.as_millis(), history, at, users);
         self.eval(command, Pending::Sync, now);
     }
 
@@ -457,13 +458,14 @@ impl Link {
     /// Asks for the session under `name` for `origin`, if `token_hash` is
     /// its token's: `Event::Resume` when it is ours, `Event::Join` when
     /// the name was free (claimed with `new_token`), `Note::Refused`
-    /// (`resume_refused`) when held with another token.
+    /// (`resume_refused`) when held with another token, or `room_locked`
+    /// when free while the room is locked (`locked_out`: a member's).
     pub fn resume(
         &mut self,
         origin: Origin,
         (key, name): (&str, &str),
         token_hash: &str,
-        new_token: Option<&str>,
+        (new_token, locked_out): (Option<&str>, bool),
         now: Instant,
     ) {
         if !self.can_send() {
@@ -485,6 +487,7 @@ impl Link {
             name,
             token_hash,
             new_token,
+            locked_out,
             resumed.to_json(),
             joined.to_json(),
         );
@@ -682,6 +685,10 @@ impl Link {
                 Value::Int(0) => {
                     let why = "that name is held by a session whose token is not this one";
                     self.refuse(origin, Rejection::new(ErrorCode::ResumeRefused, why));
+                }
+                Value::Int(3) => {
+                    let why = "the room is locked: no new logins for now";
+                    self.refuse(origin, Rejection::new(ErrorCode::RoomLocked, why));
                 }
                 _ => self.granted.push(origin),
             },

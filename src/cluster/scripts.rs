@@ -104,8 +104,8 @@ pub fn claim(
 }
 
 /// resume.lua. ARGV: 1 prefix, 2 node, 3 name key, 4 name, 5 the token's
-/// hash, 6 the new session's token hash or '', 7 the `Resume` event, 8 the
-/// `Join` event.
+/// hash, 6 the new session's token hash or '', 7 '1' if the lock keeps a
+/// new session out, 8 the `Resume` event, 9 the `Join` event.
 #[allow(clippy::too_many_arguments)]
 pub fn resume(
     prefix: &str,
@@ -114,6 +114,7 @@ pub fn resume(
     name: &str,
     token_hash: &str,
     new_token_hash: Option<&str>,
+    locked_out: bool,
     resumed: String,
     joined: String,
 ) -> Command {
@@ -124,6 +125,7 @@ pub fn resume(
         .arg(name)
         .arg(token_hash)
         .arg(new_token_hash.unwrap_or(""))
+        .arg(if locked_out { "1" } else { "0" })
         .arg(resumed)
         .arg(joined)
 }
@@ -191,13 +193,14 @@ pub fn lease(prefix: &str, node: &str, lease_ms: u128) -> Command {
 }
 
 /// sync.lua. ARGV: 1 prefix, 2 node, 3 lease (ms), 4 history count,
-/// 5 history bytes, then 3 per user: name key, name, public key or "".
+/// 5 history bytes, 6 an epoch, 7 the last event seen (`seq`), then 4 per
+/// user: name key, name, public key or "", resume token hash or "".
 pub fn sync(
     prefix: &str,
     node: &str,
     lease_ms: u128,
     history: (usize, usize),
-    epoch: &str,
+    (epoch, seq): (&str, u64),
     users: &[LocalUser],
 ) -> Command {
     let mut command = Script::Sync
@@ -206,7 +209,8 @@ pub fn sync(
         .arg(lease_ms.to_string())
         .arg(history.0.to_string())
         .arg(history.1.to_string())
-        .arg(epoch);
+        .arg(epoch)
+        .arg(seq.to_string());
     for u in users {
         let key = u.key.as_deref().unwrap_or("");
         let token = u.token.as_deref().unwrap_or("");
@@ -256,7 +260,7 @@ mod tests {
     }
 
     /// sync.lua's arguments before the users, and per user.
-    const SYNC_FIXED: usize = 6;
+    const SYNC_FIXED: usize = 7;
     const SYNC_PER_USER: usize = 4;
 
     #[test]
@@ -265,13 +269,13 @@ mod tests {
             [LocalUser { name_key: "al".into(), name: "Al".into(), key: None, token: None }];
         let built = [
             claim("p:", "n", "al", "Al", "{}".into(), Some("H")),
-            resume("p:", "n", "al", "Al", "H", None, "{}".into(), "{}".into()),
+            resume("p:", "n", "al", "Al", "H", None, true, "{}".into(), "{}".into()),
             leave("p:", "n", "al", "{}".into()),
             say("p:", 5, 50, "{}".into()),
             public_key("p:", 5, "n", "al", "K".into(), "{}".into()),
             private("p:", 5, "al", "{}".into()),
             lease("p:", "n", 10_000),
-            sync("p:", "n", 10_000, (50, 1000), "E", &[]),
+            sync("p:", "n", 10_000, (50, 1000), ("E", 0), &[]),
             moderate("p:", 5, &Kept::Lock, "{}".into()),
         ];
         for command in &built {
@@ -286,7 +290,7 @@ mod tests {
         let text = Script::Sync.text();
         let lp = format!("for i = {}, #ARGV, {} do", SYNC_FIXED + 1, SYNC_PER_USER);
         assert_eq!(text.matches(&lp).count(), 2, "{text}");
-        let command = sync("p:", "n", 10_000, (50, 1000), "E", &users);
+        let command = sync("p:", "n", 10_000, (50, 1000), ("E", 0), &users);
         assert_eq!(argv(&command).len(), SYNC_FIXED + SYNC_PER_USER);
         assert_eq!(&argv(&command)[SYNC_FIXED..], [&b"al"[..], b"Al", b"", b""]);
     }

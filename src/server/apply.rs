@@ -122,28 +122,25 @@ impl<S: Socket + Source> Server<S> {
     /// A numbered message goes to resumable sessions with its `seq` (one
     /// more frame, made once, only if one of them is a recipient).
     fn deliver(&mut self, message: Outbound, now: Instant) {
-        let sequenced = message.sequenced_json();
-        let Outbound { to, kind, json, .. } = message;
-        let recipients = match &to {
+        let recipients = match &message.to {
             To::One(_) => 1,
             To::Many(ids) => ids.len(),
             To::Everyone => self.room.local_members().len(),
         };
-        self.stats.delivered(kind, recipients as u64);
-        let frame = outbox::text_frame(&json);
-        let frames = Frames { plain: &frame, sequenced: sequenced.as_deref(), made: None };
+        self.stats.delivered(message.kind, recipients as u64);
+        let frame = outbox::text_frame(&message.json);
+        let mut frames = Frames { plain: &frame, message: &message, made: None };
         let mut queues = Queues {
             every: (self.limits.max_outbound_bytes / 4).min(WRITE_GATHER),
             slow: Vec::new(),
             full: Vec::new(),
         };
         let clients = &mut self.clients;
-        let mut frames = frames;
         let mut send =
             |id: ConnId| enqueue(clients, &mut self.to_flush, &mut queues, id, &mut frames);
-        match to {
-            To::One(id) => send(id),
-            To::Many(ids) => ids.into_iter().for_each(send),
+        match &message.to {
+            To::One(id) => send(*id),
+            To::Many(ids) => ids.iter().copied().for_each(send),
             To::Everyone => self.room.local_members().iter().copied().for_each(send),
         }
         for id in queues.full {
@@ -189,19 +186,24 @@ impl<S: Socket + Source> Server<S> {
 }
 
 /// One message's frames: as it is, and with its `seq` for resumable
-/// sessions (framed at the first of them).
+/// sessions (made and framed at the first of them: nothing when none is
+/// a recipient).
 struct Frames<'a> {
     plain: &'a SharedFrame,
-    sequenced: Option<&'a str>,
+    message: &'a Outbound,
     made: Option<SharedFrame>,
 }
 
 impl Frames<'_> {
     fn for_session(&mut self, sequenced: bool) -> &SharedFrame {
-        match (sequenced, self.sequenced) {
-            (true, Some(json)) => self.made.get_or_insert_with(|| outbox::text_frame(json)),
-            _ => self.plain,
+        if !sequenced || self.message.seq.is_none() {
+            return self.plain;
         }
+        let message = self.message;
+        self.made.get_or_insert_with(|| match message.sequenced_json() {
+            Some(json) => outbox::text_frame(&json),
+            None => outbox::text_frame(&message.json),
+        })
     }
 }
 

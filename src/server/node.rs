@@ -39,9 +39,9 @@ impl<S: Socket + Source> Server<S> {
                     cluster.claim(origin, &key, &name, token_hash, now);
                 }
             }
-            ClusterCall::Resume { conn, name, key, token_hash, new_token_hash } => {
+            ClusterCall::Resume { conn, name, key, token_hash, new_token_hash, locked_out } => {
                 if let Some(origin) = origin(conn) {
-                    let new = new_token_hash.as_deref();
+                    let new = (new_token_hash.as_deref(), locked_out);
                     cluster.resume(origin, (&key, &name), &token_hash, new, now);
                 }
             }
