@@ -344,6 +344,7 @@ impl<S: Socket + Source> Server<S> {
                 max_message_bytes: config.limits.max_message_bytes,
                 e2e_room: config.e2e_room,
                 rate_limit: (config.limits.rate_limit_per_sec, config.limits.rate_limit_burst),
+                room_name: config.server_name.clone(),
             },
             limits,
             effects: Vec::new(),
