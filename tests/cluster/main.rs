@@ -22,4 +22,5 @@ mod redis_restart;
 mod redis_stop;
 mod redis_unavailable;
 mod rediss;
+mod resume;
 mod reuse_port;
