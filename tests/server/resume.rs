@@ -110,30 +110,37 @@ fn never_logged(server: &TestServer, token: &str) {
 
 /// The harness itself: a cut through the relay is a real drop (a seed
 /// client's drop is a leave at once, as before the feature); while held,
-/// new connections end at once.
+/// new connections end at once; after a restart the relay leads to the
+/// server's new port. Over ws and wss.
 #[test]
 fn the_relay_drops_connections_for_real() {
-    let server = TestServer::start(json!({}));
-    let mut observer = server.raw_login("obs");
-    let relay = Relay::start(server.addr);
-    let mut seed = server.log_in(server.connect_via(relay.addr()), "seed");
-    assert_eq!(text_frame(&mut observer), seed_users(&["obs", "seed"]));
-    assert_eq!((relay.carried(), relay.open()), (1, 1));
-    assert_eq!(relay.cut(), 1);
-    let (seen, ending) = seed.recv_until_end();
-    assert!(seen.is_empty() && matches!(ending, Ending::Eof), "{seen:?} {ending:?}");
-    assert_eq!(text_frame(&mut observer), seed_users(&["obs"]));
-    assert_eq!(relay.open(), 0);
+    for mut server in TestServer::both(json!({})) {
+        let mut observer = server.raw_login("obs");
+        let relay = Relay::start(server.addr);
+        let mut seed = server.log_in(server.connect_via(relay.addr()), "seed");
+        assert_eq!(text_frame(&mut observer), seed_users(&["obs", "seed"]));
+        assert_eq!((relay.carried(), relay.open()), (1, 1));
+        assert_eq!(relay.cut(), 1);
+        let (seen, ending) = seed.recv_until_end();
+        assert!(seen.is_empty() && matches!(ending, Ending::Eof), "{seen:?} {ending:?}");
+        assert_eq!(text_frame(&mut observer), seed_users(&["obs"]));
+        assert_eq!(relay.open(), 0);
 
-    relay.hold(true);
-    let tcp = std::net::TcpStream::connect(relay.addr()).unwrap();
-    let stream = server.stream_over(tcp);
-    assert!(tungstenite::client::client(server.url(), stream).is_err());
-    assert_eq!((relay.carried(), relay.refused()), (1, 1));
-    relay.hold(false);
-    server.log_in(server.connect_via(relay.addr()), "seed");
-    assert_eq!(text_frame(&mut observer), seed_users(&["obs", "seed"]));
-    assert_eq!(relay.carried(), 2);
+        relay.hold(true);
+        let stream = server.stream_over(std::net::TcpStream::connect(relay.addr()).unwrap());
+        assert!(tungstenite::client::client(server.url(), stream).is_err());
+        assert_eq!((relay.carried(), relay.refused()), (1, 1));
+        relay.hold(false);
+        let mut seed = server.log_in(server.connect_via(relay.addr()), "seed");
+        assert_eq!(text_frame(&mut observer), seed_users(&["obs", "seed"]));
+        assert_eq!(relay.carried(), 2);
+
+        server.restart();
+        relay.retarget(server.addr);
+        assert!(matches!(seed.recv_until_end().1, Ending::Eof));
+        server.log_in(server.connect_via(relay.addr()), "seed");
+        assert_eq!(relay.carried(), 3);
+    }
 }
 
 #[test]
@@ -212,6 +219,48 @@ fn missed_messages_come_back_exactly_once_in_order() {
     );
     assert_eq!(relay.carried(), 2);
     never_logged(&server, &ticket.token);
+}
+
+/// Keys and the owner's announcements are room events too: replayed with
+/// their `seq`, and the keys of who is online follow the list.
+#[test]
+fn keys_and_announcements_are_replayed() {
+    let server = TestServer::start(json!({}));
+    let mut observer = server.raw_login("obs");
+    let mut bob = server.login_resumable("bob");
+    assert_eq!(text_frame(&mut observer), seed_users(&["bob", "obs"]));
+    let relay = Relay::start(server.addr);
+    let alice = server.login_resumable_via(relay.addr(), "alice");
+    assert_eq!(text_frame(&mut observer), seed_users(&["alice", "bob", "obs"]));
+    bob.recv_type("OnlineUsers");
+    let ticket = cut_off(&relay, alice);
+
+    let key = e2e::Keys::generate().published();
+    bob.send(json!({"msgType": "PublicKey", "key": key}));
+    let own = bob.recv();
+    assert_eq!(without_seq(&own), json!({"msgType": "PublicKey", "SrcUser": "bob", "key": key}));
+    let key_seq = seq_of(&own).unwrap_or_else(|| panic!("no seq on {own}"));
+    assert_eq!(
+        text_frame(&mut observer),
+        format!(r#"{{"msgType":"PublicKey","SrcUser":"bob","key":{}}}"#, quoted(&key))
+    );
+    server.ctl_ok(&["say", "maintenance", "at", "noon"]);
+    let said = bob.recv();
+    assert_eq!(said["msgType"], "Announcement", "{said}");
+    let said_seq = seq_of(&said).unwrap_or_else(|| panic!("no seq on {said}"));
+    let seen: Value = serde_json::from_str(&text_frame(&mut observer)).unwrap();
+    assert_eq!(seen, without_seq(&said), "the seed's client gets it without seq");
+
+    let (answer, mut alice) = server.resume(server.connect_via(relay.addr()), &ticket);
+    assert_eq!(answer["missed"], 2, "{answer}");
+    assert_eq!(alice.recv(), own);
+    assert_eq!(alice.recv(), said);
+    assert!(key_seq < said_seq);
+    assert_eq!(names(&alice.recv()), ["alice", "bob", "obs"]);
+    let keys = alice.recv();
+    assert_eq!(keys["msgType"], "PublicKeys", "{keys}");
+    assert_eq!(keys["Keys"], json!({"bob": key}), "{keys}");
+    heard_next(&mut alice, &mut observer, "back", said_seq);
 }
 
 #[test]
@@ -321,7 +370,9 @@ fn a_wrong_token_is_refused_and_the_holder_keeps_the_name() {
 
     // Against an away one: refused too, and the holder still comes back.
     let relay = Relay::start(server.addr);
-    let carol = server.login_resumable_via(relay.addr(), "carol");
+    let mut carol = server.login_resumable_via(relay.addr(), "carol");
+    let replayed = carol.recv();
+    assert_eq!(replayed["history"], true, "alice's broadcast, from the history: {replayed}");
     assert_eq!(text_frame(&mut observer), seed_users(&["alice", "carol", "obs"]));
     assert!(seq_of(&alice.recv()).is_some());
     let ticket = cut_off(&relay, carol);
