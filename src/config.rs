@@ -100,6 +100,9 @@ pub struct Limits {
     /// Logins from one address per minute (a token bucket with a burst of
     /// as many); 0 = no limit.
     pub logins_per_minute_per_ip: u32,
+    /// How long a resumable session whose connection dropped keeps its
+    /// place for a resume; zero: resuming is off.
+    pub resume_grace: Duration,
 }
 
 /// The defaults of [`KEYS`].
@@ -309,6 +312,16 @@ pub const KEYS: &[Key] = &[
             min: 1,
             max: 3600,
             set: |d, n| d.config.limits.login_timeout = Duration::from_secs(n),
+        },
+    },
+    Key {
+        name: "resume_grace_secs",
+        default: Some("120"),
+        doc: "seconds a session whose connection dropped keeps its place for a resume; 0 = off",
+        kind: Int {
+            min: 0,
+            max: 86400,
+            set: |d, n| d.config.limits.resume_grace = Duration::from_secs(n),
         },
     },
     Key {
@@ -608,6 +621,7 @@ impl Draft {
                     login_attempts_per_minute: 0,
                     connections_per_minute_per_ip: 0,
                     logins_per_minute_per_ip: 0,
+                    resume_grace: Duration::ZERO,
                 },
                 history_size: 0,
                 history_max_bytes: 0,

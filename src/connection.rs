@@ -63,8 +63,9 @@ pub enum Input {
     Idle,
     /// The WebSocket ended (the peer closed it, broke the protocol, or
     /// sent too much); what was owed to it is queued. `why` is for the
-    /// log; `refused`: the `Error` it was sent.
-    Ended { why: String, refused: Option<ErrorCode> },
+    /// log; `refused`: the `Error` it was sent; `dropped`: no goodbye
+    /// (the link broke, or a Close other than 1000).
+    Ended { why: String, refused: Option<ErrorCode>, dropped: bool },
     /// Closed both ways or dead: remove the connection.
     Finished,
 }
@@ -294,11 +295,13 @@ impl<S: Socket> Connection<S> {
                         // tungstenite queued the reply; move it into our outbox.
                         let _ = ws.flush(&mut io);
                         self.start_closing(now);
-                        let why = match frame {
-                            Some(f) => format!("closed ({})", u16::from(f.code)),
+                        let code = frame.map(|f| u16::from(f.code));
+                        let why = match code {
+                            Some(code) => format!("closed ({code})"),
                             None => "closed".into(),
                         };
-                        Input::Ended { why, refused: None }
+                        let dropped = code != Some(close_code::NORMAL);
+                        Input::Ended { why, refused: None, dropped }
                     }
                     Ok(message) => {
                         *returned += 1;
@@ -388,33 +391,42 @@ impl<S: Socket> Connection<S> {
             | WsError::AlreadyClosed
             | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 self.start_closing(now);
-                return Input::Ended { why: "connection lost".into(), refused: None };
+                return Input::Ended {
+                    why: "connection lost".into(),
+                    refused: None,
+                    dropped: true,
+                };
             }
             WsError::Io(e) => {
                 self.start_closing(now);
-                return Input::Ended { why: format!("connection lost: {e}"), refused: None };
+                let why = format!("connection lost: {e}");
+                return Input::Ended { why, refused: None, dropped: true };
             }
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 let text = format!("message of {size} bytes is over the limit of {max_size} bytes");
                 let why = Rejection::new(ErrorCode::MessageTooBig, text);
                 self.close(close_code::TOO_BIG, "message too big", Some(&why), now);
                 let why = format!("message of {size} bytes over the {max_size} limit");
-                return Input::Ended { why, refused: Some(ErrorCode::MessageTooBig) };
+                return Input::Ended {
+                    why,
+                    refused: Some(ErrorCode::MessageTooBig),
+                    dropped: false,
+                };
             }
             WsError::Utf8(_) => (close_code::INVALID_DATA, "invalid UTF-8 in a text frame", None),
             WsError::Protocol(e) => {
                 let reason = format!("WebSocket protocol error: {e}");
                 self.close(close_code::PROTOCOL_ERROR, &reason, None, now);
-                return Input::Ended { why: reason, refused: None };
+                return Input::Ended { why: reason, refused: None, dropped: false };
             }
             e => {
                 let reason = format!("internal error: {e}");
                 self.close(close_code::INTERNAL_ERROR, "internal error", None, now);
-                return Input::Ended { why: reason, refused: None };
+                return Input::Ended { why: reason, refused: None, dropped: false };
             }
         };
         self.close(code, reason, why.as_ref(), now);
-        Input::Ended { why: reason.to_owned(), refused: None }
+        Input::Ended { why: reason.to_owned(), refused: None, dropped: false }
     }
 
     /// Queues an optional `Error` and a Close frame, and starts closing.

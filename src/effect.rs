@@ -25,11 +25,22 @@ pub struct Outbound {
     pub to: To,
     pub kind: Kind,
     pub json: String,
+    /// The room's position once a recipient has this message: resumable
+    /// sessions get it as a first field, `"seq"` (docs/PROTOCOL.md,
+    /// "Sequence numbers"); others get `json` as it is.
+    pub seq: Option<u64>,
 }
 
 impl Outbound {
     pub fn new(to: To, reply: &Reply) -> Self {
-        Outbound { to, kind: reply.kind(), json: reply.to_json() }
+        Outbound { to, kind: reply.kind(), json: reply.to_json(), seq: None }
+    }
+
+    /// `json` with `"seq"` as its first field.
+    pub fn sequenced_json(&self) -> Option<String> {
+        let seq = self.seq?;
+        let rest = self.json.strip_prefix('{')?;
+        Some(format!("{{\"seq\":{seq},{rest}"))
     }
 }
 
@@ -45,19 +56,41 @@ pub enum Ending {
     ShutDown,
     /// The connection ended it (the peer closed, or broke the protocol):
     /// the connection is closing already; `why` is for the log.
-    Lost(String),
+    /// `dropped`: no goodbye (the link broke, or a Close other than 1000):
+    /// a resumable session keeps its place for `resume_grace_secs`.
+    Lost { why: String, dropped: bool },
 }
+
+/// `Ending::Close` reasons of a link gone quiet rather than a policy: a
+/// resumable session keeps its place after them.
+pub const IDLE_TIMEOUT: &str = "idle timeout";
+pub const MESSAGE_TIMEOUT: &str = "message timeout";
 
 /// What a local connection asks of the cluster (in a cluster only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterCall {
     /// Ask Redis for this name; the session logs in when its `Join` comes back.
-    Claim { conn: ConnId, name: String, key: String },
+    /// `token_hash`: a resumable session's (kept on Redis for its resume
+    /// on any node).
+    Claim { conn: ConnId, name: String, key: String, token_hash: Option<String> },
     /// What the whole room must see in one order: it takes effect when it
     /// comes back from Redis.
     Propose { from: ConnId, what: Proposed },
     /// A local user left: the name is free.
     Release { name_key: String },
+    /// Resume the session holding this name if `token_hash` is its token's
+    /// (else, the name being free, claim it): the session logs in when the
+    /// `Resume` (or `Join`) comes back.
+    /// `new_token_hash`: the new session's, if the name is free.
+    Resume {
+        conn: ConnId,
+        name: String,
+        key: String,
+        token_hash: String,
+        new_token_hash: Option<String>,
+        /// The room's lock keeps this login out, should the name be free.
+        locked_out: bool,
+    },
 }
 
 /// Something to count for `/metrics` that only a decision knows.
@@ -65,6 +98,8 @@ pub enum ClusterCall {
 pub enum Count {
     /// A message from a logged-in user, by `msgType` (`None`: refused).
     Received(Option<&'static str>),
+    /// A `Resume`, by how it went: `exact`, `reset`, `refused`.
+    Resume(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +181,19 @@ impl Ending {
             Ending::Close { reason, .. } => reason,
             Ending::TooSlow => "too slow",
             Ending::ShutDown => "server shutting down",
-            Ending::Lost(why) => why,
+            Ending::Lost { why, .. } => why,
+        }
+    }
+
+    /// Whether a resumable session keeps its place in the room for
+    /// `resume_grace_secs` after this ending (docs/PROTOCOL.md, "When the
+    /// grace runs"): the link broke or went quiet, not a goodbye or a policy.
+    pub fn keeps_place(&self) -> bool {
+        match self {
+            Ending::Lost { dropped, .. } => *dropped,
+            Ending::TooSlow => true,
+            Ending::Close { reason, .. } => *reason == IDLE_TIMEOUT || *reason == MESSAGE_TIMEOUT,
+            Ending::ShutDown => false,
         }
     }
 }

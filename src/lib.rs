@@ -23,6 +23,7 @@ mod peerlog;
 pub mod protocol;
 mod ratelimit;
 pub mod redis;
+mod resume;
 mod room;
 pub mod server;
 mod session;

@@ -35,6 +35,8 @@ pub struct Stats {
     pub bytes_out: u64,
     pub handshake_failures: u64,
     pub connections_accepted: u64,
+    /// `Resume`s by how they went.
+    pub resumes: BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -55,6 +57,7 @@ impl Stats {
     pub fn record(&mut self, count: Count) {
         match count {
             Count::Received(kind) => Self::count(&mut self.received, kind.unwrap_or("refused"), 1),
+            Count::Resume(how) => Self::count(&mut self.resumes, how, 1),
         }
     }
 }
@@ -62,6 +65,8 @@ impl Stats {
 /// What only the event loop knows at the moment of a scrape.
 pub struct Snapshot {
     pub users_online: usize,
+    /// Sessions whose connection dropped, kept for their resume.
+    pub sessions_away: usize,
     /// Connections by phase: handshaking, logging_in, chatting, closing.
     pub phases: [(&'static str, usize); 4],
     pub bytes_in: u64,
@@ -103,6 +108,18 @@ pub fn encode(stats: &Stats, now: &Snapshot) -> String {
         &one(now.uptime_seconds),
     );
     family("users_online", "gauge", "Users logged in.", &one(now.users_online as u64));
+    family(
+        "sessions_away",
+        "gauge",
+        "Sessions whose connection dropped, kept for a resume (resume_grace_secs).",
+        &one(now.sessions_away as u64),
+    );
+    family(
+        "resumes_total",
+        "counter",
+        "Resume requests, by result: exact (what was missed), reset, refused (wrong token).",
+        &labelled("result", &stats.resumes),
+    );
     let phases: Vec<_> =
         now.phases.iter().map(|(p, n)| (format!("{{phase=\"{p}\"}}"), *n as i64)).collect();
     family("connections", "gauge", "Open connections by phase.", &phases);
@@ -251,6 +268,7 @@ mod tests {
         Stats::count(&mut stats.delivered, "Broadcast", 10);
         let now = Snapshot {
             users_online: 2,
+            sessions_away: 0,
             phases: [("handshaking", 1), ("logging_in", 0), ("chatting", 2), ("closing", 0)],
             bytes_in: 5,
             bytes_out: 7,

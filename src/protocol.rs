@@ -80,6 +80,10 @@ pub enum ErrorCode {
     /// A moderator's action that was not done (not online, not banned, a
     /// moderator's name...): the text says why.
     ModerationRefused,
+    /// A `Resume` for a name held by a session with another token.
+    ResumeRefused,
+    /// This connection's session was resumed by another connection.
+    ResumedElsewhere,
 }
 
 impl ErrorCode {
@@ -113,12 +117,16 @@ impl ErrorCode {
             ErrorCode::Muted => "muted",
             ErrorCode::NotAModerator => "not_a_moderator",
             ErrorCode::ModerationRefused => "moderation_refused",
+            ErrorCode::ResumeRefused => "resume_refused",
+            ErrorCode::ResumedElsewhere => "resumed_elsewhere",
         }
     }
 }
 
 /// WebSocket close codes the server sends (RFC 6455, section 7.4.1).
 pub mod close_code {
+    /// A goodbye: a resumable session leaves at once.
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const UNSUPPORTED_DATA: u16 = 1003;
@@ -440,6 +448,10 @@ impl Reply<'_> {
 /// with `"e2e_room": true` in an end-to-end encrypted room and `"role":
 /// "moderator"` for a moderator (members get no `role`).
 pub fn server_name_json(name: &str, e2e_room: bool, role: Role) -> String {
+    welcome(name, e2e_room, role).to_string()
+}
+
+fn welcome(name: &str, e2e_room: bool, role: Role) -> serde_json::Value {
     let mut welcome = serde_json::json!({ "ServerName": name });
     if e2e_room {
         welcome["e2e_room"] = true.into();
@@ -447,7 +459,51 @@ pub fn server_name_json(name: &str, e2e_room: bool, role: Role) -> String {
     if role == Role::Moderator {
         welcome["role"] = "moderator".into();
     }
+    welcome
+}
+
+/// A resumable session's welcome: the `ServerName` one, with what resuming
+/// needs (docs/PROTOCOL.md, "Opting in").
+pub fn resumable_welcome_json(
+    name: &str,
+    e2e_room: bool,
+    role: Role,
+    token: &str,
+    epoch: &str,
+    seq: u64,
+) -> String {
+    let mut welcome = welcome(name, e2e_room, role);
+    welcome["resume"] = serde_json::json!({ "token": token, "epoch": epoch, "seq": seq });
     welcome.to_string()
+}
+
+/// The answer to a `Resume`: `missed` messages follow (`Some`), or a reset,
+/// and `why` (docs/PROTOCOL.md, "Resuming").
+#[allow(clippy::too_many_arguments)]
+pub fn resumed_json(
+    name: &str,
+    e2e_room: bool,
+    role: Role,
+    token: Option<&str>,
+    epoch: &str,
+    seq: u64,
+    missed: Option<usize>,
+    why: Option<&str>,
+) -> String {
+    let mut resumed = welcome(name, e2e_room, role);
+    resumed["msgType"] = "Resumed".into();
+    resumed["resume"] = match token {
+        Some(token) => serde_json::json!({ "token": token, "epoch": epoch, "seq": seq }),
+        None => serde_json::json!({ "epoch": epoch, "seq": seq }),
+    };
+    match missed {
+        Some(missed) => resumed["missed"] = missed.into(),
+        None => {
+            resumed["reset"] = true.into();
+            resumed["why"] = why.unwrap_or("").into();
+        }
+    }
+    resumed.to_string()
 }
 
 /// In an `e2e_room`: refuses a `Broadcast` text that is not a sealed room

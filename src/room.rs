@@ -2,9 +2,10 @@
 //! routing of messages. It knows nothing about sockets or Redis: every call
 //! pushes what is to be sent (and, in a cluster, proposed) as `Effect`s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::rc::Rc;
+use std::time::Instant;
 
 use crate::cluster::Proposed;
 pub use crate::cluster::{LocalUser, RemoteUser};
@@ -13,6 +14,7 @@ pub use crate::effect::{ConnId, To};
 use crate::history::History;
 use crate::names::{self, Name};
 use crate::protocol::{self, ErrorCode, Kind, Rejection, Reply, Request, Role, server_name_json};
+use crate::resume::{self, Ask, For, Gap, Journal};
 
 /// Rooms with at most this many users get the full `OnlineUsers` list on
 /// every change; larger rooms get `UsersJoined` / `UsersLeft` deltas.
@@ -38,6 +40,8 @@ struct Member {
     name: Rc<str>,
     /// The public key the user published, relayed as an opaque string.
     key: Option<Box<str>>,
+    /// A resumable session: the hash of its resume token (`resume.rs`).
+    token: Option<Box<str>>,
     at: At,
 }
 
@@ -53,6 +57,44 @@ enum At {
     Remote {
         node: Rc<str>,
     },
+    /// Here, its connection dropped: kept for its resume until its
+    /// deadline in `Room::away`.
+    Away,
+}
+
+/// What a joiner's welcome says besides the room's title and the role.
+#[derive(Debug, Clone)]
+pub enum Welcome {
+    /// The original protocol's `{"ServerName": ...}`.
+    Plain,
+    /// A resumable session's: its token, the epoch, the position.
+    Resumable { token: String },
+    /// A `Resume` that found no session to resume: a new one, told as a
+    /// reset (`why`); no token when resuming is off.
+    Reset { token: Option<String>, why: &'static str },
+}
+
+impl Welcome {
+    /// The session's resume token, if it is resumable.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            Welcome::Plain | Welcome::Reset { token: None, .. } => None,
+            Welcome::Resumable { token } | Welcome::Reset { token: Some(token), .. } => Some(token),
+        }
+    }
+}
+
+/// How a resume went (docs/PROTOCOL.md, "Resuming").
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// The session is this connection's now; `took_over`: the connection
+    /// that still had it, to be closed without leaving; `exact`: what it
+    /// missed was replayed (else a reset).
+    Yes { took_over: Option<ConnId>, exact: bool },
+    /// Nobody holds the name: log in afresh (a reset).
+    NotHeld,
+    /// Somebody does, with another token.
+    Refused,
 }
 
 /// Where a member's snapshot of the room (the user list, then the keys)
@@ -100,6 +142,28 @@ pub struct Room {
     encrypted: bool,
     /// Remote users added with a key the users here have not been sent.
     rekeyed: Vec<Rc<str>>,
+    /// Joiners whose welcome is their own (resumable sessions).
+    welcomes: Vec<(ConnId, Welcome)>,
+    /// The room's position: the number of its last event (standalone,
+    /// counted here; in a cluster, the cluster's order).
+    seq: u64,
+    /// In a cluster: the number of the event being applied (messages made
+    /// outside one are not numbered).
+    event: Option<u64>,
+    /// The position of the last presence change (what lists carry).
+    presence_seq: u64,
+    /// Names the room's memory: new at every start (in a cluster, Redis's).
+    epoch: Rc<str>,
+    /// What resuming sessions may have missed.
+    journal: Journal,
+    /// Sessions whose connection dropped: (deadline, name key), oldest first.
+    away: VecDeque<(Instant, Rc<str>)>,
+    /// Most sessions away at once (0: resuming is off).
+    max_away: usize,
+    /// Members with a token (standalone journals only while there are any).
+    resumable: usize,
+    /// Most bytes a resume replays (half of `max_outbound_bytes`).
+    replay_budget: usize,
 }
 
 impl Room {
@@ -125,6 +189,73 @@ impl Room {
             part_budget: part_budget(outbound_limit),
             encrypted: false,
             rekeyed: Vec::new(),
+            welcomes: Vec::new(),
+            seq: 0,
+            event: None,
+            presence_seq: 0,
+            epoch: Rc::from(resume::new_epoch()),
+            journal: Journal::default(),
+            away: VecDeque::new(),
+            max_away: 0,
+            resumable: 0,
+            replay_budget: outbound_limit / 2,
+        }
+    }
+
+    /// `set_max_away` as a builder.
+    pub fn resumable(mut self, max_away: usize) -> Self {
+        self.max_away = max_away;
+        self
+    }
+
+    /// Resuming on (`resume_grace_secs` > 0): at most `max_away` sessions
+    /// away at once (0: off; those away now stay until their deadline).
+    pub fn set_max_away(&mut self, max_away: usize) {
+        self.max_away = max_away;
+    }
+
+    /// In a cluster: the event numbered `seq` is being applied (`None`:
+    /// done). What it makes is numbered `seq`.
+    pub fn at_event(&mut self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            self.seq = seq;
+        }
+        self.event = seq;
+    }
+
+    /// In a cluster, the link was (re)made: the room's memory is named
+    /// `epoch`, and its order is whole from `seq` on (what came before
+    /// may have been missed, so no resume reaches back past it).
+    pub fn synced(&mut self, epoch: &str, seq: u64) {
+        if *self.epoch != *epoch {
+            self.epoch = Rc::from(epoch);
+        }
+        self.seq = seq;
+        self.presence_seq = self.presence_seq.min(seq);
+        self.journal.forget_to(seq);
+    }
+
+    /// The number of an event happening now: standalone, the next one; in
+    /// a cluster, the one being applied (`None` outside one).
+    fn next_seq(&mut self) -> Option<u64> {
+        match self.mode {
+            Mode::Standalone => {
+                self.seq += 1;
+                Some(self.seq)
+            }
+            Mode::Node(_) => self.event,
+        }
+    }
+
+    /// Keeps a numbered message for resuming sessions: standalone while
+    /// any member may resume, in a cluster always (a session of another
+    /// node may resume here).
+    fn keep(&mut self, seq: Option<u64>, to: For, kind: Kind, json: &str) {
+        let Some(seq) = seq else { return };
+        let wanted = self.max_away > 0 && (self.is_clustered() || self.resumable > 0);
+        match wanted {
+            true => self.journal.record(seq, to, kind, json),
+            false => self.journal.forget_to(seq),
         }
     }
 
@@ -152,6 +283,7 @@ impl Room {
     /// lowers it only for those not in the room yet).
     pub fn set_outbound_limit(&mut self, outbound_limit: usize) {
         self.part_budget = part_budget(outbound_limit);
+        self.replay_budget = outbound_limit / 2;
     }
 
     /// Standalone, or a node of a cluster (and whether its link is up).
@@ -199,7 +331,7 @@ impl Room {
     pub fn local_id(&self, name_key: &str) -> Option<ConnId> {
         match self.users.get(name_key)?.at {
             At::Local { id, .. } => Some(id),
-            At::Remote { .. } => None,
+            At::Remote { .. } | At::Away => None,
         }
     }
 
@@ -210,6 +342,7 @@ impl Room {
             let at = match &self.users.get(key)?.at {
                 At::Local { id, .. } => Ok(*id),
                 At::Remote { node } => Err(&**node),
+                At::Away => Err("away"),
             };
             Some((&**name, &**key, at))
         })
@@ -233,7 +366,8 @@ impl Room {
 
     /// The server's own words to everyone here (not kept in the history).
     pub fn announce(&mut self, text: &str, out: &mut Effects) {
-        self.emit(out, Outbound::new(To::Everyone, &Reply::Announcement { text }));
+        let message = Outbound::new(To::Everyone, &Reply::Announcement { text });
+        self.numbered(out, message, For::Everyone);
     }
 
     /// The comparison key of local user `id`'s name.
@@ -263,7 +397,7 @@ impl Room {
     /// A member joins (the tests' shorthand of `join_as`).
     #[cfg(test)]
     pub fn join(&mut self, id: ConnId, name: &str) -> Result<(), Rejection> {
-        self.join_as(id, name, Role::Member)
+        self.join_as(id, name, Role::Member, Welcome::Plain)
     }
 
     /// Adds a local user, in `role`. The welcome (`ServerName` and, for a
@@ -272,21 +406,312 @@ impl Room {
     /// The name is checked and normalized by `names::check`; it is taken
     /// when an online name has the same comparison key ("Alice", "аlice"
     /// with a Cyrillic "а" and "alice" are one name).
-    pub fn join_as(&mut self, id: ConnId, name: &str, role: Role) -> Result<(), Rejection> {
+    pub fn join_as(
+        &mut self,
+        id: ConnId,
+        name: &str,
+        role: Role,
+        welcome: Welcome,
+    ) -> Result<(), Rejection> {
         let Name { display, key } = self.check_name(name)?;
         let name: Rc<str> = Rc::from(display);
         let name_key: Rc<str> = Rc::from(key);
         let at = At::Local { id, slot: self.order.len(), snapshot: None };
-        self.insert(name_key.clone(), Member { name: name.clone(), key: None, at });
+        let token = welcome.token().map(|token| {
+            self.resumable += 1;
+            resume::token_hash(token).into_boxed_str()
+        });
+        self.insert(name_key.clone(), Member { name: name.clone(), key: None, token, at });
         self.local.insert(id, name_key);
         self.order.push(id);
+        self.changed_presence();
         // Left and came back before anyone heard: nobody needs to hear either.
         self.left.retain(|n| *n != name);
         self.joined.push(id);
         if role == Role::Moderator {
             self.joined_moderators.push(id);
         }
+        if !matches!(welcome, Welcome::Plain) {
+            self.welcomes.push((id, welcome));
+        }
         Ok(())
+    }
+
+    /// Someone joined or left: a numbered event (standalone) that the
+    /// next lists report.
+    fn changed_presence(&mut self) {
+        if let Some(seq) = self.next_seq() {
+            self.presence_seq = seq;
+        }
+    }
+
+    /// Takes local user `id` out of the delivery order (for good, or while
+    /// away); `Some(true)` if their join was not announced yet.
+    fn unlist(&mut self, id: ConnId) -> Option<(Rc<str>, bool)> {
+        let name_key = self.local.remove(&id)?;
+        if let Some(Member { at: At::Local { slot, snapshot, .. }, .. }) = self.users.get(&name_key)
+        {
+            let (slot, receiving) = (*slot, snapshot.is_some());
+            self.order.swap_remove(slot);
+            if let Some(&moved) = self.order.get(slot)
+                && let Some(At::Local { slot: s, .. }) = self.member_mut(moved).map(|m| &mut m.at)
+            {
+                *s = slot;
+            }
+            if receiving {
+                self.receiving.retain(|&r| r != id);
+            }
+        }
+        let unannounced = match self.joined.iter().position(|&j| j == id) {
+            Some(i) => {
+                self.joined.remove(i);
+                self.joined_moderators.retain(|&m| m != id);
+                self.welcomes.retain(|(w, _)| *w != id);
+                true
+            }
+            None => false,
+        };
+        Some((name_key, unannounced))
+    }
+
+    /// The connection of a resumable user dropped: they stay online, and
+    /// their session is kept until `until` for a resume (`false`: not a
+    /// resumable session, or it had just joined: they leave as usual).
+    pub fn detach(&mut self, id: ConnId, until: Instant, out: &mut Effects) -> bool {
+        let resumable =
+            self.member(id).is_some_and(|m| m.token.is_some() && matches!(m.at, At::Local { .. }));
+        if !resumable || self.max_away == 0 || self.joined.contains(&id) {
+            return false;
+        }
+        let Some((name_key, _)) = self.unlist(id) else { return false };
+        if let Some(member) = self.users.get_mut(&name_key) {
+            member.at = At::Away;
+        }
+        self.away.push_back((until, name_key));
+        if self.away.len() > self.max_away
+            && let Some((_, oldest)) = self.away.pop_front()
+        {
+            self.end_away(&oldest, out);
+        }
+        true
+    }
+
+    /// Sessions away past their deadline leave now (announced with the
+    /// next lists). Their name keys, for the cluster.
+    pub fn expire(&mut self, now: Instant, out: &mut Effects) -> Vec<Rc<str>> {
+        let mut gone = Vec::new();
+        while self.away.front().is_some_and(|(until, _)| *until <= now) {
+            let Some((_, key)) = self.away.pop_front() else { break };
+            if self.end_away(&key, out) {
+                gone.push(key);
+            }
+        }
+        gone
+    }
+
+    /// An away session ends (its deadline, a kick, a ban): the user leaves.
+    pub fn end_away(&mut self, name_key: &str, _out: &mut Effects) -> bool {
+        if !matches!(self.users.get(name_key).map(|m| &m.at), Some(At::Away)) {
+            return false;
+        }
+        self.away.retain(|(_, k)| **k != *name_key);
+        let Some(member) = self.users.remove(name_key) else { return false };
+        self.names.remove(&member.name);
+        if member.token.is_some() {
+            self.resumable -= 1;
+        }
+        self.changed_presence();
+        self.left.push(member.name);
+        true
+    }
+
+    /// In a cluster: the session under `name_key` was resumed for a
+    /// connection of this node that has gone since. It is this node's now:
+    /// away here until `until` (`false`: not known here).
+    pub fn hold_away(&mut self, name_key: &str, until: Instant) -> bool {
+        let Some((key, member)) = self.users.get_key_value(name_key) else { return false };
+        if let At::Remote { .. } = member.at {
+            let key = key.clone();
+            if let Some(member) = self.users.get_mut(&key) {
+                member.at = At::Away;
+            }
+            self.away.push_back((until, key));
+        }
+        true
+    }
+
+    /// How many sessions are away now.
+    pub fn away(&self) -> usize {
+        self.away.len()
+    }
+
+    /// Connection `id` resumes the session under `ask.name` (standalone,
+    /// or in a cluster once Redis said the token is right: `checked`):
+    /// it is sent what it missed, or a reset, and then the room as it is.
+    pub fn resume(
+        &mut self,
+        id: ConnId,
+        ask: &Ask,
+        checked: bool,
+        role: Role,
+        out: &mut Effects,
+    ) -> Resumed {
+        let Ok(Name { key, .. }) = names::check(&ask.name) else { return Resumed::NotHeld };
+        let Some((name_key, member)) = self.users.get_key_value(key.as_str()) else {
+            return Resumed::NotHeld;
+        };
+        let hash = resume::token_hash(&ask.token);
+        let right = member.token.as_deref().is_some_and(|t| resume::same_hash(t, &hash));
+        if !right && !checked {
+            return Resumed::Refused;
+        }
+        let name_key = name_key.clone();
+        // What the others have pending goes out before this connection is listed.
+        self.flush_presence(out);
+        let took_over = match self.users.get(&name_key).map(|m| &m.at) {
+            Some(At::Local { id: old, .. }) => {
+                let old = *old;
+                self.unlist(old);
+                Some(old)
+            }
+            Some(At::Away) => {
+                self.away.retain(|(_, k)| *k != name_key);
+                None
+            }
+            _ => None,
+        };
+        let Some(member) = self.users.get_mut(&name_key) else { return Resumed::NotHeld };
+        if member.token.is_none() {
+            self.resumable += 1;
+        }
+        member.token = Some(hash.into_boxed_str());
+        member.at = At::Local { id, slot: self.order.len(), snapshot: None };
+        self.local.insert(id, name_key.clone());
+        self.order.push(id);
+        let missed = match *self.epoch == *ask.epoch {
+            true => self.journal.since(ask.seq, self.seq, &name_key, self.replay_budget),
+            false => Err(Gap::TooOld),
+        };
+        let (seq, epoch, token) = (self.seq, self.epoch.clone(), &ask.token);
+        let resumed = |missed: Option<usize>, why| {
+            protocol::resumed_json(
+                &self.title,
+                self.encrypted,
+                role,
+                Some(token),
+                &epoch,
+                seq,
+                missed,
+                why,
+            )
+        };
+        let exact = missed.is_ok();
+        match missed {
+            Ok(missed) => {
+                let json = protocol::resumed_json(
+                    &self.title,
+                    self.encrypted,
+                    role,
+                    Some(token),
+                    &epoch,
+                    ask.seq,
+                    Some(missed.len()),
+                    None,
+                );
+                out.push(Effect::Send(Outbound {
+                    to: To::One(id),
+                    kind: Kind::ServerName,
+                    json,
+                    seq: None,
+                }));
+                for (seq, kind, json) in missed {
+                    let json = json.to_string();
+                    out.push(Effect::Send(Outbound {
+                        to: To::One(id),
+                        kind,
+                        json,
+                        seq: Some(seq),
+                    }));
+                }
+                self.send_snapshot(id, false, out);
+            }
+            Err(gap) => {
+                let why = match (gap, *self.epoch == *ask.epoch) {
+                    (_, false) => {
+                        "the room's memory is new (a restart, or the cluster's store emptied)"
+                    }
+                    (Gap::TooOld, true) => "what you missed is older than what the server keeps",
+                    (Gap::TooMuch, true) => "you missed more than a resume may replay",
+                    (Gap::Ahead, true) => "your position is ahead of the room's",
+                };
+                let json = resumed(None, Some(why));
+                out.push(Effect::Send(Outbound {
+                    to: To::One(id),
+                    kind: Kind::ServerName,
+                    json,
+                    seq: None,
+                }));
+                self.send_snapshot(id, true, out);
+            }
+        }
+        Resumed::Yes { took_over, exact }
+    }
+
+    /// A resumed session's view of the room: the list (with the room's
+    /// position) and the keys, in parts as a joiner's; after a reset the
+    /// history too.
+    fn send_snapshot(&mut self, id: ConnId, history: bool, out: &mut Effects) {
+        let seq = self.seq;
+        let (part, mut next) = self.part(&Snapshot::Users { after: Rc::from("") }, true);
+        if let Some((kind, json)) = part {
+            out.push(Effect::Send(Outbound { to: To::One(id), kind, json, seq: Some(seq) }));
+        }
+        if let Some(from @ Snapshot::Keys { .. }) = &next {
+            let (part, rest) = self.part(from, false);
+            if let Some((kind, json)) = part {
+                out.push(Effect::Send(Outbound { to: To::One(id), kind, json, seq: None }));
+            }
+            next = rest;
+        }
+        if history {
+            for replay in self.history.replays() {
+                let json = replay.to_owned();
+                out.push(Effect::Send(Outbound {
+                    to: To::One(id),
+                    kind: Kind::Broadcast,
+                    json,
+                    seq: None,
+                }));
+            }
+        }
+        if let Some(rest) = next {
+            self.resume_snapshot(id, rest);
+        }
+    }
+
+    /// In a cluster: the session under `name_key` was resumed on `node`
+    /// (another one). It is that node's now, with no leave and no join;
+    /// the connection that had it here, if any, is to be closed.
+    pub fn resumed_elsewhere(&mut self, name_key: &str, node: Rc<str>) -> Option<ConnId> {
+        let at = &self.users.get(name_key)?.at;
+        let old = match at {
+            At::Local { id, .. } => {
+                let id = *id;
+                self.unlist(id);
+                Some(id)
+            }
+            At::Away => {
+                self.away.retain(|(_, k)| **k != *name_key);
+                None
+            }
+            At::Remote { .. } => None,
+        };
+        let member = self.users.get_mut(name_key)?;
+        if member.token.take().is_some() {
+            self.resumable -= 1;
+        }
+        member.at = At::Remote { node };
+        old
     }
 
     fn insert(&mut self, name_key: Rc<str>, member: Member) {
@@ -297,26 +722,15 @@ impl Room {
     /// Removes a local user and returns their name (`None` for a
     /// connection that never joined).
     pub fn leave(&mut self, id: ConnId) -> Option<Rc<str>> {
-        let name_key = self.local.remove(&id)?;
+        let (name_key, unannounced) = self.unlist(id)?;
         let member = self.users.remove(&name_key)?;
         self.names.remove(&member.name);
-        if let At::Local { slot, snapshot, .. } = member.at {
-            self.order.swap_remove(slot);
-            if let Some(&moved) = self.order.get(slot)
-                && let Some(At::Local { slot: s, .. }) = self.member_mut(moved).map(|m| &mut m.at)
-            {
-                *s = slot;
-            }
-            if snapshot.is_some() {
-                self.receiving.retain(|&r| r != id);
-            }
+        if member.token.is_some() {
+            self.resumable -= 1;
         }
-        match self.joined.iter().position(|&j| j == id) {
-            Some(i) => {
-                self.joined.remove(i);
-                self.joined_moderators.retain(|&m| m != id);
-            }
-            None => self.left.push(member.name.clone()),
+        self.changed_presence();
+        if !unannounced {
+            self.left.push(member.name.clone());
         }
         Some(member.name)
     }
@@ -327,8 +741,17 @@ impl Room {
         let Ok(Name { display, key }) = names::check(&user.name) else {
             return Ok(()); // not a name this node would accept: nobody to show
         };
-        if let Some(At::Local { id, .. }) = self.users.get(key.as_str()).map(|m| &m.at) {
-            return Err(*id);
+        match self.users.get(key.as_str()).map(|m| &m.at) {
+            Some(At::Local { id, .. }) => return Err(*id),
+            // The cluster gave the name of a session away here to someone:
+            // that session is over (its resume will be a reset).
+            Some(At::Away) => {
+                self.away.retain(|(_, k)| **k != *key);
+                if let Some(Member { token: Some(_), .. }) = self.users.remove(key.as_str()) {
+                    self.resumable -= 1;
+                }
+            }
+            _ => {}
         }
         let name_key: Rc<str> = Rc::from(key);
         let had = self.users.get(&name_key).and_then(|m| m.key.clone());
@@ -344,7 +767,9 @@ impl Room {
             None => self.joined_remote.push(name.clone()),
         }
         let key = user.key.map(String::into_boxed_str);
-        self.insert(name_key, Member { name, key, at: At::Remote { node: user.node } });
+        let at = At::Remote { node: user.node };
+        self.insert(name_key, Member { name, key, token: None, at });
+        self.changed_presence();
         Ok(())
     }
 
@@ -355,6 +780,7 @@ impl Room {
         }
         let member = self.users.remove(name_key)?;
         self.names.remove(&member.name);
+        self.changed_presence();
         match self.joined_remote.iter().position(|n| *n == member.name) {
             Some(i) => {
                 self.joined_remote.remove(i);
@@ -392,12 +818,16 @@ impl Room {
                 (At::Remote { node }, Some(u)) => {
                     *node != u.node || *m.name != *u.name || m.key.as_deref() != u.key.as_deref()
                 }
-                (At::Local { .. }, _) => false,
+                // Away here, but the cluster gave the name to another node.
+                (At::Away, Some(_)) => true,
+                (At::Local { .. } | At::Away, _) => false,
             })
             .map(|(k, _)| k.clone())
             .collect();
         for key in &stale {
-            self.remove_remote(key);
+            if self.remove_remote(key).is_none() {
+                self.end_away(key, &mut Vec::new());
+            }
         }
         let mut conflicts = Vec::new();
         for (key, user) in wanted {
@@ -414,9 +844,11 @@ impl Room {
     pub fn local_users(&self) -> Vec<LocalUser> {
         let user = |k: &Rc<str>| {
             let m = self.users.get(k)?;
-            Some(LocalUser { name_key: k.clone(), name: m.name.clone(), key: m.key.clone() })
+            let (name, key, token) = (m.name.clone(), m.key.clone(), m.token.clone());
+            Some(LocalUser { name_key: k.clone(), name, key, token })
         };
-        self.local.values().filter_map(user).collect()
+        let away = self.away.iter().map(|(_, k)| k);
+        self.local.values().chain(away).filter_map(user).collect()
     }
 
     /// Routes one request from a logged-in user.
@@ -450,10 +882,19 @@ impl Room {
                     let local = matches!(member.at, At::Local { .. });
                     Some((key.clone(), member.name.clone(), local))
                 });
+                // (In a cluster every private message takes the cluster's
+                // order, so that its number is the same on every node: the
+                // target may resume on another one.)
                 match found {
-                    Some((key, _, true)) => self.deliver_private(&key, &name, &text, out),
+                    // (While the link is down, a local user is still
+                    // reached: unnumbered, as the cluster's order is lost.)
+                    Some((key, _, local))
+                        if self.mode == Mode::Standalone || (local && unavailable) =>
+                    {
+                        self.deliver_private(&key, &name, &text, out)
+                    }
                     Some(_) if unavailable => out.refuse(from, Rejection::cluster_unavailable()),
-                    Some((to_key, to_name, false)) => {
+                    Some((to_key, to_name, _)) => {
                         propose(out, Proposed::Private { to_key, to_name, from: name, text })
                     }
                     None => out.refuse(from, Rejection::user_offline(&target)),
@@ -465,7 +906,7 @@ impl Room {
                 let first = Snapshot::Users { after: Rc::from("") };
                 let (part, rest) = self.part(&first, true);
                 if let Some((kind, json)) = part {
-                    self.emit(out, Outbound { to: To::One(from), kind, json });
+                    self.emit(out, Outbound { to: To::One(from), kind, json, seq: None });
                 }
                 if let Some(Snapshot::Users { after }) = rest {
                     self.resume_snapshot(from, Snapshot::Users { after });
@@ -493,8 +934,17 @@ impl Room {
     /// A broadcast takes effect: to every local user, and into the history.
     pub fn say(&mut self, name: &str, text: &str, out: &mut Effects) {
         let reply = Reply::Broadcast { source: name, text, history: false };
-        self.emit(out, Outbound::new(To::Everyone, &reply));
+        self.numbered(out, Outbound::new(To::Everyone, &reply), For::Everyone);
         self.history.remember(name, text);
+    }
+
+    /// A numbered message of the room (a broadcast, a private message, a
+    /// key, an announcement): sent, and kept for resuming sessions.
+    fn numbered(&mut self, out: &mut Effects, mut message: Outbound, to: For) {
+        let seq = self.next_seq();
+        message.seq = seq;
+        self.keep(seq, to, message.kind, &message.json);
+        self.emit(out, message);
     }
 
     /// The history as the cluster has it, oldest first: (name, text).
@@ -511,14 +961,25 @@ impl Room {
         let Some(member) = self.users.get_mut(name_key) else { return };
         member.key = Some(key.into());
         let message = Outbound::new(To::Everyone, &Reply::PublicKey { source: &member.name, key });
-        self.emit(out, message);
+        self.numbered(out, message, For::Everyone);
     }
 
     /// A private message to `to_key`, if that user is here.
+    /// (Kept for resuming too: the user may be away, or, in a cluster,
+    /// come back on this node.)
     pub fn deliver_private(&mut self, to_key: &str, from: &str, text: &str, out: &mut Effects) {
-        if let Some(At::Local { id, .. }) = self.users.get(to_key).map(|m| &m.at) {
-            let to = To::One(*id);
-            self.emit(out, Outbound::new(to, &Reply::PrivateMessage { source: from, text }));
+        let Some((key, member)) = self.users.get_key_value(to_key) else { return };
+        let (key, here) = match member.at {
+            At::Local { id, .. } => (key.clone(), Some(id)),
+            _ => (key.clone(), None),
+        };
+        let reply = Reply::PrivateMessage { source: from, text };
+        match here {
+            Some(id) => self.numbered(out, Outbound::new(To::One(id), &reply), For::Name(key)),
+            None => {
+                let seq = self.next_seq();
+                self.keep(seq, For::Name(key), Kind::PrivateMessage, &reply.to_json());
+            }
         }
     }
 
@@ -547,35 +1008,70 @@ impl Room {
         let moderators = std::mem::take(&mut self.joined_moderators);
         let joined_remote = std::mem::take(&mut self.joined_remote);
         let left = std::mem::take(&mut self.left);
+        let welcomes = std::mem::take(&mut self.welcomes);
         let small = self.online() <= FULL_LIST_MAX;
+        let seq = Some(self.presence_seq);
         let mut send = |to: To, (kind, json): (Kind, String)| {
-            out.push(Effect::Send(Outbound { to, kind, json }));
+            out.push(Effect::Send(Outbound { to, kind, json, seq: None }));
         };
         if !joined.is_empty() {
             let to = || To::Many(joined.clone());
-            let welcome =
-                |role| (Kind::ServerName, server_name_json(&self.title, self.encrypted, role));
-            match moderators.is_empty() {
-                true => send(to(), welcome(Role::Member)),
-                false => {
-                    let members: Vec<ConnId> =
-                        joined.iter().copied().filter(|id| !moderators.contains(id)).collect();
-                    if !members.is_empty() {
-                        send(To::Many(members), welcome(Role::Member));
-                    }
-                    send(To::Many(moderators), welcome(Role::Moderator));
+            let role = |id: &ConnId| match moderators.contains(id) {
+                true => Role::Moderator,
+                false => Role::Member,
+            };
+            let (title, encrypted, epoch) = (&self.title, self.encrypted, &*self.epoch);
+            let welcome = |role| (Kind::ServerName, server_name_json(title, encrypted, role));
+            // Resumable sessions' welcomes are their own (a token each).
+            let own = |id: &ConnId| welcomes.iter().any(|(w, _)| w == id);
+            for (id, welcome) in &welcomes {
+                let role = role(id);
+                let json = match welcome {
+                    Welcome::Plain => server_name_json(title, encrypted, role),
+                    Welcome::Resumable { token } => protocol::resumable_welcome_json(
+                        title,
+                        encrypted,
+                        role,
+                        token,
+                        epoch,
+                        self.presence_seq,
+                    ),
+                    Welcome::Reset { token, why } => protocol::resumed_json(
+                        title,
+                        encrypted,
+                        role,
+                        token.as_deref(),
+                        epoch,
+                        self.presence_seq,
+                        None,
+                        Some(why),
+                    ),
+                };
+                send(To::One(*id), (Kind::ServerName, json));
+            }
+            for r in [Role::Member, Role::Moderator] {
+                let ids: Vec<ConnId> =
+                    joined.iter().copied().filter(|id| !own(id) && role(id) == r).collect();
+                if !ids.is_empty() {
+                    send(To::Many(ids), welcome(r));
                 }
             }
             // A small room's full list goes to everyone; a large room's
             // joiners get its first part.
             let mut next = Some(Snapshot::Keys { after: None });
+            let mut send_at = |to: To, (kind, json): (Kind, String)| {
+                out.push(Effect::Send(Outbound { to, kind, json, seq }));
+            };
             if small {
-                send(To::Everyone, self.online_users_json());
+                send_at(To::Everyone, self.online_users_json());
             } else {
                 let (part, rest) = self.part(&Snapshot::Users { after: Rc::from("") }, true);
-                part.into_iter().for_each(|part| send(to(), part));
+                part.into_iter().for_each(|part| send_at(to(), part));
                 next = rest;
             }
+            let mut send = |to: To, (kind, json): (Kind, String)| {
+                out.push(Effect::Send(Outbound { to, kind, json, seq: None }));
+            };
             // The first part of the keys, once the list is complete.
             if let Some(from @ Snapshot::Keys { .. }) = &next {
                 let (part, rest) = self.part(from, false);
@@ -591,19 +1087,22 @@ impl Room {
                 }
             }
         } else if small {
-            send(To::Everyone, self.online_users_json());
+            let (kind, json) = self.online_users_json();
+            out.push(Effect::Send(Outbound { to: To::Everyone, kind, json, seq }));
         }
         if small {
             return;
         }
         if !left.is_empty() {
             let users = left.iter().map(|n| &**n).collect();
-            out.push(Effect::Send(Outbound::new(To::Everyone, &Reply::UsersLeft { users })));
+            let message = Outbound::new(To::Everyone, &Reply::UsersLeft { users });
+            out.push(Effect::Send(Outbound { seq, ..message }));
         }
         if !joined.is_empty() || !joined_remote.is_empty() {
             let local = joined.iter().filter_map(|&id| self.name_of(id));
             let users = local.chain(joined_remote.iter().map(|n| &**n)).collect();
-            out.push(Effect::Send(Outbound::new(To::Everyone, &Reply::UsersJoined { users })));
+            let message = Outbound::new(To::Everyone, &Reply::UsersJoined { users });
+            out.push(Effect::Send(Outbound { seq, ..message }));
         }
     }
 
@@ -626,7 +1125,7 @@ impl Room {
     fn snapshot_mut(&mut self, id: ConnId) -> Option<&mut Option<Box<Snapshot>>> {
         match &mut self.member_mut(id)?.at {
             At::Local { snapshot, .. } => Some(snapshot),
-            At::Remote { .. } => None,
+            At::Remote { .. } | At::Away => None,
         }
     }
 
@@ -795,9 +1294,12 @@ mod tests {
         fn message(&self) -> Option<Outbound> {
             match self {
                 Effect::Send(message) => Some(message.clone()),
-                Effect::Refuse { conn, why } => {
-                    Some(Outbound { to: To::One(*conn), kind: Kind::Error, json: why.to_json() })
-                }
+                Effect::Refuse { conn, why } => Some(Outbound {
+                    to: To::One(*conn),
+                    kind: Kind::Error,
+                    json: why.to_json(),
+                    seq: None,
+                }),
                 _ => None,
             }
         }
@@ -1196,11 +1698,11 @@ mod tests {
         let pm = |target: &str| Request::PrivateMessage { target: target.into(), text: "s".into() };
         room.handle(1, pm("BOB"), &mut out);
         room.handle(1, pm("alice"), &mut out);
-        // Nothing but the private message to a local user takes effect now.
-        assert_eq!(sent(&out).iter().filter(|o| o.json.contains("Broadcast")).count(), 0);
+        // Nothing takes effect now: even a private message to a local user
+        // takes the cluster's order (its number is the same on every node).
+        assert!(sent(&out).iter().all(|o| !o.json.contains("Broadcast")));
         assert!(sent(&out).iter().all(|o| !o.json.contains("KA")));
-        assert_eq!(sent(&out).last().unwrap().to, To::One(1));
-        assert!(sent(&out).last().unwrap().json.contains("PrivateMessage"));
+        assert!(sent(&out).iter().all(|o| !o.json.contains("PrivateMessage")));
         let proposals: Vec<Proposed> = proposed(&out);
         assert_eq!(
             proposals,
@@ -1210,6 +1712,12 @@ mod tests {
                 Proposed::Private {
                     to_key: Rc::from("bob"),
                     to_name: Rc::from("bob"),
+                    from: Rc::from("alice"),
+                    text: "s".into()
+                },
+                Proposed::Private {
+                    to_key: Rc::from("alice"),
+                    to_name: Rc::from("alice"),
                     from: Rc::from("alice"),
                     text: "s".into()
                 },
@@ -1270,5 +1778,161 @@ mod tests {
         let local = room.local_users();
         assert_eq!(local.len(), 1);
         assert_eq!((&*local[0].name_key, &*local[0].name), ("alice", "alice"));
+    }
+
+    /// A room with resuming on, and `name` in it as a resumable session
+    /// (token "T-name"); what its welcome said.
+    fn resumable(room: &mut Room, id: ConnId, name: &str) -> Value {
+        let welcome = Welcome::Resumable { token: format!("T-{name}") };
+        room.join_as(id, name, Role::Member, welcome).unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        let mine = sent(&out).into_iter().find(|o| o.to == To::One(id)).unwrap();
+        parse(&mine)
+    }
+
+    fn ask(name: &str, token: &str, epoch: &str, seq: u64) -> Ask {
+        Ask { name: name.into(), token: token.into(), epoch: epoch.into(), seq }
+    }
+
+    /// The numbered messages among `out` for `id`, as (seq, JSON).
+    fn numbered_for(out: &[Effect], id: ConnId) -> Vec<(u64, Value)> {
+        let to_id = |o: &Outbound| match &o.to {
+            To::One(i) => *i == id,
+            To::Many(ids) => ids.contains(&id),
+            To::Everyone => true,
+        };
+        sent(out)
+            .into_iter()
+            .filter(|o| to_id(o))
+            .filter_map(|o| Some((o.seq?, parse(&o))))
+            .collect()
+    }
+
+    #[test]
+    fn a_dropped_session_stays_online_and_gets_exactly_what_it_missed() {
+        let mut room = Room::new("Ks", "", History::new(5, 1 << 16), 1 << 20).resumable(10);
+        let welcome = resumable(&mut room, 1, "alice");
+        let (epoch, seq) = (welcome["resume"]["epoch"].clone(), welcome["resume"]["seq"].clone());
+        assert_eq!(welcome["resume"]["token"], "T-alice");
+        assert_eq!(seq, 1, "the position of alice's own join");
+        joined(&mut room, 2, "bob");
+        let mut out = Vec::new();
+        room.say("bob", "seen", &mut out);
+        let last_seen = numbered_for(&out, 1).last().unwrap().0;
+        // The connection drops: no leave for anyone.
+        let (now, grace) = (Instant::now(), std::time::Duration::from_secs(60));
+        assert!(room.detach(1, now + grace, &mut out));
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert!(sent(&out).is_empty(), "{out:?}");
+        assert_eq!(room.online(), 2);
+        assert_eq!(room.check_name("alice").unwrap_err().code, ErrorCode::NameTaken);
+        // What it misses: broadcasts, a private message to it; not one to another.
+        let mut out = Vec::new();
+        room.say("bob", "m1", &mut out);
+        room.handle(
+            2,
+            Request::PrivateMessage { target: "alice".into(), text: "pm".into() },
+            &mut out,
+        );
+        joined(&mut room, 3, "carol");
+        room.handle(
+            2,
+            Request::PrivateMessage { target: "carol".into(), text: "x".into() },
+            &mut out,
+        );
+        room.say("carol", "m2", &mut out);
+        // A wrong token is refused; the right one resumes on connection 4.
+        let epoch = epoch.as_str().unwrap();
+        let mut out = Vec::new();
+        let wrong =
+            room.resume(4, &ask("alice", "T-bob", epoch, last_seen), false, Role::Member, &mut out);
+        assert_eq!(wrong, Resumed::Refused);
+        assert!(out.is_empty());
+        let right = ask("Alice", "T-alice", epoch, last_seen);
+        assert_eq!(
+            room.resume(4, &right, false, Role::Member, &mut out),
+            Resumed::Yes { took_over: None, exact: true }
+        );
+        let messages = sent(&out);
+        let resumed = parse(&messages[0]);
+        assert_eq!(
+            (resumed["msgType"].as_str(), resumed["missed"].as_u64()),
+            (Some("Resumed"), Some(3))
+        );
+        let replay = numbered_for(&out, 4);
+        let texts: Vec<&str> = replay.iter().filter_map(|(_, m)| m["text"].as_str()).collect();
+        assert_eq!(texts, ["m1", "pm", "m2"]);
+        let seqs: Vec<u64> = replay.iter().map(|(s, _)| *s).collect();
+        assert!(seqs.windows(2).all(|w| w[0] <= w[1]) && seqs[0] > last_seen, "{seqs:?}");
+        let list = &replay.last().unwrap().1;
+        assert_eq!(list["Users"], json!(["alice", "bob", "carol"]));
+        assert_eq!(room.local_members(), &[2, 3, 4][..]);
+        // Resuming again from a position too old for the journal: a reset.
+        let mut out = Vec::new();
+        room.journal.forget_to(room.seq);
+        let again = ask("alice", "T-alice", epoch, last_seen);
+        assert_eq!(
+            room.resume(5, &again, false, Role::Member, &mut out),
+            Resumed::Yes { took_over: Some(4), exact: false }
+        );
+        let resumed = parse(&sent(&out)[0]);
+        assert_eq!(resumed["reset"], true, "{resumed}");
+        assert!(sent(&out).iter().any(|o| o.json.contains("\"history\":true")));
+        // Another epoch is a reset too; a name nobody holds is not resumed.
+        let mut out = Vec::new();
+        let other = ask("alice", "T-alice", "other", room.seq);
+        room.resume(6, &other, false, Role::Member, &mut out);
+        assert_eq!(parse(&sent(&out)[0])["reset"], true);
+        assert_eq!(
+            room.resume(7, &ask("zed", "T", epoch, 0), false, Role::Member, &mut out),
+            Resumed::NotHeld
+        );
+    }
+
+    #[test]
+    fn an_away_session_leaves_when_its_grace_ends() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(2);
+        resumable(&mut room, 1, "alice");
+        joined(&mut room, 2, "bob");
+        let now = Instant::now();
+        let mut out = Vec::new();
+        assert!(room.detach(1, now + std::time::Duration::from_secs(5), &mut out));
+        assert!(!room.detach(2, now, &mut out), "bob has no token: he leaves as always");
+        room.leave(2);
+        assert!(room.expire(now, &mut out).is_empty());
+        let gone = room.expire(now + std::time::Duration::from_secs(5), &mut out);
+        assert_eq!(gone.iter().map(|k| &**k).collect::<Vec<_>>(), ["alice"]);
+        room.flush_presence(&mut out);
+        assert_eq!(room.online(), 0);
+        assert_eq!(room.resumable, 0);
+        // More away than allowed: the longest away leaves at once.
+        for (id, name) in [(3, "c"), (4, "d"), (5, "e")] {
+            resumable(&mut room, id, name);
+        }
+        let mut out = Vec::new();
+        for id in [3, 4, 5] {
+            room.detach(id, now + std::time::Duration::from_secs(60), &mut out);
+        }
+        assert_eq!((room.away(), room.online()), (2, 2));
+        assert!(room.check_name("c").is_ok(), "c was away longest");
+    }
+
+    #[test]
+    fn plain_sessions_get_no_numbers_and_standalone_keeps_no_journal_for_them() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(10);
+        let welcome = joined(&mut room, 1, "alice");
+        assert_eq!(parse(&welcome[0]), json!({"ServerName": "Ks"}));
+        let mut out = Vec::new();
+        room.say("alice", "hi", &mut out);
+        assert!(room.journal.is_empty(), "nobody may resume: nothing kept");
+        let message = &sent(&out)[0];
+        assert_eq!(message.json, r#"{"msgType":"Broadcast","SrcUser":"alice","text":"hi"}"#);
+        let numbered = message.sequenced_json().unwrap();
+        assert_eq!(numbered, format!(r#"{{"seq":{},{}"#, message.seq.unwrap(), &message.json[1..]));
+        resumable(&mut room, 2, "bob");
+        room.say("alice", "kept", &mut out);
+        assert!(!room.journal.is_empty());
     }
 }

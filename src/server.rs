@@ -30,7 +30,7 @@ use crate::admins::Admins;
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::{Connection, Flush, Input};
-use crate::effect::{ConnId, Effects, Ending};
+use crate::effect::{ClusterCall, ConnId, Effect, Effects, Ending};
 use crate::history::History;
 use crate::http::HttpPolicy;
 use crate::metrics::{self, Stats};
@@ -335,7 +335,8 @@ impl<S: Socket + Source> Server<S> {
                 History::new(config.history_size, config.history_max_bytes),
                 limits.max_outbound_bytes,
             )
-            .encrypted(config.e2e_room),
+            .encrypted(config.e2e_room)
+            .resumable(max_away(&limits)),
             addresses: Addresses::new(&limits),
             http: HttpPolicy {
                 allowed_origins: config.allowed_origins.clone(),
@@ -605,6 +606,24 @@ impl<S: Socket + Source> Server<S> {
     }
 
     /// Timers, about once a second.
+    /// Sessions away past `resume_grace_secs` leave (announced at the end
+    /// of the round; in a cluster their names are released).
+    fn expire_away(&mut self, now: Instant) {
+        let gone = self.room.expire(now, &mut self.effects);
+        if gone.is_empty() {
+            return;
+        }
+        info!(
+            "{} sessions away past resume_grace_secs left ({} online)",
+            gone.len(),
+            self.room.online()
+        );
+        for key in gone {
+            self.effects.push(Effect::Cluster(ClusterCall::Release { name_key: key.to_string() }));
+        }
+        self.settle(now);
+    }
+
     pub fn tick(&mut self, now: Instant) {
         // Once a minute, and as soon as everyone has gone: an empty server
         // should look empty to `ps` (the tick bounds it to once a second).
@@ -632,6 +651,7 @@ impl<S: Socket + Source> Server<S> {
             endpoint.expire(self.poll.registry(), now);
         }
         self.expire_rules();
+        self.expire_away(now);
         let keys: Vec<ConnId> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(client) = self.clients.get_mut(key) else { continue };
@@ -680,11 +700,11 @@ impl<S: Socket + Source> Server<S> {
                 }
                 Input::Progress => {}
                 Input::Idle => return,
-                Input::Ended { why, refused } => {
+                Input::Ended { why, refused, dropped } => {
                     if let Some(code) = refused {
                         self.stats.refused(code);
                     }
-                    self.end(key, Ending::Lost(why), now);
+                    self.end(key, Ending::Lost { why, dropped }, now);
                 }
                 Input::Finished => {
                     if handshaking {
@@ -776,7 +796,7 @@ impl<S: Socket + Source> Server<S> {
     /// The socket is done with: the session ends (if it had not), the
     /// address's count drops, the slab slot is freed.
     fn remove(&mut self, key: ConnId, now: Instant) {
-        self.end(key, Ending::Lost("connection closed".into()), now);
+        self.end(key, Ending::Lost { why: "connection closed".into(), dropped: true }, now);
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
@@ -806,6 +826,7 @@ impl<S: Socket + Source> Server<S> {
         let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let snapshot = metrics::Snapshot {
             users_online: self.room.online(),
+            sessions_away: self.room.away(),
             phases,
             bytes_in,
             bytes_out,
@@ -887,5 +908,14 @@ fn schedule<S>(to_flush: &mut Vec<ConnId>, client: &mut Client<S>, key: ConnId) 
     if !client.conn.flush_scheduled {
         client.conn.flush_scheduled = true;
         to_flush.push(key);
+    }
+}
+
+/// Most sessions away at once: one per connection the server takes (none
+/// when resuming is off).
+pub(crate) fn max_away(limits: &crate::config::Limits) -> usize {
+    match limits.resume_grace.is_zero() {
+        true => 0,
+        false => limits.max_connections.max(1),
     }
 }

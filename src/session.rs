@@ -14,13 +14,16 @@ use tungstenite::Message;
 use crate::addresses::{Addresses, Peer};
 use crate::admins::{Admins, Check};
 use crate::config::Limits;
-use crate::effect::{ClusterCall, ConnId, Count, Effect, Effects, Ending, Push};
+use crate::effect::{
+    ClusterCall, ConnId, Count, Effect, Effects, Ending, IDLE_TIMEOUT, MESSAGE_TIMEOUT, Push,
+};
 use crate::moderation::{Action, Rules};
 use crate::names;
 use crate::peerlog::{Abuse, Class, PeerLog};
 use crate::protocol::{ErrorCode, Rejection, Request, Role, close_code, parse_request};
 use crate::ratelimit::{ByteBucket, TokenBucket, Verdict};
-use crate::room::Room;
+use crate::resume::{self, Ask, NameFrame};
+use crate::room::{Resumed, Room, Welcome};
 
 /// What a session may touch besides itself.
 pub struct Cx<'a> {
@@ -80,6 +83,10 @@ struct Claim {
     role: Role,
     /// Kept in case the claim cannot be made and the name is chosen again.
     password: Password,
+    /// What their welcome will say (a resumable session's token).
+    welcome: Welcome,
+    /// A `Resume`: what it asked (the cluster checks the token).
+    resume: Option<Ask>,
 }
 
 /// The password frame, until the name comes.
@@ -158,6 +165,8 @@ enum Phase {
         bytes: ByteBucket,
         /// A member, or a moderator (who may send `Moderate`).
         role: Role,
+        /// A resumable session: room messages carry their `seq`.
+        sequenced: bool,
     },
     /// Logged out, refused or disconnected: the connection is closing.
     Ended,
@@ -187,6 +196,11 @@ impl Session {
 
     pub fn is_chatting(&self) -> bool {
         matches!(self.phase, Phase::Chatting { .. })
+    }
+
+    /// A resumable session: room messages go to it with their `seq`.
+    pub fn is_sequenced(&self) -> bool {
+        matches!(self.phase, Phase::Chatting { sequenced: true, .. })
     }
 
     /// For the metrics: handshaking, logging_in, chatting or ended.
@@ -293,6 +307,18 @@ impl Session {
                     cx.addresses.handshake_done(ip);
                 }
             }
+            Phase::Chatting { sequenced: true, .. } if how.keeps_place() => {
+                let grace = cx.limits.resume_grace;
+                let name = cx.room.name_of(cx.id).map(str::to_owned);
+                if !grace.is_zero() && cx.room.detach(cx.id, cx.now + grace, cx.out) {
+                    if cx.may_log(Class::Sessions) {
+                        let (name, why, secs) =
+                            (name.unwrap_or_default(), how.reason(), grace.as_secs());
+                        info!("{}: {name:?} dropped ({why}): kept {secs} s for a resume", cx.peer);
+                    }
+                    return true;
+                }
+            }
             Phase::Chatting { .. } => {}
         }
         let name_key = cx.room.name_key_of(cx.id);
@@ -359,54 +385,7 @@ impl Session {
                 self.on_password(strip_line_end(&text), since, cx)
             }
             (Message::Text(text), Some((Login::Name(_), since))) => {
-                let name = strip_line_end(&text);
-                // What costs nothing first: a banned name or address, or an
-                // address past its logins, spends no moderator's password check.
-                if !cx.addresses.may_log_in(cx.peer.ip, cx.now) {
-                    cx.log.abuse(Abuse::TooManyLogins, cx.peer.ip, cx.now);
-                    let why = Rejection::new(
-                        ErrorCode::TooManyLogins,
-                        "too many logins from your address: wait a little and try again",
-                    );
-                    return refused_login(why, cx);
-                }
-                if let Some(why) = cx.rules.banned(name, cx.peer.ip, cx.wall) {
-                    return refused_login(why, cx);
-                }
-                let role = match &self.phase {
-                    Phase::LoggingIn { step: Login::Name(Password::Held(given)), .. } => {
-                        match admin_or_room_password(given, name, cx) {
-                            Some(role) => role,
-                            None => return,
-                        }
-                    }
-                    _ => Role::Member,
-                };
-                if let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
-                    return refused_login(why, cx);
-                }
-                if !cx.room.is_clustered() {
-                    return self.join(name, role, cx);
-                }
-                match cx.room.check_name(name) {
-                    Err(why) => refused_login(why, cx),
-                    Ok(_) if !cx.room.reaches_everyone() => {
-                        self.refuse(Rejection::cluster_unavailable(), cx)
-                    }
-                    Ok(checked) => {
-                        let password = match &mut self.phase {
-                            Phase::LoggingIn { step: Login::Name(password), .. } => {
-                                std::mem::replace(password, Password::Room)
-                            }
-                            _ => Password::Room,
-                        };
-                        let claim = Claim { held: Held::default(), role, password };
-                        let step = Login::Claiming(Box::new(claim));
-                        self.phase = Phase::LoggingIn { step, since };
-                        let (name, key) = (checked.display, checked.key);
-                        cx.out.push(Effect::Cluster(ClusterCall::Claim { conn: cx.id, name, key }));
-                    }
-                }
+                self.on_name(strip_line_end(&text), since, cx)
             }
             (Message::Text(text), None) if self.is_chatting() => match parse_request(&text) {
                 Ok(Request::Moderate(fields)) => self.moderate(&fields, cx),
@@ -450,6 +429,181 @@ impl Session {
         }
     }
 
+    /// The name frame: a bare name, or a `Login` or `Resume` (JSON). What
+    /// costs nothing is checked first: a banned name or address, or an
+    /// address past its logins, spends no moderator's password check.
+    fn on_name(&mut self, frame: &str, since: Instant, cx: &mut Cx) {
+        let frame = match NameFrame::parse(frame) {
+            Ok(frame) => frame,
+            Err(why) => return refused_login(Rejection::new(ErrorCode::InvalidField, why), cx),
+        };
+        let resuming = !cx.limits.resume_grace.is_zero();
+        let (name, ask, resumable) = match &frame {
+            NameFrame::Bare(name) => (*name, None, false),
+            NameFrame::Login { name } => (name.as_str(), None, resuming),
+            NameFrame::Resume(ask) => (ask.name.as_str(), Some(ask), resuming),
+        };
+        if !cx.addresses.may_log_in(cx.peer.ip, cx.now) {
+            cx.log.abuse(Abuse::TooManyLogins, cx.peer.ip, cx.now);
+            let why = Rejection::new(
+                ErrorCode::TooManyLogins,
+                "too many logins from your address: wait a little and try again",
+            );
+            return refused_login(why, cx);
+        }
+        if let Some(why) = cx.rules.banned(name, cx.peer.ip, cx.wall) {
+            return refused_login(why, cx);
+        }
+        let role = match &self.phase {
+            Phase::LoggingIn { step: Login::Name(Password::Held(given)), .. } => {
+                match admin_or_room_password(given, name, cx) {
+                    Some(role) => role,
+                    None => return,
+                }
+            }
+            _ => Role::Member,
+        };
+        let token = || resumable.then(resume::new_token).flatten();
+        let welcome = match (ask, token()) {
+            (Some(ask), _) if resumable => return self.resume(ask.clone(), role, since, cx),
+            (Some(_), token) => Welcome::Reset { token, why: "resuming is off on this server" },
+            (None, Some(token)) => Welcome::Resumable { token },
+            (None, None) => Welcome::Plain,
+        };
+        self.log_in(name, role, welcome, None, since, cx);
+    }
+
+    /// A new session (not a resume): the lock and the room's login rate,
+    /// then standalone the room, in a cluster the claim of the name.
+    fn log_in(
+        &mut self,
+        name: &str,
+        role: Role,
+        welcome: Welcome,
+        resume: Option<Ask>,
+        since: Instant,
+        cx: &mut Cx,
+    ) {
+        // A resume in a cluster: Redis says whether the session is held
+        // (the lock is checked there, should the name be free).
+        let resuming = resume.is_some();
+        if !resuming && let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
+            return refused_login(why, cx);
+        }
+        if !cx.room.is_clustered() {
+            return self.join(name, role, welcome, cx);
+        }
+        let checked = match resuming {
+            true => names::check(name),
+            false => cx.room.check_name(name),
+        };
+        match checked {
+            Err(why) => refused_login(why, cx),
+            Ok(_) if !cx.room.reaches_everyone() => {
+                self.refuse(Rejection::cluster_unavailable(), cx)
+            }
+            Ok(checked) => {
+                let token_hash = welcome.token().map(resume::token_hash);
+                let (name, key) = (checked.display, checked.key);
+                let call = match &resume {
+                    Some(ask) => ClusterCall::Resume {
+                        conn: cx.id,
+                        name,
+                        key,
+                        token_hash: resume::token_hash(&ask.token),
+                        new_token_hash: token_hash,
+                        locked_out: role == Role::Member,
+                    },
+                    None => ClusterCall::Claim { conn: cx.id, name, key, token_hash },
+                };
+                self.claiming(role, welcome, resume, since);
+                cx.out.push(Effect::Cluster(call));
+            }
+        }
+    }
+
+    /// Asking the cluster: what is sent meanwhile is held.
+    fn claiming(&mut self, role: Role, welcome: Welcome, resume: Option<Ask>, since: Instant) {
+        let password = match &mut self.phase {
+            Phase::LoggingIn { step: Login::Name(password), .. } => {
+                std::mem::replace(password, Password::Room)
+            }
+            _ => Password::Room,
+        };
+        let claim = Claim { held: Held::default(), role, password, welcome, resume };
+        self.phase = Phase::LoggingIn { step: Login::Claiming(Box::new(claim)), since };
+    }
+
+    /// A `Resume` (resuming on): standalone, the room resumes the session
+    /// if the token is its own; in a cluster Redis says so first. A name
+    /// nobody holds is logged in afresh, as a reset.
+    fn resume(&mut self, ask: Ask, role: Role, since: Instant, cx: &mut Cx) {
+        // Tokens are guessed no faster than passwords.
+        if !may_try_password(cx) {
+            return;
+        }
+        let fresh = |cx: &mut Cx| match resume::new_token() {
+            Some(token) => Welcome::Reset { token: Some(token), why: SESSION_OVER },
+            None => {
+                let _ = cx;
+                Welcome::Reset { token: None, why: SESSION_OVER }
+            }
+        };
+        if cx.room.is_clustered() {
+            let welcome = fresh(cx);
+            let name = ask.name.clone();
+            return self.log_in(&name, role, welcome, Some(ask), since, cx);
+        }
+        match cx.room.resume(cx.id, &ask, false, role, cx.out) {
+            Resumed::Yes { took_over, exact } => self.resumed(role, took_over, exact, cx),
+            Resumed::NotHeld => {
+                cx.out.push(Effect::Count(Count::Resume("reset")));
+                let welcome = fresh(cx);
+                self.log_in(&ask.name, role, welcome, None, since, cx)
+            }
+            Resumed::Refused => wrong_token(cx),
+        }
+    }
+
+    /// In a cluster: Redis said the token is the session's, which is this
+    /// node's now.
+    pub fn resumed_in_cluster(&mut self, cx: &mut Cx) {
+        let Phase::LoggingIn { step: Login::Claiming(claim), .. } = &mut self.phase else {
+            return;
+        };
+        let Some(ask) = claim.resume.take() else { return };
+        let (held, role) = (claim.held.take(), claim.role);
+        match cx.room.resume(cx.id, &ask, true, role, cx.out) {
+            Resumed::Yes { took_over, exact } => self.resumed(role, took_over, exact, cx),
+            // Not known here (yet): an unlikely race; the client logs in again.
+            Resumed::NotHeld | Resumed::Refused => {
+                let why = Rejection::cluster_unavailable();
+                return refused_login(with_discarded(why, held.len()), cx);
+            }
+        }
+        self.handle_held(held, cx);
+    }
+
+    /// The session is this connection's again (`took_over`: the one that
+    /// had it, closed without leaving). Charged to this address as a login.
+    fn resumed(&mut self, role: Role, took_over: Option<ConnId>, exact: bool, cx: &mut Cx) {
+        let how = if exact { "exact" } else { "reset" };
+        cx.out.push(Effect::Count(Count::Resume(how)));
+        if cx.may_log(Class::Sessions) {
+            let name = cx.room.name_of(cx.id).unwrap_or_default();
+            info!("{}: {name:?} resumed their session ({} online)", cx.peer, cx.room.online());
+        }
+        self.chatting(role, true, cx);
+        if let Some(old) = took_over {
+            let why = Rejection::new(
+                ErrorCode::ResumedElsewhere,
+                "your session was resumed by another connection",
+            );
+            let how = Ending::policy("resumed elsewhere", why);
+            cx.out.push(Effect::End { conn: old, how });
+        }
+    }
+
     /// The cluster gave us the name asked for in `ClusterCall::Claim`: the
     /// user joins, then what they sent meanwhile is handled, in order, as
     /// if it came now (rate limit included).
@@ -458,7 +612,12 @@ impl Session {
             return;
         };
         let (held, role) = (claim.held.take(), claim.role);
-        self.join(name, role, cx);
+        let welcome = std::mem::replace(&mut claim.welcome, Welcome::Plain);
+        self.join(name, role, welcome, cx);
+        self.handle_held(held, cx);
+    }
+
+    fn handle_held(&mut self, held: Vec<Message>, cx: &mut Cx) {
         for message in held {
             let ended = |cx: &Cx| {
                 cx.out.iter().any(|e| matches!(e, Effect::End { conn, .. } if *conn == cx.id))
@@ -480,6 +639,9 @@ impl Session {
             return;
         };
         let (why, since) = (with_discarded(why, claim.held.take().len()), *since);
+        if why.code == ErrorCode::ResumeRefused {
+            return wrong_token(cx);
+        }
         if why.code == ErrorCode::NameTaken {
             return refused_login(why, cx);
         }
@@ -488,8 +650,9 @@ impl Session {
         self.refuse(why, cx)
     }
 
-    fn join(&mut self, name: &str, role: Role, cx: &mut Cx) {
-        match cx.room.join_as(cx.id, name, role) {
+    fn join(&mut self, name: &str, role: Role, welcome: Welcome, cx: &mut Cx) {
+        let sequenced = welcome.token().is_some();
+        match cx.room.join_as(cx.id, name, role, welcome) {
             Ok(()) => {
                 if cx.may_log(Class::Sessions) {
                     let (peer, online) = (cx.peer, cx.room.online());
@@ -500,21 +663,26 @@ impl Session {
                         }
                     }
                 }
-                let bytes = ByteBucket::new(cx.now);
-                self.phase = Phase::Chatting { ping_sent: None, bytes, role };
-                cx.addresses.logged_in(cx.peer.ip, cx.now);
                 cx.rules.logged_in(cx.now);
-                // Chatting starts with a whole burst, whatever the login cost.
-                if let Some(bucket) = &mut self.bucket {
-                    *bucket = TokenBucket::new(cx.limits.rate_limit_burst, cx.now);
-                }
-                if let Some(ip) = cx.charged {
-                    cx.addresses.handshake_done(ip);
-                }
-                cx.out.push(Effect::LoggedIn(cx.id));
+                self.chatting(role, sequenced, cx);
             }
             Err(why) => refused_login(why, cx),
         }
+    }
+
+    /// In the room (joined or resumed): charged to the address as a login.
+    fn chatting(&mut self, role: Role, sequenced: bool, cx: &mut Cx) {
+        let bytes = ByteBucket::new(cx.now);
+        self.phase = Phase::Chatting { ping_sent: None, bytes, role, sequenced };
+        cx.addresses.logged_in(cx.peer.ip, cx.now);
+        // Chatting starts with a whole burst, whatever the login cost.
+        if let Some(bucket) = &mut self.bucket {
+            *bucket = TokenBucket::new(cx.limits.rate_limit_burst, cx.now);
+        }
+        if let Some(ip) = cx.charged {
+            cx.addresses.handshake_done(ip);
+        }
+        cx.out.push(Effect::LoggedIn(cx.id));
     }
 
     fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) {
@@ -615,7 +783,7 @@ impl Session {
                     cx.limits.message_timeout.as_secs()
                 );
                 let why = Rejection::new(ErrorCode::MessageTimeout, text);
-                return cx.end(Ending::policy("message timeout", why));
+                return cx.end(Ending::policy(MESSAGE_TIMEOUT, why));
             }
             _ => {}
         }
@@ -642,7 +810,7 @@ impl Session {
                         }
                         cx.end(Ending::Close {
                             code: close_code::GOING_AWAY,
-                            reason: "idle timeout",
+                            reason: IDLE_TIMEOUT,
                             why: None,
                         });
                     }
@@ -711,6 +879,25 @@ fn admin_or_room_password(given: &str, name: &str, cx: &mut Cx) -> Option<Role> 
             None
         }
     }
+}
+
+/// Why a `Resume` that found no session is a reset.
+const SESSION_OVER: &str = "your session had ended (it was away longer than the server keeps \
+                            sessions, or the server restarted): this is a new one";
+
+/// A `Resume` with a token that is not the session's: counted as a wrong
+/// password of the address, and the session ends.
+fn wrong_token(cx: &mut Cx) {
+    cx.out.push(Effect::Count(Count::Resume("refused")));
+    cx.addresses.wrong_password(cx.peer.ip, cx.now);
+    if cx.may_log(Class::Refusals) {
+        info!("{}: a resume with a wrong token", cx.peer);
+    }
+    let why = Rejection::new(
+        ErrorCode::ResumeRefused,
+        "that name is held by a session whose token is not this one",
+    );
+    cx.end(Ending::policy("wrong resume token", why));
 }
 
 fn refused_login(why: Rejection, cx: &mut Cx) {

@@ -119,6 +119,8 @@ pub struct LocalUser {
     pub name: Rc<str>,
     /// The public key, if published.
     pub key: Option<Box<str>>,
+    /// A resumable session's token hash (kept on Redis for its resume).
+    pub token: Option<Box<str>>,
 }
 
 /// An event of the room, as every node sees it, in one order.
@@ -136,6 +138,14 @@ pub enum Event {
     Leave {
         node: String,
         key: String,
+    },
+    /// The session under `key` (`name`) is `node`'s now, resumed by its
+    /// connection `conn` (see `Join`): no leave, no join.
+    Resume {
+        node: String,
+        conn: String,
+        key: String,
+        name: String,
     },
     Say {
         name: String,

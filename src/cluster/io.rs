@@ -111,9 +111,30 @@ impl Cluster {
 
     /// Asks for `name` for `origin`: `Event::Join` when it is ours,
     /// `Note::Refused` when not.
-    pub fn claim(&mut self, origin: Origin, key: &str, name: &str, now: Instant) {
+    pub fn claim(
+        &mut self,
+        origin: Origin,
+        key: &str,
+        name: &str,
+        token: Option<String>,
+        now: Instant,
+    ) {
         self.count_backlog();
-        self.link.claim(origin, key, name, now);
+        self.link.claim(origin, key, name, token, now);
+        self.queue();
+    }
+
+    /// Asks for the session under a name (see `Link::resume`).
+    pub fn resume(
+        &mut self,
+        origin: Origin,
+        key_and_name: (&str, &str),
+        token_hash: &str,
+        new_token: (Option<&str>, bool),
+        now: Instant,
+    ) {
+        self.count_backlog();
+        self.link.resume(origin, key_and_name, token_hash, new_token, now);
         self.queue();
     }
 

@@ -57,14 +57,12 @@ pub enum Out {
 /// What the server must act on.
 #[derive(Debug)]
 pub enum Note {
-    Event(Event),
+    /// The room's next event, and its number in the cluster's one order.
+    Event(u64, Event),
     /// What `origin` asked was not done, and why (`name_taken` for a
     /// claim, `cluster_unavailable`, `user_offline`, `message_too_big`).
     /// A `ctl` request's origin (`Origin::control`) is no connection.
-    Refused {
-        origin: Origin,
-        why: Rejection,
-    },
+    Refused { origin: Origin, why: Rejection },
     /// The link is up (again): the room as the cluster has it now.
     /// `conflicts`: comparison keys of local users whose names are
     /// another node's. `rules`: the bans, mutes and lock Redis keeps.
@@ -73,11 +71,13 @@ pub enum Note {
         history: Vec<(String, String)>,
         conflicts: Vec<String>,
         rules: KeptRules,
+        /// Names the room's memory on Redis (new when Redis lost it).
+        epoch: String,
+        /// The order is whole from this number on.
+        seq: u64,
     },
     /// The link broke; it is being mended. Events may have been missed.
-    Down {
-        why: LinkError,
-    },
+    Down { why: LinkError },
 }
 
 /// Why the link broke (or could not be made); `Display` is the log line's
@@ -167,7 +167,8 @@ pub struct ClusterStats {
 #[derive(Debug)]
 enum Pending {
     Load,
-    Claim { origin: Origin, key: String, name: String, retries: u8 },
+    Claim { origin: Origin, key: String, name: String, token: Option<String>, retries: u8 },
+    Resume(Origin),
     Say(Origin),
     PublicKey(Origin),
     Private { origin: Origin, target: String },
@@ -182,6 +183,7 @@ impl Pending {
     fn origin(&self) -> Option<Origin> {
         match self {
             Pending::Claim { origin, .. }
+            | Pending::Resume(origin)
             | Pending::Say(origin)
             | Pending::PublicKey(origin)
             | Pending::Private { origin, .. }
@@ -373,8 +375,8 @@ impl Link {
                     self.eval(command, Pending::Lease, now);
                 }
                 for claim in std::mem::take(&mut self.retry) {
-                    if let Pending::Claim { origin, key, name, retries } = claim {
-                        self.send_claim(origin, &key, &name, retries, now);
+                    if let Pending::Claim { origin, key, name, token, retries } = claim {
+                        self.send_claim(origin, &key, &name, token, retries, now);
                     }
                 }
             }
@@ -427,15 +429,68 @@ impl Link {
         };
         *step = Joining::Syncing;
         let history = (self.history_size, self.history_bytes);
-        let command =
-            scripts::sync(&self.prefix, &self.node, LEASE_TTL.as_millis(), history, users);
+        let command = scripts::sync(
+            &self.prefix,
+            &self.node,
+            LEASE_TTL.as_millis(),
+            history,
+            &self.node,
+            users,
+        );
         self.eval(command, Pending::Sync, now);
     }
 
     /// Asks for `name` for `origin`: `Event::Join` when it is ours,
     /// `Note::Refused` when not.
-    pub fn claim(&mut self, origin: Origin, key: &str, name: &str, now: Instant) {
-        self.send_claim(origin, key, name, 0, now);
+    /// `token`: a resumable session's token hash, kept on Redis.
+    pub fn claim(
+        &mut self,
+        origin: Origin,
+        key: &str,
+        name: &str,
+        token: Option<String>,
+        now: Instant,
+    ) {
+        self.send_claim(origin, key, name, token, 0, now);
+    }
+
+    /// Asks for the session under `name` for `origin`, if `token_hash` is
+    /// its token's: `Event::Resume` when it is ours, `Event::Join` when
+    /// the name was free (claimed with `new_token`), `Note::Refused`
+    /// (`resume_refused`) when held with another token, or `room_locked`
+    /// when free while the room is locked (`locked_out`: a member's).
+    pub fn resume(
+        &mut self,
+        origin: Origin,
+        (key, name): (&str, &str),
+        token_hash: &str,
+        (new_token, locked_out): (Option<&str>, bool),
+        now: Instant,
+    ) {
+        if !self.can_send() {
+            return self.refuse(origin, Rejection::cluster_unavailable());
+        }
+        let (node, conn) = (self.node.to_string(), origin.to_conn());
+        let (key_of, name_of) = (key.to_owned(), name.to_owned());
+        let resumed = Event::Resume {
+            node: node.clone(),
+            conn: conn.clone(),
+            key: key_of.clone(),
+            name: name_of.clone(),
+        };
+        let joined = Event::Join { node, conn, key: key_of, name: name_of };
+        let command = scripts::resume(
+            &self.prefix,
+            &self.node,
+            key,
+            name,
+            token_hash,
+            new_token,
+            locked_out,
+            resumed.to_json(),
+            joined.to_json(),
+        );
+        self.eval(command, Pending::Resume(origin), now);
     }
 
     /// A local user left (or a claim came back for a connection that is
@@ -514,7 +569,15 @@ impl Link {
         self.refuse(origin, Rejection::new(ErrorCode::MessageTooBig, text));
     }
 
-    fn send_claim(&mut self, origin: Origin, key: &str, name: &str, retries: u8, now: Instant) {
+    fn send_claim(
+        &mut self,
+        origin: Origin,
+        key: &str,
+        name: &str,
+        token: Option<String>,
+        retries: u8,
+        now: Instant,
+    ) {
         if !self.can_send() {
             return self.refuse(origin, Rejection::cluster_unavailable());
         }
@@ -524,8 +587,9 @@ impl Link {
             key: key.into(),
             name: name.into(),
         };
-        let command = scripts::claim(&self.prefix, &self.node, key, name, event.to_json());
-        let pending = Pending::Claim { origin, key: key.into(), name: name.into(), retries };
+        let command =
+            scripts::claim(&self.prefix, &self.node, key, name, event.to_json(), token.as_deref());
+        let pending = Pending::Claim { origin, key: key.into(), name: name.into(), token, retries };
         self.eval(command, pending, now);
     }
 
@@ -616,7 +680,18 @@ impl Link {
         }
         match pending {
             Pending::Load | Pending::Leave => {}
-            Pending::Claim { origin, key, name, retries } => match reply {
+            Pending::Resume(origin) => match reply {
+                Value::Int(0) => {
+                    let why = "that name is held by a session whose token is not this one";
+                    self.refuse(origin, Rejection::new(ErrorCode::ResumeRefused, why));
+                }
+                Value::Int(3) => {
+                    let why = "the room is locked: no new logins for now";
+                    self.refuse(origin, Rejection::new(ErrorCode::RoomLocked, why));
+                }
+                _ => self.granted.push(origin),
+            },
+            Pending::Claim { origin, key, name, token, retries } => match reply {
                 Value::Array(parts) => {
                     let holder = match parts.first() {
                         Some(Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
@@ -627,7 +702,7 @@ impl Link {
                         // Held here for a connection that has gone: its
                         // release is queued; ask again after it.
                         let retries = retries + 1;
-                        self.retry.push(Pending::Claim { origin, key, name, retries });
+                        self.retry.push(Pending::Claim { origin, key, name, token, retries });
                     } else {
                         let text = format!(
                             "the name {name:?} is taken: {holder:?} is online in this room"
@@ -678,6 +753,7 @@ impl Link {
             Value::Array(bans),
             Value::Array(mutes),
             Value::Int(locked),
+            Value::Bytes(epoch),
         ] = &parts[..]
         else {
             return Err(LinkError::BadSync);
@@ -732,7 +808,8 @@ impl Link {
             self.node,
             remote.len()
         );
-        self.notes.push_back(Note::Synced { users: remote, history, conflicts, rules });
+        let epoch = String::from_utf8_lossy(epoch).into_owned();
+        self.notes.push_back(Note::Synced { users: remote, history, conflicts, rules, epoch, seq });
         for key in left {
             self.leave(&key, now);
         }
@@ -796,14 +873,16 @@ impl Link {
         match &event {
             Event::Dead { node } if *node == *self.node => return Err(LinkError::DeclaredDead),
             Event::Dead { .. } => self.stats.dead_nodes += 1,
-            Event::Join { node, conn, .. } if *node == *self.node => {
+            Event::Join { node, conn, .. } | Event::Resume { node, conn, .. }
+                if *node == *self.node =>
+            {
                 if let Some(origin) = Origin::parse(conn) {
                     self.granted.retain(|o| *o != origin);
                 }
             }
             _ => {}
         }
-        self.notes.push_back(Note::Event(event));
+        self.notes.push_back(Note::Event(seq, event));
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ fn b(s: &str) -> Value {
 }
 
 fn user(key: &str, name: &str) -> LocalUser {
-    LocalUser { name_key: key.into(), name: name.into(), key: None }
+    LocalUser { name_key: key.into(), name: name.into(), key: None, token: None }
 }
 
 fn origin(id: usize) -> Origin {
@@ -197,6 +197,7 @@ fn sync_reply(
         bans,
         mutes,
         locked,
+        Value::Bytes(b"EPOCH".to_vec()),
     ])
 }
 
@@ -234,13 +235,15 @@ fn connects_loads_subscribes_and_syncs() {
         Value::Array(vec![]),
         Value::Array(vec![]),
         Value::Int(0),
+        b("E1"),
     ]);
     bench.reply(reply);
     assert!(bench.link.is_up());
     let notes = bench.notes();
-    let [Note::Synced { users, history, conflicts, rules }] = &notes[..] else {
+    let [Note::Synced { users, history, conflicts, rules, epoch, .. }] = &notes[..] else {
         panic!("{notes:?}")
     };
+    assert_eq!(epoch, "E1");
     assert_eq!(rules, &KeptRules::default());
     assert_eq!(
         users,
@@ -267,7 +270,7 @@ fn the_sync_command_carries_the_users() {
     let me = bench.node();
     assert_eq!(
         bench.commands(),
-        [format!("cmd sync ragnarok:room: {me} 10000 50 1048576 al Al  bo Bo PK")]
+        [format!("cmd sync ragnarok:room: {me} 10000 50 1048576 {me} al Al   bo Bo PK ")]
     );
 }
 
@@ -287,7 +290,7 @@ fn events_before_the_marker_are_in_the_snapshot() {
     assert!(bench.notes().is_empty(), "our own sync is not an event for the server");
     bench.say(11, "live");
     let notes = bench.notes();
-    assert!(matches!(&notes[..], [Note::Event(Event::Say { text, .. })] if text == "live"));
+    assert!(matches!(&notes[..], [Note::Event(_, Event::Say { text, .. })] if text == "live"));
     assert_eq!(bench.link.stats().events, 1);
     assert!(bench.link.is_up());
 }
@@ -324,7 +327,7 @@ fn a_gap_breaks_the_link_and_it_resyncs() {
     bench.say(11, "a");
     bench.say(13, "c");
     let notes = bench.assert_broke();
-    assert!(matches!(&notes[0], Note::Event(Event::Say { text, .. }) if text == "a"));
+    assert!(matches!(&notes[0], Note::Event(_, Event::Say { text, .. }) if text == "a"));
     assert_eq!(downs(&notes), ["missed events 12 to 12"]);
     assert!(matches!(
         notes.last(),
@@ -341,7 +344,7 @@ fn a_gap_breaks_the_link_and_it_resyncs() {
     bench.message(20, &format!(r#"{{"e":"node","node":"{me}","users":[]}}"#));
     bench.say(21, "d");
     let notes = bench.notes();
-    assert!(matches!(&notes[..], [Note::Synced { .. }, Note::Event(Event::Say { .. })]));
+    assert!(matches!(&notes[..], [Note::Synced { .. }, Note::Event(_, Event::Say { .. })]));
 }
 
 #[test]
@@ -410,7 +413,7 @@ fn the_lease_is_renewed_and_being_declared_dead_breaks_the_link() {
     // Another node's death is an event.
     let mut bench = Bench::up(10);
     bench.message(11, r#"{"e":"dead","node":"x"}"#);
-    assert!(matches!(&bench.notes()[..], [Note::Event(Event::Dead { .. })]));
+    assert!(matches!(&bench.notes()[..], [Note::Event(_, Event::Dead { .. })]));
     assert_eq!(bench.link.stats().dead_nodes, 1);
 }
 
@@ -418,9 +421,9 @@ fn the_lease_is_renewed_and_being_declared_dead_breaks_the_link() {
 fn a_claim_granted_then_the_link_breaking_is_refused() {
     let mut bench = Bench::up(10);
     let me = bench.node();
-    bench.link.claim(origin(4), "al", "Al", bench.now);
+    bench.link.claim(origin(4), "al", "Al", None, bench.now);
     let join = format!(r#"{{"e":"join","node":"{me}","conn":"4.1","key":"al","name":"Al"}}"#);
-    assert_eq!(bench.commands(), [format!("cmd claim ragnarok:room: {me} al Al {join}")]);
+    assert_eq!(bench.commands(), [format!("cmd claim ragnarok:room: {me} al Al {join} ")]);
     bench.reply(Value::Int(1));
     assert!(bench.notes().is_empty(), "granted: the Join event will say so");
     bench.link.broken(LinkError::NoSocket, bench.now);
@@ -430,10 +433,10 @@ fn a_claim_granted_then_the_link_breaking_is_refused() {
     let mut bench = Bench::up(10);
     let me = bench.node();
     let join = format!(r#"{{"e":"join","node":"{me}","conn":"4.1","key":"al","name":"Al"}}"#);
-    bench.link.claim(origin(4), "al", "Al", bench.now);
+    bench.link.claim(origin(4), "al", "Al", None, bench.now);
     bench.reply(Value::Int(1));
     bench.message(11, &join);
-    assert!(matches!(&bench.notes()[..], [Note::Event(Event::Join { .. })]));
+    assert!(matches!(&bench.notes()[..], [Note::Event(_, Event::Join { .. })]));
     bench.link.broken(LinkError::NoSocket, bench.now);
     assert!(refused(&bench.assert_broke()).is_empty());
 }
@@ -441,7 +444,7 @@ fn a_claim_granted_then_the_link_breaking_is_refused() {
 #[test]
 fn claims_refused_taken_or_retried_when_held_here() {
     let mut bench = Bench::up(10);
-    bench.link.claim(origin(1), "al", "Al", bench.now);
+    bench.link.claim(origin(1), "al", "Al", None, bench.now);
     bench.reply(Value::Array(vec![b("AL"), Value::Int(0)]));
     let notes = bench.notes();
     assert_eq!(refused(&notes), [(1, ErrorCode::NameTaken)]);
@@ -450,7 +453,7 @@ fn claims_refused_taken_or_retried_when_held_here() {
     // Held by this node (for a connection gone): asked again at each tick,
     // CLAIM_RETRIES times, then refused.
     bench.outs();
-    bench.link.claim(origin(2), "bo", "Bo", bench.now);
+    bench.link.claim(origin(2), "bo", "Bo", None, bench.now);
     for _ in 0..CLAIM_RETRIES {
         assert_eq!(bench.commands().len(), 1);
         bench.reply(Value::Array(vec![b("Bo"), Value::Int(1)]));
@@ -461,7 +464,7 @@ fn claims_refused_taken_or_retried_when_held_here() {
     assert_eq!(refused(&bench.notes()), [(2, ErrorCode::NameTaken)]);
     // Not up: refused at once.
     let mut bench = Bench::new();
-    bench.link.claim(origin(3), "cy", "Cy", bench.now);
+    bench.link.claim(origin(3), "cy", "Cy", None, bench.now);
     assert_eq!(refused(&bench.notes()), [(3, ErrorCode::ClusterUnavailable)]);
     assert!(bench.commands().is_empty());
 }
@@ -663,7 +666,7 @@ fn a_moderation_from_ctl_is_kept_then_published_and_comes_back() {
     // one too) applies it; the proposer knows its request by `conn`.
     bench.message(11, &event);
     let notes = bench.notes();
-    let [Note::Event(Event::Moderate { node, conn, at, .. })] = &notes[..] else {
+    let [Note::Event(_, Event::Moderate { node, conn, at, .. })] = &notes[..] else {
         panic!("{notes:?}")
     };
     assert_eq!((node, Origin::parse(conn), *at), (&me, Some(Origin::control(7)), 1000));

@@ -12,8 +12,9 @@ use crate::redis::Command;
 /// one atomic step, so that every node sees every change once and in one
 /// order, and notices a gap. No script takes `KEYS`: the Redis keys are the
 /// prefix (`ARGV[1]`, `ragnarok:<cluster_name>:`) followed by `users`,
-/// `pubkeys`, `history`, `seq`, `nodes`, `node:<id>`, the room's rules
-/// (`bans`, `mutes`, `locked`) and the channel `events`.
+/// `pubkeys`, `tokens` (resume tokens' hashes), `history`, `seq`, `epoch`,
+/// `nodes`, `node:<id>`, the room's rules (`bans`, `mutes`, `locked`) and
+/// the channel `events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Script {
     Claim,
@@ -24,10 +25,11 @@ pub enum Script {
     Lease,
     Sync,
     Moderate,
+    Resume,
 }
 
 impl Script {
-    pub const ALL: [Script; 8] = [
+    pub const ALL: [Script; 9] = [
         Script::Claim,
         Script::Leave,
         Script::Say,
@@ -36,6 +38,7 @@ impl Script {
         Script::Lease,
         Script::Sync,
         Script::Moderate,
+        Script::Resume,
     ];
 
     pub fn text(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Script {
             Script::Moderate => {
                 concat!(include_str!("scripts/deadline.lua"), include_str!("scripts/moderate.lua"))
             }
+            Script::Resume => include_str!("scripts/resume.lua"),
         }
     }
 
@@ -86,9 +90,44 @@ pub fn subscribe(prefix: &str) -> Command {
     Command::new("SUBSCRIBE").arg(format!("{prefix}events"))
 }
 
-/// claim.lua. ARGV: 1 prefix, 2 node, 3 name key, 4 name, 5 the `Join` event.
-pub fn claim(prefix: &str, node: &str, key: &str, name: &str, event: String) -> Command {
-    Script::Claim.eval(prefix).arg(node).arg(key).arg(name).arg(event)
+/// claim.lua. ARGV: 1 prefix, 2 node, 3 name key, 4 name, 5 the `Join`
+/// event, 6 the resume token's hash or ''.
+pub fn claim(
+    prefix: &str,
+    node: &str,
+    key: &str,
+    name: &str,
+    event: String,
+    token_hash: Option<&str>,
+) -> Command {
+    Script::Claim.eval(prefix).arg(node).arg(key).arg(name).arg(event).arg(token_hash.unwrap_or(""))
+}
+
+/// resume.lua. ARGV: 1 prefix, 2 node, 3 name key, 4 name, 5 the token's
+/// hash, 6 the new session's token hash or '', 7 '1' if the lock keeps a
+/// new session out, 8 the `Resume` event, 9 the `Join` event.
+#[allow(clippy::too_many_arguments)]
+pub fn resume(
+    prefix: &str,
+    node: &str,
+    key: &str,
+    name: &str,
+    token_hash: &str,
+    new_token_hash: Option<&str>,
+    locked_out: bool,
+    resumed: String,
+    joined: String,
+) -> Command {
+    Script::Resume
+        .eval(prefix)
+        .arg(node)
+        .arg(key)
+        .arg(name)
+        .arg(token_hash)
+        .arg(new_token_hash.unwrap_or(""))
+        .arg(if locked_out { "1" } else { "0" })
+        .arg(resumed)
+        .arg(joined)
 }
 
 /// leave.lua. ARGV: 1 prefix, 2 node, 3 name key, 4 the `Leave` event.
@@ -160,6 +199,7 @@ pub fn sync(
     node: &str,
     lease_ms: u128,
     history: (usize, usize),
+    epoch: &str,
     users: &[LocalUser],
 ) -> Command {
     let mut command = Script::Sync
@@ -167,10 +207,12 @@ pub fn sync(
         .arg(node)
         .arg(lease_ms.to_string())
         .arg(history.0.to_string())
-        .arg(history.1.to_string());
+        .arg(history.1.to_string())
+        .arg(epoch);
     for u in users {
         let key = u.key.as_deref().unwrap_or("");
-        command = command.arg(&*u.name_key).arg(&*u.name).arg(key);
+        let token = u.token.as_deref().unwrap_or("");
+        command = command.arg(&*u.name_key).arg(&*u.name).arg(key).arg(token);
     }
     command
 }
@@ -216,20 +258,22 @@ mod tests {
     }
 
     /// sync.lua's arguments before the users, and per user.
-    const SYNC_FIXED: usize = 5;
-    const SYNC_PER_USER: usize = 3;
+    const SYNC_FIXED: usize = 6;
+    const SYNC_PER_USER: usize = 4;
 
     #[test]
     fn each_function_builds_what_its_script_reads() {
-        let users = [LocalUser { name_key: "al".into(), name: "Al".into(), key: None }];
+        let users =
+            [LocalUser { name_key: "al".into(), name: "Al".into(), key: None, token: None }];
         let built = [
-            claim("p:", "n", "al", "Al", "{}".into()),
+            claim("p:", "n", "al", "Al", "{}".into(), Some("H")),
+            resume("p:", "n", "al", "Al", "H", None, true, "{}".into(), "{}".into()),
             leave("p:", "n", "al", "{}".into()),
             say("p:", 5, 50, "{}".into()),
             public_key("p:", 5, "n", "al", "K".into(), "{}".into()),
             private("p:", 5, "al", "{}".into()),
             lease("p:", "n", 10_000),
-            sync("p:", "n", 10_000, (50, 1000), &[]),
+            sync("p:", "n", 10_000, (50, 1000), "E", &[]),
             moderate("p:", 5, &Kept::Lock, "{}".into()),
         ];
         for command in &built {
@@ -244,9 +288,9 @@ mod tests {
         let text = Script::Sync.text();
         let lp = format!("for i = {}, #ARGV, {} do", SYNC_FIXED + 1, SYNC_PER_USER);
         assert_eq!(text.matches(&lp).count(), 2, "{text}");
-        let command = sync("p:", "n", 10_000, (50, 1000), &users);
+        let command = sync("p:", "n", 10_000, (50, 1000), "E", &users);
         assert_eq!(argv(&command).len(), SYNC_FIXED + SYNC_PER_USER);
-        assert_eq!(&argv(&command)[SYNC_FIXED..], [&b"al"[..], b"Al", b""]);
+        assert_eq!(&argv(&command)[SYNC_FIXED..], [&b"al"[..], b"Al", b"", b""]);
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl<S: Socket + Source> Server<S> {
             Ending::ShutDown => {
                 conn.shut_down(now);
             }
-            Ending::Lost(_) => {}
+            Ending::Lost { .. } => {}
         }
         schedule(&mut self.to_flush, client, id);
     }
@@ -118,24 +118,29 @@ impl<S: Socket + Source> Server<S> {
     /// as one of the round's (its gathered frames), so batching is kept; a
     /// reader whose socket is full costs one write that would block per
     /// 64 KiB queued, at most 16 before it is cut off.
-    fn deliver(&mut self, Outbound { to, kind, json }: Outbound, now: Instant) {
-        let recipients = match &to {
+    ///
+    /// A numbered message goes to resumable sessions with its `seq` (one
+    /// more frame, made once, only if one of them is a recipient).
+    fn deliver(&mut self, message: Outbound, now: Instant) {
+        let recipients = match &message.to {
             To::One(_) => 1,
             To::Many(ids) => ids.len(),
             To::Everyone => self.room.local_members().len(),
         };
-        self.stats.delivered(kind, recipients as u64);
-        let frame = outbox::text_frame(&json);
+        self.stats.delivered(message.kind, recipients as u64);
+        let frame = outbox::text_frame(&message.json);
+        let mut frames = Frames { plain: &frame, message: &message, made: None };
         let mut queues = Queues {
             every: (self.limits.max_outbound_bytes / 4).min(WRITE_GATHER),
             slow: Vec::new(),
             full: Vec::new(),
         };
         let clients = &mut self.clients;
-        let mut send = |id: ConnId| enqueue(clients, &mut self.to_flush, &mut queues, id, &frame);
-        match to {
-            To::One(id) => send(id),
-            To::Many(ids) => ids.into_iter().for_each(send),
+        let mut send =
+            |id: ConnId| enqueue(clients, &mut self.to_flush, &mut queues, id, &mut frames);
+        match &message.to {
+            To::One(id) => send(*id),
+            To::Many(ids) => ids.iter().copied().for_each(send),
             To::Everyone => self.room.local_members().iter().copied().for_each(send),
         }
         for id in queues.full {
@@ -180,6 +185,28 @@ impl<S: Socket + Source> Server<S> {
     }
 }
 
+/// One message's frames: as it is, and with its `seq` for resumable
+/// sessions (made and framed at the first of them: nothing when none is
+/// a recipient).
+struct Frames<'a> {
+    plain: &'a SharedFrame,
+    message: &'a Outbound,
+    made: Option<SharedFrame>,
+}
+
+impl Frames<'_> {
+    fn for_session(&mut self, sequenced: bool) -> &SharedFrame {
+        if !sequenced || self.message.seq.is_none() {
+            return self.plain;
+        }
+        let message = self.message;
+        self.made.get_or_insert_with(|| match message.sequenced_json() {
+            Some(json) => outbox::text_frame(&json),
+            None => outbox::text_frame(&message.json),
+        })
+    }
+}
+
 /// What queueing one message left to do, by connection.
 struct Queues {
     /// A queue passing a multiple of this is written at once.
@@ -195,7 +222,7 @@ fn enqueue<S: Socket>(
     to_flush: &mut Vec<ConnId>,
     queues: &mut Queues,
     id: ConnId,
-    frame: &SharedFrame,
+    frames: &mut Frames,
 ) {
     let Some(client) = clients.get_mut(id) else {
         return;
@@ -204,6 +231,7 @@ fn enqueue<S: Socket>(
     if !client.session.is_chatting() {
         return;
     }
+    let frame = frames.for_session(client.session.is_sequenced());
     let before = client.conn.queued();
     if client.conn.send(frame).is_err() {
         queues.slow.push(id);

@@ -635,6 +635,7 @@ impl<S: Socket + Source> Server<S> {
             "version": env!("CARGO_PKG_VERSION"),
             "online": self.room.online(),
             "online_here": self.room.online_here(),
+            "away": self.room.away(),
             "connections": self.clients.len(),
             "uptime_secs": uptime.as_secs(),
             "locked": self.rules.is_locked(),

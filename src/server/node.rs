@@ -34,9 +34,15 @@ impl<S: Socket + Source> Server<S> {
         let origin = |id: ConnId| Some(Origin { id, serial: self.clients.get(id)?.serial });
         let Some(cluster) = &mut self.cluster else { return };
         match call {
-            ClusterCall::Claim { conn, name, key } => {
+            ClusterCall::Claim { conn, name, key, token_hash } => {
                 if let Some(origin) = origin(conn) {
-                    cluster.claim(origin, &key, &name, now);
+                    cluster.claim(origin, &key, &name, token_hash, now);
+                }
+            }
+            ClusterCall::Resume { conn, name, key, token_hash, new_token_hash, locked_out } => {
+                if let Some(origin) = origin(conn) {
+                    let new = (new_token_hash.as_deref(), locked_out);
+                    cluster.resume(origin, (&key, &name), &token_hash, new, now);
                 }
             }
             ClusterCall::Propose { from, what } => {
@@ -60,7 +66,14 @@ impl<S: Socket + Source> Server<S> {
             return false;
         }
         for note in notes {
+            // What an event makes is numbered as the event is.
+            let seq = match &note {
+                Note::Event(seq, _) => Some(*seq),
+                _ => None,
+            };
+            self.room.at_event(seq);
             self.on_note(note, now);
+            self.room.at_event(None);
         }
         true
     }
@@ -72,7 +85,7 @@ impl<S: Socket + Source> Server<S> {
         };
         let out = &mut self.effects;
         match note {
-            Note::Event(Event::Join { node, conn, key, name }) if *node == *me => {
+            Note::Event(_, Event::Join { node, conn, key, name }) if *node == *me => {
                 let claiming = Origin::parse(&conn).filter(|o| {
                     self.clients
                         .get(o.id)
@@ -92,32 +105,64 @@ impl<S: Socket + Source> Server<S> {
                     }
                 }
             }
-            Note::Event(Event::Join { node, name, .. }) => {
+            Note::Event(_, Event::Join { node, name, .. }) => {
                 self.add_remote(RemoteUser { node: node.into(), name, key: None }, now);
             }
-            Note::Event(Event::Leave { node, key }) => {
+            Note::Event(_, Event::Resume { node, conn, key, .. }) if *node == *me => {
+                let resuming = Origin::parse(&conn).filter(|o| {
+                    self.clients
+                        .get(o.id)
+                        .is_some_and(|c| c.serial == o.serial && c.session.is_claiming())
+                });
+                match resuming {
+                    Some(origin) => {
+                        self.with_session(origin.id, now, |session, cx| {
+                            session.resumed_in_cluster(cx)
+                        });
+                    }
+                    // Resumed for a connection that has gone since: the
+                    // session is this node's, away (or, if it was not, left).
+                    None => {
+                        if !self.room.hold_away(&key, now + self.limits.resume_grace)
+                            && let Some(cluster) = &mut self.cluster
+                        {
+                            cluster.leave(&key, now);
+                        }
+                    }
+                }
+            }
+            Note::Event(_, Event::Resume { node, key, .. }) => {
+                if let Some(old) = self.room.resumed_elsewhere(&key, node.into()) {
+                    let why = Rejection::new(
+                        ErrorCode::ResumedElsewhere,
+                        "your session was resumed by another connection",
+                    );
+                    self.end(old, Ending::policy("resumed elsewhere", why), now);
+                }
+            }
+            Note::Event(_, Event::Leave { node, key }) => {
                 if *node != *me {
                     self.room.remove_remote(&key);
                 }
             }
-            Note::Event(Event::Say { name, text })
+            Note::Event(_, Event::Say { name, text })
                 if self.room.takes_from_cluster(false, &text) =>
             {
                 self.room.say(&name, &text, out)
             }
-            Note::Event(Event::PublicKey { key, pk, .. }) => {
+            Note::Event(_, Event::PublicKey { key, pk, .. }) => {
                 self.room.set_public_key(&key, &pk, out)
             }
-            Note::Event(Event::Private { to, from, text })
+            Note::Event(_, Event::Private { to, from, text })
                 if self.room.takes_from_cluster(true, &text) =>
             {
                 self.room.deliver_private(&to, &from, &text, out)
             }
             // Plaintext from a node without `e2e_room`: not shown here.
-            Note::Event(Event::Say { .. } | Event::Private { .. }) => {
+            Note::Event(_, Event::Say { .. } | Event::Private { .. }) => {
                 debug!("cluster: plaintext from another node dropped (this room is e2e_room)");
             }
-            Note::Event(Event::Node { node, users }) => {
+            Note::Event(_, Event::Node { node, users }) => {
                 if *node == *me {
                     return;
                 }
@@ -127,11 +172,11 @@ impl<S: Socket + Source> Server<S> {
                     self.add_remote(RemoteUser { node: node.clone(), name, key }, now);
                 }
             }
-            Note::Event(Event::Dead { node }) => {
+            Note::Event(_, Event::Dead { node }) => {
                 let gone = self.room.remove_node(&node);
                 info!("cluster: node {node} stopped renewing its lease: {gone} of its users left");
             }
-            Note::Event(Event::Moderate { node, conn, by, at, action }) => {
+            Note::Event(_, Event::Moderate { node, conn, by, at, action }) => {
                 let done = self.moderated(&by, at, &action);
                 if let Err(why) = &done {
                     info!("cluster: a moderator's action from node {node} not done here: {why}");
@@ -169,8 +214,9 @@ impl<S: Socket + Source> Server<S> {
                     }
                 });
             }
-            Note::Synced { users, history, conflicts, rules } => {
+            Note::Synced { users, history, conflicts, rules, epoch, seq } => {
                 self.room.set_mode(Mode::Node(Link::Up));
+                self.room.synced(&epoch, seq);
                 self.take_cluster_rules(rules);
                 self.room.set_history(&history);
                 let mut lost = self.room.resync(users);

@@ -111,6 +111,7 @@ impl<S: Socket + Source> Server<S> {
         let demoted = self.admins.set(&config.admins);
         self.room.set_history_limits(config.history_size, config.history_max_bytes);
         self.room.set_outbound_limit(limits.max_outbound_bytes);
+        self.room.set_max_away(super::max_away(limits));
         if let Some(cluster) = &mut self.cluster {
             cluster.set_history(self.room.history().limits());
         }
@@ -209,6 +210,7 @@ fn differs(key: &str, a: &Config, b: &Config) -> Option<bool> {
         "max_outbound_bytes" => l.max_outbound_bytes != m.max_outbound_bytes,
         "handshake_timeout_secs" => l.handshake_timeout != m.handshake_timeout,
         "login_timeout_secs" => l.login_timeout != m.login_timeout,
+        "resume_grace_secs" => l.resume_grace != m.resume_grace,
         "message_timeout_secs" => l.message_timeout != m.message_timeout,
         "idle_timeout_secs" => l.idle_timeout != m.idle_timeout,
         "rate_limit_per_sec" => l.rate_limit_per_sec != m.rate_limit_per_sec,
@@ -267,6 +269,7 @@ mod tests {
         ("max_outbound_bytes", "2000000"),
         ("handshake_timeout_secs", "3"),
         ("login_timeout_secs", "3"),
+        ("resume_grace_secs", "0"),
         ("message_timeout_secs", "3"),
         ("idle_timeout_secs", "0"),
         ("rate_limit_per_sec", "3"),

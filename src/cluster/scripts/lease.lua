@@ -12,6 +12,7 @@ for _, other in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
       if string.sub(users[i + 1], 1, #other + 1) == other .. '\n' then
         redis.call('HDEL', p .. 'users', users[i])
         redis.call('HDEL', p .. 'pubkeys', users[i])
+        redis.call('HDEL', p .. 'tokens', users[i])
       end
     end
     redis.call('SREM', p .. 'nodes', other)

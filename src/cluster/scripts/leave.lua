@@ -6,6 +6,7 @@ local cur = redis.call('HGET', p .. 'users', key)
 if cur and string.sub(cur, 1, #node + 1) == node .. '\n' then
   redis.call('HDEL', p .. 'users', key)
   redis.call('HDEL', p .. 'pubkeys', key)
+  redis.call('HDEL', p .. 'tokens', key)
   local seq = redis.call('INCR', p .. 'seq')
   redis.call('PUBLISH', p .. 'events', seq .. ' ' .. ARGV[4])
   return 1

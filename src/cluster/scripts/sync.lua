@@ -1,25 +1,29 @@
 -- SYNC: (re)registers this node and all its users, and reads the room back.
 -- ARGV: 1 prefix, 2 node, 3 lease in ms, 4 history count, 5 history bytes,
--- then 3 per user from 6 on: name key, name, public key or ''.
+-- 6 an epoch (the room's, if Redis has none yet), then 4 per user from 7
+-- on: name key, name, public key or '', resume token hash or ''.
 -- Answers {seq of its Node event, conflicting name keys, users (HGETALL),
 -- public keys (HGETALL), history (oldest first), Redis's clock in ms,
--- bans (HGETALL), mutes (HGETALL), 1 if the room is locked else 0}; bans
--- and mutes that have ended are dropped first.
+-- bans (HGETALL), mutes (HGETALL), 1 if the room is locked else 0, the
+-- epoch}; bans and mutes that have ended are dropped first. The epoch names
+-- the room's memory on Redis: new when Redis has lost it.
 local p, node = ARGV[1], ARGV[2]
+redis.call('SET', p .. 'epoch', ARGV[6], 'NX')
 redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
 redis.call('SADD', p .. 'nodes', node)
 local mine = {}
-for i = 6, #ARGV, 3 do mine[ARGV[i]] = true end
+for i = 7, #ARGV, 4 do mine[ARGV[i]] = true end
 local all = redis.call('HGETALL', p .. 'users')
 for i = 1, #all, 2 do
   if string.sub(all[i + 1], 1, #node + 1) == node .. '\n' and not mine[all[i]] then
     redis.call('HDEL', p .. 'users', all[i])
     redis.call('HDEL', p .. 'pubkeys', all[i])
+    redis.call('HDEL', p .. 'tokens', all[i])
   end
 end
 local conflicts, accepted = {}, {}
-for i = 6, #ARGV, 3 do
-  local key, name, pk = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 7, #ARGV, 4 do
+  local key, name, pk, token = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local cur = redis.call('HGET', p .. 'users', key)
   local owner = cur and string.match(cur, '^([^\n]*)\n')
   if owner and owner ~= node and redis.call('EXISTS', p .. 'node:' .. owner) == 1 then
@@ -30,6 +34,11 @@ for i = 6, #ARGV, 3 do
       redis.call('HSET', p .. 'pubkeys', key, pk)
     else
       redis.call('HDEL', p .. 'pubkeys', key)
+    end
+    if token ~= '' then
+      redis.call('HSET', p .. 'tokens', key, token)
+    else
+      redis.call('HDEL', p .. 'tokens', key)
     end
     table.insert(accepted, {key, name, pk})
   end
@@ -67,4 +76,5 @@ end
 return {seq, conflicts, redis.call('HGETALL', p .. 'users'),
         redis.call('HGETALL', p .. 'pubkeys'), history,
         tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
-        in_force('bans'), in_force('mutes'), redis.call('EXISTS', p .. 'locked')}
+        in_force('bans'), in_force('mutes'), redis.call('EXISTS', p .. 'locked'),
+        redis.call('GET', p .. 'epoch')}
