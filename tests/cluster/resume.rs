@@ -209,7 +209,7 @@ fn after_redis_is_emptied_a_resume_is_a_reset() {
         assert_eq!(answer["msgType"], "Resumed", "{answer}");
         break (answer.clone(), Resumable::new("alice", client, &answer));
     };
-    assert_eq!(answer["reset"], true, "after FLUSHALL: {answer}");
+    assert_eq!(answer["reset"], true, "after FLUSHALL: {answer}, resuming {ticket:?}");
     assert!(answer["why"].is_string(), "{answer}");
     assert_ne!(
         answer["resume"]["epoch"],

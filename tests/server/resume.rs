@@ -367,23 +367,100 @@ fn a_wrong_token_is_refused_and_the_holder_keeps_the_name() {
     refused(&server, &alice.ticket.with_token(&forged_token(1)), "resume_refused");
     let before = alice.ticket.seq;
     let seq = heard_next(&mut alice, &mut observer, "undisturbed", before);
+    // A name held by a client of the seed's protocol (no token at all).
+    let _dave = server.login("dave");
+    assert_eq!(text_frame(&mut observer), seed_users(&["alice", "dave", "obs"]));
+    assert!(seq_of(&alice.recv()).is_some());
+    let dave = Ticket { name: "dave".into(), ..alice.ticket.clone() };
+    refused(&server, &dave, "resume_refused");
+    refused(&server, &dave.with_token(&forged_token(3)), "resume_refused");
 
     // Against an away one: refused too, and the holder still comes back.
     let relay = Relay::start(server.addr);
     let mut carol = server.login_resumable_via(relay.addr(), "carol");
     let replayed = carol.recv();
     assert_eq!(replayed["history"], true, "alice's broadcast, from the history: {replayed}");
-    assert_eq!(text_frame(&mut observer), seed_users(&["alice", "carol", "obs"]));
+    assert_eq!(text_frame(&mut observer), seed_users(&["alice", "carol", "dave", "obs"]));
     assert!(seq_of(&alice.recv()).is_some());
     let ticket = cut_off(&relay, carol);
     refused(&server, &ticket.with_token(&forged_token(2)), "resume_refused");
     refused(&server, &ticket.with_token(&alice.ticket.token), "resume_refused");
     let (answer, mut carol) = server.resume(server.connect(), &ticket);
     assert_eq!(answer["missed"], 0, "{answer}");
-    assert_eq!(names(&carol.recv()), ["alice", "carol", "obs"]);
+    assert_eq!(names(&carol.recv()), ["alice", "carol", "dave", "obs"]);
     heard_next(&mut carol, &mut observer, "still mine", seq);
     never_logged(&server, &alice.ticket.token);
     never_logged(&server, &ticket.token);
+}
+
+/// A kick ends a session, away or not: its token is worth nothing after it
+/// (a new login); kicked for a while, the name is banned for a resume too.
+#[test]
+fn a_kick_ends_the_session_even_while_away() {
+    let server = TestServer::start(json!({}));
+    let mut observer = server.raw_login("obs");
+    let relay = Relay::start(server.addr);
+    let alice = server.login_resumable_via(relay.addr(), "alice");
+    assert_eq!(text_frame(&mut observer), seed_users(&["alice", "obs"]));
+    let ticket = cut_off(&relay, alice);
+    server.ctl_ok(&["kick", "alice"]);
+    let got = [text_frame(&mut observer), text_frame(&mut observer)];
+    assert!(got.contains(&seed_users(&["obs"])), "the leave at once: {got:?}");
+    assert!(got.iter().any(|m| m.contains(r#""msgType":"Announcement""#)), "{got:?}");
+
+    let (answer, mut alice) = server.resume(server.connect_via(relay.addr()), &ticket);
+    assert_eq!(answer["reset"], true, "{answer}");
+    assert_ne!(answer["resume"]["token"], ticket.token.as_str(), "{answer}");
+    assert_eq!(text_frame(&mut observer), seed_users(&["alice", "obs"]));
+
+    let ticket = alice.ticket.clone();
+    server.ctl_ok(&["kick", "alice", "--for", "1m"]);
+    let (seen, ending) = alice.client.recv_until_end();
+    assert_eq!(seen.last().map(|m| m["code"].clone()), Some(json!("kicked")), "{seen:?}");
+    assert_eq!(ending.code(), Some(1008));
+    refused(&server, &ticket, "banned");
+}
+
+/// A ban of the name ends an away session: the leave at once, and the
+/// token resumes nothing (`banned`).
+#[test]
+fn a_ban_ends_an_away_session() {
+    let server = TestServer::start(json!({}));
+    let mut observer = server.raw_login("obs");
+    let relay = Relay::start(server.addr);
+    let alice = server.login_resumable_via(relay.addr(), "alice");
+    assert_eq!(text_frame(&mut observer), seed_users(&["alice", "obs"]));
+    let ticket = cut_off(&relay, alice);
+    server.ctl_ok(&["ban", "alice", "--for", "1m"]);
+    let got = [text_frame(&mut observer), text_frame(&mut observer)];
+    assert!(got.contains(&seed_users(&["obs"])), "the leave at once: {got:?}");
+    refused(&server, &ticket, "banned");
+}
+
+/// At most `max_connections` sessions are away at once: past that the
+/// longest-away one leaves early.
+#[test]
+fn at_most_max_connections_sessions_are_away() {
+    let server = TestServer::start(json!({"max_connections": 4}));
+    let mut observer = server.raw_login("obs");
+    let mut tickets = Vec::new();
+    let mut online = vec!["obs"];
+    for name in ["a1", "a2", "a3", "a4", "a5"] {
+        let away = server.login_resumable(name);
+        online.insert(online.len() - 1, name);
+        assert_eq!(text_frame(&mut observer), seed_users(&online));
+        tickets.push(away.ticket.clone());
+        drop(away); // the socket closes without a Close: away
+    }
+    online.remove(0);
+    assert_eq!(text_frame(&mut observer), seed_users(&online), "a1, the longest away, leaves");
+    let (answer, _a1) = server.resume(server.connect(), &tickets[0]);
+    assert_eq!(answer["reset"], true, "{answer}");
+    let (answer, mut a2) = server.resume(server.connect(), &tickets[1]);
+    // Presence is no missed message: the list after the answer says it.
+    assert_eq!(answer["missed"], 0, "{answer}");
+    let now = a2.recv();
+    assert_eq!(names(&now), ["a1", "a2", "a3", "a4", "a5", "obs"], "{now}");
 }
 
 #[test]
