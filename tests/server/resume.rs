@@ -16,9 +16,15 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 /// The next frame of a seed client, as text, within [`TIMEOUT`].
 fn text_frame(raw: &mut RawClient) -> String {
+    awaited(raw, "a text frame")
+}
+
+/// The next frame of a seed client, as text, within [`TIMEOUT`]; `what`
+/// says what was awaited if none comes.
+fn awaited(raw: &mut RawClient, what: &str) -> String {
     match raw.next(TIMEOUT) {
         Got::Frame { opcode: 1, payload } => String::from_utf8(payload).expect("UTF-8"),
-        other => panic!("expected a text frame, got {other:?}"),
+        other => panic!("expected {what}, got {other:?}"),
     }
 }
 
@@ -404,7 +410,9 @@ fn a_kick_ends_the_session_even_while_away() {
     assert_eq!(text_frame(&mut observer), seed_users(&["alice", "obs"]));
     let ticket = cut_off(&relay, alice);
     server.ctl_ok(&["kick", "alice"]);
-    let got = [text_frame(&mut observer), text_frame(&mut observer)];
+    let first = awaited(&mut observer, "the kick's announcement or alice's leave");
+    let second = awaited(&mut observer, &format!("alice's leave after kicking her (got {first})"));
+    let got = [first, second];
     assert!(got.contains(&seed_users(&["obs"])), "the leave at once: {got:?}");
     assert!(got.iter().any(|m| m.contains(r#""msgType":"Announcement""#)), "{got:?}");
 
@@ -421,6 +429,67 @@ fn a_kick_ends_the_session_even_while_away() {
     refused(&server, &ticket, "banned");
 }
 
+/// A link gone silent (no FIN, no RST: a train in a tunnel) is a drop once
+/// the keep-alive ping goes unanswered: the session is away, not gone.
+#[test]
+fn a_link_gone_silent_is_a_drop_not_a_leave() {
+    let server = TestServer::start(json!({"idle_timeout_secs": 1}));
+    let mut observer = server.login("obs");
+    let relay = Relay::start(server.addr);
+    let alice = server.login_resumable_via(relay.addr(), "alice");
+    assert_eq!(observer.recv_json(), json!({"msgType": "OnlineUsers", "Users": ["alice", "obs"]}));
+    relay.freeze(true);
+    let ticket = alice.ticket.clone();
+    // Until the server gives up on her (about 2 s), the observer reads
+    // (answering its own pings) and gets nothing.
+    let deadline = Instant::now() + TIMEOUT;
+    while !server.log().iter().any(|l| l.contains(r#""alice" dropped"#)) {
+        assert!(Instant::now() < deadline, "alice never dropped: {:#?}", server.log());
+        observer.ws.get_mut().tcp().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        match observer.ws.read() {
+            Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_)) => {}
+            Ok(other) => panic!("the observer got {other:?} while alice's link was silent"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("observer: {e}"),
+        }
+    }
+    observer.ws.get_mut().tcp().set_read_timeout(Some(TIMEOUT)).unwrap();
+    observer.send_json(broadcast("anyone?"));
+    assert_eq!(
+        observer.recv_json(),
+        json!({"msgType": "Broadcast", "SrcUser": "obs", "text": "anyone?"})
+    );
+    let (answer, mut alice) = server.resume(server.connect(), &ticket);
+    assert_eq!(answer["missed"], 1, "{answer}");
+    assert_eq!(without_seq(&alice.recv())["text"], "anyone?");
+    assert_eq!(names(&alice.recv()), ["alice", "obs"]);
+}
+
+/// A message stalled half-sent (`message_timeout`) ends the connection,
+/// not the session.
+#[test]
+fn a_message_stalled_half_sent_is_a_drop_not_a_leave() {
+    let server = TestServer::start(json!({"message_timeout_secs": 1}));
+    let mut observer = server.raw_login("obs");
+    let mut alice = server.login_resumable("alice");
+    assert_eq!(text_frame(&mut observer), seed_users(&["alice", "obs"]));
+    let frame = client_frame(true, 1, broadcast("half").to_string().as_bytes());
+    let stream = alice.client.ws.get_mut();
+    std::io::Write::write_all(stream, &frame[..frame.len() / 2]).unwrap();
+    let (seen, ending) = alice.client.recv_until_end();
+    assert_eq!(seen.last().map(|m| m["code"].clone()), Some(json!("message_timeout")), "{seen:?}");
+    assert_eq!(ending.code(), Some(1008));
+    observer.send_text(&broadcast("anyone?").to_string());
+    assert_eq!(text_frame(&mut observer), seed_broadcast("obs", "anyone?"));
+    let (answer, mut alice) = server.resume(server.connect(), &alice.ticket);
+    assert_eq!(answer["missed"], 1, "{answer}");
+    assert_eq!(without_seq(&alice.recv())["text"], "anyone?");
+}
+
 /// A ban of the name ends an away session: the leave at once, and the
 /// token resumes nothing (`banned`).
 #[test]
@@ -432,7 +501,9 @@ fn a_ban_ends_an_away_session() {
     assert_eq!(text_frame(&mut observer), seed_users(&["alice", "obs"]));
     let ticket = cut_off(&relay, alice);
     server.ctl_ok(&["ban", "alice", "--for", "1m"]);
-    let got = [text_frame(&mut observer), text_frame(&mut observer)];
+    let first = awaited(&mut observer, "the ban's announcement or alice's leave");
+    let second = awaited(&mut observer, &format!("alice's leave after banning her (got {first})"));
+    let got = [first, second];
     assert!(got.contains(&seed_users(&["obs"])), "the leave at once: {got:?}");
     refused(&server, &ticket, "banned");
 }

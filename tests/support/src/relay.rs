@@ -25,6 +25,8 @@ struct Shared {
     /// While set, a new connection is accepted and closed at once (see
     /// [`Relay::hold`]).
     held: AtomicBool,
+    /// While set, whatever arrives is dropped (see [`Relay::freeze`]).
+    frozen: Arc<AtomicBool>,
     stopping: AtomicBool,
     /// Connections forwarded to the target so far.
     carried: AtomicUsize,
@@ -50,6 +52,7 @@ impl Relay {
         let shared = Arc::new(Shared {
             target: Mutex::new(target),
             held: AtomicBool::new(false),
+            frozen: Arc::new(AtomicBool::new(false)),
             stopping: AtomicBool::new(false),
             carried: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
@@ -94,6 +97,14 @@ impl Relay {
     /// [`Relay::cut`]). `false` lets new connections through again.
     pub fn hold(&self, held: bool) {
         self.shared.held.store(held, Ordering::SeqCst);
+    }
+
+    /// While frozen (`true`), the link goes silent: the connections stay
+    /// open but every byte either end sends is read and dropped (no FIN,
+    /// no RST: a phone in a tunnel, seen from the server). `false`: bytes
+    /// flow again (those dropped are lost).
+    pub fn freeze(&self, frozen: bool) {
+        self.shared.frozen.store(frozen, Ordering::SeqCst);
     }
 
     /// Connections forwarded to the target so far (not those refused
@@ -157,23 +168,25 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         open.push(Carried { client, server, flowing });
         drop(open);
         shared.carried.fetch_add(1, Ordering::SeqCst);
-        std::thread::spawn(move || pump(c2, s2, up));
-        std::thread::spawn(move || pump(s3, c3, down));
+        let (f2, f3) = (shared.frozen.clone(), shared.frozen.clone());
+        std::thread::spawn(move || pump(c2, s2, up, f2));
+        std::thread::spawn(move || pump(s3, c3, down, f3));
     }
 }
 
 /// Copies `from` to `to` until either ends; then passes the end on (a
 /// half-close stays a half-close: the other direction keeps flowing).
-fn pump(from: TcpStream, to: TcpStream, flowing: Arc<AtomicUsize>) {
-    copy(from, to);
+fn pump(from: TcpStream, to: TcpStream, flowing: Arc<AtomicUsize>, frozen: Arc<AtomicBool>) {
+    copy(from, to, &frozen);
     flowing.fetch_sub(1, Ordering::SeqCst);
 }
 
-fn copy(mut from: TcpStream, mut to: TcpStream) {
+fn copy(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) => break,
+            Ok(_) if frozen.load(Ordering::SeqCst) => {}
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     let _ = from.shutdown(Shutdown::Both);
@@ -181,11 +194,15 @@ fn copy(mut from: TcpStream, mut to: TcpStream) {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) if frozen.load(Ordering::SeqCst) => return,
             Err(_) => {
                 let _ = to.shutdown(Shutdown::Both);
                 return;
             }
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
+    // A frozen link passes no end on either.
+    if !frozen.load(Ordering::SeqCst) {
+        let _ = to.shutdown(Shutdown::Write);
+    }
 }
