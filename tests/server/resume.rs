@@ -315,6 +315,12 @@ fn the_leave_comes_when_the_grace_ends_and_a_late_resume_logs_in_again() {
         after >= Duration::from_millis(1500),
         "the leave came {after:?} after the cut, grace 2 s"
     );
+    // Gone: a private message to her is refused again.
+    observer.send_text(
+        &json!({"msgType": "PrivateMessage", "TgtUser": "alice", "text": "hi"}).to_string(),
+    );
+    let refusal: Value = serde_json::from_str(&text_frame(&mut observer)).unwrap();
+    assert_eq!(refusal["code"], "user_offline", "{refusal}");
 
     let (answer, mut alice) = server.resume(server.connect_via(relay.addr()), &ticket);
     assert_eq!(answer["reset"], true, "{answer}");
@@ -506,6 +512,27 @@ fn a_ban_ends_an_away_session() {
     let got = [first, second];
     assert!(got.contains(&seed_users(&["obs"])), "the leave at once: {got:?}");
     refused(&server, &ticket, "banned");
+}
+
+/// A resume is not a new login into the room: the room-wide login rate
+/// (`room_logins_per_sec`) does not stop it.
+#[test]
+fn the_room_wide_login_rate_lets_a_resume_in() {
+    let _quiet = quiet();
+    let server = TestServer::start(json!({"room_logins_per_sec": 1}));
+    let alice = server.login_resumable("alice");
+    let ticket = alice.ticket.clone();
+    drop(alice);
+    // Spend the room's logins (a burst of 1, then 1 a second).
+    let refused_one = (0..3).any(|i| {
+        let mut client = server.connect();
+        client.send_text(PASSWORD);
+        client.send_text(&format!("x{i}"));
+        client.recv_json()["code"] == "too_many_logins"
+    });
+    assert!(refused_one, "the room's login rate never refused a login");
+    let (answer, _alice) = server.resume(server.connect(), &ticket);
+    assert!(answer.get("reset").is_none_or(|r| r == false), "{answer}");
 }
 
 /// At most `max_connections` sessions are away at once: past that the
