@@ -30,7 +30,7 @@ use crate::admins::Admins;
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::{Connection, Flush, Input};
-use crate::effect::{ClusterCall, ConnId, Effect, Effects, Ending};
+use crate::effect::{ConnId, Effects, Ending};
 use crate::history::History;
 use crate::http::HttpPolicy;
 use crate::metrics::{self, Stats};
@@ -618,9 +618,6 @@ impl<S: Socket + Source> Server<S> {
             gone.len(),
             self.room.online()
         );
-        for key in gone {
-            self.effects.push(Effect::Cluster(ClusterCall::Release { name_key: key.to_string() }));
-        }
         self.settle(now);
     }
 

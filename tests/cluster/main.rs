@@ -23,4 +23,5 @@ mod redis_stop;
 mod redis_unavailable;
 mod rediss;
 mod resume;
+mod resume_attacks;
 mod reuse_port;

@@ -35,6 +35,7 @@ mod private_message;
 mod protocol_violations;
 mod reload;
 mod resume;
+mod resume_attacks;
 mod shutdown;
 mod slow_reader;
 mod stalled_handshake;
