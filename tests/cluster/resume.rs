@@ -255,3 +255,60 @@ fn a_stale_or_wrong_token_is_refused_on_the_other_node_too() {
     moved.send(broadcast("moved"));
     next_broadcast(&mut observer, "alice", "moved");
 }
+
+/// Cut off on node 1 and not back within the grace: every node announces
+/// the leave then (not before); a resume on node 2 afterwards is a new
+/// login that everyone sees.
+#[test]
+fn the_grace_ends_for_the_whole_cluster() {
+    let cluster = Cluster::start(2, json!({"resume_grace_secs": 2}));
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut watcher = cluster.login(0, "watcher");
+    let mut observer = cluster.login(1, "obs");
+    watcher.wait_users(after(CONVERGE), &set(["obs", "watcher"]));
+    let relay = Relay::start(one.addr);
+    let alice = one.login_resumable_via(relay.addr(), "alice");
+    let all = set(["alice", "obs", "watcher"]);
+    for seed in [&mut watcher, &mut observer] {
+        seed.wait_users(after(CONVERGE), &all);
+    }
+    let cut_at = Instant::now();
+    let ticket = cut_off(&relay, alice);
+    for seed in [&mut watcher, &mut observer] {
+        let m = seed.wait_for(after(CONVERGE), "the leave", is_presence);
+        assert_eq!(names(&m), set(["obs", "watcher"]), "{m}");
+        let at = cut_at.elapsed();
+        assert!(at >= Duration::from_millis(1500), "{}: the leave {at:?} after the cut", seed.name);
+    }
+    let (answer, mut alice) = two.resume(two.connect(), &ticket);
+    assert_eq!(answer["reset"], true, "{answer}");
+    assert_ne!(answer["resume"]["token"], ticket.token.as_str(), "{answer}");
+    until_listed(&mut alice, "alice");
+    for seed in [&mut watcher, &mut observer] {
+        seed.wait_users(after(CONVERGE), &all);
+    }
+}
+
+/// A kick by the owner on node 2 ends a session away on node 1: the leave
+/// at once on every node, and its token resumes nothing (a new login).
+#[test]
+fn a_kick_on_the_other_node_ends_an_away_session() {
+    let cluster = Cluster::start(2, json!({}));
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut watcher = cluster.login(0, "watcher");
+    let mut observer = cluster.login(1, "obs");
+    watcher.wait_users(after(CONVERGE), &set(["obs", "watcher"]));
+    let relay = Relay::start(one.addr);
+    let alice = one.login_resumable_via(relay.addr(), "alice");
+    for seed in [&mut watcher, &mut observer] {
+        seed.wait_users(after(CONVERGE), &set(["alice", "obs", "watcher"]));
+    }
+    let ticket = cut_off(&relay, alice);
+    two.ctl_ok(&["kick", "alice"]);
+    for seed in [&mut watcher, &mut observer] {
+        seed.wait_users(after(CONVERGE), &set(["obs", "watcher"]));
+    }
+    let (answer, _alice) = two.resume(two.connect(), &ticket);
+    assert_eq!(answer["reset"], true, "a kicked session is over: {answer}");
+    assert_ne!(answer["resume"]["token"], ticket.token.as_str(), "{answer}");
+}
