@@ -546,15 +546,10 @@ impl Session {
         if !may_try_password(cx) {
             return;
         }
-        let fresh = |cx: &mut Cx| match resume::new_token() {
-            Some(token) => Welcome::Reset { token: Some(token), why: SESSION_OVER },
-            None => {
-                let _ = cx;
-                Welcome::Reset { token: None, why: SESSION_OVER }
-            }
-        };
+        // Should the session be over: a new one, told as a reset.
+        let fresh = || Welcome::Reset { token: resume::new_token(), why: SESSION_OVER };
         if cx.room.is_clustered() {
-            let welcome = fresh(cx);
+            let welcome = fresh();
             let name = ask.name.clone();
             return self.log_in(&name, role, welcome, Some(ask), since, cx);
         }
@@ -562,8 +557,7 @@ impl Session {
             Resumed::Yes { took_over, exact } => self.resumed(role, took_over, exact, cx),
             Resumed::NotHeld => {
                 cx.out.push(Effect::Count(Count::Resume("reset")));
-                let welcome = fresh(cx);
-                self.log_in(&ask.name, role, welcome, None, since, cx)
+                self.log_in(&ask.name, role, fresh(), None, since, cx)
             }
             Resumed::Refused => wrong_token(cx),
         }
