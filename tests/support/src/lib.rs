@@ -33,7 +33,7 @@ pub mod relay;
 pub mod resume;
 
 pub use relay::Relay;
-pub use resume::{Resumable, Ticket, seq_of, without_seq};
+pub use resume::{Resumable, Ticket, assert_exact, assert_reset, seq_of, without_seq};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub const PASSWORD: &str = "963";

@@ -60,6 +60,23 @@ impl Ticket {
 
 /// A random-looking token of the right shape (43 base64url characters)
 /// that no server gave: `n` makes each one different.
+/// `answer` is a `Resumed` reset (with its reason).
+pub fn assert_reset(answer: &Value) {
+    assert_eq!(answer["msgType"], "Resumed", "{answer}");
+    assert_eq!(answer["reset"], true, "{answer}");
+    assert!(answer["why"].is_string(), "{answer}");
+}
+
+/// `answer` resumes `ticket`'s session exactly: its token, epoch and
+/// position echoed, no reset.
+pub fn assert_exact(answer: &Value, ticket: &Ticket) {
+    assert_eq!(answer["msgType"], "Resumed", "{answer}");
+    assert!(answer.get("reset").is_none_or(|r| r == false), "{answer}");
+    assert_eq!(answer["resume"]["token"], ticket.token.as_str(), "{answer}");
+    assert_eq!(answer["resume"]["epoch"], ticket.epoch.as_str(), "{answer}");
+    assert_eq!(answer["resume"]["seq"], ticket.seq, "{answer}");
+}
+
 pub fn forged_token(n: u32) -> String {
     format!("{n:0>10}{}", "AbCdEfGhIjKlMnOpQrStUvWxYz0123456-_")[..43].to_owned()
 }
