@@ -305,6 +305,12 @@ impl Room {
         self.password.is_empty() || constant_time_eq(given.as_bytes(), self.password.as_bytes())
     }
 
+    /// Whether the user with comparison key `name_key` is online (here,
+    /// away here, or on another node).
+    pub fn is_online(&self, name_key: &str) -> bool {
+        self.users.contains_key(name_key)
+    }
+
     /// How many users are online, on every node.
     pub fn online(&self) -> usize {
         self.users.len()
