@@ -600,6 +600,9 @@ impl Room {
         member.at = At::Local { id, slot: self.order.len(), snapshot: None };
         self.local.insert(id, name_key.clone());
         self.order.push(id);
+        // Room traffic reaches the connection from here on, not what was
+        // decided before (it is in the journal, and replayed if missed).
+        out.push(Effect::LoggedIn(id));
         let missed = match *self.epoch == *ask.epoch {
             true => self.journal.since(ask.seq, self.seq, &name_key, self.replay_budget),
             false => Err(Gap::TooOld),
@@ -2007,5 +2010,29 @@ mod tests {
         assert_eq!(parse(&sent(&out)[0])["Users"], json!(["alice", "carol"]));
         assert_eq!((room.online(), room.away()), (2, 0));
         assert_eq!(room.members().count(), 2);
+    }
+
+    #[test]
+    fn what_was_decided_before_a_resume_is_not_for_the_resumed_connection() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(10);
+        let welcome = resumable(&mut room, 1, "alice");
+        let epoch = welcome["resume"]["epoch"].as_str().unwrap().to_owned();
+        let mut out = Vec::new();
+        room.detach(1, Instant::now() + std::time::Duration::from_secs(9), &mut out);
+        // In the same round: a join not announced yet, and a broadcast.
+        room.join(2, "bob").unwrap();
+        room.say("bob", "before", &mut out);
+        let seq = room.seq;
+        let asked = ask("alice", "T-alice", &epoch, seq);
+        room.resume(3, &asked, false, Role::Member, &mut out);
+        let listed = out.iter().position(|e| *e == Effect::LoggedIn(3)).expect("LoggedIn(3)");
+        let everyone = |e: &Effect| matches!(e, Effect::Send(Outbound { to: To::Everyone, .. }));
+        assert!(out[..listed].iter().any(everyone), "the broadcast and bob's join: {out:?}");
+        assert!(!out[listed..].iter().any(everyone), "nothing for everyone after: {out:?}");
+        let first = out[listed..].iter().find_map(|e| match e {
+            Effect::Send(o) if o.to == To::One(3) => Some(parse(o)),
+            _ => None,
+        });
+        assert_eq!(first.unwrap()["missed"], 0, "the broadcast was before its position");
     }
 }

@@ -96,7 +96,9 @@ struct Client<S> {
     charged: Option<IpAddr>,
     /// Tells this connection from a later one under the same slab key.
     serial: u64,
-    /// When its user logged in (for `ctl who`).
+    /// When its user logged in (for `ctl who`): set as `Effect::LoggedIn`
+    /// is carried out, and room traffic reaches it only from then on (what
+    /// was decided before its login, in the same round, is not for it).
     joined: Option<SystemTime>,
 }
 

@@ -595,6 +595,7 @@ impl Session {
             let name = cx.room.name_of(cx.id).unwrap_or_default();
             info!("{}: {name:?} resumed their session ({} online)", cx.peer, cx.room.online());
         }
+        // (`Room::resume` said `LoggedIn`, before what it sent.)
         self.chatting(role, true, cx);
         if let Some(old) = took_over {
             let why = Rejection::new(
@@ -667,12 +668,14 @@ impl Session {
                 }
                 cx.rules.logged_in(cx.now);
                 self.chatting(role, sequenced, cx);
+                cx.out.push(Effect::LoggedIn(cx.id));
             }
             Err(why) => refused_login(why, cx),
         }
     }
 
     /// In the room (joined or resumed): charged to the address as a login.
+    /// (The caller says `Effect::LoggedIn`, where room traffic is to start.)
     fn chatting(&mut self, role: Role, sequenced: bool, cx: &mut Cx) {
         let bytes = ByteBucket::new(cx.now);
         self.phase = Phase::Chatting { ping_sent: None, bytes, role, sequenced };
@@ -684,7 +687,6 @@ impl Session {
         if let Some(ip) = cx.charged {
             cx.addresses.handshake_done(ip);
         }
-        cx.out.push(Effect::LoggedIn(cx.id));
     }
 
     fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) {
