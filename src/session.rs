@@ -463,18 +463,21 @@ impl Session {
             }
             _ => Role::Member,
         };
-        let token = || resumable.then(resume::new_token).flatten();
-        let welcome = match (ask, token()) {
-            (Some(ask), _) if resumable => return self.resume(ask.clone(), role, since, cx),
-            (Some(_), token) => Welcome::Reset { token, why: "resuming is off on this server" },
-            (None, Some(token)) => Welcome::Resumable { token },
-            (None, None) => Welcome::Plain,
+        let welcome = match ask {
+            Some(ask) if resumable => return self.resume(ask.clone(), role, since, cx),
+            Some(_) => Welcome::Reset { token: None, why: "resuming is off on this server" },
+            None => match resumable.then(resume::new_token).flatten() {
+                Some(token) => Welcome::Resumable { token },
+                None => Welcome::Plain,
+            },
         };
         self.log_in(name, role, welcome, None, since, cx);
     }
 
-    /// A new session (not a resume): the lock and the room's login rate,
-    /// then standalone the room, in a cluster the claim of the name.
+    /// A new session: the lock and the room's login rate, then standalone
+    /// the room, in a cluster the claim of the name. In a cluster a resume
+    /// comes here too (`resume`): Redis says whether the session is held,
+    /// and checks the lock should the name be free.
     fn log_in(
         &mut self,
         name: &str,
@@ -484,8 +487,6 @@ impl Session {
         since: Instant,
         cx: &mut Cx,
     ) {
-        // A resume in a cluster: Redis says whether the session is held
-        // (the lock is checked there, should the name be free).
         let resuming = resume.is_some();
         let admitted = match resuming {
             true => cx.rules.admits_by_rate(role, cx.now),
