@@ -62,7 +62,9 @@ fn a_short_soak_loses_nothing_answers_everything_and_leaks_no_descriptors() {
         assert!(count("slow_cut_off") >= 2, "slow readers cut off: {r}");
         assert!(count("bad_inputs_ok") >= 20 && count("bad_input_kinds") >= 10, "bad inputs: {r}");
         assert_eq!(r["fds_after"], r["fds_baseline"], "{r}");
-        for key in ["duplicated", "resets", "seen_leaving", "seen_joining", "seq_faults"] {
+        for key in
+            ["duplicated", "resets", "seen_leaving", "seen_joining", "seq_faults", "before_resumed"]
+        {
             assert_eq!(r[key], 0, "{key}: {r}");
         }
         if !server.is_tls() {

@@ -494,6 +494,8 @@ struct Tally {
     /// old one, a `seq` that differs from the reference's, a replay not
     /// of `missed` messages.
     seq_faults: u64,
+    /// Messages with a `seq` on a resuming connection before its `Resumed`.
+    before_resumed: u64,
     /// From the new connection to the snapshot after the missed messages.
     resume_ms: Vec<f64>,
     /// Time in the slow readers' turns (no cuts).
@@ -1156,7 +1158,9 @@ impl Soak<'_> {
         if phase == Phase::Resuming {
             match kind {
                 "Resumed" => return self.on_resumed(key, &msg),
-                "OnlineUsers" => {
+                // The snapshot after the missed messages (before `Resumed`
+                // it is a live one, counted by check_seq).
+                "OnlineUsers" if self.clients[key].replay.is_some() => {
                     self.check_list(key, &msg);
                     return self.on_back(key, now);
                 }
@@ -1210,6 +1214,21 @@ impl Soak<'_> {
             }
             return false;
         };
+        if c.phase == Phase::Resuming && c.replay.is_none() && kind != "Resumed" {
+            // Room traffic before `Resumed`, which must come first. A client
+            // that followed the protocol (remember the highest seq of any
+            // message, drop what is at or below it) would drop the missed
+            // messages that follow: counted on its own, and kept out of
+            // the highest seq so that the replay is still checked.
+            let text = String::from_utf8_lossy(&payload[..payload.len().min(100)]);
+            let what = format!(
+                "{}: before Resumed (resuming from seq {:?}): {text:?}",
+                c.name, c.resume_seq
+            );
+            self.t.before_resumed += 1;
+            self.t.problem(what);
+            return false;
+        }
         if event {
             if let Some(max) = c.max_seq
                 && seq <= max
@@ -1823,6 +1842,10 @@ impl Soak<'_> {
         let running = now.duration_since(self.start) < self.o.duration / CYCLES as u32;
         if self.stage == Stage::Running && !running {
             self.stage = Stage::Draining;
+            if self.feeding {
+                self.t.feeding_secs += now.duration_since(self.turn_since).as_secs_f64();
+                self.feeding = false;
+            }
             self.drain_deadline = Some(now + PROBE_DEADLINE);
             println!(
                 "{:>6.1} s  stop sending; waiting for probes and slow readers",
@@ -2282,10 +2305,15 @@ impl Soak<'_> {
                 t.lost, t.reordered, t.unmatched
             ));
         }
-        if t.duplicated > 0 || t.resets > 0 || t.seen_leaving > 0 || t.seen_joining > 0 {
+        if t.duplicated > 0
+            || t.resets > 0
+            || t.seen_leaving > 0
+            || t.seen_joining > 0
+            || t.before_resumed > 0
+        {
             failures.push(format!(
-                "{} duplicated, {} resets, {} seen leaving, {} seen joining again",
-                t.duplicated, t.resets, t.seen_leaving, t.seen_joining
+                "{} duplicated, {} resets, {} seen leaving, {} seen joining again, {} room messages before Resumed",
+                t.duplicated, t.resets, t.seen_leaving, t.seen_joining, t.before_resumed
             ));
         }
         let relay = self.relay.as_ref().map(|r| {
@@ -2393,8 +2421,14 @@ impl Soak<'_> {
                 "resume          p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (new connection to the snapshot after the missed messages)"
             );
             println!(
-                "across cuts     lost {}, duplicated {}, resets {}, seen leaving {}, seen joining again {}, seq faults {}",
-                t.lost, t.duplicated, t.resets, t.seen_leaving, t.seen_joining, t.seq_faults
+                "across cuts     lost {}, duplicated {}, resets {}, seen leaving {}, seen joining again {}, room messages before Resumed {}, other seq faults {}",
+                t.lost,
+                t.duplicated,
+                t.resets,
+                t.seen_leaving,
+                t.seen_joining,
+                t.before_resumed,
+                t.seq_faults
             );
         }
         if let (Some(b), Some(a)) = (self.baseline, after) {
@@ -2439,7 +2473,7 @@ impl Soak<'_> {
         println!("verdict         {verdict}");
         let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
         println!(
-            "{{\"scenario\":\"soak\",\"ok\":{},\"seconds\":{secs},\"users\":{},\"joins\":{},\"left\":{},\"peak_online\":{},\"broadcasts\":{},\"deliveries\":{},\"replays\":{},\"privates\":{},\"privates_delivered\":{},\"privates_offline\":{},\"lost\":{},\"reordered\":{},\"unmatched\":{},\"problems\":{},\"slow_started\":{},\"slow_cut_off\":{},\"bad_inputs_ok\":{ok},\"bad_inputs_wrong\":{bad},\"bad_input_kinds\":{},\"rss_baseline_kib\":{},\"rss_peak_kib\":{},\"rss_first_cycle_kib\":{},\"rss_after_kib\":{},\"fds_baseline\":{},\"fds_peak\":{},\"fds_after\":{},\"cuts\":{},\"resumes\":{},\"missed_replayed\":{},\"duplicated\":{},\"resets\":{},\"seen_leaving\":{},\"seen_joining\":{},\"seq_faults\":{},\"resume_p50_ms\":{p50:.1},\"resume_p99_ms\":{p99:.1},\"resume_max_ms\":{max:.1}}}",
+            "{{\"scenario\":\"soak\",\"ok\":{},\"seconds\":{secs},\"users\":{},\"joins\":{},\"left\":{},\"peak_online\":{},\"broadcasts\":{},\"deliveries\":{},\"replays\":{},\"privates\":{},\"privates_delivered\":{},\"privates_offline\":{},\"lost\":{},\"reordered\":{},\"unmatched\":{},\"problems\":{},\"slow_started\":{},\"slow_cut_off\":{},\"bad_inputs_ok\":{ok},\"bad_inputs_wrong\":{bad},\"bad_input_kinds\":{},\"rss_baseline_kib\":{},\"rss_peak_kib\":{},\"rss_first_cycle_kib\":{},\"rss_after_kib\":{},\"fds_baseline\":{},\"fds_peak\":{},\"fds_after\":{},\"cuts\":{},\"resumes\":{},\"missed_replayed\":{},\"duplicated\":{},\"resets\":{},\"seen_leaving\":{},\"seen_joining\":{},\"seq_faults\":{},\"before_resumed\":{},\"resume_p50_ms\":{p50:.1},\"resume_p99_ms\":{p99:.1},\"resume_max_ms\":{max:.1}}}",
             failures.is_empty(),
             self.o.users,
             t.joins,
@@ -2473,6 +2507,7 @@ impl Soak<'_> {
             t.seen_leaving,
             t.seen_joining,
             t.seq_faults,
+            t.before_resumed,
         );
         if failures.is_empty() {
             Ok(())
