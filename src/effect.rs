@@ -115,7 +115,9 @@ pub enum Effect {
     },
     /// A WebSocket Ping (keep-alive).
     Ping(ConnId),
-    /// The user is in the room: messages up to `max_message_bytes` from now on.
+    /// The user is in the room: messages up to `max_message_bytes` from now
+    /// on, and room traffic: `Send`s before this one in the effects are not
+    /// for them (decided before they were in the room).
     LoggedIn(ConnId),
     /// End the session on `conn` (any connection, not only the one that
     /// asked): it leaves the room, and its connection closes as `how` says.

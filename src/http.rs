@@ -32,6 +32,9 @@ pub struct HttpPolicy {
     /// `rate_limit_per_sec` and `rate_limit_burst`, told to the page (it
     /// paces a burst of key messages to pass).
     pub rate_limit: (u32, u32),
+    /// `server_name`, told to the page before login (its login screen
+    /// names the room).
+    pub room_name: String,
 }
 
 impl HttpPolicy {
@@ -174,7 +177,25 @@ fn page(policy: &HttpPolicy, head_only: bool) -> Parsed {
     let page = page.replace("E2E_ROOM", if policy.e2e_room { "true" } else { "false" });
     let page =
         page.replace("RATE_LIMIT", &format!("{} {}", policy.rate_limit.0, policy.rate_limit.1));
+    // Last: the room's name is the operator's text, and may hold the other placeholders.
+    let page = page.replace("ROOM_NAME", &escape_html(&policy.room_name));
     asset(&page, "text/html", head_only)
+}
+
+/// `text` safe inside an HTML attribute value in double quotes (and in text).
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// 200 with one of the embedded files and the page's security headers.
@@ -335,8 +356,9 @@ mod tests {
     fn page_script_and_styles_are_served_with_the_same_policy() {
         // The page is told the message limit (0 with the default policy).
         let page = PAGE.replace("MAX_MESSAGE_BYTES", "0").replace("E2E_ROOM", "false");
-        let page = page.replace("RATE_LIMIT", "0 0");
+        let page = page.replace("RATE_LIMIT", "0 0").replace("ROOM_NAME", "");
         assert!(page.contains(r#"<meta name="max-message-bytes" content="0">"#));
+        assert!(page.contains(r#"<meta name="room-name" content="">"#));
         assert!(page.contains(r#"<meta name="e2e-room" content="false">"#));
         let files = [
             ("/", "text/html", page.as_str()),
@@ -394,5 +416,32 @@ mod tests {
             );
         }
         assert!(SCRIPT.contains("e2e2:") && STYLE.contains("@media"));
+    }
+
+    #[test]
+    fn the_page_names_the_room_escaped() {
+        let policy = HttpPolicy {
+            room_name: r#"Tom & "Jerry" <script>'s RATE_LIMIT E2E_ROOM"#.into(),
+            e2e_room: true,
+            rate_limit: (5, 10),
+            ..HttpPolicy::default()
+        };
+        let Parsed::Respond { response, status: 200 } =
+            super::parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &policy, false)
+        else {
+            panic!("no page")
+        };
+        let page = String::from_utf8(response).unwrap();
+        assert!(
+            page.contains(
+                r#"<meta name="room-name" content="Tom &amp; &quot;Jerry&quot; &lt;script&gt;&#39;s RATE_LIMIT E2E_ROOM">"#
+            ),
+            "{page}"
+        );
+        assert!(page.contains(r#"<meta name="rate-limit" content="5 10">"#));
+        assert!(page.contains(r#"<meta name="e2e-room" content="true">"#));
+        assert!(!page.contains("<script>'"), "nothing of the name unescaped");
+        assert_eq!(escape_html("Ks"), "Ks");
+        assert_eq!(escape_html("\u{1F512} Åsa"), "\u{1F512} Åsa");
     }
 }

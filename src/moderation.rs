@@ -243,6 +243,16 @@ impl Rules {
                 "the room is locked: no new logins for now; try again later",
             ));
         }
+        self.admits_by_rate(role, now)
+    }
+
+    /// The room-wide login rate alone (a resume in a cluster: Redis checks
+    /// the lock, should the name be free; a fresh session is charged when
+    /// it joins, a resumed one never).
+    pub fn admits_by_rate(&self, role: Role, now: Instant) -> Result<(), Rejection> {
+        if role == Role::Moderator {
+            return Ok(());
+        }
         if self.logins_per_sec > 0
             && let Some(bucket) = &self.logins
             && bucket.level(now, self.logins_per_sec, self.logins_per_sec) < 1.0

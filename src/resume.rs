@@ -169,6 +169,7 @@ impl Journal {
         self.floor = seq;
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -305,6 +305,12 @@ impl Room {
         self.password.is_empty() || constant_time_eq(given.as_bytes(), self.password.as_bytes())
     }
 
+    /// Whether the user with comparison key `name_key` is online (here,
+    /// away here, or on another node).
+    pub fn is_online(&self, name_key: &str) -> bool {
+        self.users.contains_key(name_key)
+    }
+
     /// How many users are online, on every node.
     pub fn online(&self) -> usize {
         self.users.len()
@@ -497,32 +503,38 @@ impl Room {
     }
 
     /// Sessions away past their deadline leave now (announced with the
-    /// next lists). Their name keys, for the cluster.
+    /// next lists; in a cluster their names are released). Their name keys.
     pub fn expire(&mut self, now: Instant, out: &mut Effects) -> Vec<Rc<str>> {
         let mut gone = Vec::new();
         while self.away.front().is_some_and(|(until, _)| *until <= now) {
             let Some((_, key)) = self.away.pop_front() else { break };
-            if self.end_away(&key, out) {
+            if self.end_away(&key, out).is_some() {
                 gone.push(key);
             }
         }
         gone
     }
 
-    /// An away session ends (its deadline, a kick, a ban): the user leaves.
-    pub fn end_away(&mut self, name_key: &str, _out: &mut Effects) -> bool {
+    /// An away session ends (its deadline, a kick, a ban, more sessions
+    /// away than `max_away`): the user leaves, and in a cluster the name is
+    /// released (whatever ended it). Their name, if they were away here.
+    pub fn end_away(&mut self, name_key: &str, out: &mut Effects) -> Option<Rc<str>> {
         if !matches!(self.users.get(name_key).map(|m| &m.at), Some(At::Away)) {
-            return false;
+            return None;
         }
         self.away.retain(|(_, k)| **k != *name_key);
-        let Some(member) = self.users.remove(name_key) else { return false };
+        let member = self.users.remove(name_key)?;
         self.names.remove(&member.name);
         if member.token.is_some() {
             self.resumable -= 1;
         }
         self.changed_presence();
-        self.left.push(member.name);
-        true
+        self.left.push(member.name.clone());
+        if self.is_clustered() {
+            let name_key = name_key.to_owned();
+            out.push(Effect::Cluster(ClusterCall::Release { name_key }));
+        }
+        Some(member.name)
     }
 
     /// In a cluster: the session under `name_key` was resumed for a
@@ -588,6 +600,9 @@ impl Room {
         member.at = At::Local { id, slot: self.order.len(), snapshot: None };
         self.local.insert(id, name_key.clone());
         self.order.push(id);
+        // Room traffic reaches the connection from here on, not what was
+        // decided before (it is in the journal, and replayed if missed).
+        out.push(Effect::LoggedIn(id));
         let missed = match *self.epoch == *ask.epoch {
             true => self.journal.since(ask.seq, self.seq, &name_key, self.replay_budget),
             false => Err(Gap::TooOld),
@@ -747,8 +762,12 @@ impl Room {
             // that session is over (its resume will be a reset).
             Some(At::Away) => {
                 self.away.retain(|(_, k)| **k != *key);
-                if let Some(Member { token: Some(_), .. }) = self.users.remove(key.as_str()) {
-                    self.resumable -= 1;
+                if let Some(member) = self.users.remove(key.as_str()) {
+                    // (Its spelling may not be the new one's.)
+                    self.names.remove(&member.name);
+                    if member.token.is_some() {
+                        self.resumable -= 1;
+                    }
                 }
             }
             _ => {}
@@ -1934,5 +1953,86 @@ mod tests {
         resumable(&mut room, 2, "bob");
         room.say("alice", "kept", &mut out);
         assert!(!room.journal.is_empty());
+    }
+
+    /// A resumable member who has been welcomed (so that a drop keeps them).
+    fn joined_resumable(room: &mut Room, id: ConnId, name: &str) {
+        let welcome = Welcome::Resumable { token: format!("token of {name}") };
+        room.join_as(id, name, Role::Member, welcome).unwrap();
+        room.flush_presence(&mut Vec::new());
+    }
+
+    fn released(out: &Effects) -> Vec<String> {
+        let release = |effect: &Effect| match effect {
+            Effect::Cluster(ClusterCall::Release { name_key }) => Some(name_key.clone()),
+            _ => None,
+        };
+        out.iter().filter_map(release).collect()
+    }
+
+    /// In a cluster an away session that ends, however it ends, frees its
+    /// name on Redis: at its deadline, and also when more sessions are away
+    /// than `max_away` and the longest-away one leaves early.
+    #[test]
+    fn an_away_session_that_ends_frees_its_name_in_a_cluster() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(1);
+        room.set_mode(Mode::Node(Link::Up));
+        joined_resumable(&mut room, 1, "alice");
+        joined_resumable(&mut room, 2, "bob");
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(60);
+        let mut out = Vec::new();
+        assert!(room.detach(1, later, &mut out));
+        assert!(released(&out).is_empty());
+        assert!(room.detach(2, later, &mut out));
+        assert_eq!(released(&out), ["alice"], "alice left early to make room");
+        assert_eq!(room.away(), 1);
+        let mut out = Vec::new();
+        assert_eq!(room.expire(later, &mut out), [Rc::from("bob")]);
+        assert_eq!(released(&out), ["bob"]);
+        assert_eq!((room.away(), room.online()), (0, 0));
+    }
+
+    /// The cluster gives the name of a session away here to someone else
+    /// (under another spelling of it): the away session is over, and its
+    /// spelling is not listed next to the new one's.
+    #[test]
+    fn a_name_the_cluster_gives_away_is_listed_once() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(4);
+        room.set_mode(Mode::Node(Link::Up));
+        joined(&mut room, 1, "carol");
+        joined_resumable(&mut room, 2, "Alice");
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        assert!(room.detach(2, later, &mut Vec::new()));
+        room.add_remote(remote("n2", "alice")).unwrap();
+        let mut out = Vec::new();
+        room.flush_presence(&mut out);
+        assert_eq!(parse(&sent(&out)[0])["Users"], json!(["alice", "carol"]));
+        assert_eq!((room.online(), room.away()), (2, 0));
+        assert_eq!(room.members().count(), 2);
+    }
+
+    #[test]
+    fn what_was_decided_before_a_resume_is_not_for_the_resumed_connection() {
+        let mut room = Room::new("Ks", "", History::new(0, 0), 1 << 20).resumable(10);
+        let welcome = resumable(&mut room, 1, "alice");
+        let epoch = welcome["resume"]["epoch"].as_str().unwrap().to_owned();
+        let mut out = Vec::new();
+        room.detach(1, Instant::now() + std::time::Duration::from_secs(9), &mut out);
+        // In the same round: a join not announced yet, and a broadcast.
+        room.join(2, "bob").unwrap();
+        room.say("bob", "before", &mut out);
+        let seq = room.seq;
+        let asked = ask("alice", "T-alice", &epoch, seq);
+        room.resume(3, &asked, false, Role::Member, &mut out);
+        let listed = out.iter().position(|e| *e == Effect::LoggedIn(3)).expect("LoggedIn(3)");
+        let everyone = |e: &Effect| matches!(e, Effect::Send(Outbound { to: To::Everyone, .. }));
+        assert!(out[..listed].iter().any(everyone), "the broadcast and bob's join: {out:?}");
+        assert!(!out[listed..].iter().any(everyone), "nothing for everyone after: {out:?}");
+        let first = out[listed..].iter().find_map(|e| match e {
+            Effect::Send(o) if o.to == To::One(3) => Some(parse(o)),
+            _ => None,
+        });
+        assert_eq!(first.unwrap()["missed"], 0, "the broadcast was before its position");
     }
 }

@@ -30,7 +30,7 @@ use crate::admins::Admins;
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits, TlsFiles};
 use crate::connection::{Connection, Flush, Input};
-use crate::effect::{ClusterCall, ConnId, Effect, Effects, Ending};
+use crate::effect::{ConnId, Effects, Ending};
 use crate::history::History;
 use crate::http::HttpPolicy;
 use crate::metrics::{self, Stats};
@@ -96,7 +96,9 @@ struct Client<S> {
     charged: Option<IpAddr>,
     /// Tells this connection from a later one under the same slab key.
     serial: u64,
-    /// When its user logged in (for `ctl who`).
+    /// When its user logged in (for `ctl who`): set as `Effect::LoggedIn`
+    /// is carried out, and room traffic reaches it only from then on (what
+    /// was decided before its login, in the same round, is not for it).
     joined: Option<SystemTime>,
 }
 
@@ -344,6 +346,7 @@ impl<S: Socket + Source> Server<S> {
                 max_message_bytes: config.limits.max_message_bytes,
                 e2e_room: config.e2e_room,
                 rate_limit: (config.limits.rate_limit_per_sec, config.limits.rate_limit_burst),
+                room_name: config.server_name.clone(),
             },
             limits,
             effects: Vec::new(),
@@ -618,9 +621,6 @@ impl<S: Socket + Source> Server<S> {
             gone.len(),
             self.room.online()
         );
-        for key in gone {
-            self.effects.push(Effect::Cluster(ClusterCall::Release { name_key: key.to_string() }));
-        }
         self.settle(now);
     }
 

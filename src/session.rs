@@ -487,7 +487,11 @@ impl Session {
         // A resume in a cluster: Redis says whether the session is held
         // (the lock is checked there, should the name be free).
         let resuming = resume.is_some();
-        if !resuming && let Err(why) = cx.rules.admits_unbanned(role, cx.now) {
+        let admitted = match resuming {
+            true => cx.rules.admits_by_rate(role, cx.now),
+            false => cx.rules.admits_unbanned(role, cx.now),
+        };
+        if let Err(why) = admitted {
             return refused_login(why, cx);
         }
         if !cx.room.is_clustered() {
@@ -542,15 +546,10 @@ impl Session {
         if !may_try_password(cx) {
             return;
         }
-        let fresh = |cx: &mut Cx| match resume::new_token() {
-            Some(token) => Welcome::Reset { token: Some(token), why: SESSION_OVER },
-            None => {
-                let _ = cx;
-                Welcome::Reset { token: None, why: SESSION_OVER }
-            }
-        };
+        // Should the session be over: a new one, told as a reset.
+        let fresh = || Welcome::Reset { token: resume::new_token(), why: SESSION_OVER };
         if cx.room.is_clustered() {
-            let welcome = fresh(cx);
+            let welcome = fresh();
             let name = ask.name.clone();
             return self.log_in(&name, role, welcome, Some(ask), since, cx);
         }
@@ -558,8 +557,7 @@ impl Session {
             Resumed::Yes { took_over, exact } => self.resumed(role, took_over, exact, cx),
             Resumed::NotHeld => {
                 cx.out.push(Effect::Count(Count::Resume("reset")));
-                let welcome = fresh(cx);
-                self.log_in(&ask.name, role, welcome, None, since, cx)
+                self.log_in(&ask.name, role, fresh(), None, since, cx)
             }
             Resumed::Refused => wrong_token(cx),
         }
@@ -575,8 +573,12 @@ impl Session {
         let (held, role) = (claim.held.take(), claim.role);
         match cx.room.resume(cx.id, &ask, true, role, cx.out) {
             Resumed::Yes { took_over, exact } => self.resumed(role, took_over, exact, cx),
-            // Not known here (yet): an unlikely race; the client logs in again.
+            // Not known here (nodes that disagree on a name's rules): the
+            // name Redis moved here is freed, the client logs in again.
             Resumed::NotHeld | Resumed::Refused => {
+                if let Ok(name) = names::check(&ask.name) {
+                    cx.out.push(Effect::Cluster(ClusterCall::Release { name_key: name.key }));
+                }
                 let why = Rejection::cluster_unavailable();
                 return refused_login(with_discarded(why, held.len()), cx);
             }
@@ -593,6 +595,7 @@ impl Session {
             let name = cx.room.name_of(cx.id).unwrap_or_default();
             info!("{}: {name:?} resumed their session ({} online)", cx.peer, cx.room.online());
         }
+        // (`Room::resume` said `LoggedIn`, before what it sent.)
         self.chatting(role, true, cx);
         if let Some(old) = took_over {
             let why = Rejection::new(
@@ -642,7 +645,7 @@ impl Session {
         if why.code == ErrorCode::ResumeRefused {
             return wrong_token(cx);
         }
-        if why.code == ErrorCode::NameTaken {
+        if matches!(why.code, ErrorCode::NameTaken | ErrorCode::RoomLocked) {
             return refused_login(why, cx);
         }
         let password = std::mem::replace(&mut claim.password, Password::Room);
@@ -665,12 +668,14 @@ impl Session {
                 }
                 cx.rules.logged_in(cx.now);
                 self.chatting(role, sequenced, cx);
+                cx.out.push(Effect::LoggedIn(cx.id));
             }
             Err(why) => refused_login(why, cx),
         }
     }
 
     /// In the room (joined or resumed): charged to the address as a login.
+    /// (The caller says `Effect::LoggedIn`, where room traffic is to start.)
     fn chatting(&mut self, role: Role, sequenced: bool, cx: &mut Cx) {
         let bytes = ByteBucket::new(cx.now);
         self.phase = Phase::Chatting { ping_sent: None, bytes, role, sequenced };
@@ -682,7 +687,6 @@ impl Session {
         if let Some(ip) = cx.charged {
             cx.addresses.handshake_done(ip);
         }
-        cx.out.push(Effect::LoggedIn(cx.id));
     }
 
     fn on_password(&mut self, given: &str, since: Instant, cx: &mut Cx) {

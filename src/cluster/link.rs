@@ -429,14 +429,15 @@ impl Link {
         };
         *step = Joining::Syncing;
         let history = (self.history_size, self.history_bytes);
-        let command = scripts::sync(
-            &self.prefix,
-            &self.node,
-            LEASE_TTL.as_millis(),
-            history,
-            &self.node,
-            users,
-        );
+        // The epoch Redis takes if it has none (new, or emptied): a new one
+        // every time, so that a Redis emptied and filled again by this same
+        // node does not name its new memory as the old.
+        let epoch = crate::resume::new_epoch();
+        // (And the last number this node's users were given: a Redis that
+        // lost the count starts again above it, never at what they saw.)
+        let at = (epoch.as_str(), self.seq);
+        let command =
+            scripts::sync(&self.prefix, &self.node, LEASE_TTL.as_millis(), history, at, users);
         self.eval(command, Pending::Sync, now);
     }
 

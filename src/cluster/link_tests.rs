@@ -100,8 +100,9 @@ impl Bench {
         self.message(seq, &format!(r#"{{"e":"say","name":"A","text":"{text}"}}"#));
     }
 
-    /// From down: connects, loads, subscribes; then syncs `users`.
-    fn join(&mut self, users: &[LocalUser]) {
+    /// From down: connects, loads, subscribes; then syncs `users` (the
+    /// sync command, as text).
+    fn join(&mut self, users: &[LocalUser]) -> String {
         self.tick();
         assert_eq!(self.commands(), ["connect"]);
         self.link.connected(self.now);
@@ -123,6 +124,7 @@ impl Bench {
         let sent = self.commands();
         assert_eq!(sent.len(), 1);
         assert!(sent[0].starts_with("cmd sync ragnarok:room: "), "{sent:?}");
+        sent[0].clone()
     }
 
     /// The sync's reply: `seq`, `users` as (key, node, name), no history,
@@ -268,10 +270,13 @@ fn the_sync_command_carries_the_users() {
     let pk = LocalUser { key: Some("PK".into()), ..user("bo", "Bo") };
     bench.link.sync(&[user("al", "Al"), pk], bench.now);
     let me = bench.node();
-    assert_eq!(
-        bench.commands(),
-        [format!("cmd sync ragnarok:room: {me} 10000 50 1048576 {me} al Al   bo Bo PK ")]
-    );
+    let sent = bench.commands();
+    let (head, users) =
+        sent[0].split_at(format!("cmd sync ragnarok:room: {me} 10000 50 1048576 ").len());
+    assert_eq!(head, format!("cmd sync ragnarok:room: {me} 10000 50 1048576 "));
+    let (epoch, users) = users.split_at(16);
+    assert!(epoch.bytes().all(|c| c.is_ascii_hexdigit()), "{epoch}");
+    assert_eq!(users, " 0 al Al   bo Bo PK ");
 }
 
 #[test]
@@ -353,6 +358,30 @@ fn redis_emptied_sends_the_count_back() {
     bench.say(1, "after FLUSHALL");
     let why = downs(&bench.assert_broke());
     assert_eq!(why, ["the room's event count went back from 10 to 1 (Redis was emptied?)"]);
+}
+
+/// The epoch a sync offers (taken only by a Redis that has none: a new
+/// one, or one emptied) is new at every sync: a process that fills an
+/// emptied Redis again must not name its memory as before, or a resume
+/// would take the new numbers for the old ones.
+#[test]
+fn each_sync_offers_a_new_epoch() {
+    let epoch = |command: &str| command.split(' ').nth(7).unwrap().to_owned();
+    let mut bench = Bench::new();
+    let first = epoch(&bench.join(&[]));
+    bench.synced(10, vec![]);
+    let me = bench.node();
+    bench.message(10, &format!(r#"{{"e":"node","node":"{me}","users":[]}}"#));
+    bench.say(1, "after FLUSHALL");
+    bench.assert_broke();
+    bench.later(BACKOFF_MIN);
+    let again = bench.join(&[]);
+    let second = epoch(&again);
+    // The count it had seen goes with it: Redis's starts again above it.
+    assert_eq!(again.split(' ').nth(8), Some("10"));
+    assert_ne!(first, second);
+    assert_ne!(first, me, "an epoch is not the node's name");
+    assert_eq!(second.len(), 16);
 }
 
 #[test]

@@ -193,13 +193,14 @@ pub fn lease(prefix: &str, node: &str, lease_ms: u128) -> Command {
 }
 
 /// sync.lua. ARGV: 1 prefix, 2 node, 3 lease (ms), 4 history count,
-/// 5 history bytes, then 3 per user: name key, name, public key or "".
+/// 5 history bytes, 6 an epoch, 7 the last event seen (`seq`), then 4 per
+/// user: name key, name, public key or "", resume token hash or "".
 pub fn sync(
     prefix: &str,
     node: &str,
     lease_ms: u128,
     history: (usize, usize),
-    epoch: &str,
+    (epoch, seq): (&str, u64),
     users: &[LocalUser],
 ) -> Command {
     let mut command = Script::Sync
@@ -208,7 +209,8 @@ pub fn sync(
         .arg(lease_ms.to_string())
         .arg(history.0.to_string())
         .arg(history.1.to_string())
-        .arg(epoch);
+        .arg(epoch)
+        .arg(seq.to_string());
     for u in users {
         let key = u.key.as_deref().unwrap_or("");
         let token = u.token.as_deref().unwrap_or("");
@@ -258,7 +260,7 @@ mod tests {
     }
 
     /// sync.lua's arguments before the users, and per user.
-    const SYNC_FIXED: usize = 6;
+    const SYNC_FIXED: usize = 7;
     const SYNC_PER_USER: usize = 4;
 
     #[test]
@@ -273,7 +275,7 @@ mod tests {
             public_key("p:", 5, "n", "al", "K".into(), "{}".into()),
             private("p:", 5, "al", "{}".into()),
             lease("p:", "n", 10_000),
-            sync("p:", "n", 10_000, (50, 1000), "E", &[]),
+            sync("p:", "n", 10_000, (50, 1000), ("E", 0), &[]),
             moderate("p:", 5, &Kept::Lock, "{}".into()),
         ];
         for command in &built {
@@ -288,7 +290,7 @@ mod tests {
         let text = Script::Sync.text();
         let lp = format!("for i = {}, #ARGV, {} do", SYNC_FIXED + 1, SYNC_PER_USER);
         assert_eq!(text.matches(&lp).count(), 2, "{text}");
-        let command = sync("p:", "n", 10_000, (50, 1000), "E", &users);
+        let command = sync("p:", "n", 10_000, (50, 1000), ("E", 0), &users);
         assert_eq!(argv(&command).len(), SYNC_FIXED + SYNC_PER_USER);
         assert_eq!(&argv(&command)[SYNC_FIXED..], [&b"al"[..], b"Al", b"", b""]);
     }

@@ -227,8 +227,9 @@ fn enqueue<S: Socket>(
     let Some(client) = clients.get_mut(id) else {
         return;
     };
-    // Frames for anyone not (or no longer) in the room are dropped.
-    if !client.session.is_chatting() {
+    // Frames for anyone not (or no longer, or not yet) in the room are
+    // dropped: not yet means its `LoggedIn` comes later in the effects.
+    if client.joined.is_none() || !client.session.is_chatting() {
         return;
     }
     let frame = frames.for_session(client.session.is_sequenced());

@@ -535,6 +535,9 @@ impl<S: Socket + Source> Server<S> {
         if let Some(id) = self.room.local_id(&name.key) {
             self.remove_user(id, ErrorCode::Kicked, told);
         }
+        // Their connection dropped: the session kept for their resume ends
+        // too (its token with it).
+        self.room.end_away(&name.key, &mut self.effects);
         let said = format!(
             "{shown} was kicked{}{}{}",
             by_text(by),
@@ -586,6 +589,12 @@ impl<S: Socket + Source> Server<S> {
             self.remove_user(*id, ErrorCode::Banned, told.clone());
         }
         let mut names: Vec<String> = covered.into_iter().map(|(_, n)| n).collect();
+        // Away (their connection dropped): the session kept for a resume.
+        if let Target::Name { key, .. } = &target
+            && let Some(name) = self.room.end_away(key, &mut self.effects)
+        {
+            names.push(name.to_string());
+        }
         let said = match &target {
             Target::Name { shown, .. } => {
                 let (by, until) = (by_text(by), for_text(until, wall));

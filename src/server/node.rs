@@ -131,7 +131,12 @@ impl<S: Socket + Source> Server<S> {
                     }
                 }
             }
-            Note::Event(_, Event::Resume { node, key, .. }) => {
+            Note::Event(_, Event::Resume { node, key, name, .. }) => {
+                // Not known here: it left here just as it resumed there
+                // (a goodbye racing the resume): it is that node's user.
+                if !self.room.is_online(&key) {
+                    return self.add_remote(RemoteUser { node: node.into(), name, key: None }, now);
+                }
                 if let Some(old) = self.room.resumed_elsewhere(&key, node.into()) {
                     let why = Rejection::new(
                         ErrorCode::ResumedElsewhere,

@@ -92,6 +92,7 @@ impl<S: Socket + Source> Server<S> {
             max_message_bytes: limits.max_message_bytes,
             e2e_room: config.e2e_room,
             rate_limit: (limits.rate_limit_per_sec, limits.rate_limit_burst),
+            room_name: config.server_name.clone(),
         };
         // The owner's rules stay; the room-wide login rate and where bans
         // are kept follow the file (the next ban writes the new file).

@@ -3,7 +3,9 @@
 // messages (scheme "e2e2" of docs/PROTOCOL.md: a kept identity key, a session
 // key per connection, counters, safety numbers) and, in an e2e_room, the
 // room's messages under sender keys (ratchet, signatures, a new epoch on
-// every change of readers). Served as /app.js so that the page's
+// every change of readers); the link itself heals: it resumes the session
+// after a drop (the connection module near the end: "The connection"), and
+// queues what is typed meanwhile. Served as /app.js so that the page's
 // Content-Security-Policy needs no 'unsafe-inline'.
 const $ = (id) => document.getElementById(id);
 const E2E = !!(window.isSecureContext && window.crypto && crypto.subtle);
@@ -55,6 +57,21 @@ if (e2eRoom) {
 }
 
 const pad2 = (n) => String(n).padStart(2, "0");
+const shownLines = new Set(); // "who\ntext" of every line shown with a sender
+// The room's name, told to the page before login (the login screen names it).
+const roomName = document.querySelector('meta[name="room-name"]')?.content || "";
+if (roomName) {
+  $("lobby-room").hidden = false;
+  $("lobby-room").textContent = roomName;
+  document.title = roomName + " · Ragnarok";
+}
+// Your own fingerprint: on demand, not filling the sidebar.
+$("myfp-show").onclick = () => {
+  const show = $("myfp").hidden;
+  $("myfp").hidden = !show;
+  $("myfp-show").setAttribute("aria-expanded", String(show));
+  $("myfp-show").textContent = show ? "Hide my fingerprint" : "Show my fingerprint";
+};
 
 /// Appends a line to the log: a time stamp (local HH:MM of when this page
 /// received it, or "earlier" for a broadcast replayed from the room's
@@ -84,6 +101,7 @@ function line(cls, who, text, extra, icon) {
   body.append(text);
   if (extra) { const s = document.createElement("span"); s.className = "fp"; s.textContent = extra; body.append(s); }
   div.append(ts, body);
+  if (who) shownLines.add(who + "\n" + text); // what a reset's history must not repeat
   const log = $("log");
   const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   log.append(div);
@@ -416,6 +434,7 @@ async function showPrivate(from, text) {
   }
   if (r.missed) line("notice", null, `${r.missed} message${r.missed === 1 ? "" : "s"} from ${from} never arrived.`);
   line("private", "from " + from, r.plain, "decrypted · " + TRUST_NOTE[keyState(from)], "lock");
+  notify(`Private message from ${from}`, r.plain);
 }
 
 async function publishKey() {
@@ -524,7 +543,8 @@ async function showRoom(from, text, history) {
     if (mine.sealed !== text) return roomRefused(from, "forged: not what this page sent");
     if (mine.shown) return roomRefused(from, "replayed");
     mine.shown = true;
-    return line("live", from, mine.text, "encrypted for the room", "lock");
+    if (mine.pending && mine.pending.state === "awaiting") return mark(mine.pending, "sent"); // its line is there
+    return line("live own", from, mine.text, "encrypted for the room", "lock");
   }
   const r = await openRoom(from, text);
   if (r.wait) {
@@ -539,7 +559,9 @@ async function showRoom(from, text, history) {
   }
   if (r.refused) return roomRefused(from, r.refused);
   if (r.missed) line("notice", null, `${r.missed} room message${r.missed === 1 ? "" : "s"} from ${from} never arrived.`);
-  line("live", from, r.plain, "decrypted · " + TRUST_NOTE[keyState(from)], "lock");
+  const mention = mentions(r.plain);
+  line("live" + (mention ? " mention" : ""), from, r.plain, "decrypted · " + TRUST_NOTE[keyState(from)], "lock");
+  if (mention) notify(`${from} mentioned you`, r.plain);
 }
 
 function roomRefused(from, why) {
@@ -605,10 +627,13 @@ function refill() {
   bucket.last = now;
 }
 /// Sends a frame on the socket, counting it against the rate limit.
+/// False when there is no open socket (the link dropped): nothing was sent.
 function put(data) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return false;
   refill();
   bucket.tokens -= 1;
   ws.send(data);
+  return true;
 }
 /// Waits until a frame can go without passing the rate limit (keeping a
 /// few tokens for pongs and what the user types meanwhile).
@@ -620,13 +645,14 @@ async function token() {
 
 /// Seals `text` for the room: a new epoch first if the readers changed,
 /// then the next index of the ratchet, encrypted once and signed.
-async function sendRoom(text, sent) {
+async function sendRoom(text, sent, pending) {
+  const refused = (why) => (pending ? mark(pending, "failed", why) : line("error", null, `Not sent to the room: ${why}. Your text is kept.`));
   const why = whyRoomNotSendable();
-  if (why) return line("error", null, `Not sent to the room: ${why}. Your text is kept.`);
+  if (why) return refused(why);
   // The size is known before sealing (an upper bound for the epoch and index).
   const length = 4 * Math.ceil((enc.encode(text).length + 92) / 3);
   const worst = `e2er1:${epochs + 1}:${(sender ? sender.index : 0) + 1}:` + "A".repeat(length);
-  if (!fits(JSON.stringify({ msgType: "Broadcast", text: worst }))) return;
+  if (!fits(JSON.stringify({ msgType: "Broadcast", text: worst }))) return pending && mark(pending, "failed", "too long");
   const readers = roomReaders();
   if (!sender || sender.readers !== readersTag(readers)) {
     await rotate(readers);
@@ -635,7 +661,7 @@ async function sendRoom(text, sent) {
     const whyNow = whyRoomNotSendable() || (readers.every(([n, p]) => peers.get(n) === p) ? "" : "someone left or changed keys meanwhile");
     if (whyNow) {
       sender = null;
-      return line("error", null, `Not sent to the room: ${whyNow}. Your text is kept.`);
+      return refused(whyNow);
     }
   }
   const i = ++sender.index;
@@ -646,10 +672,14 @@ async function sendRoom(text, sent) {
   const ct = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv, additionalData: ad }, key, enc.encode(text)));
   const sig = new Uint8Array(await crypto.subtle.sign(ECDSA, sender.sign, concat(ad, iv, ct)));
   const sealed = `e2er1:${sender.epoch}:${i}:${b64(concat(iv, ct, sig))}`;
-  ownSent.set(sender.epoch + ":" + i, { text, sealed, shown: false });
+  ownSent.set(sender.epoch + ":" + i, { text, sealed, shown: false, pending });
   if (ownSent.size > 256) ownSent.delete(ownSent.keys().next().value);
-  put(JSON.stringify({ msgType: "Broadcast", text: sealed }));
+  if (!put(JSON.stringify({ msgType: "Broadcast", text: sealed }))) {
+    if (!pending) line("error", null, "Not sent to the room: the link dropped. Your text is kept.");
+    return;
+  }
   sent();
+  if (pending) mark(pending, "awaiting");
 }
 
 /// Says which kind of room this is, and warns when a room that was
@@ -952,80 +982,470 @@ async function handle(data) {
   let m;
   try { m = JSON.parse(data); } catch { return line("error", null, "unreadable message from the server"); }
   if (!m || typeof m !== "object") return;
+  if (!takeSeq(m)) return; // a repeat (docs/PROTOCOL.md: at or below the highest seq seen)
+  if (m.msgType === "Resumed") return onResumed(m);
   if ("ServerName" in m) {
     // One welcome per connection: a second one (never sent by a real server)
     // must not change the room's kind or our keys mid-session.
     if (welcomed) return line("error", null, "The server sent a second welcome: ignored.");
     welcomed = true;
-    // Our name as typed, in the form the server keeps (NFC) until the relay of our key confirms it.
-    me = $("name").value.trim().normalize("NFC");
-    $("title").textContent = m.ServerName;
-    document.title = m.ServerName + " · Ragnarok";
-    $("status").textContent = "signed in as " + me;
-    moderator = m.role === "moderator";
-    showRole();
-    $("lobby").hidden = true;
-    $("chat").hidden = false;
-    $("people").hidden = false;
-    $("text").focus();
-    peers.clear();
-    byKey.clear(); // a new session key: new pairs
-    e2eRoom = m.e2e_room === true;
-    roomTitle = String(m.ServerName);
-    sender = null;
-    epochs = 0;
-    ownSent.clear();
-    announced.clear();
-    Object.assign(bucket, { tokens: BURST, last: performance.now() }); // chatting starts with a whole burst
-    earlier = null;
-    showRoomKind();
-    await publishKey();
-    return;
+    return onWelcome(m);
   }
   const before = !!target && online.has(target);
+  const was = m.msgType === "OnlineUsers" ? new Set(online) : null;
   switch (m.msgType) {
     case "OnlineUsers": online.clear(); for (const u of stringsOf(m.Users)) online.add(u); forgetAbsent(); break;
-    case "UsersJoined": for (const u of stringsOf(m.Users)) online.add(u); break;
-    case "UsersLeft": for (const u of stringsOf(m.Users)) online.delete(u); forgetAbsent(); break;
+    case "UsersJoined": notePeople(m, stringsOf(m.Users).filter((u) => !online.has(u)), []); for (const u of stringsOf(m.Users)) online.add(u); break;
+    case "UsersLeft": notePeople(m, [], stringsOf(m.Users).filter((u) => online.has(u))); for (const u of stringsOf(m.Users)) online.delete(u); forgetAbsent(); break;
     case "PublicKeys":
       if (m.Keys && typeof m.Keys === "object") await Promise.all(Object.entries(m.Keys).map(([u, k]) => setPeerKey(u, k)));
       break;
     case "PublicKey": await setPeerKey(m.SrcUser, m.key, true); break;
     case "Broadcast":
+      if (m.history && !e2eRoom && link.dedupe && link.dedupe.has(m.SrcUser + "\n" + m.text)) break; // on screen already (a reset)
       if (e2eRoom) await showRoom(String(m.SrcUser), m.text, m.history);
-      else line(m.history ? "history" : "live", m.SrcUser, String(m.text));
+      else if (!m.history && m.SrcUser === me && echoed(m.text)) break; // a queued message of ours, now sent
+      else {
+        const own = m.SrcUser === me, mention = !m.history && !own && mentions(m.text);
+        line((m.history ? "history" : "live") + (own ? " own" : "") + (mention ? " mention" : ""), m.SrcUser, String(m.text));
+        if (mention) notify(`${m.SrcUser} mentioned you`, String(m.text));
+      }
       break;
     case "PrivateMessage": await showPrivate(String(m.SrcUser), m.text); break;
     case "Announcement": line("announcement", "server", String(m.text)); break;
     case "Error":
+      if (loginRefused(m)) break;
+      // A passing refusal of a reconnection (too many logins, the cluster
+      // away): said by the indicator, not once per attempt in the log.
+      if (me && !link.live) { $("link").textContent = "reconnecting… (" + m.text + ")"; break; }
       // Before login an error is about the login: shown on its form, never in the chat.
       if (me) line("error", null, "Error (" + m.code + "): " + m.text);
       else $("login-error").textContent = m.text;
+      refusedQueued(m);
       break;
   }
+  if (m.msgType === "OnlineUsers") afterList(was, m);
   if (!ROSTER.has(m.msgType)) return;
   notePresence(before);
   renderUsers();
 }
 
+/// The welcome of a new login (or a drop, then a login again where the
+/// server keeps no session: it does not resume): a new session.
+async function onWelcome(m) {
+  const again = link.had; // we were in before: what happened meanwhile is lost
+  const before = again && me ? new Set(online) : null;
+  linkUp(m.resume, true);
+  if (again) {
+    resetLine(m);
+    failOutbox("your session could not be resumed: it is not known whether it was sent");
+  }
+  link.dedupe = again ? new Set(shownLines) : null;
+  link.away = { before };
+  await startSession(m);
+}
+
+/// A new session on this page: the room's kind, our name, fresh keys
+/// published (docs/PROTOCOL.md: after any login, and after a reset).
+async function startSession(m) {
+  // Our name as typed, in the form the server keeps (NFC) until the relay of our key confirms it.
+  me = link.name.normalize("NFC");
+  $("title").textContent = m.ServerName;
+  document.title = m.ServerName + " · Ragnarok";
+  $("status").textContent = "signed in as " + me;
+  moderator = m.role === "moderator";
+  showRole();
+  $("lobby").hidden = true;
+  $("chat").hidden = false;
+  $("people").hidden = false;
+  $("text").focus();
+  peers.clear();
+  byKey.clear(); // a new session key: new pairs
+  e2eRoom = m.e2e_room === true;
+  roomTitle = String(m.ServerName);
+  sender = null;
+  epochs = 0;
+  ownSent.clear();
+  announced.clear();
+  Object.assign(bucket, { tokens: BURST, last: performance.now() }); // chatting starts with a whole burst
+  earlier = null;
+  showRoomKind();
+  showNotify();
+  await publishKey();
+}
+
+// --- The connection: login, resume, reconnect --------------------------------
+//
+// The page opts in to resuming (docs/PROTOCOL.md, "Resuming after a dropped
+// connection"): it logs in with {"msgType":"Login"}, keeps the welcome's
+// token and epoch and the highest `seq` it has seen, and drops any message at
+// or below it (never shown twice). When the socket closes without a goodbye
+// it connects again by itself (backoff with jitter; at once when the browser
+// says it is online again or the tab is shown) and sends {"msgType":"Resume"}.
+// A resumed session is the same session: the keys, the pairs, the room's
+// sender keys and everything on screen stay; what was missed arrives once.
+// A reset (away too long, the server restarted) is a new session: new keys,
+// the history shown without what is on screen already.
+//
+// sessionStorage keeps {name, password, token, epoch, seq} for this tab so
+// that a reload of the tab signs in again by itself. The room password is
+// kept there on purpose: sessionStorage belongs to this tab and this origin
+// only and ends with the tab, and without it a reload (or a phone restoring
+// the tab) would ask for it again. It is removed when the session ends for
+// good (kicked, banned, refused, taken over elsewhere).
+const STORE = "ragnarok-session";
+const link = {
+  name: "", password: "", // what we log in with
+  resume: null,   // {token, epoch} of the session (the welcome's `resume`)
+  seq: 0,         // the highest seq seen in that epoch
+  live: false,    // the current socket is signed in
+  had: false,     // we were signed in: a drop is healed, not the end
+  attempt: 0,     // attempts in a row that did not get in (the backoff)
+  timer: null,    // the next attempt
+  deadline: null, // an attempt that does not get in within 8 s is given up (a link that hangs)
+  stopped: "",    // why the page no longer reconnects ("": it does)
+  away: null,     // after a (re)login, until its OnlineUsers: {before: names online before, or null}
+  dedupe: null,   // after a reset: "who\ntext" of the lines on screen, which its history must not repeat
+};
+const DEDUPED = new Set(["Broadcast", "PrivateMessage", "PublicKey", "Announcement"]);
+
+// The codes after which coming back is pointless: said, and reconnecting stops.
+const STOP = {
+  resume_refused: "The server refused to resume your session (the name is held by a session that is not this one).",
+  resumed_elsewhere: "Your session was taken over by another tab or device.",
+  kicked: "You were removed from the room.",
+  banned: "You are banned from the room.",
+  wrong_password: "The room's password changed: sign in again.",
+  name_taken: "Someone else took your name while you were away: sign in again.",
+  invalid_name: "The server no longer accepts your name: sign in again.",
+  room_locked: "The room was locked while you were away: you cannot come back in for now.",
+};
+
+function save() {
+  try {
+    if (!link.resume) return sessionStorage.removeItem(STORE);
+    sessionStorage.setItem(STORE, JSON.stringify({ name: link.name, password: link.password, ...link.resume, seq: link.seq }));
+  } catch { /* no storage: a reload asks for the password again */ }
+}
+
+/// Keeps the highest seq; false for a repeat (dropped, never shown twice).
+function takeSeq(m) {
+  if (typeof m.seq !== "number" || !Number.isSafeInteger(m.seq)) return true;
+  if (DEDUPED.has(m.msgType) && m.seq <= link.seq) return false;
+  if (m.seq > link.seq) { link.seq = m.seq; save(); }
+  return true;
+}
+
+/// Signed in on this socket: keeps the session's `resume` (the token, the
+/// epoch; `fresh`: its seq is where we start) and hides the indicator.
+function linkUp(resume, fresh) {
+  clearTimeout(link.deadline);
+  link.live = link.had = true;
+  link.attempt = 0;
+  link.stopped = "";
+  if (resume && typeof resume.token === "string" && typeof resume.epoch === "string") {
+    link.resume = { token: resume.token, epoch: resume.epoch };
+    if (fresh && Number.isSafeInteger(resume.seq)) link.seq = resume.seq;
+  } else if (fresh) {
+    link.resume = null; // the server does not resume (resume_grace_secs 0)
+  }
+  save();
+  $("link").hidden = true;
+  Object.assign(bucket, { tokens: BURST, last: performance.now() }); // chatting starts with a whole burst
+}
+
+/// The answer to a Resume: the same session (what was missed follows, then
+/// the list), or a reset (a new session: new keys, the history).
+async function onResumed(m) {
+  if (welcomed) return line("error", null, "The server sent a second welcome: ignored.");
+  welcomed = true;
+  const reset = m.reset === true;
+  const fresh = !session; // a reload: this page has no keys of the session, so it publishes new ones
+  const before = me ? new Set(online) : null;
+  linkUp(m.resume, reset);
+  if (reset) {
+    if (!fresh) resetLine(m); // (a reloaded page has nothing on screen that could be out of date)
+    failOutbox("your session could not be resumed: it is not known whether it was sent");
+    link.dedupe = new Set(shownLines);
+  }
+  if (!reset) link.dedupe = null;
+  link.away = { before };
+  if (reset || fresh) return startSession(m);
+  $("status").textContent = "signed in as " + me;
+  // Our key never came back relayed before the drop: publish it again (the same key).
+  if (session && !session.name) put(JSON.stringify({ msgType: "PublicKey", key: session.key }));
+}
+
+/// Says that what was missed cannot be told exactly (the server's reason, if any, on hover).
+function resetLine(m) {
+  const div = line("reset", null, "You were away too long, or the server restarted: some messages may be missing.");
+  if (typeof m.why === "string" && m.why) div.title = "The server says: " + m.why;
+}
+
+/// After the first OnlineUsers of a (re)login: who came and went while we
+/// were away, then what was typed meanwhile goes out (the replay is over).
+function afterList(was, m) {
+  if (!link.away) {
+    if (was && (m.seq !== undefined || !link.resume)) {
+      notePeople(m, [...online].filter((u) => !was.has(u)), [...was].filter((u) => !online.has(u)));
+    }
+    return;
+  }
+  const { before } = link.away;
+  link.away = null;
+  if (before && before.size) {
+    const came = [...online].filter((u) => !before.has(u)), went = [...before].filter((u) => !online.has(u));
+    const parts = [came.length && namesOf(came) + " joined", went.length && namesOf(went) + " left"].filter(Boolean);
+    if (parts.length) line("presence", null, "While you were away: " + parts.join("; ") + ".");
+  }
+  queue = queue.then(flushOutbox);
+}
+
+/// "alice", "alice and bob", "alice, bob and carol", "alice, bob and 3 others".
+function namesOf(names) {
+  if (names.length <= 3) return names.length === 1 ? names[0] : names.slice(0, -1).join(", ") + " and " + names.at(-1);
+  return `${names.slice(0, 2).join(", ")} and ${names.length - 2} others`;
+}
+
+// Joins and leaves in the log, batched: what arrives within half a second is one line.
+const batch = { joined: [], left: [], timer: null };
+function notePeople(m, joined, left) {
+  if (link.away) return; // the snapshot of a login: nobody came, we did
+  if (m.msgType !== "OnlineUsers" && m.seq === undefined && link.resume) return; // a part of a snapshot, not news
+  for (const u of joined) if (u !== me) { const i = batch.left.indexOf(u); if (i >= 0) batch.left.splice(i, 1); else batch.joined.push(u); }
+  for (const u of left) if (u !== me) { const i = batch.joined.indexOf(u); if (i >= 0) batch.joined.splice(i, 1); else batch.left.push(u); }
+  if (!batch.timer && (batch.joined.length || batch.left.length)) {
+    batch.timer = setTimeout(() => {
+      batch.timer = null;
+      if (batch.joined.length) line("presence", null, namesOf(batch.joined.splice(0)) + " joined");
+      if (batch.left.length) line("presence", null, namesOf(batch.left.splice(0)) + " left");
+    }, 500);
+  }
+}
+
+/// A login's refusal that ends the session for good: said, and no more
+/// reconnecting. True when it was one.
+function loginRefused(m) {
+  const why = STOP[m.code];
+  // kicked, banned, taken over: at any time; the others only answer a login.
+  if (!why || (link.live && !["kicked", "banned", "resumed_elsewhere"].includes(m.code))) return false;
+  stop(why);
+  if (me) line("error", null, "Error (" + m.code + "): " + m.text);
+  else $("login-error").textContent = m.text;
+  return true;
+}
+
+/// No more reconnecting: says why, and what was queued is not sent.
+function stop(why) {
+  link.stopped = why;
+  link.live = false;
+  link.resume = null;
+  clearTimeout(link.timer);
+  clearTimeout(link.deadline);
+  save();
+  failOutbox(why);
+  if (!me) return;
+  $("link").hidden = false;
+  $("link").className = "link stopped";
+  $("link").textContent = "disconnected";
+  $("status").textContent = "disconnected";
+  line("notice", null, "Disconnected: " + why + " Reload the page to sign in again.");
+}
+
+/// Opens a socket and signs in: Resume when there is a session to resume, Login otherwise.
+function connect() {
+  clearTimeout(link.timer);
+  clearTimeout(link.deadline);
+  if (ws) {
+    // The old socket says nothing more; closed with a code that is not a goodbye.
+    const old = ws;
+    old.onopen = old.onmessage = old.onclose = null;
+    if (old.readyState <= WebSocket.OPEN) old.close(4000, "reconnecting");
+  }
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const sock = ws = new WebSocket(`${scheme}://${location.host}/`);
+  welcomed = false;
+  link.live = false;
+  sock.onopen = () => {
+    sock.send(link.password);
+    sock.send(JSON.stringify(link.resume
+      ? { msgType: "Resume", name: link.name, token: link.resume.token, epoch: link.resume.epoch, seq: link.seq }
+      : { msgType: "Login", name: link.name }));
+  };
+  sock.onmessage = (e) => { if (sock === ws) onMessage(e.data); };
+  sock.onclose = (e) => { if (sock === ws) linkDown(e); };
+  if (link.had) {
+    link.deadline = setTimeout(() => {
+      if (sock !== ws || link.live) return;
+      sock.onclose = null;
+      sock.close();
+      linkDown({});
+    }, 8000);
+  }
+}
+
+/// The socket closed. Before any sign-in the login form says so; after one,
+/// unless stopped, the page reconnects: 0.5 s doubling up to 5 s, each
+/// delay taken at random between half of it and all of it (many phones
+/// dropped at once do not come back at the same instant).
+function linkDown(e) {
+  link.live = false;
+  clearTimeout(link.deadline);
+  if (link.stopped) return;
+  if (!link.had) {
+    $("status").textContent = "disconnected" + (e.reason ? ": " + e.reason : "");
+    if (!$("login-error").textContent) $("login-error").textContent = "Could not connect.";
+    return;
+  }
+  $("link").hidden = false;
+  $("link").className = "link";
+  $("link").textContent = "reconnecting…";
+  const delay = Math.min(5000, 500 * 2 ** Math.min(link.attempt++, 4));
+  clearTimeout(link.timer);
+  link.timer = setTimeout(connect, delay * (0.5 + Math.random() / 2));
+}
+
+/// The browser says the network is back, or the tab is shown again: try at
+/// once. After `online` even an open socket may be dead (a new network):
+/// a new one takes the session over.
+function retryNow(always) {
+  if (!link.had || link.stopped || (link.live && !always)) return;
+  link.attempt = 0;
+  connect();
+}
+window.addEventListener("online", () => retryNow(true));
+document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") retryNow(false); });
+// Leaving the page is a goodbye (Close 1000): the others see us leave at
+// once, not after the grace. (A reload cannot be told from a close here: the
+// reloaded tab signs in again from sessionStorage, as a reset.)
+window.addEventListener("pagehide", () => {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  link.stopped = "goodbye";
+  ws.close(1000, "goodbye");
+});
+// Back from the back-forward cache: the goodbye was said; sign in again.
+window.addEventListener("pageshow", (e) => { if (e.persisted && link.stopped === "goodbye") { link.stopped = ""; retryNow(false); } });
+
 $("login").onsubmit = (e) => {
   e.preventDefault();
   $("login-error").textContent = "";
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  if (ws) { ws.onmessage = ws.onclose = null; ws.close(); } // a refused attempt: nothing more from it
-  const sock = ws = new WebSocket(`${scheme}://${location.host}/`);
-  welcomed = false;
+  Object.assign(link, { name: $("name").value.trim(), password: $("password").value, resume: null, seq: 0, had: false, stopped: "", attempt: 0 });
   session = null;
   $("status").textContent = "connecting…";
-  sock.onopen = () => { sock.send($("password").value); sock.send($("name").value.trim()); };
-  sock.onmessage = (e) => { if (sock === ws) onMessage(e.data); };
-  sock.onclose = (e) => {
-    if (sock !== ws) return;
-    $("status").textContent = "disconnected" + (e.reason ? ": " + e.reason : "");
-    if (me) line("notice", null, "Disconnected" + (e.reason ? " (" + e.reason + ")" : "") + ". Reload to join again.");
-    else if (!$("login-error").textContent) $("login-error").textContent = "Could not connect.";
-  };
+  connect();
 };
+
+/// A reload of the tab: sign in again from what sessionStorage kept.
+function restore() {
+  let kept;
+  try { kept = JSON.parse(sessionStorage.getItem(STORE)); } catch { kept = null; }
+  if (!kept || typeof kept.name !== "string" || typeof kept.token !== "string" || typeof kept.epoch !== "string") return;
+  Object.assign(link, { name: kept.name, password: String(kept.password ?? ""), resume: { token: kept.token, epoch: kept.epoch },
+    seq: Number.isSafeInteger(kept.seq) ? kept.seq : 0, had: true });
+  $("name").value = kept.name;
+  $("password").value = link.password;
+  $("status").textContent = "signing in again…";
+  connect();
+}
+
+// --- What is typed while the link is down -------------------------------------
+//
+// Shown at once as "sending…", sent once the session is resumed (after the
+// replay of what was missed, so in order with it), and marked sent: a room
+// message when it comes back from the server with its seq, a private one
+// when it went out. Marked "not sent" when it cannot go (refused, or the
+// session could not be resumed). Each is written to a socket once, except
+// a room message whose socket dropped before it came back and that the
+// resume's replay shows the server never took (the replay is exact).
+const outbox = []; // {text, to, div, state: "queued" | "awaiting" | "sent" | "failed"}
+
+function enqueue(text, to) {
+  const div = to ? line("private own pending", "to " + to, text, "", "lock") : line("live own pending", me, text, "", e2eRoom ? "lock" : "");
+  const state = document.createElement("span");
+  state.className = "state";
+  state.textContent = "sending…";
+  div.querySelector(".body").append(state);
+  outbox.push({ text, to, div, state: "queued" });
+}
+
+function mark(entry, state, why) {
+  entry.state = state;
+  const label = entry.div.querySelector(".state");
+  entry.div.classList.toggle("pending", state === "queued" || state === "awaiting");
+  entry.div.classList.toggle("failed", state === "failed");
+  label.textContent = { queued: "sending…", awaiting: "sending…", sent: "sent", failed: "not sent" }[state];
+  label.title = why || "";
+  if (state === "sent" || state === "failed") outbox.splice(outbox.indexOf(entry), 1);
+}
+
+/// Our own plain room message came back: the queued one it is, marked sent (true).
+function echoed(text) {
+  const entry = outbox.find((e) => e.state === "awaiting" && !e.to && e.text === text);
+  if (entry) mark(entry, "sent");
+  return !!entry;
+}
+
+/// An Error about what we sent: the oldest queued room message waiting for its echo was refused.
+function refusedQueued(m) {
+  if (!["rate_limited", "muted", "encryption_required", "message_too_big", "cluster_unavailable"].includes(m.code)) return;
+  const entry = outbox.find((e) => e.state === "awaiting" && !e.to);
+  if (entry) mark(entry, "failed", String(m.text));
+}
+
+function failOutbox(why) {
+  for (const e of [...outbox]) mark(e, "failed", why);
+}
+
+/// The session is back: what waits goes out, in order, paced by the rate limit.
+function flushOutbox() {
+  for (const e of outbox) {
+    if (e.state === "awaiting") e.state = "queued"; // the replay did not bring it back: the server never took it
+    if (e.state !== "queued" || e.sending) continue;
+    e.sending = true;
+    sending = sending.then(async () => {
+      e.sending = false;
+      if (e.state !== "queued" || !link.live) return; // down again: waits for the next resume
+      await token();
+      await send(e.text, e.to, e);
+    }).catch((err) => mark(e, "failed", String(err.message || err)));
+  }
+}
+
+// --- Notifications (opt in) ------------------------------------------------------
+//
+// While the tab is hidden: private messages, and room messages that name you.
+// Off until the user presses "Notify" and the browser grants it.
+let notifyOn = false;
+function showNotify() {
+  if (!("Notification" in window)) return;
+  $("notify").hidden = false;
+  try { notifyOn = Notification.permission === "granted" && localStorage.getItem("ragnarok-notify") === "1"; } catch { notifyOn = false; }
+  $("notify").setAttribute("aria-pressed", String(notifyOn));
+  $("notify").textContent = notifyOn ? "Notifying: turn off" : "Notify me";
+}
+$("notify").onclick = async () => {
+  if (!notifyOn && Notification.permission !== "granted") await Notification.requestPermission();
+  if (Notification.permission !== "granted") {
+    line("notice", null, "The browser does not allow this page to show notifications (see the site's settings).");
+    notifyOn = false;
+  } else {
+    notifyOn = !notifyOn;
+    line("notice", null, notifyOn ? "You will be notified of private messages and mentions of your name while this tab is hidden." : "Notifications off.");
+  }
+  try { localStorage.setItem("ragnarok-notify", notifyOn ? "1" : "0"); } catch { /* kept for this page only */ }
+  $("notify").setAttribute("aria-pressed", String(notifyOn));
+  $("notify").textContent = notifyOn ? "Notifying: turn off" : "Notify me";
+};
+function notify(title, body) {
+  if (!notifyOn || document.visibilityState !== "hidden" || Notification.permission !== "granted") return;
+  try { new Notification(title, { body: body.slice(0, 200), tag: "ragnarok" }); } catch { /* not on this platform */ }
+}
+/// The text names us (a whole word, any case).
+function mentions(text) {
+  if (!me || typeof text !== "string") return false;
+  const esc = me.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp(`(^|[^\\p{L}\\p{N}_])@?${esc}($|[^\\p{L}\\p{N}_])`, "iu").test(text);
+}
 
 // --- Sending -----------------------------------------------------------------
 
@@ -1050,35 +1470,54 @@ function whyNotSendable(name) {
   return "";
 }
 
-function refuse(name, why) {
+function refuseNow(name, why) {
   line("error", null, `Not sent: ${why}. Your text is kept.`);
   if (name === target && keyState(name) === "changed") { panelOpen = true; drawConversation(); }
 }
 
 /// Sends `text` to the room, or encrypted to `to`, never the one instead of
 /// the other. The text leaves the composer only once it went out.
-async function send(text, to) {
-  if (!ws || ws.readyState !== WebSocket.OPEN) return;
-  const sent = () => { if ($("text").value === text) $("text").value = ""; };
-  if (!to && e2eRoom) return sendRoom(text, sent);
+/// `pending`: a message typed while the link was down (its line is shown
+/// already, and says whether it went).
+async function send(text, to, pending) {
+  const sent = () => { if (!pending && $("text").value === text) $("text").value = ""; };
+  if (!link.live || ws.readyState !== WebSocket.OPEN) {
+    if (pending || !link.had || link.stopped) return; // (not signed in, or for good: nothing to queue for)
+    sent();
+    return enqueue(text, to);
+  }
+  if (!to && e2eRoom) return sendRoom(text, sent, pending);
   if (!to) {
     const json = JSON.stringify({ msgType: "Broadcast", text });
-    if (fits(json)) { sent(); put(json); }
+    if (!fits(json)) return pending && mark(pending, "failed", "too long");
+    sent();
+    if (put(json) && pending) mark(pending, "awaiting");
     return;
   }
+  const refuse = (name, why) => (pending ? mark(pending, "failed", why) : refuseNow(name, why));
   const why = whyNotSendable(to);
   if (why) return refuse(to, why);
   const peer = peers.get(to);
   // The size is known before encrypting: no counter is spent on a message that cannot go.
   const length = Math.ceil((enc.encode(text).length + 16) / 3) * 4;
-  if (!fits(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: `e2e2:${peer.sent + 1}:` + "A".repeat(length) }))) return;
+  if (!fits(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: `e2e2:${peer.sent + 1}:` + "A".repeat(length) }))) {
+    return pending && mark(pending, "failed", "too long");
+  }
   const sealed = await sealFor(to, peer, enc.encode(text));
-  // Anything may have happened while encrypting (they left, their key changed).
+  // Anything may have happened while encrypting (they left, their key changed, the link dropped).
   const whyNow = peers.get(to) === peer ? whyNotSendable(to) : `${to}'s key changed while encrypting`;
   if (whyNow) return refuse(to, whyNow);
-  put(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: sealed }));
+  if (!put(JSON.stringify({ msgType: "PrivateMessage", TgtUser: to, text: sealed }))) {
+    if (pending) return; // the link dropped meanwhile: stays queued
+    return line("error", null, "Not sent: the link dropped. Your text is kept.");
+  }
   sent();
-  line("private", "to " + to, text, "encrypted · " + TRUST_NOTE[keyState(to)], "lock");
+  if (!pending) return line("private own", "to " + to, text, "encrypted · " + TRUST_NOTE[keyState(to)], "lock");
+  const note = document.createElement("span");
+  note.className = "fp";
+  note.textContent = "encrypted · " + TRUST_NOTE[keyState(to)];
+  pending.div.querySelector(".body").append(note);
+  mark(pending, "sent");
 }
 
 // One message after the other, in the order they were typed.
@@ -1094,3 +1533,5 @@ $("target").onclick = () => selectTarget(null);
 $("people").onclick = () => showPeople(!$("chat").classList.contains("people-open"));
 $("scrim").onclick = () => showPeople(false);
 document.addEventListener("keydown", (e) => { if (e.key === "Escape") showPeople(false); });
+
+restore(); // last: everything above is defined

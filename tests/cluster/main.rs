@@ -22,4 +22,6 @@ mod redis_restart;
 mod redis_stop;
 mod redis_unavailable;
 mod rediss;
+mod resume;
+mod resume_attacks;
 mod reuse_port;

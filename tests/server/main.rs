@@ -34,6 +34,8 @@ mod presence;
 mod private_message;
 mod protocol_violations;
 mod reload;
+mod resume;
+mod resume_attacks;
 mod shutdown;
 mod slow_reader;
 mod stalled_handshake;

@@ -1,7 +1,9 @@
 -- SYNC: (re)registers this node and all its users, and reads the room back.
 -- ARGV: 1 prefix, 2 node, 3 lease in ms, 4 history count, 5 history bytes,
--- 6 an epoch (the room's, if Redis has none yet), then 4 per user from 7
--- on: name key, name, public key or '', resume token hash or ''.
+-- 6 an epoch (the room's, if Redis has none yet), 7 the number of the
+-- last event this node saw (the room's count never goes back below it:
+-- its users' clients drop a number they have seen as a repeat), then 4 per
+-- user from 8 on: name key, name, public key or '', resume token hash or ''.
 -- Answers {seq of its Node event, conflicting name keys, users (HGETALL),
 -- public keys (HGETALL), history (oldest first), Redis's clock in ms,
 -- bans (HGETALL), mutes (HGETALL), 1 if the room is locked else 0, the
@@ -9,10 +11,13 @@
 -- the room's memory on Redis: new when Redis has lost it.
 local p, node = ARGV[1], ARGV[2]
 redis.call('SET', p .. 'epoch', ARGV[6], 'NX')
+if tonumber(redis.call('GET', p .. 'seq') or '0') < tonumber(ARGV[7]) then
+  redis.call('SET', p .. 'seq', ARGV[7])
+end
 redis.call('SET', p .. 'node:' .. node, '1', 'PX', ARGV[3])
 redis.call('SADD', p .. 'nodes', node)
 local mine = {}
-for i = 7, #ARGV, 4 do mine[ARGV[i]] = true end
+for i = 8, #ARGV, 4 do mine[ARGV[i]] = true end
 local all = redis.call('HGETALL', p .. 'users')
 for i = 1, #all, 2 do
   if string.sub(all[i + 1], 1, #node + 1) == node .. '\n' and not mine[all[i]] then
@@ -22,7 +27,7 @@ for i = 1, #all, 2 do
   end
 end
 local conflicts, accepted = {}, {}
-for i = 7, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   local key, name, pk, token = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local cur = redis.call('HGET', p .. 'users', key)
   local owner = cur and string.match(cur, '^([^\n]*)\n')

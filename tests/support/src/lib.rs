@@ -27,6 +27,13 @@ pub mod cluster;
 pub mod e2e;
 /// The end-to-end encrypted room (`e2e_room`): sender keys over `e2e`.
 pub mod e2e_room;
+/// A TCP relay that can drop every connection for real (`resume`).
+pub mod relay;
+/// A client that logs in resumably and resumes (`resume`).
+pub mod resume;
+
+pub use relay::Relay;
+pub use resume::{Resumable, Ticket, assert_exact, assert_reset, seq_of, without_seq};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub const PASSWORD: &str = "963";
@@ -194,38 +201,20 @@ impl TestServer {
         let password = config["server_password"].as_str().unwrap_or("").to_owned();
         let path = dir.join("config.json");
         std::fs::write(&path, config.to_string()).unwrap();
-        let mut child = Command::new(binary())
-            .arg("--config")
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ragnarok");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let url = rest.split_whitespace().next().unwrap_or("");
-                    let addr = url.split("://").nth(1).unwrap_or("").to_owned();
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(TIMEOUT) {
-            Ok(addr) => addr.parse().expect("address in the log"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {:?}", log.lock().unwrap());
-            }
-        };
+        let (child, addr) = spawn_server(&path, &log);
         TestServer { child, addr, dir, password, tls: client_tls, log }
+    }
+
+    /// A restart: kill -9, then the binary again with the same config file
+    /// (and folder: the state file stays), on a new port (`addr` changes;
+    /// the config says port 0). The log goes on in the same list.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr) = spawn_server(&self.dir.join("config.json"), &self.log);
+        self.child = child;
+        self.addr = addr;
     }
 
     /// From now on, clients trust only this certificate.
@@ -265,6 +254,15 @@ impl TestServer {
     /// An open WebSocket, not logged in.
     pub fn connect(&self) -> Client {
         let (ws, _) = tungstenite::client::client(self.url(), self.stream()).expect("handshake");
+        Client { ws }
+    }
+
+    /// An open WebSocket to this server over a connection to `via` (a
+    /// [`Relay`] to it): the request and TLS are this server's.
+    pub fn connect_via(&self, via: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(via).expect("connect to the relay");
+        let (ws, _) =
+            tungstenite::client::client(self.url(), self.stream_over(tcp)).expect("handshake");
         Client { ws }
     }
 
@@ -384,6 +382,41 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the binary with the config at `path`, its stderr lines appended to
+/// `log`, until it says where it listens.
+fn spawn_server(path: &Path, log: &Arc<Mutex<Vec<String>>>) -> (Child, SocketAddr) {
+    let mut child = Command::new(binary())
+        .arg("--config")
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ragnarok");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let url = rest.split_whitespace().next().unwrap_or("");
+                let addr = url.split("://").nth(1).unwrap_or("").to_owned();
+                let _ = tx.send(addr);
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(addr) => (child, addr.parse().expect("address in the log")),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("server did not start: {:?}", log.lock().unwrap());
+        }
     }
 }
 
