@@ -13,7 +13,7 @@ use std::process::Command;
 
 fn soak(server: &TestServer, secs: u32, extra: &[&str]) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ragnarok-load"));
-    cmd.args(["soak", "-t", &secs.to_string(), "-n", "60", "--slow", "2"])
+    cmd.args(["soak", "-t", &secs.to_string(), "-n", "60"])
         .args(extra)
         .args(["--addr", &server.addr.to_string(), "--password", &server.password])
         .args(["--pid", &server.pid().to_string()]);
@@ -44,8 +44,14 @@ fn a_short_soak_loses_nothing_answers_everything_and_leaks_no_descriptors() {
         let runs: Vec<_> = servers
             .iter()
             .map(|server| {
-                // ws with cuts, wss without (the old protocol alone).
-                let extra: &[&str] = if server.is_tls() { &[] } else { &["--cuts", "3"] };
+                // ws with cuts, wss without (the old protocol alone). With
+                // cuts, slow readers wait for their turn after the cuts
+                // (soak.rs, CUT_TURN) and would add 10 s: wss has them.
+                let extra: &[&str] = if server.is_tls() {
+                    &["--slow", "2"]
+                } else {
+                    &["--cuts", "3", "--slow", "0"]
+                };
                 scope.spawn(move || soak(server, 10, extra))
             })
             .collect();
@@ -59,7 +65,9 @@ fn a_short_soak_loses_nothing_answers_everything_and_leaks_no_descriptors() {
         let count = |key: &str| r[key].as_u64().unwrap_or(0);
         assert!(count("joins") > 60 && count("left") == count("joins"), "churn: {r}");
         assert!(count("deliveries") > 1000 && count("privates_delivered") > 0, "traffic: {r}");
-        assert!(count("slow_cut_off") >= 2, "slow readers cut off: {r}");
+        if server.is_tls() {
+            assert!(count("slow_cut_off") >= 2, "slow readers cut off: {r}");
+        }
         assert!(count("bad_inputs_ok") >= 20 && count("bad_input_kinds") >= 10, "bad inputs: {r}");
         assert_eq!(r["fds_after"], r["fds_baseline"], "{r}");
         for key in

@@ -46,6 +46,15 @@
 //!   after each cycle; RSS after the second cycle within 20 % + 2 MiB of
 //!   RSS after the first (see `CYCLES` for why not of the start).
 //!
+//! - **Cuts** (`--cuts R`, issue 19): the chat users connect through a
+//!   relay in the load generator (`cut.rs`) that drops the TCP connections
+//!   of random users, R times a second, with no Close; they reconnect after
+//!   up to `--cut-away` ms and `Resume`. Every check above holds across the
+//!   cuts, and by `seq` nothing comes twice; a reset, a message before
+//!   `Resumed`, a cut user named in a `UsersLeft` or `UsersJoined` or
+//!   missing from a full `OnlineUsers` fail the run. A quarter of the users
+//!   log in the old way and are never cut (no `seq` must reach them).
+//!
 //! The load stays inside the server's default limits, all from 127.0.0.1:
 //! each client keeps to 5 messages a second (burst 10; the server allows 20,
 //! burst 40) and 16 KiB of them a second (burst 64 KiB; the server allows
