@@ -12,6 +12,7 @@
 #   scripts/soak.sh 20         # a short one (CI)
 #   scripts/soak.sh 600 --tls  # over wss (needs openssl)
 #   scripts/soak.sh 60 -n 500 --rate 100
+#   scripts/soak.sh 600 --cuts 2   # users' connections cut at random, resumed (issue 19)
 #
 # The soak config is the defaults except:
 #   server_password            "soak-password" (a wrong password needs one)

@@ -8,6 +8,7 @@
 //! delivery and answer (`soak.rs`); and floor against relay, the kernel's
 //! cost without any server logic (`floor.rs`). See `--help`.
 
+mod cut;
 mod floor;
 mod openloop;
 mod soak;
@@ -59,13 +60,23 @@ Options:
   --concurrency M    handshakes in flight at once (default 1024, the server's listen backlog)
   --prefix P         fanout, idle, joinstorm: users are named P0, P1, ... (default u);
                      two load generators in one room need different prefixes
+  --resume           fanout, idle, joinstorm: users log in with
+                     {\"msgType\":\"Login\",\"name\":...}, as clients that can
+                     resume (a resume token at login, a seq on every room message)
 
 Soak options:
   --rate R               broadcasts per second, all users together (default 50)
   --private-rate P       private messages per second (default 20)
   --slow K               slow readers at a time (default 3)
   --max-message-bytes B  the server's max_message_bytes (default 16384)
-  --seed S               random seed (default: from the clock)";
+  --seed S               random seed (default: from the clock)
+  --cuts R               R cuts a second: chat users connect through a relay in
+                         the load generator that drops the TCP connections of
+                         random users (one, sometimes several) without a Close;
+                         they reconnect and resume ({\"msgType\":\"Resume\"}); a
+                         quarter of the users log in the old way and are never
+                         cut (default 0: no relay, every user logs in the old way)
+  --cut-away MS          a cut user reconnects after 0 to MS ms (default 2000)";
 
 struct Options {
     scenario: String,
@@ -92,6 +103,8 @@ struct Options {
     prefix: String,
     /// fanout: Broadcasts in the sealed form an `e2e_room` relays.
     sealed: bool,
+    /// Users log in with `{"msgType":"Login"}` (resumable sessions).
+    resume: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -114,6 +127,7 @@ fn parse_options() -> Result<Options, String> {
         rate: None,
         prefix: "u".into(),
         sealed: false,
+        resume: false,
     };
     let mut users = None;
     while let Some(arg) = args.next() {
@@ -137,6 +151,7 @@ fn parse_options() -> Result<Options, String> {
             "--concurrency" => o.concurrency = number(value()?)?.max(1),
             "--prefix" => o.prefix = value()?,
             "--sealed" => o.sealed = true,
+            "--resume" => o.resume = true,
             // The soak's own options (its --rate too) follow its name.
             a if o.scenario == "soak" && soak::Settings::takes(a) => o.soak.set(a, &value()?)?,
             "--rate" => {
@@ -171,6 +186,9 @@ fn parse_options() -> Result<Options, String> {
     }
     if o.pids.len() > 1 && !matches!(o.scenario.as_str(), "fanout" | "idle" | "joinstorm") {
         return Err("several --pid are for fanout, idle and joinstorm only".into());
+    }
+    if o.resume && !matches!(o.scenario.as_str(), "fanout" | "idle" | "joinstorm") {
+        return Err("--resume is for fanout, idle and joinstorm only (the soak: --cuts)".into());
     }
     if o.prefix != "u" && !matches!(o.scenario.as_str(), "fanout" | "idle" | "joinstorm") {
         return Err("--prefix is for fanout, idle and joinstorm only".into());
@@ -789,7 +807,11 @@ impl Load {
             c.inbox.drain(..end);
             c.phase = Phase::LoggingIn;
             let password = self.o.password.clone();
-            let name = c.name.clone();
+            let name = if self.o.resume {
+                format!(r#"{{"msgType":"Login","name":"{}"}}"#, c.name)
+            } else {
+                c.name.clone()
+            };
             frame(1, password.as_bytes(), &mut c.outbox);
             frame(1, name.as_bytes(), &mut c.outbox);
         }

@@ -46,6 +46,15 @@
 //!   after each cycle; RSS after the second cycle within 20 % + 2 MiB of
 //!   RSS after the first (see `CYCLES` for why not of the start).
 //!
+//! - **Cuts** (`--cuts R`, issue 19): the chat users connect through a
+//!   relay in the load generator (`cut.rs`) that drops the TCP connections
+//!   of random users, R times a second, with no Close; they reconnect after
+//!   up to `--cut-away` ms and `Resume`. Every check above holds across the
+//!   cuts, and by `seq` nothing comes twice; a reset, a message before
+//!   `Resumed`, a cut user named in a `UsersLeft` or `UsersJoined` or
+//!   missing from a full `OnlineUsers` fail the run. A quarter of the users
+//!   log in the old way and are never cut (no `seq` must reach them).
+//!
 //! The load stays inside the server's default limits, all from 127.0.0.1:
 //! each client keeps to 5 messages a second (burst 10; the server allows 20,
 //! burst 40) and 16 KiB of them a second (burst 64 KiB; the server allows
@@ -81,17 +90,38 @@ pub struct Settings {
     /// The server's `max_message_bytes`: the oversize probe sends one more.
     max_message_bytes: usize,
     seed: Option<u64>,
+    /// Cuts per second (`--cuts`): 0 is no relay, every user the old way.
+    cuts: f64,
+    /// A cut user reconnects after a random delay up to this.
+    cut_away: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { rate: 50.0, private_rate: 20.0, slow: 3, max_message_bytes: 16384, seed: None }
+        Settings {
+            rate: 50.0,
+            private_rate: 20.0,
+            slow: 3,
+            max_message_bytes: 16384,
+            seed: None,
+            cuts: 0.0,
+            cut_away: Duration::from_millis(2000),
+        }
     }
 }
 
 impl Settings {
     pub fn takes(arg: &str) -> bool {
-        matches!(arg, "--rate" | "--private-rate" | "--slow" | "--max-message-bytes" | "--seed")
+        matches!(
+            arg,
+            "--rate"
+                | "--private-rate"
+                | "--slow"
+                | "--max-message-bytes"
+                | "--seed"
+                | "--cuts"
+                | "--cut-away"
+        )
     }
 
     pub fn set(&mut self, arg: &str, value: &str) -> Result<(), String> {
@@ -104,6 +134,16 @@ impl Settings {
                 self.max_message_bytes = value.parse().map_err(|e| bad(&e))?;
             }
             "--seed" => self.seed = Some(value.parse().map_err(|e| bad(&e))?),
+            "--cuts" => {
+                self.cuts = value.parse().map_err(|e| bad(&e))?;
+                if !(self.cuts.is_finite() && self.cuts >= 0.0) {
+                    return Err(format!("{arg} {value}: cuts per second, 0 or more"));
+                }
+            }
+            "--cut-away" => {
+                let ms: u64 = value.parse().map_err(|e| bad(&e))?;
+                self.cut_away = Duration::from_millis(ms);
+            }
             _ => return Err(format!("unknown argument {arg:?}")),
         }
         Ok(())
@@ -167,7 +207,27 @@ const RSS_SLACK_KIB: u64 = 2048;
 /// grows with the work done; what the allocator keeps does not.)
 const CYCLES: usize = 2;
 /// Details kept for the report (the counters count everything).
-const MAX_DETAILS: usize = 20;
+const MAX_DETAILS: usize = 40;
+/// With `--cuts`: the share of users that log in the old way (a bare name):
+/// never cut, they check that the old protocol is unchanged (no `seq`, no
+/// `resume`) and that they, too, never see a cut user leave or join.
+const PLAIN_SHARE: f64 = 0.25;
+/// A cut event cuts one user, or with this chance 2 to 5 at once.
+const CUT_GROUP: f64 = 0.2;
+/// A user is cut only after this long online (its join has reached
+/// everyone), and not again until this long after it is back.
+const CUT_AFTER: Duration = Duration::from_secs(1);
+/// The relay must have cut a connection by then.
+const CUT_DEADLINE: Duration = Duration::from_secs(10);
+/// With `--cuts`, cuts and slow readers take turns: slow readers are fed
+/// megabytes of private messages to be cut off (about 10 s at the
+/// defaults), and the server keeps only the room's last 1 MiB for resuming
+/// (private messages included), so a user away while they are fed would
+/// rightly get a reset. Each cycle starts with this long of cuts (at most
+/// half the cycle's sending), then the slow readers' turn (`--slow` of
+/// them, started once nobody is away, fed until all are cut off), and
+/// again.
+const CUT_TURN: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -272,6 +332,14 @@ enum Phase {
     Chatting,
     /// Sent Close; reading until the server's.
     Leaving,
+    /// `--cuts`: the relay was told to cut the connection; reading what
+    /// still comes until the end of the stream.
+    Cut,
+    /// The connection is gone; a new one at `Client::reconnect_at`.
+    Away,
+    /// Reconnected: the password and `Resume` sent; waiting for `Resumed`,
+    /// the missed messages and the snapshot (`OnlineUsers`).
+    Resuming,
 }
 
 struct Client {
@@ -309,6 +377,33 @@ struct Client {
     pongs: usize,
     /// A slow reader's name was in a `UsersLeft`.
     cut_off: bool,
+    /// `--cuts`: logs in with `{"msgType":"Login"}` and may be cut.
+    resumable: bool,
+    /// What the welcome (or `Resumed`) gave to resume with.
+    token: Option<String>,
+    epoch: Option<String>,
+    /// The highest `seq` seen, of any message.
+    max_seq: Option<u64>,
+    /// The `seq` this connection's `Resume` gave.
+    resume_seq: Option<u64>,
+    /// Times cut; since when it is away (cut and not back).
+    cuts: u32,
+    away_since: Option<Instant>,
+    reconnect_at: Option<Instant>,
+    /// This connection is a resume, begun then.
+    resuming: Option<Instant>,
+    /// After `Resumed`: the `missed` promised, and the messages with a
+    /// `seq` counted since.
+    replay: Option<(u64, u64)>,
+    /// `sent` when it last sent something that may be answered (a private
+    /// message, a bad input): it is cut only once its own broadcast sent
+    /// after that has come back (the answer, sent before it, is in).
+    answerable_mark: Option<u32>,
+    /// The number of its own latest broadcast it has received.
+    echoed: Option<u32>,
+    /// A reset gave it a new token: its session had ended, and the others
+    /// saw it join again (as the protocol says).
+    rejoined: bool,
 }
 
 impl Client {
@@ -392,6 +487,28 @@ struct Tally {
     dropped: u64,
     slow_started: u64,
     slow_cut_off: u64,
+    // --cuts
+    cuts: u64,
+    resumes: u64,
+    missed_replayed: u64,
+    /// Messages with a `seq` at or below one the client had already seen.
+    duplicated: u64,
+    resets: u64,
+    /// A cut user named in a `UsersLeft`, or missing from a full
+    /// `OnlineUsers`, while it was away (or any user still online named in
+    /// a `UsersLeft`); a cut user named in a `UsersJoined`.
+    seen_leaving: u64,
+    seen_joining: u64,
+    /// Room messages without a `seq` to a resumable client, with one to an
+    /// old one, a `seq` that differs from the reference's, a replay not
+    /// of `missed` messages.
+    seq_faults: u64,
+    /// Messages with a `seq` on a resuming connection before its `Resumed`.
+    before_resumed: u64,
+    /// From the new connection to the snapshot after the missed messages.
+    resume_ms: Vec<f64>,
+    /// Time in the slow readers' turns (no cuts).
+    feeding_secs: f64,
     /// Per kind of bad input: answered as expected, and not.
     answers: BTreeMap<&'static str, (u64, u64)>,
     /// Things that went wrong, described (the first `MAX_DETAILS`).
@@ -478,6 +595,28 @@ struct Incoming<'a> {
     history: bool,
     #[serde(rename = "Users", borrow, default)]
     users: Vec<Cow<'a, str>>,
+    seq: Option<u64>,
+    #[serde(rename = "ServerName", borrow)]
+    server_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    resume: Option<ResumeInfo<'a>>,
+    missed: Option<u64>,
+    #[serde(default)]
+    reset: bool,
+    #[serde(borrow)]
+    why: Option<Cow<'a, str>>,
+    #[serde(default)]
+    more: bool,
+}
+
+/// The welcome's and `Resumed`'s `resume`.
+#[derive(Deserialize)]
+struct ResumeInfo<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+    seq: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -508,6 +647,9 @@ struct Cycle {
     history_seen: bool,
     /// The users who began to leave last.
     leavers: VecDeque<u32>,
+    /// `--cuts`: each broadcast's `seq`, as the first client to get it saw
+    /// it: every other must see the same (the room's one order).
+    seq_of: HashMap<u64, u64>,
 }
 
 struct Soak<'o> {
@@ -551,6 +693,17 @@ struct Soak<'o> {
     report_every: Duration,
     /// When the soak began.
     lifetime: Instant,
+    /// `--cuts`: the relay the chat users connect through.
+    relay: Option<crate::cut::Relay>,
+    due_cuts: f64,
+    /// With `--cuts`: the slow readers' turn (no cuts), since when, and
+    /// how many were started in it.
+    feeding: bool,
+    turn_since: Instant,
+    slow_this_turn: usize,
+    /// `RAGNAROK_SOAK_TRACE` set: every resume and what the resuming
+    /// connection gets until the snapshot, on stderr.
+    trace: bool,
 }
 
 pub fn run(o: &Options) -> io::Result<()> {
@@ -608,7 +761,24 @@ pub fn run(o: &Options) -> io::Result<()> {
         last_report: now,
         report_every: Duration::from_secs_f64((secs / 20.0).clamp(2.0, 30.0)),
         lifetime: now,
+        relay: None,
+        due_cuts: 0.0,
+        feeding: false,
+        turn_since: now,
+        slow_this_turn: 0,
+        trace: std::env::var_os("RAGNAROK_SOAK_TRACE").is_some(),
     };
+    if soak.s.cuts > 0.0 {
+        let relay = crate::cut::Relay::start(o.addr)?;
+        println!(
+            "cuts: {}/s through a relay on {} (reconnect after 0-{} ms); {:.0} % of the users log in the old way and are never cut",
+            soak.s.cuts,
+            relay.addr,
+            soak.s.cut_away.as_millis(),
+            PLAIN_SHARE * 100.0
+        );
+        soak.relay = Some(relay);
+    }
     if let Some(b) = soak.baseline {
         soak.peak = b;
     }
@@ -636,6 +806,9 @@ impl Soak<'_> {
         self.quiet_since = None;
         self.last_step = now;
         self.next_slow = now + Duration::from_millis(500);
+        self.feeding = false;
+        self.turn_since = now;
+        self.slow_this_turn = 0;
         println!("cycle {} of {CYCLES}: tag {}", self.cycle, self.cy.run);
         self.spawn(Kind::Reference, now)?;
         Ok(())
@@ -696,7 +869,15 @@ impl Soak<'_> {
             )),
             None => None,
         };
-        let socket = TcpStream::connect(self.o.addr)?;
+        // With --cuts the chat users go through the relay, most of them
+        // resumable; probes and slow readers connect directly.
+        let (addr, resumable) = match &self.relay {
+            Some(relay) if kind.chats() => {
+                (relay.addr, kind == Kind::Reference || !self.rng.chance(PLAIN_SHARE))
+            }
+            _ => (self.o.addr, false),
+        };
+        let socket = TcpStream::connect(addr)?;
         let entry = self.clients.vacant_entry();
         let key = entry.key();
         let mut client = Client {
@@ -725,6 +906,19 @@ impl Soak<'_> {
             pings: 0,
             pongs: 0,
             cut_off: false,
+            resumable,
+            token: None,
+            epoch: None,
+            max_seq: None,
+            resume_seq: None,
+            cuts: 0,
+            away_since: None,
+            reconnect_at: None,
+            resuming: None,
+            replay: None,
+            answerable_mark: None,
+            echoed: None,
+            rejoined: false,
         };
         self.poll.registry().register(
             &mut client.socket,
@@ -820,8 +1014,10 @@ impl Soak<'_> {
                 }
                 9 => {
                     let c = &mut self.clients[key];
-                    frame(0xA, payload, &mut c.outbox);
-                    self.mark_dirty(key);
+                    if c.phase != Phase::Cut {
+                        frame(0xA, payload, &mut c.outbox);
+                        self.mark_dirty(key);
+                    }
                 }
                 0xA => self.clients[key].pongs += 1,
                 op => {
@@ -849,6 +1045,27 @@ impl Soak<'_> {
                 c.pings = FLOOD_PINGS_LOGIN;
                 c.stalled = true;
                 c.resume_at = Some(now + FLOOD_PAUSE);
+            }
+            _ if c.resuming.is_some() => {
+                let resume = serde_json::json!({
+                    "msgType": "Resume",
+                    "name": c.name,
+                    "token": c.token,
+                    "epoch": c.epoch,
+                    "seq": c.max_seq.unwrap_or(0),
+                });
+                c.resume_seq = c.max_seq;
+                c.phase = Phase::Resuming;
+                if self.trace {
+                    eprintln!("trace {} sends {resume}", c.name);
+                }
+                c.send_text(&password);
+                c.send_text(&resume.to_string());
+            }
+            _ if c.resumable => {
+                let login = serde_json::json!({"msgType": "Login", "name": c.name});
+                c.send_text(&password);
+                c.send_text(&login.to_string());
             }
             _ => {
                 let name = c.name.clone();
@@ -923,10 +1140,22 @@ impl Soak<'_> {
             }
         };
         let kind = msg.kind.as_deref().unwrap_or("");
+        if self.trace && self.clients[key].phase == Phase::Resuming {
+            let c = &self.clients[key];
+            let text = String::from_utf8_lossy(&payload[..payload.len().min(100)]);
+            eprintln!("trace {} (highest seq {:?}) gets {text}", c.name, c.max_seq);
+        }
+        if self.check_seq(key, kind, &msg, payload) {
+            return; // a repeat, dropped as the protocol says
+        }
         let phase = self.clients[key].phase;
         if phase == Phase::LoggingIn {
             match kind {
-                "OnlineUsers" => self.on_logged_in(key, now),
+                "" if msg.server_name.is_some() => self.on_welcome(key, &msg),
+                "OnlineUsers" => {
+                    self.check_list(key, &msg);
+                    self.on_logged_in(key, now);
+                }
                 "Error" => {
                     let code = msg.code.as_deref().unwrap_or("?").to_owned();
                     self.clients[key].errors.push(code);
@@ -935,12 +1164,243 @@ impl Soak<'_> {
             }
             return;
         }
+        if phase == Phase::Resuming {
+            match kind {
+                "Resumed" => return self.on_resumed(key, &msg),
+                // The snapshot after the missed messages (before `Resumed`
+                // it is a live one, counted by check_seq).
+                "OnlineUsers" if self.clients[key].replay.is_some() => {
+                    self.check_list(key, &msg);
+                    return self.on_back(key, now);
+                }
+                "Error" => {
+                    let c = &mut self.clients[key];
+                    let code = msg.code.as_deref().unwrap_or("?").to_owned();
+                    let what = format!("{}: resume answered with Error {code}", c.name);
+                    c.errors.push(code);
+                    self.t.problem(what);
+                    return;
+                }
+                // The missed messages, handled as live ones.
+                _ => {}
+            }
+        }
         match kind {
             "Broadcast" => self.on_broadcast(key, &msg),
             "PrivateMessage" => self.on_private(key, &msg),
             "Error" => self.on_error(key, &msg),
-            "UsersLeft" => self.on_users_left(&msg.users, now),
+            "UsersLeft" => self.on_users_left(key, &msg.users, now),
+            "UsersJoined" => self.on_users_joined(key, &msg.users),
+            "OnlineUsers" => self.check_list(key, &msg),
             _ => {}
+        }
+    }
+
+    /// `seq` as docs/PROTOCOL.md "Resuming after a dropped connection" has
+    /// it: on every room message to a resumable client, never to an old one;
+    /// an event (`Broadcast`, `PrivateMessage`, `PublicKey`,
+    /// `Announcement`) at or below the highest seen is a repeat (counted as
+    /// duplicated, and dropped: true). Counts a replay's messages.
+    fn check_seq(&mut self, key: usize, kind: &str, msg: &Incoming, payload: &[u8]) -> bool {
+        let c = &mut self.clients[key];
+        let event = matches!(kind, "Broadcast" | "PrivateMessage" | "PublicKey" | "Announcement");
+        if !c.resumable {
+            if msg.seq.is_some() || msg.resume.is_some() {
+                let text = String::from_utf8_lossy(&payload[..payload.len().min(100)]);
+                let what = format!("{} (old protocol): got {text:?}", c.name);
+                self.t.seq_faults += 1;
+                self.t.problem(what);
+            }
+            return false;
+        }
+        let Some(seq) = msg.seq else {
+            let room = event || matches!(kind, "UsersJoined" | "UsersLeft");
+            if room && !msg.history && c.phase != Phase::LoggingIn {
+                let text = String::from_utf8_lossy(&payload[..payload.len().min(100)]);
+                let what = format!("{}: a room message without seq: {text:?}", c.name);
+                self.t.seq_faults += 1;
+                self.t.problem(what);
+            }
+            return false;
+        };
+        if c.phase == Phase::Resuming && c.replay.is_none() && kind != "Resumed" {
+            // Room traffic before `Resumed`, which must come first. A client
+            // that followed the protocol (remember the highest seq of any
+            // message, drop what is at or below it) would drop the missed
+            // messages that follow: counted on its own, and kept out of
+            // the highest seq so that the replay is still checked.
+            let text = String::from_utf8_lossy(&payload[..payload.len().min(100)]);
+            let what = format!(
+                "{}: before Resumed (resuming from seq {:?}): {text:?}",
+                c.name, c.resume_seq
+            );
+            self.t.before_resumed += 1;
+            self.t.problem(what);
+            return false;
+        }
+        if event {
+            if let Some(max) = c.max_seq
+                && seq <= max
+            {
+                let text = String::from_utf8_lossy(&payload[..payload.len().min(100)]);
+                let what = format!("{}: seq {seq} after {max} ({:?}): {text:?}", c.name, c.phase);
+                self.t.duplicated += 1;
+                self.t.problem(what);
+                return true;
+            }
+            if c.phase == Phase::Resuming
+                && let Some((_, got)) = &mut c.replay
+            {
+                *got += 1;
+            }
+        }
+        c.max_seq = Some(c.max_seq.map_or(seq, |m| m.max(seq)));
+        false
+    }
+
+    /// The welcome: a resumable client keeps what it resumes with.
+    fn on_welcome(&mut self, key: usize, msg: &Incoming) {
+        let c = &mut self.clients[key];
+        if !c.resumable {
+            return;
+        }
+        match &msg.resume {
+            Some(r) => {
+                c.token = Some(r.token.clone().into_owned());
+                c.epoch = Some(r.epoch.clone().into_owned());
+                c.max_seq = Some(c.max_seq.map_or(r.seq, |m| m.max(r.seq)));
+            }
+            None => {
+                let what = format!("{}: a welcome to Login without resume", c.name);
+                self.t.seq_faults += 1;
+                self.t.problem(what);
+            }
+        }
+    }
+
+    /// `Resumed`: exact (the missed messages follow) or a reset.
+    fn on_resumed(&mut self, key: usize, msg: &Incoming) {
+        let c = &mut self.clients[key];
+        let name = c.name.clone();
+        let Some(r) = &msg.resume else {
+            self.t.seq_faults += 1;
+            self.t.problem(format!("{name}: Resumed without resume"));
+            return;
+        };
+        let away = c.away_since.map_or(0, |t| t.elapsed().as_millis());
+        if msg.reset {
+            self.t.resets += 1;
+            let why = msg.why.as_deref().unwrap_or("");
+            self.t.problem(format!(
+                "{name}: reset on resume (seq {:?}, away {away} ms): {why:?}",
+                c.resume_seq
+            ));
+            c.rejoined |= c.token.as_deref() != Some(&*r.token);
+            c.token = Some(r.token.clone().into_owned());
+            c.epoch = Some(r.epoch.clone().into_owned());
+            c.max_seq = Some(r.seq);
+            // Nothing is replayed: the snapshot comes next.
+            c.replay = Some((0, 0));
+            // What came before is checked as a stream that ended there; a
+            // new one starts with the snapshot's history.
+            let old = std::mem::take(&mut c.stream);
+            self.cy.finished.push((format!("{name} before its reset"), old));
+            return;
+        }
+        let mut wrong = Vec::new();
+        if c.token.as_deref() != Some(&*r.token) {
+            wrong.push("a different token".to_owned());
+        }
+        if c.epoch.as_deref() != Some(&*r.epoch) {
+            wrong.push(format!("epoch {:?} for {:?}", r.epoch, c.epoch));
+        }
+        if c.resume_seq != Some(r.seq) {
+            wrong.push(format!("seq {} for {:?}", r.seq, c.resume_seq));
+        }
+        let Some(missed) = msg.missed else {
+            wrong.push("no missed".into());
+            self.t.seq_faults += 1;
+            self.t.problem(format!("{name}: Resumed with {}", wrong.join(", ")));
+            return;
+        };
+        c.replay = Some((missed, 0));
+        self.t.missed_replayed += missed;
+        if !wrong.is_empty() {
+            self.t.seq_faults += 1;
+            self.t.problem(format!("{name}: Resumed with {}", wrong.join(", ")));
+        }
+    }
+
+    /// The snapshot after a resume: the client is back.
+    fn on_back(&mut self, key: usize, now: Instant) {
+        let c = &mut self.clients[key];
+        let name = c.name.clone();
+        match c.replay.take() {
+            Some((want, got)) if want != got => {
+                self.t.seq_faults += 1;
+                self.t.problem(format!(
+                    "{name}: Resumed said missed {want}, {got} messages with a seq came before the snapshot"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.t.seq_faults += 1;
+                self.t.problem(format!("{name}: OnlineUsers before Resumed"));
+            }
+        }
+        let c = &mut self.clients[key];
+        c.phase = Phase::Chatting;
+        c.chatting_since = Some(now);
+        c.away_since = None;
+        if let Some(t) = c.resuming.take() {
+            self.t.resume_ms.push(now.duration_since(t).as_secs_f64() * 1000.0);
+        }
+        self.t.resumes += 1;
+        if self.stage >= Stage::Leaving && self.clients[key].kind != Kind::Reference {
+            self.leave(key);
+        }
+    }
+
+    /// A full `OnlineUsers` must name every user who is away.
+    fn check_list(&mut self, key: usize, msg: &Incoming) {
+        if msg.more || self.relay.is_none() {
+            return;
+        }
+        let observer = &self.clients[key].name;
+        let mut missing = Vec::new();
+        for (_, c) in &self.clients {
+            if c.away_since.is_some() && !msg.users.iter().any(|u| *u == c.name) {
+                missing.push(c.name.clone());
+            }
+        }
+        for name in missing {
+            self.t.seen_leaving += 1;
+            self.t.problem(format!("{observer}: OnlineUsers without {name}, who is away (cut)"));
+        }
+    }
+
+    /// A `UsersJoined` must not name a user who was cut: it never left.
+    /// (Judged by chat users only, who read as it comes: a slow reader
+    /// reads the joins of long ago once it is cut off.)
+    fn on_users_joined(&mut self, key: usize, users: &[Cow<str>]) {
+        if !self.clients[key].kind.chats() {
+            return;
+        }
+        for user in users {
+            let Some(idx) = user.strip_prefix('u').and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(&k) = self.by_idx.get(&idx)
+                && self.clients[k].cuts > 0
+                && !self.clients[k].rejoined
+            {
+                let what = format!(
+                    "{}: UsersJoined names {user}, cut {} times and never gone",
+                    self.clients[key].name, self.clients[k].cuts
+                );
+                self.t.seen_joining += 1;
+                self.t.problem(what);
+            }
         }
     }
 
@@ -954,6 +1414,9 @@ impl Soak<'_> {
         let seq: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(u32::MAX);
         let id = (u64::from(sender) << 32) | u64::from(seq);
         let c = &mut self.clients[key];
+        if sender == c.idx && !msg.history {
+            c.echoed = Some(c.echoed.map_or(seq, |e| e.max(seq)));
+        }
         if msg.source.as_deref() != Some(&format!("u{sender}")) {
             let what = format!("{}: broadcast {sender}:{seq} from {:?}", c.name, msg.source);
             self.t.misattributed += 1;
@@ -964,6 +1427,17 @@ impl Soak<'_> {
             self.t.replays += 1;
         } else {
             self.t.deliveries += 1;
+        }
+        if let Some(s) = msg.seq
+            && c.resumable
+        {
+            let first = *self.cy.seq_of.entry(id).or_insert(s);
+            if first != s {
+                let what =
+                    format!("{}: broadcast {sender}:{seq} has seq {s}, others saw {first}", c.name);
+                self.t.seq_faults += 1;
+                self.t.problem(what);
+            }
         }
         if c.kind == Kind::Reference && !msg.history {
             let next = self.cy.order.next_seq.entry(sender).or_insert(0);
@@ -1047,9 +1521,11 @@ impl Soak<'_> {
             let name = c.name.clone();
             self.cy.pairs.entry((me, idx)).or_default().offline += 1;
             self.t.privates_offline += 1;
-            // Refused while the target had not even asked to leave: wrong.
+            // Refused while the target had not even asked to leave (or
+            // was away after a cut, its name kept): wrong.
             if let Some(&k) = self.by_idx.get(&idx)
-                && self.clients[k].phase == Phase::Chatting
+                && (self.clients[k].phase == Phase::Chatting
+                    || self.clients[k].away_since.is_some())
             {
                 self.t.offline_while_online += 1;
                 self.t.problem(format!("{name}: user_offline for {target}, who is online"));
@@ -1065,9 +1541,26 @@ impl Soak<'_> {
         }
     }
 
-    /// A `UsersLeft`: stalled slow readers named in it were cut off.
-    fn on_users_left(&mut self, users: &[Cow<str>], now: Instant) {
+    /// A `UsersLeft`: stalled slow readers named in it were cut off. A user
+    /// who has not asked to leave must not be in it (with `--cuts`: one
+    /// who is away, or was, never left).
+    fn on_users_left(&mut self, observer: usize, users: &[Cow<str>], now: Instant) {
         for user in users {
+            if let Some(idx) = user.strip_prefix('u').and_then(|s| s.parse::<u32>().ok())
+                && let Some(&k) = self.by_idx.get(&idx)
+                && matches!(
+                    self.clients[k].phase,
+                    Phase::Chatting | Phase::Cut | Phase::Away | Phase::Resuming
+                )
+            {
+                let c = &self.clients[k];
+                let what = format!(
+                    "{}: UsersLeft names {user}, who is {:?} (cut {} times)",
+                    self.clients[observer].name, c.phase, c.cuts
+                );
+                self.t.seen_leaving += 1;
+                self.t.problem(what);
+            }
             let Some(idx) = user.strip_prefix('s').and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
@@ -1083,6 +1576,10 @@ impl Soak<'_> {
 
     /// The connection is over: was that what should have happened?
     fn end(&mut self, key: usize, close: Option<u16>, how: String, now: Instant) {
+        if self.clients.get(key).is_some_and(|c| c.phase == Phase::Cut) && close.is_none() {
+            self.go_away(key, now);
+            return;
+        }
         let Some(mut c) = self.clients.try_remove(key) else { return };
         let _ = self.poll.registry().deregister(&mut c.socket);
         self.by_idx.remove(&c.idx);
@@ -1158,6 +1655,74 @@ impl Soak<'_> {
         self.mark_dirty(key);
     }
 
+    /// `--cuts`: tells the relay to cut this user's connection.
+    fn cut(&mut self, key: usize, now: Instant) {
+        let Some(relay) = &self.relay else { return };
+        let c = &mut self.clients[key];
+        let Ok(local) = c.socket.local_addr() else { return };
+        relay.cut(local.port());
+        c.phase = Phase::Cut;
+        c.cuts += 1;
+        c.away_since = Some(now);
+        self.t.cuts += 1;
+    }
+
+    /// The cut connection has ended: reconnect after a random delay.
+    fn go_away(&mut self, key: usize, now: Instant) {
+        let away = self.s.cut_away.as_millis() as usize;
+        let delay = Duration::from_millis(self.rng.below(away + 1) as u64);
+        let c = &mut self.clients[key];
+        let _ = self.poll.registry().deregister(&mut c.socket);
+        c.phase = Phase::Away;
+        c.reconnect_at = Some(c.away_since.unwrap_or(now) + delay);
+        // A frame cut in half is gone with the connection.
+        c.inbox.clear();
+        c.outbox.clear();
+        c.tls = None;
+        c.write_failed = false;
+    }
+
+    /// A new connection for a user who is away, to resume.
+    fn reconnect(&mut self, key: usize, now: Instant) -> io::Result<()> {
+        let Some(relay) = &self.relay else { return Ok(()) };
+        let tls = match &self.o.tls {
+            Some(config) => Some(Box::new(
+                rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap())
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        let mut socket = TcpStream::connect(relay.addr)?;
+        self.poll.registry().register(
+            &mut socket,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let c = &mut self.clients[key];
+        c.socket = socket;
+        c.tls = tls;
+        c.phase = Phase::Upgrading;
+        c.reconnect_at = None;
+        c.resuming = Some(now);
+        c.started = now;
+        c.outbox.extend(super::upgrade_request(self.o.addr).as_bytes());
+        self.mark_dirty(key);
+        Ok(())
+    }
+
+    /// May be cut now: online a while, nothing unsent, no answer owed.
+    fn cuttable(&self, c: &Client, now: Instant) -> bool {
+        c.resumable
+            && c.phase == Phase::Chatting
+            && c.token.is_some()
+            && c.chatting_since.is_some_and(|t| now.duration_since(t) >= CUT_AFTER)
+            && c.outbox.is_empty()
+            && c.tls.as_ref().is_none_or(|t| !t.wants_write())
+            && c.expect.is_empty()
+            && !c.write_failed
+            && c.answerable_mark.is_none_or(|m| c.echoed.is_some_and(|e| e >= m))
+    }
+
     fn mark_dirty(&mut self, key: usize) {
         if let Some(c) = self.clients.get_mut(key)
             && !c.dirty
@@ -1178,7 +1743,9 @@ impl Soak<'_> {
                 // Keep reading: the server's answer may be waiting.
                 c.write_failed = true;
                 c.outbox.clear();
-                if matches!(c.kind, Kind::Normal | Kind::Reference) && c.phase != Phase::Leaving {
+                if matches!(c.kind, Kind::Normal | Kind::Reference)
+                    && !matches!(c.phase, Phase::Leaving | Phase::Cut)
+                {
                     let name = c.name.clone();
                     self.t.problem(format!("{name}: write failed: {e}"));
                 }
@@ -1218,6 +1785,7 @@ impl Soak<'_> {
         c.send_text(&format!(
             r#"{{"msgType":"PrivateMessage","TgtUser":"u{target}","text":"{text}"}}"#
         ));
+        c.answerable_mark = Some(c.sent);
         self.t.privates += 1;
         self.mark_dirty(key);
     }
@@ -1239,6 +1807,7 @@ impl Soak<'_> {
             _ => c.send_text(input),
         }
         c.expect.push_back(code);
+        c.answerable_mark = Some(c.sent);
         self.mark_dirty(key);
     }
 
@@ -1254,6 +1823,7 @@ impl Soak<'_> {
         c.send_text(&format!(
             r#"{{"msgType":"PrivateMessage","TgtUser":"{target}","text":"{text}"}}"#
         ));
+        c.answerable_mark = Some(c.sent);
         self.t.feeds += 1;
         self.mark_dirty(key);
     }
@@ -1263,7 +1833,10 @@ impl Soak<'_> {
     fn pick_sender(&mut self, users: &[usize], now: Instant, bytes: usize) -> Option<usize> {
         for _ in 0..8 {
             let key = users[self.rng.below(users.len())];
-            if self.clients[key].take_token(now, bytes) {
+            // (Cut earlier in this step: not chatting any more.)
+            if self.clients[key].phase == Phase::Chatting
+                && self.clients[key].take_token(now, bytes)
+            {
                 return Some(key);
             }
         }
@@ -1278,6 +1851,10 @@ impl Soak<'_> {
         let running = now.duration_since(self.start) < self.o.duration / CYCLES as u32;
         if self.stage == Stage::Running && !running {
             self.stage = Stage::Draining;
+            if self.feeding {
+                self.t.feeding_secs += now.duration_since(self.turn_since).as_secs_f64();
+                self.feeding = false;
+            }
             self.drain_deadline = Some(now + PROBE_DEADLINE);
             println!(
                 "{:>6.1} s  stop sending; waiting for probes and slow readers",
@@ -1289,15 +1866,23 @@ impl Soak<'_> {
             (0, 0, 0, 0, 0);
         let mut stalled = Vec::new();
         let mut probes = 0;
+        // Private messages go to users online and to users away (kept for
+        // their resume).
+        let mut reachable = Vec::new();
+        let mut away = 0;
         for (key, c) in &self.clients {
-            if matches!(c.phase, Phase::Upgrading | Phase::LoggingIn) {
+            if matches!(c.phase, Phase::Upgrading | Phase::LoggingIn | Phase::Resuming) {
                 unauthenticated += 1;
-                joining += usize::from(c.kind.chats());
+                joining += usize::from(c.kind.chats() && c.resuming.is_none());
             }
             if c.kind.chats() {
                 users += 1;
                 if c.phase == Phase::Chatting {
                     chatting.push(key);
+                    reachable.push(key);
+                } else if c.away_since.is_some() {
+                    reachable.push(key);
+                    away += 1;
                 }
             } else if c.kind == Kind::Slow {
                 slow += 1;
@@ -1312,11 +1897,12 @@ impl Soak<'_> {
         }
         let online = self.clients.iter().filter(|(_, c)| c.phase == Phase::Chatting).count();
         self.t.peak_online = self.t.peak_online.max(online);
+        // (Once in: a reference that was cut is still in the room.)
         let reference_ready = self
             .cy
             .reference
             .and_then(|r| self.by_idx.get(&r))
-            .is_some_and(|&k| self.clients[k].phase == Phase::Chatting);
+            .is_some_and(|&k| self.clients[k].chatting_since.is_some());
         if !reference_ready && self.stage == Stage::Running {
             return Ok(());
         }
@@ -1395,11 +1981,36 @@ impl Soak<'_> {
                         } else {
                             let mut target = key;
                             while target == key {
-                                target = chatting[self.rng.below(chatting.len())];
+                                target = reachable[self.rng.below(reachable.len())];
                             }
                             self.clients[target].idx
                         };
                         self.send_private(key, target, size);
+                    }
+                    // Cuts: one user, or a few at once.
+                    if self.relay.is_some() && !self.feeding {
+                        self.due_cuts += self.s.cuts * dt;
+                        while self.due_cuts >= 1.0 {
+                            self.due_cuts -= 1.0;
+                            let group =
+                                if self.rng.chance(CUT_GROUP) { self.rng.range(2, 5) } else { 1 };
+                            let candidates: Vec<usize> = chatting
+                                .iter()
+                                .copied()
+                                .filter(|&k| self.cuttable(&self.clients[k], now))
+                                .collect();
+                            let mut chosen = Vec::new();
+                            for _ in 0..group.min(candidates.len()) {
+                                let k = candidates[self.rng.below(candidates.len())];
+                                if !chosen.contains(&k) {
+                                    chosen.push(k);
+                                }
+                            }
+                            for k in chosen {
+                                self.cut(k, now);
+                                away += 1;
+                            }
+                        }
                     }
                     self.due_bad += BAD_RATE * dt;
                     while self.due_bad >= 1.0 {
@@ -1410,12 +2021,35 @@ impl Soak<'_> {
                         }
                     }
                 }
-                // Slow readers, a few at a time.
+                // With --cuts: whose turn (before any spawn, so that one just
+                // started counts).
+                if self.relay.is_some() {
+                    if self.feeding && self.slow_this_turn >= self.s.slow && slow == 0 {
+                        self.feeding = false;
+                        self.t.feeding_secs += now.duration_since(self.turn_since).as_secs_f64();
+                        self.turn_since = now;
+                    } else if !self.feeding
+                        && self.s.slow > 0
+                        && now.duration_since(self.turn_since)
+                            >= CUT_TURN.min(self.o.duration / (2 * CYCLES as u32))
+                    {
+                        self.feeding = true;
+                        self.slow_this_turn = 0;
+                        self.turn_since = now;
+                    }
+                }
+                // Slow readers, a few at a time (with --cuts, in their turn).
+                let slow_turn = match self.relay {
+                    None => true,
+                    Some(_) => self.feeding && self.slow_this_turn < self.s.slow && away == 0,
+                };
                 if slow < self.s.slow
+                    && slow_turn
                     && now >= self.next_slow
                     && unauthenticated < UNAUTHENTICATED_MAX
                 {
                     self.spawn(Kind::Slow, now)?;
+                    self.slow_this_turn += 1;
                     unauthenticated += 1;
                     self.next_slow = now + Duration::from_millis(500);
                 }
@@ -1506,9 +2140,37 @@ impl Soak<'_> {
                 self.read(key, now);
                 continue;
             }
+            if c.phase == Phase::Away && c.reconnect_at.is_some_and(|t| now >= t) {
+                let unauthenticated = self
+                    .clients
+                    .iter()
+                    .filter(|(_, c)| {
+                        matches!(c.phase, Phase::Upgrading | Phase::LoggingIn | Phase::Resuming)
+                    })
+                    .count();
+                if unauthenticated < UNAUTHENTICATED_MAX
+                    && let Err(e) = self.reconnect(key, now)
+                {
+                    let name = self.clients[key].name.clone();
+                    self.t.problem(format!("{name}: cannot reconnect: {e}"));
+                    self.clients[key].phase = Phase::Chatting;
+                    self.end(key, None, "no reconnection".into(), now);
+                }
+                continue;
+            }
+            let c = &self.clients[key];
+            if c.phase == Phase::Cut
+                && c.away_since.is_some_and(|t| now.duration_since(t) > CUT_DEADLINE)
+            {
+                let name = c.name.clone();
+                self.t.problem(format!("{name}: the relay did not cut it within 10 s"));
+                self.go_away(key, now);
+                continue;
+            }
             let age = now.duration_since(c.started);
             let late = if c.kind.chats() {
-                matches!(c.phase, Phase::Upgrading | Phase::LoggingIn) && age > LOGIN_DEADLINE
+                matches!(c.phase, Phase::Upgrading | Phase::LoggingIn | Phase::Resuming)
+                    && age > LOGIN_DEADLINE
             } else {
                 age > PROBE_DEADLINE
             };
@@ -1652,6 +2314,37 @@ impl Soak<'_> {
                 t.lost, t.reordered, t.unmatched
             ));
         }
+        if t.duplicated > 0
+            || t.resets > 0
+            || t.seen_leaving > 0
+            || t.seen_joining > 0
+            || t.before_resumed > 0
+        {
+            failures.push(format!(
+                "{} duplicated, {} resets, {} seen leaving, {} seen joining again, {} room messages before Resumed",
+                t.duplicated, t.resets, t.seen_leaving, t.seen_joining, t.before_resumed
+            ));
+        }
+        let relay = self.relay.as_ref().map(|r| {
+            let c = &r.counters;
+            let get =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            (
+                get(&c.cuts),
+                get(&c.unknown),
+                get(&c.dropped_to_client),
+                get(&c.dropped_to_server),
+                get(&c.errors),
+            )
+        });
+        if let Some((done, unknown, _, to_server, _)) = relay
+            && (done != t.cuts || unknown > 0 || to_server > 0)
+        {
+            failures.push(format!(
+                "the relay made {done} of {} cuts ({unknown} unknown), dropped {to_server} bytes on the way to the server",
+                t.cuts
+            ));
+        }
         if t.problems > 0 {
             failures.push(format!("{} problems (see above)", t.problems));
         }
@@ -1718,6 +2411,35 @@ impl Soak<'_> {
             t.offline_while_online,
             t.dropped
         );
+        let mut resume_ms = t.resume_ms.clone();
+        resume_ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            if resume_ms.is_empty() {
+                0.0
+            } else {
+                resume_ms[((resume_ms.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        let (p50, p99, max) = (pct(0.5), pct(0.99), resume_ms.last().copied().unwrap_or(0.0));
+        if let Some((done, _, to_client, _, errors)) = relay {
+            println!(
+                "cuts            {} cuts ({done} made by the relay, {to_client} bytes from the server lost in them, {errors} relay errors), {} resumes, {} missed messages replayed; {:.0} s of the run were the slow readers' turns, without cuts",
+                t.cuts, t.resumes, t.missed_replayed, t.feeding_secs
+            );
+            println!(
+                "resume          p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (new connection to the snapshot after the missed messages)"
+            );
+            println!(
+                "across cuts     lost {}, duplicated {}, resets {}, seen leaving {}, seen joining again {}, room messages before Resumed {}, other seq faults {}",
+                t.lost,
+                t.duplicated,
+                t.resets,
+                t.seen_leaving,
+                t.seen_joining,
+                t.before_resumed,
+                t.seq_faults
+            );
+        }
         if let (Some(b), Some(a)) = (self.baseline, after) {
             let each = |f: fn(&Resources) -> u64| {
                 let v: Vec<String> = self
@@ -1760,7 +2482,7 @@ impl Soak<'_> {
         println!("verdict         {verdict}");
         let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
         println!(
-            "{{\"scenario\":\"soak\",\"ok\":{},\"seconds\":{secs},\"users\":{},\"joins\":{},\"left\":{},\"peak_online\":{},\"broadcasts\":{},\"deliveries\":{},\"replays\":{},\"privates\":{},\"privates_delivered\":{},\"privates_offline\":{},\"lost\":{},\"reordered\":{},\"unmatched\":{},\"problems\":{},\"slow_started\":{},\"slow_cut_off\":{},\"bad_inputs_ok\":{ok},\"bad_inputs_wrong\":{bad},\"bad_input_kinds\":{},\"rss_baseline_kib\":{},\"rss_peak_kib\":{},\"rss_first_cycle_kib\":{},\"rss_after_kib\":{},\"fds_baseline\":{},\"fds_peak\":{},\"fds_after\":{}}}",
+            "{{\"scenario\":\"soak\",\"ok\":{},\"seconds\":{secs},\"users\":{},\"joins\":{},\"left\":{},\"peak_online\":{},\"broadcasts\":{},\"deliveries\":{},\"replays\":{},\"privates\":{},\"privates_delivered\":{},\"privates_offline\":{},\"lost\":{},\"reordered\":{},\"unmatched\":{},\"problems\":{},\"slow_started\":{},\"slow_cut_off\":{},\"bad_inputs_ok\":{ok},\"bad_inputs_wrong\":{bad},\"bad_input_kinds\":{},\"rss_baseline_kib\":{},\"rss_peak_kib\":{},\"rss_first_cycle_kib\":{},\"rss_after_kib\":{},\"fds_baseline\":{},\"fds_peak\":{},\"fds_after\":{},\"cuts\":{},\"resumes\":{},\"missed_replayed\":{},\"duplicated\":{},\"resets\":{},\"seen_leaving\":{},\"seen_joining\":{},\"seq_faults\":{},\"before_resumed\":{},\"resume_p50_ms\":{p50:.1},\"resume_p99_ms\":{p99:.1},\"resume_max_ms\":{max:.1}}}",
             failures.is_empty(),
             self.o.users,
             t.joins,
@@ -1786,6 +2508,15 @@ impl Soak<'_> {
             opt(self.baseline.map(|b| b.fds)),
             opt(self.baseline.map(|_| self.peak.fds)),
             opt(after.map(|a| a.fds)),
+            t.cuts,
+            t.resumes,
+            t.missed_replayed,
+            t.duplicated,
+            t.resets,
+            t.seen_leaving,
+            t.seen_joining,
+            t.seq_faults,
+            t.before_resumed,
         );
         if failures.is_empty() {
             Ok(())
