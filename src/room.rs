@@ -252,6 +252,15 @@ impl Room {
     /// node may resume here).
     fn keep(&mut self, seq: Option<u64>, to: For, kind: Kind, json: &str) {
         let Some(seq) = seq else { return };
+        // Standalone, a private message to a session that cannot resume is
+        // for nobody's resume: not kept (a flood of them would push out
+        // what resumable sessions missed).
+        if let For::Name(key) = &to
+            && !self.is_clustered()
+            && self.users.get(&**key).is_none_or(|m| m.token.is_none())
+        {
+            return;
+        }
         let wanted = self.max_away > 0 && (self.is_clustered() || self.resumable > 0);
         match wanted {
             true => self.journal.record(seq, to, kind, json),
@@ -1953,6 +1962,12 @@ mod tests {
         resumable(&mut room, 2, "bob");
         room.say("alice", "kept", &mut out);
         assert!(!room.journal.is_empty());
+        let kept = room.journal.bytes();
+        let pm = |to: &str| Request::PrivateMessage { target: to.into(), text: "x".repeat(900) };
+        room.handle(2, pm("alice"), &mut out);
+        assert_eq!(room.journal.bytes(), kept, "to a session that cannot resume: not kept");
+        room.handle(1, pm("bob"), &mut out);
+        assert!(room.journal.bytes() > kept + 900, "to one that can: kept");
     }
 
     /// A resumable member who has been welcomed (so that a drop keeps them).
