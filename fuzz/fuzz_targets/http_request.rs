@@ -24,6 +24,7 @@ fn policy() -> HttpPolicy {
         max_message_bytes: 16384,
         e2e_room: false,
         rate_limit: (20, 40),
+        room_name: "Tom & \"Jerry\" <b>".into(),
     }
 }
 
