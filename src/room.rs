@@ -3,6 +3,7 @@
 //! pushes what is to be sent (and, in a cluster, proposed) as `Effect`s.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::ops::Bound;
 use std::rc::Rc;
 use std::time::Instant;
@@ -58,8 +59,11 @@ enum At {
         node: Rc<str>,
     },
     /// Here, its connection dropped: kept for its resume until its
-    /// deadline in `Room::away`.
-    Away,
+    /// deadline in `Room::away`. `from`: the address it was last at (for
+    /// bans by address), if known here.
+    Away {
+        from: Option<IpAddr>,
+    },
 }
 
 /// What a joiner's welcome says besides the room's title and the role.
@@ -346,7 +350,7 @@ impl Room {
     pub fn local_id(&self, name_key: &str) -> Option<ConnId> {
         match self.users.get(name_key)?.at {
             At::Local { id, .. } => Some(id),
-            At::Remote { .. } | At::Away => None,
+            At::Remote { .. } | At::Away { .. } => None,
         }
     }
 
@@ -357,7 +361,7 @@ impl Room {
             let at = match &self.users.get(key)?.at {
                 At::Local { id, .. } => Ok(*id),
                 At::Remote { node } => Err(&**node),
-                At::Away => Err("away"),
+                At::Away { .. } => Err("away"),
             };
             Some((&**name, &**key, at))
         })
@@ -492,7 +496,8 @@ impl Room {
     /// The connection of a resumable user dropped: they stay online, and
     /// their session is kept until `until` for a resume (`false`: not a
     /// resumable session, or it had just joined: they leave as usual).
-    pub fn detach(&mut self, id: ConnId, until: Instant, out: &mut Effects) -> bool {
+    /// `from`: the address it was at (a ban by address ends it).
+    pub fn detach(&mut self, id: ConnId, until: Instant, from: IpAddr, out: &mut Effects) -> bool {
         let resumable =
             self.member(id).is_some_and(|m| m.token.is_some() && matches!(m.at, At::Local { .. }));
         if !resumable || self.max_away == 0 || self.joined.contains(&id) {
@@ -500,7 +505,7 @@ impl Room {
         }
         let Some((name_key, _)) = self.unlist(id) else { return false };
         if let Some(member) = self.users.get_mut(&name_key) {
-            member.at = At::Away;
+            member.at = At::Away { from: Some(from) };
         }
         self.away.push_back((until, name_key));
         if self.away.len() > self.max_away
@@ -528,7 +533,7 @@ impl Room {
     /// away than `max_away`): the user leaves, and in a cluster the name is
     /// released (whatever ended it). Their name, if they were away here.
     pub fn end_away(&mut self, name_key: &str, out: &mut Effects) -> Option<Rc<str>> {
-        if !matches!(self.users.get(name_key).map(|m| &m.at), Some(At::Away)) {
+        if !matches!(self.users.get(name_key).map(|m| &m.at), Some(At::Away { .. })) {
             return None;
         }
         self.away.retain(|(_, k)| **k != *name_key);
@@ -554,11 +559,23 @@ impl Room {
         if let At::Remote { .. } = member.at {
             let key = key.clone();
             if let Some(member) = self.users.get_mut(&key) {
-                member.at = At::Away;
+                member.at = At::Away { from: None };
             }
             self.away.push_back((until, key));
         }
         true
+    }
+
+    /// Sessions away here and the address each was last at: (name,
+    /// comparison key, address).
+    pub fn away_from(&self) -> impl Iterator<Item = (&str, &str, IpAddr)> {
+        self.away.iter().filter_map(|(_, key)| {
+            let member = self.users.get(key)?;
+            match member.at {
+                At::Away { from: Some(ip) } => Some((&*member.name, &**key, ip)),
+                _ => None,
+            }
+        })
     }
 
     /// How many sessions are away now.
@@ -595,7 +612,7 @@ impl Room {
                 self.unlist(old);
                 Some(old)
             }
-            Some(At::Away) => {
+            Some(At::Away { .. }) => {
                 self.away.retain(|(_, k)| *k != name_key);
                 None
             }
@@ -724,7 +741,7 @@ impl Room {
                 self.unlist(id);
                 Some(id)
             }
-            At::Away => {
+            At::Away { .. } => {
                 self.away.retain(|(_, k)| **k != *name_key);
                 None
             }
@@ -769,7 +786,7 @@ impl Room {
             Some(At::Local { id, .. }) => return Err(*id),
             // The cluster gave the name of a session away here to someone:
             // that session is over (its resume will be a reset).
-            Some(At::Away) => {
+            Some(At::Away { .. }) => {
                 self.away.retain(|(_, k)| **k != *key);
                 if let Some(member) = self.users.remove(key.as_str()) {
                     // (Its spelling may not be the new one's.)
@@ -847,8 +864,8 @@ impl Room {
                     *node != u.node || *m.name != *u.name || m.key.as_deref() != u.key.as_deref()
                 }
                 // Away here, but the cluster gave the name to another node.
-                (At::Away, Some(_)) => true,
-                (At::Local { .. } | At::Away, _) => false,
+                (At::Away { .. }, Some(_)) => true,
+                (At::Local { .. } | At::Away { .. }, _) => false,
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -1153,7 +1170,7 @@ impl Room {
     fn snapshot_mut(&mut self, id: ConnId) -> Option<&mut Option<Box<Snapshot>>> {
         match &mut self.member_mut(id)?.at {
             At::Local { snapshot, .. } => Some(snapshot),
-            At::Remote { .. } | At::Away => None,
+            At::Remote { .. } | At::Away { .. } => None,
         }
     }
 
@@ -1808,6 +1825,8 @@ mod tests {
         assert_eq!((&*local[0].name_key, &*local[0].name), ("alice", "alice"));
     }
 
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     /// A room with resuming on, and `name` in it as a resumable session
     /// (token "T-name"); what its welcome said.
     fn resumable(room: &mut Room, id: ConnId, name: &str) -> Value {
@@ -1850,7 +1869,7 @@ mod tests {
         let last_seen = numbered_for(&out, 1).last().unwrap().0;
         // The connection drops: no leave for anyone.
         let (now, grace) = (Instant::now(), std::time::Duration::from_secs(60));
-        assert!(room.detach(1, now + grace, &mut out));
+        assert!(room.detach(1, now + grace, LOOPBACK, &mut out));
         let mut out = Vec::new();
         room.flush_presence(&mut out);
         assert!(sent(&out).is_empty(), "{out:?}");
@@ -1926,8 +1945,8 @@ mod tests {
         joined(&mut room, 2, "bob");
         let now = Instant::now();
         let mut out = Vec::new();
-        assert!(room.detach(1, now + std::time::Duration::from_secs(5), &mut out));
-        assert!(!room.detach(2, now, &mut out), "bob has no token: he leaves as always");
+        assert!(room.detach(1, now + std::time::Duration::from_secs(5), LOOPBACK, &mut out));
+        assert!(!room.detach(2, now, LOOPBACK, &mut out), "bob has no token: he leaves as always");
         room.leave(2);
         assert!(room.expire(now, &mut out).is_empty());
         let gone = room.expire(now + std::time::Duration::from_secs(5), &mut out);
@@ -1941,7 +1960,7 @@ mod tests {
         }
         let mut out = Vec::new();
         for id in [3, 4, 5] {
-            room.detach(id, now + std::time::Duration::from_secs(60), &mut out);
+            room.detach(id, now + std::time::Duration::from_secs(60), LOOPBACK, &mut out);
         }
         assert_eq!((room.away(), room.online()), (2, 2));
         assert!(room.check_name("c").is_ok(), "c was away longest");
@@ -1997,9 +2016,9 @@ mod tests {
         let now = Instant::now();
         let later = now + std::time::Duration::from_secs(60);
         let mut out = Vec::new();
-        assert!(room.detach(1, later, &mut out));
+        assert!(room.detach(1, later, LOOPBACK, &mut out));
         assert!(released(&out).is_empty());
-        assert!(room.detach(2, later, &mut out));
+        assert!(room.detach(2, later, LOOPBACK, &mut out));
         assert_eq!(released(&out), ["alice"], "alice left early to make room");
         assert_eq!(room.away(), 1);
         let mut out = Vec::new();
@@ -2018,7 +2037,7 @@ mod tests {
         joined(&mut room, 1, "carol");
         joined_resumable(&mut room, 2, "Alice");
         let later = Instant::now() + std::time::Duration::from_secs(60);
-        assert!(room.detach(2, later, &mut Vec::new()));
+        assert!(room.detach(2, later, LOOPBACK, &mut Vec::new()));
         room.add_remote(remote("n2", "alice")).unwrap();
         let mut out = Vec::new();
         room.flush_presence(&mut out);
@@ -2033,7 +2052,7 @@ mod tests {
         let welcome = resumable(&mut room, 1, "alice");
         let epoch = welcome["resume"]["epoch"].as_str().unwrap().to_owned();
         let mut out = Vec::new();
-        room.detach(1, Instant::now() + std::time::Duration::from_secs(9), &mut out);
+        room.detach(1, Instant::now() + std::time::Duration::from_secs(9), LOOPBACK, &mut out);
         // In the same round: a join not announced yet, and a broadcast.
         room.join(2, "bob").unwrap();
         room.say("bob", "before", &mut out);

@@ -310,7 +310,7 @@ impl Session {
             Phase::Chatting { sequenced: true, .. } if how.keeps_place() => {
                 let grace = cx.limits.resume_grace;
                 let name = cx.room.name_of(cx.id).map(str::to_owned);
-                if !grace.is_zero() && cx.room.detach(cx.id, cx.now + grace, cx.out) {
+                if !grace.is_zero() && cx.room.detach(cx.id, cx.now + grace, cx.peer.ip, cx.out) {
                     if cx.may_log(Class::Sessions) {
                         let (name, why, secs) =
                             (name.unwrap_or_default(), how.reason(), grace.as_secs());

@@ -468,6 +468,15 @@ impl<S: Socket + Source> Server<S> {
         for (id, why) in covered {
             self.remove_user(id, ErrorCode::Banned, why);
         }
+        let away: Vec<String> = self
+            .room
+            .away_from()
+            .filter(|(name, _, ip)| self.rules.banned(name, *ip, wall).is_some())
+            .map(|(_, key, _)| key.to_owned())
+            .collect();
+        for key in away {
+            self.room.end_away(&key, &mut self.effects);
+        }
     }
 
     fn who(&self) -> (String, Value) {
@@ -589,11 +598,19 @@ impl<S: Socket + Source> Server<S> {
             self.remove_user(*id, ErrorCode::Banned, told.clone());
         }
         let mut names: Vec<String> = covered.into_iter().map(|(_, n)| n).collect();
-        // Away (their connection dropped): the session kept for a resume.
-        if let Target::Name { key, .. } = &target
-            && let Some(name) = self.room.end_away(key, &mut self.effects)
-        {
-            names.push(name.to_string());
+        // Away (their connection dropped): the session kept for a resume,
+        // by its name or the address it was last at.
+        let away: Vec<String> = match &target {
+            Target::Name { key, .. } => vec![key.clone()],
+            Target::Net(net) => {
+                let inside = self.room.away_from().filter(|(_, _, ip)| net.contains(*ip));
+                inside.map(|(_, key, _)| key.to_owned()).collect()
+            }
+        };
+        for key in away {
+            if let Some(name) = self.room.end_away(&key, &mut self.effects) {
+                names.push(name.to_string());
+            }
         }
         let said = match &target {
             Target::Name { shown, .. } => {

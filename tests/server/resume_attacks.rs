@@ -74,3 +74,33 @@ fn a_ban_ends_an_away_session() {
     assert_eq!(users["Users"], json!(["bob"]), "the banned user left");
     assert_eq!(online(&server), ["bob"]);
 }
+
+/// A ban by address ends an away session that was last at that address:
+/// its user cannot come back from another one with the token.
+#[test]
+fn a_ban_by_address_ends_an_away_session_from_it() {
+    const XFF: &str = "X-Forwarded-For";
+    let server = TestServer::start(json!({"trusted_proxies": ["127.0.0.1"]}));
+    let mut alice = server.connect_with(&[(XFF, "203.0.113.5")]);
+    alice.send_text(&server.password.clone());
+    alice.send_json(json!({"msgType": "Login", "name": "alice"}));
+    let at = alice.recv_json()["resume"].clone();
+    let mut bob = server.login("bob");
+    alice.recv_type("OnlineUsers");
+    drop(alice);
+    server.wait_log("kept 120 s for a resume");
+
+    let out = server.ctl_ok(&["ban", "203.0.113.0/24"]);
+    assert!(out.contains("alice"), "the away session is among those removed: {out}");
+    let users = bob.recv_type("OnlineUsers");
+    assert_eq!(users["Users"], json!(["bob"]), "she left");
+    assert_eq!(online(&server), ["bob"]);
+    // From another address, the old token starts afresh.
+    let mut client = server.connect_with(&[(XFF, "198.51.100.7")]);
+    client.send_text(&server.password.clone());
+    client.send_json(json!({
+        "msgType": "Resume", "name": "alice", "token": at["token"], "epoch": at["epoch"], "seq": at["seq"],
+    }));
+    let answer = client.recv_json();
+    assert_eq!(answer["reset"], true, "the banned session is over: {answer}");
+}
