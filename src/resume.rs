@@ -147,6 +147,20 @@ pub enum Gap {
     TooMuch,
     /// A position the room has not reached.
     Ahead,
+    /// Another epoch: the room's memory was lost since.
+    NewEpoch,
+}
+
+impl Gap {
+    /// What a reset says of it.
+    pub fn why(self) -> &'static str {
+        match self {
+            Gap::TooOld => "what you missed is older than what the server keeps",
+            Gap::TooMuch => "you missed more than a resume may replay",
+            Gap::Ahead => "your position is ahead of the room's",
+            Gap::NewEpoch => "the room's memory is new (a restart, or the cluster's store emptied)",
+        }
+    }
 }
 
 impl Journal {

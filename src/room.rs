@@ -88,6 +88,14 @@ impl Welcome {
     }
 }
 
+/// A local user who joined, not announced yet: what their welcome says.
+#[derive(Debug)]
+struct Joiner {
+    id: ConnId,
+    role: Role,
+    welcome: Welcome,
+}
+
 /// How a resume went (docs/PROTOCOL.md, "Resuming").
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resumed {
@@ -131,9 +139,7 @@ pub struct Room {
     names: BTreeMap<Rc<str>, Rc<str>>,
     /// Presence changes not yet announced (see `flush_presence`): local
     /// joiners (who get the welcome), other nodes' joiners, leavers.
-    joined: Vec<ConnId>,
-    /// Those of `joined` who are moderators (their welcome says so).
-    joined_moderators: Vec<ConnId>,
+    joined: Vec<Joiner>,
     joined_remote: Vec<Rc<str>>,
     left: Vec<Rc<str>>,
     /// The last broadcasts, for joiners.
@@ -146,8 +152,6 @@ pub struct Room {
     encrypted: bool,
     /// Remote users added with a key the users here have not been sent.
     rekeyed: Vec<Rc<str>>,
-    /// Joiners whose welcome is their own (resumable sessions).
-    welcomes: Vec<(ConnId, Welcome)>,
     /// The room's position: the number of its last event (standalone,
     /// counted here; in a cluster, the cluster's order).
     seq: u64,
@@ -185,7 +189,6 @@ impl Room {
             order: Vec::new(),
             names: BTreeMap::new(),
             joined: Vec::new(),
-            joined_moderators: Vec::new(),
             joined_remote: Vec::new(),
             left: Vec::new(),
             history,
@@ -193,7 +196,6 @@ impl Room {
             part_budget: part_budget(outbound_limit),
             encrypted: false,
             rekeyed: Vec::new(),
-            welcomes: Vec::new(),
             seq: 0,
             event: None,
             presence_seq: 0,
@@ -446,13 +448,7 @@ impl Room {
         self.changed_presence();
         // Left and came back before anyone heard: nobody needs to hear either.
         self.left.retain(|n| *n != name);
-        self.joined.push(id);
-        if role == Role::Moderator {
-            self.joined_moderators.push(id);
-        }
-        if !matches!(welcome, Welcome::Plain) {
-            self.welcomes.push((id, welcome));
-        }
+        self.joined.push(Joiner { id, role, welcome });
         Ok(())
     }
 
@@ -481,11 +477,9 @@ impl Room {
                 self.receiving.retain(|&r| r != id);
             }
         }
-        let unannounced = match self.joined.iter().position(|&j| j == id) {
+        let unannounced = match self.joined.iter().position(|j| j.id == id) {
             Some(i) => {
                 self.joined.remove(i);
-                self.joined_moderators.retain(|&m| m != id);
-                self.welcomes.retain(|(w, _)| *w != id);
                 true
             }
             None => false,
@@ -498,9 +492,8 @@ impl Room {
     /// resumable session, or it had just joined: they leave as usual).
     /// `from`: the address it was at (a ban by address ends it).
     pub fn detach(&mut self, id: ConnId, until: Instant, from: IpAddr, out: &mut Effects) -> bool {
-        let resumable =
-            self.member(id).is_some_and(|m| m.token.is_some() && matches!(m.at, At::Local { .. }));
-        if !resumable || self.max_away == 0 || self.joined.contains(&id) {
+        let resumable = self.member(id).is_some_and(|m| m.token.is_some());
+        if !resumable || self.max_away == 0 || self.joined.iter().any(|j| j.id == id) {
             return false;
         }
         let Some((name_key, _)) = self.unlist(id) else { return false };
@@ -529,6 +522,11 @@ impl Room {
         gone
     }
 
+    /// Takes `name_key` off the away list (its session ended or resumed).
+    fn forget_away(&mut self, name_key: &str) {
+        self.away.retain(|(_, k)| **k != *name_key);
+    }
+
     /// An away session ends (its deadline, a kick, a ban, more sessions
     /// away than `max_away`): the user leaves, and in a cluster the name is
     /// released (whatever ended it). Their name, if they were away here.
@@ -536,7 +534,7 @@ impl Room {
         if !matches!(self.users.get(name_key).map(|m| &m.at), Some(At::Away { .. })) {
             return None;
         }
-        self.away.retain(|(_, k)| **k != *name_key);
+        self.forget_away(name_key);
         let member = self.users.remove(name_key)?;
         self.names.remove(&member.name);
         if member.token.is_some() {
@@ -613,7 +611,7 @@ impl Room {
                 Some(old)
             }
             Some(At::Away { .. }) => {
-                self.away.retain(|(_, k)| *k != name_key);
+                self.forget_away(&name_key);
                 None
             }
             _ => None,
@@ -631,70 +629,29 @@ impl Room {
         out.push(Effect::LoggedIn(id));
         let missed = match *self.epoch == *ask.epoch {
             true => self.journal.since(ask.seq, self.seq, &name_key, self.replay_budget),
-            false => Err(Gap::TooOld),
-        };
-        let (seq, epoch, token) = (self.seq, self.epoch.clone(), &ask.token);
-        let resumed = |missed: Option<usize>, why| {
-            protocol::resumed_json(
-                &self.title,
-                self.encrypted,
-                role,
-                Some(token),
-                &epoch,
-                seq,
-                missed,
-                why,
-            )
+            false => Err(Gap::NewEpoch),
         };
         let exact = missed.is_ok();
-        match missed {
-            Ok(missed) => {
-                let json = protocol::resumed_json(
-                    &self.title,
-                    self.encrypted,
-                    role,
-                    Some(token),
-                    &epoch,
-                    ask.seq,
-                    Some(missed.len()),
-                    None,
-                );
-                out.push(Effect::Send(Outbound {
-                    to: To::One(id),
-                    kind: Kind::ServerName,
-                    json,
-                    seq: None,
-                }));
-                for (seq, kind, json) in missed {
-                    let json = json.to_string();
-                    out.push(Effect::Send(Outbound {
-                        to: To::One(id),
-                        kind,
-                        json,
-                        seq: Some(seq),
-                    }));
-                }
-                self.send_snapshot(id, false, out);
-            }
-            Err(gap) => {
-                let why = match (gap, *self.epoch == *ask.epoch) {
-                    (_, false) => {
-                        "the room's memory is new (a restart, or the cluster's store emptied)"
-                    }
-                    (Gap::TooOld, true) => "what you missed is older than what the server keeps",
-                    (Gap::TooMuch, true) => "you missed more than a resume may replay",
-                    (Gap::Ahead, true) => "your position is ahead of the room's",
-                };
-                let json = resumed(None, Some(why));
-                out.push(Effect::Send(Outbound {
-                    to: To::One(id),
-                    kind: Kind::ServerName,
-                    json,
-                    seq: None,
-                }));
-                self.send_snapshot(id, true, out);
-            }
+        // Exact: the client's own position echoed, what it missed follows;
+        // a reset: the room's position, and why.
+        let (at, count, why) = match &missed {
+            Ok(missed) => (ask.seq, Some(missed.len()), None),
+            Err(gap) => (self.seq, None, Some(gap.why())),
+        };
+        let (title, epoch, token) = (&self.title, &self.epoch, Some(ask.token.as_str()));
+        let json =
+            protocol::resumed_json(title, self.encrypted, role, token, epoch, at, count, why);
+        out.push(Effect::Send(Outbound {
+            to: To::One(id),
+            kind: Kind::ServerName,
+            json,
+            seq: None,
+        }));
+        for (seq, kind, json) in missed.unwrap_or_default() {
+            let json = json.to_string();
+            out.push(Effect::Send(Outbound { to: To::One(id), kind, json, seq: Some(seq) }));
         }
+        self.send_snapshot(id, !exact, out);
         Resumed::Yes { took_over, exact }
     }
 
@@ -742,7 +699,7 @@ impl Room {
                 Some(id)
             }
             At::Away { .. } => {
-                self.away.retain(|(_, k)| **k != *name_key);
+                self.forget_away(name_key);
                 None
             }
             At::Remote { .. } => None,
@@ -787,7 +744,7 @@ impl Room {
             // The cluster gave the name of a session away here to someone:
             // that session is over (its resume will be a reset).
             Some(At::Away { .. }) => {
-                self.away.retain(|(_, k)| **k != *key);
+                self.forget_away(&key);
                 if let Some(member) = self.users.remove(key.as_str()) {
                     // (Its spelling may not be the new one's.)
                     self.names.remove(&member.name);
@@ -1049,11 +1006,10 @@ impl Room {
         if self.joined.is_empty() && self.left.is_empty() && self.joined_remote.is_empty() {
             return;
         }
-        let joined = std::mem::take(&mut self.joined);
-        let moderators = std::mem::take(&mut self.joined_moderators);
+        let joiners = std::mem::take(&mut self.joined);
+        let joined: Vec<ConnId> = joiners.iter().map(|j| j.id).collect();
         let joined_remote = std::mem::take(&mut self.joined_remote);
         let left = std::mem::take(&mut self.left);
-        let welcomes = std::mem::take(&mut self.welcomes);
         let small = self.online() <= FULL_LIST_MAX;
         let seq = Some(self.presence_seq);
         let mut send = |to: To, (kind, json): (Kind, String)| {
@@ -1061,22 +1017,23 @@ impl Room {
         };
         if !joined.is_empty() {
             let to = || To::Many(joined.clone());
-            let role = |id: &ConnId| match moderators.contains(id) {
-                true => Role::Moderator,
-                false => Role::Member,
-            };
             let (title, encrypted, epoch) = (&self.title, self.encrypted, &*self.epoch);
-            let welcome = |role| (Kind::ServerName, server_name_json(title, encrypted, role));
-            // Resumable sessions' welcomes are their own (a token each).
-            let own = |id: &ConnId| welcomes.iter().any(|(w, _)| w == id);
-            for (id, welcome) in &welcomes {
-                let role = role(id);
+            // Plain welcomes are one message per role; resumable sessions'
+            // are their own (a token each).
+            let (mut members, mut moderators) = (Vec::new(), Vec::new());
+            for Joiner { id, role, welcome } in &joiners {
                 let json = match welcome {
-                    Welcome::Plain => server_name_json(title, encrypted, role),
+                    Welcome::Plain => {
+                        match role {
+                            Role::Member => members.push(*id),
+                            Role::Moderator => moderators.push(*id),
+                        }
+                        continue;
+                    }
                     Welcome::Resumable { token } => protocol::resumable_welcome_json(
                         title,
                         encrypted,
-                        role,
+                        *role,
                         token,
                         epoch,
                         self.presence_seq,
@@ -1084,7 +1041,7 @@ impl Room {
                     Welcome::Reset { token, why } => protocol::resumed_json(
                         title,
                         encrypted,
-                        role,
+                        *role,
                         token.as_deref(),
                         epoch,
                         self.presence_seq,
@@ -1094,11 +1051,10 @@ impl Room {
                 };
                 send(To::One(*id), (Kind::ServerName, json));
             }
-            for r in [Role::Member, Role::Moderator] {
-                let ids: Vec<ConnId> =
-                    joined.iter().copied().filter(|id| !own(id) && role(id) == r).collect();
+            for (ids, role) in [(members, Role::Member), (moderators, Role::Moderator)] {
                 if !ids.is_empty() {
-                    send(To::Many(ids), welcome(r));
+                    let json = server_name_json(title, encrypted, role);
+                    send(To::Many(ids), (Kind::ServerName, json));
                 }
             }
             // A small room's full list goes to everyone; a large room's

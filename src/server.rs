@@ -616,11 +616,8 @@ impl<S: Socket + Source> Server<S> {
         if gone.is_empty() {
             return;
         }
-        info!(
-            "{} sessions away past resume_grace_secs left ({} online)",
-            gone.len(),
-            self.room.online()
-        );
+        let (gone, online) = (gone.len(), self.room.online());
+        info!("{gone} sessions away past resume_grace_secs left ({online} online)");
         self.settle(now);
     }
 
